@@ -1,2 +1,239 @@
-def main():
-    pass
+"""The `klandscape` command line: parses, calls library code, prints. It never computes.
+
+Exit codes: 0 ok, 2 bad input (one paragraph on stderr, no traceback), 1 internal error,
+130 interrupted (the partial store is kept and `--resume` continues it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+
+import click
+
+from keras_landscape._version import __version__
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+
+
+class CliState:
+    verbose: int = 0
+    quiet: bool = False
+
+
+STATE = CliState()
+
+
+def quiet_frameworks(verbose: int) -> None:
+    """Silence TensorFlow's C++ and Python log noise unless -v was given.
+
+    Must run before TensorFlow is imported: the C++ logger reads the variable once.
+    """
+    if verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        logging.basicConfig(level=logging.INFO if verbose == 1 else logging.DEBUG,
+                            format="%(levelname)s %(name)s: %(message)s")
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    for name in ("tensorflow", "absl", "h5py", "jax"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
+    from keras_landscape.errors import UserError
+
+    options = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"Malformed {what} {item!r}: write key=value (e.g. --set alpha=0.95).")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _progress():
+    if STATE.quiet:
+        from keras_landscape.progress import NullProgress
+
+        return NullProgress()
+    from keras_landscape.cli.display import RichProgress
+
+    return RichProgress()
+
+
+def _emit_json(document) -> None:
+    from keras_landscape.store import to_json
+
+    click.echo(to_json(document))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="klandscape")
+@click.option("-v", "--verbose", count=True, help="More detail (-vv: debug, framework logs).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+def cli(verbose: int, quiet: bool) -> None:
+    """keras-landscape: topology and geometry of neural-network loss landscapes."""
+    STATE.verbose, STATE.quiet = verbose, quiet
+    quiet_frameworks(verbose)
+
+
+@cli.command("probes")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def probes_command(as_json: bool) -> None:
+    """List the registered probes (built-in and plugins)."""
+    from keras_landscape import registry
+    from keras_landscape.cli.display import probes_table
+
+    entries = registry.probes()
+    broken = registry.broken_plugins()
+    if as_json:
+        _emit_json(
+            {
+                "probes": [
+                    {"name": e.name, "summary": e.summary, "origin": e.origin}
+                    for e in entries.values()
+                ],
+                "broken": [vars(b) for b in broken],
+            }
+        )
+        return
+    probes_table(entries, broken)
+
+
+@cli.command("probe")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--data", "data", required=True, help="Data spec: digits, cubic, npz:PATH, ... (docs/data-specs.md).")
+@click.option("--probe", "probes", multiple=True, help="Probe to run (repeatable; default: evaluate).")
+@click.option("--loss", default=None, help="Keras loss name (default: the model's compiled loss).")
+@click.option("--level-fn", default="loss", show_default=True, help="loss, error, perplexity or a Keras metric.")
+@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Split for the level function (default: test if present).")
+@click.option("--level", type=float, default=None, help="Level u for probes that take one.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Probe option (repeatable), e.g. --set alpha=0.95.")
+@click.option("--out", default=None, help="HDF5 store to write (default: klandscape-runs/run-<time>.h5).")
+@click.option("--resume", is_flag=True, help="Continue the runs in an existing --out store.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out store.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--custom-objects", default=None, help="A .py file or module defining custom layers/losses.")
+@click.option("--eval-batch-size", type=int, default=1024, show_default=True)
+@click.option("--no-xla", is_flag=True, help="Compile without XLA.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def probe_command(models, data, probes, loss, level_fn, split, level, settings, out, resume,
+                  overwrite, seed, custom_objects, eval_batch_size, no_xla, as_json) -> None:
+    """Run probes on MODEL files (.keras or .h5) over the data SPEC."""
+    from keras_landscape.runner import RunSpec, execute
+
+    options = _parse_assignments(settings, "--set option")
+    if level is not None:
+        options["level"] = level
+    spec = RunSpec(
+        models=list(models),
+        data=data,
+        probes=list(probes) or ["evaluate"],
+        options=options,
+        loss=loss,
+        level_fn=level_fn,
+        split=split,
+        out=out,
+        seed=seed,
+        custom_objects=custom_objects,
+        resume=resume,
+        overwrite=overwrite,
+        xla=not no_xla,
+        eval_batch_size=eval_batch_size,
+        command=" ".join(["klandscape"] + sys.argv[1:]),
+    )
+    document = execute(spec, _progress())
+    if as_json:
+        _emit_json(document)
+    else:
+        from keras_landscape.cli.display import results_summary
+
+        results_summary(document)
+
+
+@cli.command("show")
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def show_command(store: str, as_json: bool) -> None:
+    """Show the models, runs, configs, status and results in a store."""
+    from keras_landscape.report import summarize_store
+
+    summary = summarize_store(store)
+    if as_json:
+        _emit_json(summary)
+    else:
+        from keras_landscape.cli.display import store_tables
+
+        store_tables(summary)
+
+
+def _silence_native_stderr(argv: list[str]) -> None:
+    """Send file descriptor 2 (where TensorFlow's C++ logger writes) to /dev/null.
+
+    Python's own stderr (progress, messages) keeps a duplicate of the real descriptor, so the
+    user sees everything we print and none of the framework's start-up noise. Skipped with
+    -v/--verbose, and when stderr is not a real file (tests capturing output).
+    """
+    if any(a in ("-v", "-vv", "--verbose") for a in argv):
+        return
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, OSError, ValueError):
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(real, "w", buffering=1, encoding="utf-8", errors="replace")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps errors to exit codes and one-paragraph messages."""
+    from keras_landscape.errors import UserError
+
+    if argv is None:
+        _silence_native_stderr(sys.argv[1:])
+
+    try:
+        cli.main(args=argv, prog_name="klandscape", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Interrupted.", err=True)
+        return EXIT_INTERRUPTED
+    except click.ClickException as error:
+        error.show()
+        return EXIT_BAD_INPUT
+    except UserError as error:
+        click.echo(f"Error: {error}", err=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        click.echo(
+            "Interrupted. Finished work is in the store; run the same command with --resume "
+            "(and the same --out) to continue.",
+            err=True,
+        )
+        return EXIT_INTERRUPTED
+    except Exception as error:  # internal error: short message, traceback only with -v
+        if STATE.verbose:
+            raise
+        click.echo(
+            f"Internal error: {type(error).__name__}: {error}. Rerun with -v for the traceback "
+            "and report it.",
+            err=True,
+        )
+        return EXIT_INTERNAL
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

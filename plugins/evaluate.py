@@ -1,1 +1,67 @@
-class EvaluateProbe: pass
+"""Probe `evaluate`: loss, level function, gradient norm and parameter count of each model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from keras_landscape.errors import NonFiniteLossError
+from keras_landscape.registry import register_probe
+
+
+@register_probe
+class EvaluateProbe:
+    """E(theta), the level function and ||grad E(theta)|| for every model given."""
+
+    name = "evaluate"
+    summary = "Loss, level function, gradient norm and parameter count of each model."
+
+    @dataclass
+    class Config:
+        """Options of `evaluate`.
+
+        Attributes:
+            allow_nonfinite: report NaN/inf losses instead of stopping with an error.
+        """
+
+        allow_nonfinite: bool = False
+
+    def __init__(self, config: "EvaluateProbe.Config | None" = None):
+        self.config = config or self.Config()
+
+    def run(self, landscape, models, store, progress) -> dict:
+        task = progress.task("evaluate", total=len(models))
+        rows = []
+        for minimum in models:
+            loss, grad = landscape.loss_and_grad(minimum.theta)
+            evaluation = landscape.evaluate(minimum.theta)
+            grad_norm = float(np.linalg.norm(grad.astype(np.float64)))
+            if not self.config.allow_nonfinite and not all(
+                math.isfinite(v) for v in (loss, evaluation.level, grad_norm)
+            ):
+                raise NonFiniteLossError(
+                    f"The loss of model {minimum.name!r} ({minimum.source}) is not finite "
+                    f"(loss {loss}, level {evaluation.level}, gradient norm {grad_norm}) on "
+                    f"{landscape.dataset.spec!r}: the weights or the data hold NaN/inf, or the "
+                    "loss does not suit the outputs (e.g. log of a non-positive probability). "
+                    "Set allow_nonfinite=true to report it anyway."
+                )
+            row = {
+                "model": minimum.name,
+                "source": minimum.source,
+                "loss": loss,
+                "level": evaluation.level,
+                "level_fn": landscape.objective.level_fn,
+                "split": landscape.split,
+                "grad_norm": grad_norm,
+                "parameters": landscape.size,
+            }
+            rows.append(row)
+            store.append("loss", np.float64(loss))
+            store.append("level", np.float64(evaluation.level))
+            store.append("grad_norm", np.float64(grad_norm))
+            task.advance()
+        task.close()
+        return {"models": rows}

@@ -1,0 +1,42 @@
+"""The only place that imports TensorFlow or JAX.
+
+The engine (`keras_landscape.engine`) is written once with `keras.ops`; the few primitives
+that differ between backends -- compiling a function, value-and-gradient, mapping a function
+over a stack of parameter vectors, the float32 precision policy -- come from here, chosen by
+`keras.backend.backend()` (the `KERAS_BACKEND` environment variable).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_landscape.errors import UserError
+
+name: str = keras.backend.backend()
+
+if name == "tensorflow":
+    from keras_landscape.backend import tensorflow as _impl
+elif name == "jax":
+    from keras_landscape.backend import jax as _impl
+else:  # pragma: no cover - depends on the environment
+    raise UserError(
+        f"keras-landscape runs on the 'tensorflow' and 'jax' Keras backends; KERAS_BACKEND is "
+        f"{name!r}. Set KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax."
+    )
+
+compile_function = _impl.compile_function
+value_and_grad = _impl.value_and_grad
+map_thetas = _impl.map_thetas
+set_fast_float32 = _impl.set_fast_float32
+exact_float32 = _impl.exact_float32
+framework_versions = _impl.framework_versions
+
+__all__ = [
+    "name",
+    "compile_function",
+    "value_and_grad",
+    "map_thetas",
+    "set_fast_float32",
+    "exact_float32",
+    "framework_versions",
+]

@@ -1,0 +1,90 @@
+"""TensorFlow primitives: tf.function (XLA where it compiles), GradientTape, map_fn."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import tensorflow as tf
+
+log = logging.getLogger("keras_landscape")
+
+_XLA_ERRORS = (
+    tf.errors.InvalidArgumentError,
+    tf.errors.UnimplementedError,
+    tf.errors.NotFoundError,
+    tf.errors.InternalError,
+)
+_warned_fallback: set[str] = set()
+
+
+class _Compiled:
+    """A tf.function that tries XLA first and falls back to a plain graph once, saying so."""
+
+    def __init__(self, fn, xla: bool, label: str):
+        self._label = label
+        self._graph = tf.function(fn, jit_compile=False, reduce_retracing=True)
+        self._xla = tf.function(fn, jit_compile=True, reduce_retracing=True) if xla else None
+
+    def __call__(self, *args):
+        if self._xla is not None:
+            try:
+                return self._xla(*args)
+            except _XLA_ERRORS as error:
+                if self._label not in _warned_fallback:
+                    _warned_fallback.add(self._label)
+                    first_line = str(error).strip().splitlines()[0][:200]
+                    log.warning(
+                        "XLA could not compile %s (%s); running it as a plain TensorFlow graph.",
+                        self._label,
+                        first_line,
+                    )
+                self._xla = None
+        return self._graph(*args)
+
+
+def compile_function(fn, *, xla: bool = True, label: str = "function"):
+    """Compile `fn` into a graph; with `xla`, try XLA and fall back (logged once)."""
+    return _Compiled(fn, xla, label)
+
+
+def value_and_grad(fn):
+    """fn(theta, *args) -> (value, aux)  becomes  (theta, *args) -> (value, aux, dvalue/dtheta)."""
+
+    def wrapped(theta, *args):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            value, aux = fn(theta, *args)
+        return value, aux, tape.gradient(value, theta)
+
+    return wrapped
+
+
+def map_thetas(fn, thetas):
+    """Apply fn(theta) -> tensor to every row of `thetas` (K, P), stacking the results.
+
+    A graph while-loop with parallel iterations: Keras layers inside `fn` (Conv2D, LSTM) do
+    not all vectorise under tf.vectorized_map, which would silently fall back to a loop.
+    """
+    first = tf.TensorSpec.from_tensor(fn(thetas[0]))
+    return tf.map_fn(fn, thetas, fn_output_signature=first, parallel_iterations=16)
+
+
+def set_fast_float32(enabled: bool) -> None:
+    """Allow TF32 for float32 matrix work (recent NVIDIA GPUs); off means true float32."""
+    tf.config.experimental.enable_tensor_float_32_execution(bool(enabled))
+
+
+@contextlib.contextmanager
+def exact_float32():
+    """True float32 inside the block, whatever the projection precision is."""
+    previous = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    try:
+        yield
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(previous)
+
+
+def framework_versions() -> dict[str, str]:
+    return {"tensorflow_version": tf.__version__, "jax_version": "none"}

@@ -1,0 +1,139 @@
+"""Backend-neutral kernels: the energy of a parameter vector on one batch of data.
+
+Written once with `keras.ops` and `model.stateless_call`; `keras_landscape.backend` supplies
+compilation, gradients and mapping over many parameter vectors. The user's model is never
+mutated: weights go in as tensors.
+
+Per batch a kernel returns *sums*, not means, so that the exact mean over a whole evaluation
+set can be assembled from mini-batches of any size (the last one padded and masked):
+
+    [loss_sum, level_sum, loss_count, level_count, regularizer * batch_size]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from keras import ops
+
+from keras_landscape import backend
+from keras_landscape.params import ParameterLayout
+
+SUMS = ("loss_sum", "level_sum", "loss_count", "level_count", "regularizer_sum")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A per-element loss and a per-element level function.
+
+    Attributes:
+        loss: Keras Loss with reduction "none": (y_true, y_pred) -> per-element losses.
+        level: (y_true, y_pred, per_element_loss) -> per-element level values.
+        level_includes_regularizer: the level is the loss itself (E includes model.losses).
+        level_transform: host-side map from the mean level to the reported value
+            (e.g. exp for perplexity); identity when None.
+    """
+
+    loss: Callable
+    level: Callable
+    level_includes_regularizer: bool
+    level_transform: Callable | None = None
+
+
+def split_theta(layout: ParameterLayout, theta):
+    """theta (P,) tensor -> list of variable-shaped tensors, in layout order."""
+    return [
+        ops.reshape(theta[o : o + n], s)
+        for o, n, s in zip(layout.offsets, layout.sizes, layout.shapes)
+    ]
+
+
+def _broadcast_mask(mask, values):
+    mask = ops.cast(mask, values.dtype)
+    extra = len(values.shape) - 1
+    return ops.reshape(mask, (-1,) + (1,) * extra) if extra else mask
+
+
+def _masked_sum_and_count(values, mask):
+    values = ops.cast(values, "float32")
+    m = ops.broadcast_to(_broadcast_mask(mask, values), ops.shape(values))
+    # where() rather than multiply: a padded row with inf/NaN loss must not poison the sum.
+    return ops.sum(ops.where(m > 0, values, 0.0)), ops.sum(m)
+
+
+def make_batch_sums(model, layout: ParameterLayout, objective: Objective):
+    """fn(theta, non_trainable, x, y, mask) -> the five sums of one batch (float32)."""
+
+    def batch_sums(theta, non_trainable, x, y, mask):
+        y_pred, _, losses = model.stateless_call(
+            split_theta(layout, theta), non_trainable, x, training=False, return_losses=True
+        )
+        per_element = objective.loss(y, y_pred)
+        loss_sum, loss_count = _masked_sum_and_count(per_element, mask)
+        level_sum, level_count = _masked_sum_and_count(
+            objective.level(y, y_pred, per_element), mask
+        )
+        regularizer = ops.cast(sum(losses) if losses else 0.0, "float32")
+        return ops.stack(
+            [loss_sum, level_sum, loss_count, level_count, regularizer * ops.sum(mask)]
+        )
+
+    return batch_sums
+
+
+def make_training_objective(model, layout: ParameterLayout, objective: Objective):
+    """fn(theta, non_trainable, x, y, mask) -> mean loss + regularizer on that batch.
+
+    What a Keras train step minimises (its `compute_loss`), as a function of theta.
+    """
+    batch_sums = make_batch_sums(model, layout, objective)
+
+    def training_loss(theta, non_trainable, x, y, mask):
+        sums = batch_sums(theta, non_trainable, x, y, mask)
+        value = sums[0] / ops.maximum(sums[2], 1.0) + sums[4] / ops.maximum(ops.sum(mask), 1.0)
+        return value, sums
+
+    return training_loss
+
+
+def make_gradient_sums(model, layout: ParameterLayout, objective: Objective):
+    """fn(theta, nt, x, y, mask, loss_weight, reg_weight) -> (sums, d(weighted sums)/dtheta).
+
+    The weights turn batch sums into a share of the full-set mean: loss_weight = 1 / total
+    loss elements, reg_weight = 1 / total samples.
+    """
+    batch_sums = make_batch_sums(model, layout, objective)
+
+    def weighted(theta, non_trainable, x, y, mask, loss_weight, reg_weight):
+        sums = batch_sums(theta, non_trainable, x, y, mask)
+        return sums[0] * loss_weight + sums[4] * reg_weight, sums
+
+    vg = backend.value_and_grad(weighted)
+
+    def gradient_sums(theta, non_trainable, x, y, mask, loss_weight, reg_weight):
+        _, sums, grad = vg(theta, non_trainable, x, y, mask, loss_weight, reg_weight)
+        return sums, grad
+
+    return gradient_sums
+
+
+def make_stacked_batch_sums(model, layout: ParameterLayout, objective: Objective):
+    """fn(thetas (K, P), nt, x, y, mask) -> (K, 5) batch sums, one compiled call."""
+    batch_sums = make_batch_sums(model, layout, objective)
+
+    def stacked(thetas, non_trainable, x, y, mask):
+        return backend.map_thetas(lambda t: batch_sums(t, non_trainable, x, y, mask), thetas)
+
+    return stacked
+
+
+__all__ = [
+    "Objective",
+    "SUMS",
+    "split_theta",
+    "make_batch_sums",
+    "make_training_objective",
+    "make_gradient_sums",
+    "make_stacked_batch_sums",
+]

@@ -1,0 +1,190 @@
+"""Loading Keras models, custom objects, fresh clones and architecture checks.
+
+Supported files: `.keras` (Keras 3 archives) and legacy `.h5` / `.hdf5` (saved by tf.keras
+2.x or Keras 3). A SavedModel directory, a corrupt file or another extension is bad input with
+a message saying what is supported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import logging
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_landscape.errors import UserError
+from keras_landscape.params import ParameterLayout
+
+log = logging.getLogger("keras_landscape")
+
+SUPPORTED = ".keras (Keras 3) and legacy .h5/.hdf5 files"
+_H5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def load_custom_objects(spec: str | None) -> dict:
+    """Classes and functions from a Python file or an importable module name.
+
+    Importing the module also runs its `@keras.saving.register_keras_serializable`
+    decorators, so registered serializables are found without being listed.
+
+    Args:
+        spec: 'path/to/layers.py' or 'package.module'; None for none.
+
+    Returns:
+        {name: object} for every class or function defined in that module.
+    """
+    if not spec:
+        return {}
+    if spec.endswith(".py") or os.path.sep in spec:
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"--custom-objects file {spec!r} does not exist.")
+        module_name = f"klandscape_custom_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:
+            raise UserError(
+                f"Importing --custom-objects file {spec!r} failed: "
+                f"{type(error).__name__}: {error}."
+            ) from None
+    else:
+        try:
+            module = importlib.import_module(spec)
+        except Exception as error:
+            raise UserError(
+                f"--custom-objects {spec!r} is neither a .py file nor an importable module "
+                f"({type(error).__name__}: {error})."
+            ) from None
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if (inspect.isclass(obj) or inspect.isfunction(obj))
+        and getattr(obj, "__module__", None) == module.__name__
+    }
+
+
+def load_model(path: str | os.PathLike, custom_objects: dict | None = None):
+    """Load a Keras model file (compiled when its compile config can be restored).
+
+    Args:
+        path: a `.keras` or `.h5` file.
+        custom_objects: classes/functions for custom layers, losses, ...
+
+    Returns:
+        The Keras model.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "saved_model.pb").exists():
+            raise UserError(
+                f"{str(path)!r} is a TensorFlow SavedModel directory. keras-landscape needs the "
+                f"model's Keras architecture: save it as {SUPPORTED} "
+                "(model.save('model.keras')), or load it with tf.keras and re-save it."
+            )
+        raise UserError(f"{str(path)!r} is a directory, not a model file ({SUPPORTED}).")
+    if not path.exists():
+        raise UserError(f"Model file {str(path)!r} does not exist.")
+    suffix = path.suffix.lower()
+    if suffix not in (".keras", ".h5", ".hdf5"):
+        raise UserError(
+            f"Cannot load {str(path)!r}: unknown extension {suffix or '(none)'!r}. "
+            f"Supported: {SUPPORTED}."
+        )
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{str(path)!r} is not a valid .keras archive (a .keras file is a zip archive); the "
+            "file is corrupt or was saved in another format."
+        )
+    if suffix in (".h5", ".hdf5") and head != _H5_MAGIC:
+        raise UserError(f"{str(path)!r} is not an HDF5 file; the file is corrupt or mislabelled.")
+    custom_objects = custom_objects or {}
+    try:
+        model = keras.saving.load_model(path, custom_objects=custom_objects, compile=True)
+    except Exception as compile_error:
+        try:
+            model = keras.saving.load_model(path, custom_objects=custom_objects, compile=False)
+        except Exception as error:
+            raise UserError(_load_failure_message(path, error)) from None
+        log.warning(
+            "Loaded %s without its compile config (%s); pass --loss to choose the loss.",
+            path,
+            str(compile_error).splitlines()[0][:200] if str(compile_error) else "unknown",
+        )
+    if not model.built or not model.trainable_variables:
+        raise UserError(
+            f"The model in {str(path)!r} has no built weights; save a built (trained) model."
+        )
+    return model
+
+
+def _load_failure_message(path: Path, error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "Unknown" in text or "custom" in text.lower() or "Could not locate" in text:
+        return (
+            f"Could not load {str(path)!r}: {text[:300]}. The model uses a custom layer, loss "
+            "or function: pass --custom-objects FILE.py (or a module name) that defines it, or "
+            "register it with @keras.saving.register_keras_serializable."
+        )
+    return f"Could not load {str(path)!r} ({SUPPORTED}): {text[:300]}. The file may be corrupt."
+
+
+def clone_fresh(model, seed: int):
+    """The same architecture with a fresh random initialisation (the model is not touched).
+
+    Sequential and Functional models are cloned from their config; subclassed models are
+    rebuilt from `get_config`/`from_config` and built on the original input shape.
+    """
+    keras.utils.set_random_seed(seed)
+    try:
+        clone = keras.models.clone_model(model)
+    except Exception:
+        try:
+            clone = model.__class__.from_config(model.get_config())
+        except Exception as error:
+            raise UserError(
+                f"Cannot create a fresh copy of {model.name!r} to train a partner: "
+                f"{type(error).__name__}: {error}. Give two or more trained models instead, "
+                "or implement get_config/from_config on the model class."
+            ) from None
+    if not clone.built:
+        shape = getattr(model, "_build_shapes_dict", None) or {}
+        input_shape = next(iter(shape.values()), None)
+        if input_shape is None:
+            raise UserError(f"Cannot build a fresh copy of {model.name!r}: unknown input shape.")
+        clone.build(input_shape)
+    fresh = ParameterLayout.from_model(clone)
+    ParameterLayout.from_model(model).check_compatible(fresh, ("original", "clone"))
+    return clone
+
+
+def check_same_architecture(models, names) -> ParameterLayout:
+    """The shared parameter layout of `models`; UserError naming the first difference."""
+    layouts = [ParameterLayout.from_model(m) for m in models]
+    for layout, name in zip(layouts[1:], names[1:]):
+        layouts[0].check_compatible(layout, (names[0], name))
+    return layouts[0]
+
+
+def model_with_theta(model, theta: np.ndarray, non_trainable=None):
+    """A clone of `model` whose trainable weights are theta (for export; model untouched)."""
+    clone = keras.models.clone_model(model)
+    if not clone.built:
+        clone.build(next(iter((getattr(model, "_build_shapes_dict", None) or {}).values())))
+    layout = ParameterLayout.from_model(clone)
+    layout.assign(clone, theta)
+    if non_trainable is not None:
+        for variable, value in zip(clone.non_trainable_variables, non_trainable):
+            variable.assign(value)
+    return clone

@@ -1,0 +1,225 @@
+"""Training losses and level functions, resolved from names or a model's compile config.
+
+The *loss* is what beads are trained on (differentiable, the paper's training loss). The
+*level function* decides "below level u": the loss itself, classification error in percent,
+perplexity, or any per-sample Keras loss/metric function (e.g. `mean_absolute_error`, the
+paper's level for regression). Both are recorded in every store.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import keras
+from keras import ops
+
+from keras_landscape.engine import Objective
+from keras_landscape.errors import UserError
+
+LEVEL_FUNCTIONS = {
+    "loss": "the training loss itself (mean per element, plus model regularisers)",
+    "error": "classification error in percent (argmax, or a 0.5 / logit-0 threshold for one output)",
+    "perplexity": "exp of the mean cross-entropy (language models; needs a cross-entropy loss)",
+    "<keras name>": "any per-sample Keras loss or metric function, e.g. mean_absolute_error",
+}
+
+_CROSSENTROPY = ("crossentropy",)
+
+
+@dataclass(frozen=True)
+class ResolvedObjective:
+    """An Objective plus the names and settings that produced it (recorded in the store)."""
+
+    objective: Objective
+    loss_name: str
+    loss_config: dict
+    level_fn: str
+
+    def finalize_level(self, mean_level: float) -> float:
+        transform = self.objective.level_transform
+        return float(transform(mean_level)) if transform else float(mean_level)
+
+
+def parse_named_spec(spec: str) -> tuple[str, dict]:
+    """'name:key=val,key=val' -> (name, {key: parsed value}); values parsed as YAML-ish scalars."""
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"Malformed option {item!r} in {spec!r}: options are written key=value.")
+        lowered = value.strip().lower()
+        if lowered in ("true", "false"):
+            options[key.strip()] = lowered == "true"
+        else:
+            try:
+                options[key.strip()] = float(value) if "." in value or "e" in lowered else int(value)
+            except ValueError:
+                options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+class PerElementLoss(keras.losses.Loss):
+    """A loss function (or another Loss's `call`) applied without reduction."""
+
+    def __init__(self, fn, name: str | None = None, **fn_kwargs):
+        super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction="none")
+        self.fn = fn
+        self.fn_kwargs = fn_kwargs
+
+    def call(self, y_true, y_pred):
+        if len(y_true.shape) == len(y_pred.shape) + 1 and y_true.shape[-1] == 1:
+            y_true = ops.squeeze(y_true, -1)
+        elif len(y_pred.shape) == len(y_true.shape) + 1 and y_pred.shape[-1] == 1:
+            y_pred = ops.squeeze(y_pred, -1)
+        return self.fn(y_true, y_pred, **self.fn_kwargs)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, **self.fn_kwargs}
+
+
+def _unreduced(loss) -> keras.losses.Loss:
+    """A copy of a Keras loss (object, function or config) with reduction 'none'."""
+    if isinstance(loss, keras.losses.Loss):
+        config = dict(loss.get_config())
+        config["reduction"] = "none"
+        try:
+            return loss.__class__.from_config(config)
+        except Exception:  # a custom Loss whose config does not round-trip
+            return PerElementLoss(loss.call, name=loss.name)
+    if callable(loss):
+        return PerElementLoss(loss)
+    raise TypeError(loss)
+
+
+def resolve_loss(loss_spec: str | None, model) -> tuple[keras.losses.Loss, str, dict]:
+    """The training loss from `--loss` (a Keras loss name, with options) or the model's compile.
+
+    Returns:
+        (per-element Loss with reduction 'none', its name, its config dict).
+    """
+    if loss_spec:
+        name, options = parse_named_spec(loss_spec)
+        try:
+            found = keras.losses.get(name)
+        except (ValueError, TypeError):
+            found = None
+        if found is None:
+            raise UserError(
+                f"Unknown loss {name!r}. Use any Keras loss name, e.g. mean_squared_error, "
+                "mean_absolute_error, sparse_categorical_crossentropy, "
+                "categorical_crossentropy, binary_crossentropy; options as "
+                "'sparse_categorical_crossentropy:from_logits=true'."
+            )
+        if options:
+            base = found if isinstance(found, keras.losses.Loss) else None
+            if base is None:
+                # functions take their options as keyword arguments
+                fn = found
+                found = PerElementLoss(fn, name=name, **options)
+            else:
+                try:
+                    found = base.__class__.from_config({**base.get_config(), **options})
+                except TypeError as error:
+                    raise UserError(f"Bad option for loss {name!r}: {error}.") from None
+        loss = found
+    else:
+        loss = getattr(model, "loss", None)
+        if loss is None:
+            raise UserError(
+                "The model was saved without a compiled loss, so there is no loss to take from "
+                "it: pass one with --loss (any Keras loss name, e.g. "
+                "sparse_categorical_crossentropy or mean_squared_error)."
+            )
+        if isinstance(loss, (list, tuple, dict)):
+            raise UserError(
+                "The model has several outputs with separate losses; keras-landscape probes "
+                "single-output models. Wrap the model so that it has one output."
+            )
+        if isinstance(loss, (str, dict)):
+            loss = keras.losses.get(loss)
+    unreduced = _unreduced(loss)
+    config = {}
+    try:
+        config = {k: v for k, v in unreduced.get_config().items() if k != "reduction"}
+    except Exception:  # custom losses without a config: the name is what we can record
+        pass
+    name = getattr(getattr(unreduced, "fn", None), "__name__", None) or unreduced.name
+    return unreduced, name, config
+
+
+def _error_percent(from_logits: bool):
+    threshold = 0.0 if from_logits else 0.5
+
+    def level(y_true, y_pred, per_element):
+        del per_element
+        if y_pred.shape[-1] == 1:
+            predicted = ops.cast(ops.squeeze(y_pred, -1) > threshold, "int32")
+            truth = ops.cast(ops.reshape(y_true, ops.shape(predicted)) > 0.5, "int32")
+        else:
+            predicted = ops.argmax(y_pred, axis=-1)
+            if len(y_true.shape) == len(y_pred.shape):
+                truth = ops.argmax(y_true, axis=-1)  # one-hot targets
+            else:
+                truth = ops.cast(y_true, predicted.dtype)
+        return 100.0 * ops.cast(ops.not_equal(predicted, ops.cast(truth, predicted.dtype)), "float32")
+
+    return level
+
+
+def resolve_objective(model, loss_spec: str | None = None, level_fn: str = "loss") -> ResolvedObjective:
+    """Loss and level function for a model.
+
+    Args:
+        model: the Keras model (its compile config supplies the loss when `loss_spec` is None).
+        loss_spec: a Keras loss name, optionally with options ('name:from_logits=true').
+        level_fn: 'loss', 'error', 'perplexity', or a per-sample Keras loss/metric name.
+
+    Returns:
+        A ResolvedObjective.
+    """
+    loss, loss_name, loss_config = resolve_loss(loss_spec, model)
+    from_logits = bool(loss_config.get("from_logits", False))
+    level_fn = level_fn or "loss"
+    if level_fn == "loss":
+        objective = Objective(loss, lambda y, p, e: e, level_includes_regularizer=True)
+    elif level_fn == "error":
+        objective = Objective(loss, _error_percent(from_logits), level_includes_regularizer=False)
+    elif level_fn == "perplexity":
+        if not any(word in loss_name.lower() for word in _CROSSENTROPY):
+            raise UserError(
+                f"--level-fn perplexity is exp(mean cross-entropy), but the loss is {loss_name!r}. "
+                "Use a cross-entropy loss (--loss sparse_categorical_crossentropy) or another "
+                "level function."
+            )
+        objective = Objective(
+            loss, lambda y, p, e: e, level_includes_regularizer=False, level_transform=_safe_exp
+        )
+    else:
+        objective = Objective(loss, _named_level(level_fn), level_includes_regularizer=False)
+    return ResolvedObjective(objective, loss_name, loss_config, level_fn)
+
+
+def _safe_exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+def _named_level(name: str):
+    fn = None
+    for getter in (keras.losses.get, keras.metrics.get):
+        try:
+            candidate = getter(name)
+        except (ValueError, TypeError):
+            continue
+        if callable(candidate) and not isinstance(candidate, keras.metrics.Metric):
+            fn = candidate
+            break
+    if fn is None:
+        raise UserError(
+            f"Unknown level function {name!r}. Use one of: loss, error, perplexity, or a "
+            "per-sample Keras loss/metric function name such as mean_absolute_error or "
+            "mean_squared_error."
+        )
+    per_element = _unreduced(fn)
+    return lambda y_true, y_pred, loss_values: per_element(y_true, y_pred)

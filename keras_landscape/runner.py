@@ -1,0 +1,231 @@
+"""From a validated RunSpec to a store and results: the one path every front end takes.
+
+CLI / config  ->  RunSpec  ->  Landscape + models  ->  probes from the registry  ->  Store.
+The CLI only parses and prints; `execute` does the work and returns plain data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_landscape import __version__, backend, registry
+from keras_landscape.data import load_data
+from keras_landscape.errors import UserError
+from keras_landscape.landscape import DEFAULT_EVAL_BATCH, Landscape
+from keras_landscape.models import check_same_architecture, load_custom_objects, load_model
+from keras_landscape.params import non_trainable_state
+from keras_landscape.progress import NullProgress, Progress
+from keras_landscape.store import Store
+
+log = logging.getLogger("keras_landscape")
+
+
+@dataclass
+class Minimum:
+    """A model taking part in a probe: its name, theta and where it came from.
+
+    Attributes:
+        name: unique name inside the store (`/models/<name>`).
+        theta: flat trainable parameters (float32, the landscape's layout).
+        source: a file path, or 'trained:<how>' for partners trained by a probe.
+        model: the Keras model object (never mutated).
+    """
+
+    name: str
+    theta: np.ndarray
+    source: str
+    model: Any = None
+
+
+@dataclass
+class RunSpec:
+    """Everything one `klandscape probe` / `run` needs, as plain validated data."""
+
+    models: list[str]
+    data: str
+    probes: list[str] = field(default_factory=lambda: ["evaluate"])
+    options: dict[str, Any] = field(default_factory=dict)
+    probe_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loss: str | None = None
+    level_fn: str = "loss"
+    split: str | None = None
+    out: str | None = None
+    seed: int = 0
+    custom_objects: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    xla: bool = True
+    eval_batch_size: int = DEFAULT_EVAL_BATCH
+    command: str = ""
+
+
+def default_store_path() -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return str(Path("klandscape-runs") / f"run-{stamp}.h5")
+
+
+def versions() -> dict[str, str]:
+    return {
+        "package_version": __version__,
+        "keras_version": keras.__version__,
+        "backend": backend.name,
+        **backend.framework_versions(),
+    }
+
+
+def build_probes(spec: RunSpec) -> list:
+    """Probe instances with their configs; UserError for unknown probes or options."""
+    if not spec.probes:
+        raise UserError("No probe given: name one with --probe (see `klandscape probes`).")
+    entries = [registry.get_probe(name) for name in spec.probes]
+    unused = set(spec.options)
+    instances = []
+    for entry in entries:
+        names = {f.name for f in registry.config_fields(entry.cls)}
+        options = {k: v for k, v in spec.options.items() if k.replace("-", "_") in names}
+        unused -= set(options)
+        options.update(spec.probe_options.get(entry.name, {}))
+        instances.append(entry.cls(registry.make_config(entry.cls, options)))
+    if unused:
+        known = sorted({f.name for e in entries for f in registry.config_fields(e.cls)})
+        raise UserError(
+            f"Unknown option(s) {', '.join(sorted(unused))} for probe(s) "
+            f"{', '.join(spec.probes)}. Their options: {', '.join(known) or '(none)'}."
+        )
+    return instances
+
+
+def _model_names(paths: list[str]) -> list[str]:
+    names, seen = [], {}
+    for path in paths:
+        stem = Path(path).stem or "model"
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return names
+
+
+def open_store(spec: RunSpec, landscape: Landscape) -> Store:
+    """A new store for this run, or the existing one when resuming (layouts must match)."""
+    path = spec.out or default_store_path()
+    if spec.resume and Path(path).exists():
+        store = Store.open(path, "a")
+        stored = store.read_layout()
+        if [list(s) for s in stored["shapes"]] != [list(s) for s in landscape.layout.shapes]:
+            store.close()
+            raise UserError(
+                f"Cannot resume into {path!r}: it was written for another architecture."
+            )
+        return store
+    if Path(path).exists() and not spec.overwrite:
+        raise UserError(
+            f"The store {path!r} already exists. Use --resume to continue the work in it, "
+            "--overwrite to replace it, or another --out."
+        )
+    store = Store.create(path, versions=versions(), command=spec.command, overwrite=spec.overwrite)
+    layout = landscape.layout
+    store.write_layout(
+        layout.paths,
+        layout.shapes,
+        layout.offsets,
+        layout.size,
+        model_config=_model_config_json(landscape.model),
+        non_trainable_paths=[v.path for v in landscape.model.non_trainable_variables],
+    )
+    store.write_data_info(landscape.describe())
+    return store
+
+
+def _model_config_json(model) -> str:
+    try:
+        return model.to_json()
+    except Exception:  # subclassed models without get_config: export then needs the source
+        return ""
+
+
+def load_minima(spec: RunSpec) -> list[Minimum]:
+    """The spec's model files as Minimum entries (architectures checked to match)."""
+    if not spec.models:
+        raise UserError("Give at least one model file (.keras or .h5).")
+    custom = load_custom_objects(spec.custom_objects)
+    models = [load_model(path, custom) for path in spec.models]
+    names = _model_names(spec.models)
+    layout = check_same_architecture(models, names)
+    return [
+        Minimum(name, layout.theta_of(model), str(path), model)
+        for name, path, model in zip(names, spec.models, models)
+    ]
+
+
+def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
+    """Run every probe of `spec`, writing the store as work completes.
+
+    Returns:
+        {"store": path, "models": [...], "results": {probe name: result}}.
+    """
+    progress = progress or NullProgress()
+    probes = build_probes(spec)
+    minima = load_minima(spec)
+    dataset = load_data(spec.data, seed=spec.seed)
+    landscape = Landscape(
+        minima[0].model,
+        dataset,
+        loss=spec.loss,
+        level_fn=spec.level_fn,
+        split=spec.split,
+        eval_batch_size=spec.eval_batch_size,
+        xla=spec.xla,
+    )
+    results = {}
+    with open_store(spec, landscape) as store:
+        for minimum in minima:
+            if minimum.name not in store.model_names():
+                store.add_model(
+                    minimum.name,
+                    minimum.theta,
+                    source=minimum.source,
+                    role="input",
+                    non_trainable=non_trainable_state(minimum.model),
+                )
+        for probe in probes:
+            results[probe.name] = run_probe(probe, landscape, minima, store, spec, progress)
+        path = store.path
+    return {
+        "store": path,
+        "models": [{"name": m.name, "source": m.source} for m in minima],
+        "results": results,
+    }
+
+
+def run_probe(probe, landscape, minima, store: Store, spec: RunSpec, progress) -> dict:
+    """One probe in its own run group: status running -> complete | failed | interrupted."""
+    run_name = probe.name
+    existing = run_name in store.run_names()
+    if existing and not spec.resume:
+        raise UserError(f"The store already has a run {run_name!r}; use --resume or another --out.")
+    if existing and store.run(run_name).status == "complete":
+        progress.note(f"{run_name}: already complete in the store, reusing its result")
+        return store.run(run_name).result
+    config = dataclasses.asdict(probe.config)
+    run = store.begin_run(run_name, probe.name, config, seed=spec.seed, resume=existing)
+    started = time.perf_counter()
+    try:
+        result = probe.run(landscape, minima, run, progress)
+    except KeyboardInterrupt:
+        run.fail("interrupted by the user", status="interrupted")
+        raise
+    except Exception as error:
+        run.fail(f"{type(error).__name__}: {error}")
+        raise
+    result = dict(result)
+    result.setdefault("seconds", time.perf_counter() - started)
+    run.complete(result)
+    return run.result

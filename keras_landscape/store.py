@@ -1,0 +1,890 @@
+"""The HDF5 store: one file per run, readable with h5py alone.
+
+The schema is written down in ``docs/hdf5-format.md``; this module is its only writer. It
+imports h5py, numpy and the standard library only (never TensorFlow or Keras), so a store
+can be opened anywhere: version strings are passed in by the caller.
+
+Everything is flushed after every mutation, so an interrupted run loses nothing that was
+written and can be resumed (``Store.begin_run(..., resume=True)``, ``Run.length``,
+``Run.truncate``).
+
+JSON values (run ``config`` and ``result``, layout ``shapes``, any non-scalar attribute) are
+encoded by :func:`to_json`: numpy scalars and arrays become Python numbers and lists, tuples
+become lists, and non-finite floats (NaN, +-inf) become ``null``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from keras_landscape.errors import UserError
+
+FORMAT_NAME = "keras-landscape"
+FORMAT_VERSION = 1
+
+RUN_STATUSES = ("running", "complete", "failed", "interrupted")
+
+#: Name of the attribute (on any group or dataset) listing which of its attributes hold
+#: JSON text. It is itself a JSON list of attribute names.
+JSON_ATTRS = "json_attrs"
+
+# Target size of one chunk of a resizable run dataset.
+_CHUNK_BYTES = 1 << 20
+
+_STR = h5py.string_dtype("utf-8")
+
+
+# --------------------------------------------------------------------------- JSON helpers
+
+
+def jsonable(value: Any) -> Any:
+    """Return ``value`` as plain JSON data: numpy -> Python, tuples -> lists, NaN/inf -> None."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if not math.isfinite(v):
+            return None
+        if isinstance(value, np.floating) and value.dtype.itemsize < 8:
+            v = float(str(value))  # shortest decimal of a float32: 0.95, not 0.949999988
+        return v
+    if isinstance(value, (complex, np.complexfloating)):
+        return [jsonable(value.real), jsonable(value.imag)]
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            return jsonable(value[()])
+        if value.dtype.kind == "f" and value.dtype.itemsize < 8:
+            return [jsonable(v) for v in value]  # keep float32 decimals short
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):  # np.str_, np.bytes_, datetime64, ...
+        return jsonable(value.item())
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        items = [jsonable(v) for v in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist"):  # array-likes (e.g. tensors converted by the caller)
+        return jsonable(value.tolist())
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON: {value!r}")
+
+
+def to_json(value: Any) -> str:
+    """Encode ``value`` as JSON text (see :func:`jsonable`); always strict JSON (no NaN)."""
+    return json.dumps(jsonable(value), allow_nan=False, sort_keys=False)
+
+
+def from_json(text: str | bytes) -> Any:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return json.loads(text)
+
+
+def utc_now() -> str:
+    """Current time as ISO 8601 UTC with a ``Z`` suffix, e.g. ``2025-01-31T12:00:00.123Z``."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+# ------------------------------------------------------------------- attribute helpers
+
+
+def _json_attr_names(obj) -> list[str]:
+    raw = obj.attrs.get(JSON_ATTRS)
+    if raw is None:
+        return []
+    try:
+        names = from_json(raw)
+    except (ValueError, TypeError):
+        return []
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def _set_json_attr_names(obj, names: Iterable[str]) -> None:
+    names = sorted(set(names))
+    if names:
+        obj.attrs[JSON_ATTRS] = to_json(names)
+    elif JSON_ATTRS in obj.attrs:
+        del obj.attrs[JSON_ATTRS]
+
+
+def _set_attr(obj, key: str, value: Any, *, as_json: bool | None = None) -> None:
+    """Write one attribute. Scalars (str, bool, int, float) are stored natively; anything
+    else (or everything, with ``as_json=True``) as JSON text listed in ``json_attrs``."""
+    key = str(key)
+    if key == JSON_ATTRS:
+        raise ValueError(f"attribute name {JSON_ATTRS!r} is reserved by the store")
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    native = None
+    if not as_json:
+        if isinstance(value, (str, np.str_)):
+            native = str(value)
+        elif isinstance(value, bytes):
+            native = value.decode("utf-8", errors="replace")
+        elif isinstance(value, (bool, np.bool_)):
+            native = np.bool_(value)
+        elif isinstance(value, (int, np.integer)):
+            iv = int(value)
+            if -(2**63) <= iv < 2**63:
+                native = np.int64(iv)
+        elif isinstance(value, (float, np.floating)):
+            native = np.float64(value)
+    names = set(_json_attr_names(obj))
+    if native is not None:
+        obj.attrs[key] = native
+        names.discard(key)
+    else:
+        obj.attrs[key] = to_json(value)
+        names.add(key)
+    _set_json_attr_names(obj, names)
+
+
+def _del_attr(obj, key: str) -> None:
+    if key in obj.attrs:
+        del obj.attrs[key]
+    names = _json_attr_names(obj)
+    if key in names:
+        names.remove(key)
+        _set_json_attr_names(obj, names)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            return jsonable(value[()])
+        if value.dtype.kind in "OS":
+            return [_plain(v) for v in value.tolist()]
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _get_attrs(obj) -> dict:
+    json_names = set(_json_attr_names(obj))
+    out = {}
+    for key in obj.attrs.keys():
+        if key == JSON_ATTRS:
+            continue
+        value = _plain(obj.attrs[key])
+        if key in json_names and isinstance(value, str):
+            try:
+                value = from_json(value)
+            except ValueError:
+                pass
+        out[key] = value
+    return out
+
+
+def _get_attr(obj, key: str, default: Any = None) -> Any:
+    if key not in obj.attrs:
+        return default
+    value = _plain(obj.attrs[key])
+    if key in _json_attr_names(obj) and isinstance(value, str):
+        try:
+            return from_json(value)
+        except ValueError:
+            return value
+    return value
+
+
+# ---------------------------------------------------------------------- name helpers
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise UserError(f"A {what} name must be a non-empty string, got {name!r}.")
+    if "/" in name or name in (".", ".."):
+        raise UserError(
+            f"Invalid {what} name {name!r}: names of {what}s in a keras-landscape store "
+            "cannot contain '/' or be '.' or '..'; use letters, digits, '_', '-' and '.'."
+        )
+    return name
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"a run dataset key must be a non-empty string, got {key!r}")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(
+            f"invalid run dataset key {key!r}: use a relative path like 'beads' or "
+            "'pair_0/level_0.3/beads' (no leading '/', no empty, '.' or '..' parts)"
+        )
+    return key
+
+
+def _chunks_for(row_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunk shape for a dataset of rows of ``row_shape``: about 1 MiB per chunk, whole rows
+    where a row fits (so appending and reading a row touch few chunks)."""
+    dims = [max(1, int(d)) for d in row_shape]
+    row_bytes = max(1, itemsize) * int(np.prod(dims, dtype=np.int64))
+    if row_bytes <= _CHUNK_BYTES:
+        rows = int(max(1, min(4096, _CHUNK_BYTES // row_bytes)))
+        return (rows, *dims)
+    # One row is bigger than the target: split its leading dimensions.
+    budget = max(1, _CHUNK_BYTES // max(1, itemsize))
+    out = []
+    for i, d in enumerate(dims):
+        rest = int(np.prod(dims[i + 1:], dtype=np.int64)) if i + 1 < len(dims) else 1
+        if rest >= budget:
+            out.append(1)
+            continue
+        out.append(int(max(1, min(d, budget // rest))))
+        budget = max(1, budget // max(1, out[-1]))
+    return (1, *out)
+
+
+def _h5_dtype(arr: np.ndarray):
+    if arr.dtype.kind in "UO":
+        return _STR
+    return arr.dtype
+
+
+def _as_array(value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind == "U":
+        arr = arr.astype(object)
+    return arr
+
+
+# ----------------------------------------------------------------------------- Store
+
+
+class Store:
+    """One keras-landscape HDF5 file. Create with :meth:`create`, open with :meth:`open`."""
+
+    def __init__(self, h5: h5py.File, path: str, mode: str):
+        self._f = h5
+        self.path = path
+        self.mode = mode
+
+    # ----------------------------------------------------------------- opening/closing
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        versions: Mapping[str, str],
+        command: str,
+        overwrite: bool = False,
+    ) -> "Store":
+        """Create a new store at ``path`` (parent directories made as needed).
+
+        ``versions`` gives the root attributes ``package_version``, ``keras_version``,
+        ``tensorflow_version`` and ``backend``; the short keys ``package``, ``keras``,
+        ``tensorflow`` (and ``keras_landscape``) are accepted too. Missing ones default to
+        this package's version, ``"unknown"``, ``"none"`` and ``"unknown"``. Extra keys are
+        stored as extra root attributes.
+        """
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise UserError(f"Cannot create the store {path!r}: it is a directory. Give a file path such as run.h5.")
+        if os.path.exists(path) and not overwrite:
+            raise UserError(
+                f"The output file {path!r} already exists. Choose another file name, remove "
+                "it, or ask to overwrite it (--overwrite); to continue an interrupted run in "
+                "it, resume instead."
+            )
+        parent = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+            f = h5py.File(path, "w")
+        except OSError as exc:
+            raise UserError(f"Cannot create the store {path!r}: {exc}.") from exc
+        store = cls(f, path, "a")
+        try:
+            from keras_landscape._version import __version__ as pkg_version
+        except Exception:  # pragma: no cover - the package always has a version
+            pkg_version = "unknown"
+        attrs = {
+            "package_version": pkg_version,
+            "keras_version": "unknown",
+            "tensorflow_version": "none",
+            "backend": "unknown",
+        }
+        aliases = {"package": "package_version", "keras_landscape": "package_version",
+                   "keras": "keras_version", "tensorflow": "tensorflow_version",
+                   "tf": "tensorflow_version"}
+        for key, value in dict(versions or {}).items():
+            key = aliases.get(str(key), str(key))
+            attrs[key] = "none" if value is None else str(value)
+        attrs.setdefault("h5py_version", h5py.__version__)
+        attrs.setdefault("numpy_version", np.__version__)
+        now = utc_now()
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+        for key, value in attrs.items():
+            _set_attr(f, key, value)
+        f.attrs["command"] = str(command)
+        f.attrs["created"] = now
+        f.attrs["updated"] = now
+        f.require_group("models")
+        f.require_group("runs")
+        f.flush()
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> "Store":
+        """Open an existing store for reading (``"r"``) or appending (``"a"``)."""
+        if mode not in ("r", "a"):
+            raise ValueError(f"Store.open mode must be 'r' or 'a', got {mode!r}")
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise UserError(
+                f"The store {path!r} does not exist. Give the path of an HDF5 file written by "
+                "keras-landscape (klandscape probe ... --out FILE.h5)."
+            )
+        if os.path.isdir(path):
+            raise UserError(f"The store {path!r} is a directory, not a keras-landscape HDF5 file.")
+        try:
+            is_h5 = h5py.is_hdf5(path)
+        except OSError:
+            is_h5 = False
+        if not is_h5:
+            raise UserError(
+                f"The file {path!r} is not an HDF5 file, so it cannot be a keras-landscape "
+                "store. Give the .h5 file that klandscape wrote (--out)."
+            )
+        try:
+            f = h5py.File(path, mode)
+        except OSError as exc:
+            hint = ""
+            if "lock" in str(exc).lower():
+                hint = " Another process may have it open for writing; wait for it to finish."
+            raise UserError(f"Cannot open the store {path!r} (mode {mode!r}): {exc}.{hint}") from exc
+        fmt = _plain(f.attrs.get("format"))
+        if fmt != FORMAT_NAME:
+            f.close()
+            raise UserError(
+                f"The file {path!r} is an HDF5 file but not a keras-landscape store: its root "
+                f"attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r}. A Keras model file "
+                "(.h5/.keras) is a model input, not a store; give the file klandscape wrote with --out."
+            )
+        version = _plain(f.attrs.get("format_version"))
+        if not isinstance(version, int) or isinstance(version, bool):
+            f.close()
+            raise UserError(
+                f"The store {path!r} has no valid 'format_version' attribute (got {version!r}); "
+                "the file is damaged or was not written by keras-landscape."
+            )
+        if version != FORMAT_VERSION:
+            f.close()
+            newer = "a newer" if version > FORMAT_VERSION else "an older"
+            raise UserError(
+                f"The store {path!r} uses keras-landscape format version {version}, written by "
+                f"{newer} keras-landscape; this version reads format version {FORMAT_VERSION} "
+                "only. Use the matching keras-landscape version, or rerun to write a new store."
+            )
+        return cls(f, path, mode)
+
+    def close(self) -> None:
+        if self._f is not None and self._f.id.valid:
+            if self.mode != "r":
+                self._f.flush()
+            self._f.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "open" if self.is_open else "closed"
+        return f"<Store {self.path!r} mode={self.mode!r} {state}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self._f is not None and bool(self._f.id.valid)
+
+    @property
+    def h5(self) -> h5py.File:
+        """The underlying h5py file (for readers that want raw access)."""
+        return self._f
+
+    def flush(self) -> None:
+        if self.mode != "r" and self.is_open:
+            self._f.flush()
+
+    def _touch(self) -> None:
+        """Record the modification time and flush (after every mutation)."""
+        self._f.attrs["updated"] = utc_now()
+        self._f.flush()
+
+    def _writable(self) -> None:
+        if not self.is_open:
+            raise ValueError(f"the store {self.path!r} is closed")
+        if self.mode == "r":
+            raise ValueError(f"the store {self.path!r} is open read-only; open it with mode 'a' to write")
+
+    # --------------------------------------------------------------------- root info
+
+    def attrs(self) -> dict:
+        """Root attributes (format, versions, command, created, updated), decoded."""
+        return _get_attrs(self._f)
+
+    # ------------------------------------------------------------------------ layout
+
+    def write_layout(
+        self,
+        paths: Sequence[str],
+        shapes: Sequence[Sequence[int]],
+        offsets: Sequence[int],
+        size: int,
+        model_config: str = "",
+        non_trainable_paths: Sequence[str] = (),
+    ) -> None:
+        """Write (or replace) ``/layout``: how theta is cut into the trainable variables."""
+        self._writable()
+        paths = [str(p) for p in paths]
+        shapes = [[int(d) for d in s] for s in shapes]
+        offsets = [int(o) for o in np.asarray(offsets, dtype=np.int64).reshape(-1)]
+        size = int(size)
+        if not (len(paths) == len(shapes) == len(offsets)):
+            raise ValueError(
+                f"layout: {len(paths)} paths, {len(shapes)} shapes and {len(offsets)} offsets; "
+                "they must have one entry per trainable variable"
+            )
+        counts = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+        if sum(counts) != size:
+            raise ValueError(f"layout: the shapes hold {sum(counts)} values but size is {size}")
+        for p, o, c in zip(paths, offsets, counts):
+            if o < 0 or o + c > size:
+                raise ValueError(f"layout: variable {p!r} at offset {o} with {c} values exceeds size {size}")
+        if "layout" in self._f:
+            del self._f["layout"]
+        g = self._f.create_group("layout")
+        g.create_dataset("paths", data=np.array(paths, dtype=object), dtype=_STR)
+        g.create_dataset("offsets", data=np.array(offsets, dtype=np.int64), dtype=np.int64)
+        g.attrs["size"] = np.int64(size)
+        _set_attr(g, "shapes", shapes, as_json=True)
+        g.attrs["model_config"] = "" if model_config is None else str(model_config)
+        _set_attr(g, "non_trainable_paths", [str(p) for p in non_trainable_paths], as_json=True)
+        self._touch()
+
+    def has_layout(self) -> bool:
+        return "layout" in self._f
+
+    def read_layout(self) -> dict:
+        """``{"paths", "shapes" (list of tuples), "offsets", "size", "model_config",
+        "non_trainable_paths"}``."""
+        if "layout" not in self._f:
+            raise UserError(
+                f"The store {self.path!r} has no /layout group: no model was recorded in it, "
+                "so its parameter vectors cannot be mapped back to model weights."
+            )
+        g = self._f["layout"]
+        return {
+            "paths": [str(p) for p in g["paths"].asstr()[()]],
+            "shapes": [tuple(int(d) for d in s) for s in _get_attr(g, "shapes", [])],
+            "offsets": [int(o) for o in g["offsets"][()]],
+            "size": int(_plain(g.attrs["size"])),
+            "model_config": str(_get_attr(g, "model_config", "") or ""),
+            "non_trainable_paths": [str(p) for p in _get_attr(g, "non_trainable_paths", [])],
+        }
+
+    def split_theta(self, theta) -> list[np.ndarray]:
+        """Cut a flat theta into one array per trainable variable, in layout order."""
+        layout = self.read_layout()
+        theta = np.asarray(theta).reshape(-1)
+        if theta.size != layout["size"]:
+            raise ValueError(f"theta has {theta.size} values, the layout says {layout['size']}")
+        out = []
+        for shape, off in zip(layout["shapes"], layout["offsets"]):
+            n = int(np.prod(shape, dtype=np.int64))
+            out.append(theta[off:off + n].reshape(shape))
+        return out
+
+    # -------------------------------------------------------------------------- data
+
+    def write_data_info(self, info: Mapping[str, Any]) -> None:
+        """Write (replace) the attributes of ``/data``: spec, description, loss, level_fn,
+        split, and any other keys given. Non-scalar values are stored as JSON."""
+        self._writable()
+        if "data" in self._f:
+            del self._f["data"]
+        g = self._f.create_group("data")
+        for key, value in dict(info).items():
+            _set_attr(g, str(key), value)
+        self._touch()
+
+    def read_data_info(self) -> dict:
+        if "data" not in self._f:
+            return {}
+        return _get_attrs(self._f["data"])
+
+    # ------------------------------------------------------------------------ models
+
+    def add_model(
+        self,
+        name: str,
+        theta,
+        *,
+        source: str,
+        role: str = "input",
+        non_trainable: Sequence[Any] | Mapping[str, Any] = (),
+        **attrs: Any,
+    ) -> None:
+        """Write ``/models/<name>`` (replacing it if it exists).
+
+        ``non_trainable`` is either a sequence of arrays in the order of the layout's
+        ``non_trainable_paths`` or a mapping path -> array.
+        """
+        self._writable()
+        _check_name(name, "model")
+        theta = np.asarray(theta, dtype=np.float32).reshape(-1)
+        if "layout" in self._f:
+            size = int(_plain(self._f["layout"].attrs["size"]))
+            if theta.size != size:
+                raise ValueError(f"model {name!r}: theta has {theta.size} values, the layout says {size}")
+        if isinstance(non_trainable, Mapping):
+            nt_items = [(str(p), v) for p, v in non_trainable.items()]
+        else:
+            values = list(non_trainable)
+            known = []
+            if "layout" in self._f:
+                known = [str(p) for p in _get_attr(self._f["layout"], "non_trainable_paths", [])]
+            if len(known) != len(values):
+                known = [""] * len(values)
+            nt_items = list(zip(known, values))
+        models = self._f.require_group("models")
+        if name in models:
+            del models[name]
+        g = models.create_group(name)
+        g.create_dataset("theta", data=theta, dtype=np.float32)
+        if nt_items:
+            ng = g.create_group("non_trainable")
+            for i, (p, v) in enumerate(nt_items):
+                arr = _as_array(v)
+                ds = ng.create_dataset(str(i), data=arr, dtype=_h5_dtype(arr))
+                ds.attrs["path"] = p
+        g.attrs["source"] = str(source)
+        g.attrs["role"] = str(role)
+        for key, value in attrs.items():
+            _set_attr(g, key, value)
+        self._touch()
+
+    def has_model(self, name: str) -> bool:
+        return "models" in self._f and name in self._f["models"]
+
+    def model_names(self) -> list[str]:
+        if "models" not in self._f:
+            return []
+        return list(self._f["models"].keys())
+
+    def read_model(self, name: str) -> dict:
+        """``{"theta": (P,) float32, "non_trainable": [arrays], "non_trainable_paths": [str],
+        "attrs": {source, role, ...}}``."""
+        if not self.has_model(name):
+            names = ", ".join(self.model_names()) or "none"
+            raise UserError(f"The store {self.path!r} has no model {name!r}; models in it: {names}.")
+        g = self._f["models"][name]
+        nt, nt_paths = [], []
+        if "non_trainable" in g:
+            ng = g["non_trainable"]
+            for key in sorted(ng.keys(), key=lambda k: int(k) if k.isdigit() else k):
+                ds = ng[key]
+                nt.append(ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()])
+                nt_paths.append(str(_plain(ds.attrs.get("path", ""))))
+        return {
+            "theta": np.asarray(g["theta"][()], dtype=np.float32),
+            "non_trainable": nt,
+            "non_trainable_paths": nt_paths,
+            "attrs": _get_attrs(g),
+        }
+
+    # -------------------------------------------------------------------------- runs
+
+    def run_names(self) -> list[str]:
+        if "runs" not in self._f:
+            return []
+        return list(self._f["runs"].keys())
+
+    def has_run(self, name: str) -> bool:
+        return "runs" in self._f and name in self._f["runs"]
+
+    def run(self, name: str) -> "Run":
+        if not self.has_run(name):
+            names = ", ".join(self.run_names()) or "none"
+            raise UserError(f"The store {self.path!r} has no run {name!r}; runs in it: {names}.")
+        return Run(self, self._f["runs"][name])
+
+    def begin_run(
+        self,
+        name: str,
+        probe: str,
+        config: Mapping[str, Any],
+        seed: int | None = None,
+        resume: bool = False,
+    ) -> "Run":
+        """Start run ``name`` (status ``running``). If it exists: with ``resume=True`` it is
+        returned with status set back to ``running`` (``Run.previous_status`` tells what it
+        was, its datasets are kept); otherwise a UserError."""
+        self._writable()
+        _check_name(name, "run")
+        runs = self._f.require_group("runs")
+        if name in runs:
+            g = runs[name]
+            previous = _get_attr(g, "status", "")
+            if not resume:
+                raise UserError(
+                    f"The store {self.path!r} already has a run {name!r} (status {previous}). "
+                    "Resume it, choose another run name, or write to a new file."
+                )
+            old_probe = _get_attr(g, "probe", "")
+            if old_probe != probe:
+                raise UserError(
+                    f"Cannot resume run {name!r} in {self.path!r} with probe {probe!r}: it was "
+                    f"started by probe {old_probe!r}. Choose another run name."
+                )
+            g.attrs["status"] = "running"
+            g.attrs["finished"] = ""
+            _del_attr(g, "error")
+            g.attrs["resumed"] = np.int64(int(_get_attr(g, "resumed", 0) or 0) + 1)
+            g.attrs["resumed_at"] = utc_now()
+            self._touch()
+            run = Run(self, g)
+            run.previous_status = previous
+            return run
+        g = runs.create_group(name)
+        g.attrs["probe"] = str(probe)
+        _set_attr(g, "config", dict(config or {}), as_json=True)
+        g.attrs["status"] = "running"
+        g.attrs["started"] = utc_now()
+        g.attrs["finished"] = ""
+        if seed is not None:
+            _set_attr(g, "seed", seed)
+        self._touch()
+        run = Run(self, g)
+        run.previous_status = None
+        return run
+
+
+# ------------------------------------------------------------------------------- Run
+
+
+class Run:
+    """One probe run: ``/runs/<name>`` with its attributes and datasets."""
+
+    def __init__(self, store: Store, group: h5py.Group):
+        self.store = store
+        self._g = group
+        self.name = group.name.rsplit("/", 1)[-1]
+        #: status before ``begin_run(..., resume=True)`` reset it (None for a new run).
+        self.previous_status: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Run {self.name!r} probe={self.probe!r} status={self.status!r}>"
+
+    # ------------------------------------------------------------------- attributes
+
+    @property
+    def probe(self) -> str:
+        return str(_get_attr(self._g, "probe", ""))
+
+    @property
+    def config(self) -> dict:
+        return _get_attr(self._g, "config", {}) or {}
+
+    @property
+    def status(self) -> str:
+        return str(_get_attr(self._g, "status", ""))
+
+    @property
+    def seed(self):
+        return _get_attr(self._g, "seed", None)
+
+    @property
+    def result(self) -> dict | None:
+        return _get_attr(self._g, "result", None)
+
+    @property
+    def error(self) -> str | None:
+        return _get_attr(self._g, "error", None)
+
+    def _obj(self, key: str | None, create: bool = False):
+        if key is None:
+            return self._g
+        _check_key(key)
+        if key in self._g:
+            return self._g[key]
+        if create:
+            return self._g.require_group(key)
+        raise KeyError(f"run {self.name!r} has no dataset or group {key!r}")
+
+    def set_attrs(self, key: str | None = None, **attrs: Any) -> None:
+        """Set attributes on the run group (``key=None``) or on a dataset/subgroup (created
+        as a group if missing). Non-scalar values are stored as JSON."""
+        self.store._writable()
+        obj = self._obj(key, create=True)
+        for k, v in attrs.items():
+            _set_attr(obj, k, v)
+        self.store._touch()
+
+    def get_attrs(self, key: str | None = None) -> dict:
+        return _get_attrs(self._obj(key))
+
+    def complete(self, result: Mapping[str, Any]) -> None:
+        self.store._writable()
+        _set_attr(self._g, "result", result, as_json=True)
+        _del_attr(self._g, "error")
+        self._g.attrs["status"] = "complete"
+        self._g.attrs["finished"] = utc_now()
+        self.store._touch()
+
+    def fail(self, message: str, status: str = "failed") -> None:
+        if status not in ("failed", "interrupted"):
+            raise ValueError(f"Run.fail status must be 'failed' or 'interrupted', got {status!r}")
+        self.store._writable()
+        self._g.attrs["status"] = status
+        self._g.attrs["error"] = str(message)
+        self._g.attrs["finished"] = utc_now()
+        self.store._touch()
+
+    # --------------------------------------------------------------------- datasets
+
+    def has(self, key: str) -> bool:
+        _check_key(key)
+        return key in self._g and isinstance(self._g[key], h5py.Dataset)
+
+    def _dataset(self, key: str) -> h5py.Dataset:
+        _check_key(key)
+        obj = self._g.get(key)
+        if not isinstance(obj, h5py.Dataset):
+            keys = ", ".join(self.keys()) or "none"
+            raise KeyError(f"run {self.name!r} has no dataset {key!r}; datasets: {keys}")
+        return obj
+
+    def length(self, key: str) -> int:
+        """Number of rows of dataset ``key`` (0 if it does not exist yet)."""
+        if not self.has(key):
+            return 0
+        ds = self._g[key]
+        return int(ds.shape[0]) if ds.ndim else 1
+
+    def keys(self) -> list[str]:
+        """All datasets of the run, recursively, as path-like keys relative to the run."""
+        out: list[str] = []
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out.append(name)
+
+        self._g.visititems(visit)
+        return sorted(out)
+
+    def read(self, key: str) -> np.ndarray:
+        ds = self._dataset(key)
+        if h5py.check_string_dtype(ds.dtype):
+            return np.asarray(ds.asstr()[()], dtype=object)
+        return ds[()]
+
+    def write(self, key: str, array) -> None:
+        """Write dataset ``key`` whole (replacing it). Arrays with at least one dimension are
+        stored resizable and chunked, so rows can be appended later."""
+        self.store._writable()
+        arr = _as_array(array)
+        if key in self._g:
+            del self._g[key]
+        dtype = _h5_dtype(arr)
+        if arr.ndim == 0:
+            self._g.create_dataset(key, data=arr, dtype=dtype)
+        else:
+            itemsize = 8 if dtype is _STR else arr.dtype.itemsize
+            maxshape = (None, *(None if d == 0 else d for d in arr.shape[1:]))
+            self._g.create_dataset(
+                key, data=arr, dtype=dtype, maxshape=maxshape,
+                chunks=_chunks_for(arr.shape[1:], itemsize),
+            )
+        self.store._touch()
+
+    def append(self, key: str, row) -> int:
+        """Append one row to dataset ``key`` (created on first use from the row's shape and
+        dtype, resizable and chunked), flush, and return the new number of rows."""
+        self.store._writable()
+        _check_key(key)
+        arr = _as_array(row)
+        if key not in self._g:
+            dtype = _h5_dtype(arr)
+            itemsize = 8 if dtype is _STR else arr.dtype.itemsize
+            self._g.create_dataset(
+                key, shape=(0, *arr.shape), dtype=dtype,
+                maxshape=(None, *(None if d == 0 else d for d in arr.shape)),
+                chunks=_chunks_for(arr.shape, itemsize),
+            )
+        ds = self._g[key]
+        if not isinstance(ds, h5py.Dataset):
+            raise ValueError(f"run {self.name!r}: {key!r} is a group, not a dataset")
+        if ds.ndim == 0 or ds.maxshape[0] is not None:
+            raise ValueError(f"run {self.name!r}: dataset {key!r} is not resizable along rows")
+        if tuple(ds.shape[1:]) != tuple(arr.shape):
+            raise ValueError(
+                f"run {self.name!r}: cannot append a row of shape {arr.shape} to dataset "
+                f"{key!r} whose rows have shape {tuple(ds.shape[1:])}"
+            )
+        n = int(ds.shape[0])
+        ds.resize(n + 1, axis=0)
+        ds[n] = arr
+        self.store._touch()
+        return n + 1
+
+    def truncate(self, key: str, n: int) -> None:
+        """Keep the first ``n`` rows of dataset ``key`` (e.g. to drop a partial step before
+        resuming)."""
+        self.store._writable()
+        ds = self._dataset(key)
+        n = int(n)
+        if ds.ndim == 0 or ds.maxshape[0] is not None:
+            raise ValueError(f"run {self.name!r}: dataset {key!r} is not resizable along rows")
+        if n < 0 or n > ds.shape[0]:
+            raise ValueError(f"run {self.name!r}: cannot truncate {key!r} of {ds.shape[0]} rows to {n}")
+        if n != ds.shape[0]:
+            ds.resize(n, axis=0)
+        self.store._touch()
+
+    def delete(self, key: str) -> None:
+        """Remove a dataset or subgroup of the run (no-op if missing)."""
+        self.store._writable()
+        _check_key(key)
+        if key in self._g:
+            del self._g[key]
+            self.store._touch()
+
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "JSON_ATTRS",
+    "RUN_STATUSES",
+    "Run",
+    "Store",
+    "from_json",
+    "jsonable",
+    "to_json",
+    "utc_now",
+]
