@@ -455,13 +455,13 @@ def _text_files(spec: str, path: Path, roles: list[str]) -> dict[str, str]:
 
 
 def _load_text(spec: str, positionals: list[str], opts: _Options, seed: int) -> Dataset:
-    path = _existing(spec, positionals[0], "path")
     cap = opts.get_int("vocab", 10000, minimum=2)
     steps = opts.get_int("seq", 20, minimum=1)
     test_role = opts.get_str("split_test", "test")
     if test_role not in ("test", "valid"):
         raise UserError(f"Option split_test={test_role!r} in data spec {spec!r} must be "
                         "'test' or 'valid'.")
+    path = _existing(spec, positionals[0], "path")
     texts = _text_files(spec, path, ["train", test_role])
     if "train" not in texts:
         raise UserError(f"Data spec {spec!r}: no file ending in train.txt in {str(path)!r} "
@@ -594,14 +594,17 @@ def load_data(spec: str, seed: int = 0) -> Dataset:
     if unknown:
         raise UserError(f"Unknown option(s) {', '.join(unknown)} in data spec {spec!r}; "
                         f"{kind_name} accepts: {', '.join(sorted(kind.options))}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"The seed for data spec {spec!r} must be an integer >= 0, got {seed!r}.")
     opts = _Options(spec, options)
     limit = opts.get_int("limit", None, minimum=1)
     data = kind.loader(spec, positionals, opts, seed)
     if limit is not None:
+        # Copies, so that the full arrays can be freed.
         data = dataclasses.replace(
-            data, x_train=data.x_train[:limit], y_train=data.y_train[:limit],
-            x_test=None if data.x_test is None else data.x_test[:limit],
-            y_test=None if data.y_test is None else data.y_test[:limit])
+            data, x_train=data.x_train[:limit].copy(), y_train=data.y_train[:limit].copy(),
+            x_test=None if data.x_test is None else data.x_test[:limit].copy(),
+            y_test=None if data.y_test is None else data.y_test[:limit].copy())
     sizes = f"{len(data.x_train)} train / " + (
         f"{len(data.x_test)} test" if data.x_test is not None else "no test")
     classes = {"classification": f", {data.num_classes} classes",

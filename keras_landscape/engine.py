@@ -137,3 +137,63 @@ __all__ = [
     "make_gradient_sums",
     "make_stacked_batch_sums",
 ]
+
+
+def make_projection(model, layout: ParameterLayout, objective: Objective, *, full_batch: bool):
+    """A compiled-ready projection of K beads: `steps` optimiser steps inside one loop.
+
+    fn(thetas, m, v, t, active, normals, nt, x, y, indices, hyper) -> (thetas, m, v, t, loss)
+
+    Args (tensors):
+        thetas: (K, P) starting points; m, v: (K, P) Adam moments; t: (K,) step counters.
+        active: (K,) 1.0 for beads still projecting, 0.0 for beads already below target
+            (frozen: their parameters and optimiser state do not move).
+        normals: (K, P) unit normals of the hyperplanes (zero rows: unconstrained). The
+            update's component along the normal is removed, so a bead started in the
+            hyperplane through the insertion point stays in it exactly.
+        x, y: the training split; indices: (S, B) int sample indices per step (ignored with
+            full_batch, where every step uses all of x, y).
+        hyper: [learning_rate, beta_1, beta_2, epsilon, use_adam (1.0) or plain SGD (0.0)].
+    """
+    training_loss = make_training_objective(model, layout, objective)
+    vg = backend.value_and_grad(training_loss)
+
+    def project(thetas, m, v, t, active, normals, non_trainable, x, y, indices, hyper):
+        lr, beta_1, beta_2, epsilon, use_adam = (hyper[i] for i in range(5))
+        steps = ops.shape(indices)[0]
+        gate = ops.expand_dims(active, 1)
+
+        def body(i, state):
+            thetas, m, v, t, _ = state
+            if full_batch:
+                xb, yb = x, y
+            else:
+                xb, yb = ops.take(x, indices[i], axis=0), ops.take(y, indices[i], axis=0)
+            mask = ops.ones((ops.shape(xb)[0],), "float32")
+
+            def bead_value_and_grad(theta):
+                value, _, grad = vg(theta, non_trainable, xb, yb, mask)
+                return value, grad
+
+            values, grads = backend.map_thetas(bead_value_and_grad, thetas)
+            t_new = t + active
+            m_new = beta_1 * m + (1.0 - beta_1) * grads
+            v_new = beta_2 * v + (1.0 - beta_2) * ops.square(grads)
+            tt = ops.expand_dims(ops.maximum(t_new, 1.0), 1)
+            m_hat = m_new / (1.0 - ops.power(beta_1, tt))
+            v_hat = v_new / (1.0 - ops.power(beta_2, tt))
+            adam = m_hat / (ops.sqrt(v_hat) + epsilon)
+            update = lr * (use_adam * adam + (1.0 - use_adam) * grads)
+            update = update - ops.sum(update * normals, axis=1, keepdims=True) * normals
+            return (
+                thetas - gate * update,
+                gate * m_new + (1.0 - gate) * m,
+                gate * v_new + (1.0 - gate) * v,
+                t_new,
+                values,
+            )
+
+        zero = ops.zeros((ops.shape(thetas)[0],), "float32")
+        return ops.fori_loop(0, steps, body, (thetas, m, v, t, zero))
+
+    return project

@@ -272,6 +272,31 @@ class Landscape:
             setattr(self, key, per_sample * self._batches[split].n)
         return getattr(self, key)
 
+    # ----------------------------------------------------------------- projection kernels
+    def training_tensors(self):
+        """The training split as tensors (x, y), converted once (projections gather from it)."""
+        if not hasattr(self, "_train_tensors"):
+            x, y = self.dataset.split("train")
+            self._train_tensors = (ops.convert_to_tensor(x), ops.convert_to_tensor(y))
+        return self._train_tensors
+
+    @property
+    def train_size(self) -> int:
+        return self._batches["train"].n
+
+    def projection_kernel(self, full_batch: bool):
+        """The compiled projection loop (see `engine.make_projection`), one per batching mode."""
+        cache = self.__dict__.setdefault("_projection_kernels", {})
+        if full_batch not in cache:
+            cache[full_batch] = backend.compile_function(
+                engine.make_projection(
+                    self.model, self.layout, self.objective.objective, full_batch=full_batch
+                ),
+                xla=self.xla,
+                label=f"{getattr(self.model, 'name', 'model')} projection",
+            )
+        return cache[full_batch]
+
     def describe(self) -> dict:
         """What this landscape measures, for the store and reports."""
         return {

@@ -66,8 +66,9 @@ def map_thetas(fn, thetas):
     A graph while-loop with parallel iterations: Keras layers inside `fn` (Conv2D, LSTM) do
     not all vectorise under tf.vectorized_map, which would silently fall back to a loop.
     """
-    first = tf.TensorSpec.from_tensor(fn(thetas[0]))
-    return tf.map_fn(fn, thetas, fn_output_signature=first, parallel_iterations=16)
+    # Traced once for its output structure; the unused copy is pruned from the graph.
+    signature = tf.nest.map_structure(tf.TensorSpec.from_tensor, fn(thetas[0]))
+    return tf.map_fn(fn, thetas, fn_output_signature=signature, parallel_iterations=16)
 
 
 def set_fast_float32(enabled: bool) -> None:

@@ -1,0 +1,162 @@
+"""Projecting points onto a sublevel set: train them until E <= target (batched).
+
+A projection trains K parameter vectors at once with Adam (or SGD) on the training loss,
+inside one compiled loop of `check_every` steps; between loops the level function is
+evaluated for every bead in one batched call and beads already at or below the target are
+frozen. It stops when every bead is below the target or the step budget is spent. This is
+how Dynamic String Sampling moves a new bead into Omega_u, and how fresh partner models are
+trained down to a level.
+
+Mini-batch indices are drawn from a generator seeded by the caller, so a projection is
+reproducible: the same starts, seed and config give the same result (on the same hardware).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from keras import ops
+
+from keras_landscape.errors import UserError
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class ProjectionConfig:
+    """How beads are trained into the sublevel set.
+
+    Attributes:
+        optimizer: 'adam' (default, as in the authors' code) or 'sgd'.
+        learning_rate: step size (parameter units per step).
+        max_steps: step budget per bead; a bead that misses the target within it fails.
+        check_every: optimiser steps per compiled loop between level checks.
+        batch_size: samples per step; None or >= the training set size means full batch.
+        beta_1, beta_2, epsilon: Adam's constants (Keras defaults).
+    """
+
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    max_steps: int = 2000
+    check_every: int = 50
+    batch_size: int | None = None
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(
+                f"Unknown optimizer {self.optimizer!r} for projections: use one of {OPTIMIZERS}."
+            )
+        if self.learning_rate <= 0 or self.max_steps < 1 or self.check_every < 1:
+            raise UserError(
+                "Projection needs learning_rate > 0, max_steps >= 1 and check_every >= 1 "
+                f"(got {self.learning_rate}, {self.max_steps}, {self.check_every})."
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"batch_size must be positive or None, got {self.batch_size}.")
+
+
+@dataclass
+class ProjectionResult:
+    """Where the beads ended.
+
+    Attributes:
+        thetas: (K, P) final parameters.
+        levels: (K,) level function at the final parameters (true float32).
+        steps: (K,) optimiser steps each bead took.
+        reached: (K,) whether each bead is at or below the target.
+    """
+
+    thetas: np.ndarray
+    levels: np.ndarray
+    steps: np.ndarray
+    reached: np.ndarray
+
+
+def project(
+    landscape,
+    starts: np.ndarray,
+    target: float,
+    config: ProjectionConfig,
+    seed: int,
+    normals: np.ndarray | None = None,
+    on_check=None,
+) -> ProjectionResult:
+    """Train the rows of `starts` until each one's level is <= target or its budget runs out.
+
+    Args:
+        landscape: the Landscape (its training split drives the steps).
+        starts: (K, P) starting points.
+        target: the level to reach (level-function units), e.g. alpha * u.
+        config: optimiser and budget.
+        seed: seeds the mini-batch draws (ignored for full batch).
+        normals: optional (K, P) hyperplane normals (unit or zero rows); see
+            `engine.make_projection`.
+        on_check: optional callback(levels, steps) after every level check (progress).
+
+    Returns:
+        A ProjectionResult.
+    """
+    config.validate()
+    thetas = np.array(starts, np.float32, copy=True)
+    k, p = thetas.shape
+    normals = np.zeros((k, p), np.float32) if normals is None else np.asarray(normals, np.float32)
+    levels = landscape.levels(thetas)
+    steps = np.zeros(k, np.int64)
+    n = landscape.train_size
+    full_batch = config.batch_size is None or config.batch_size >= n
+    kernel = landscape.projection_kernel(full_batch)
+    x, y = landscape.training_tensors()
+    rng = np.random.default_rng(seed)
+    hyper = ops.convert_to_tensor(
+        np.array(
+            [
+                config.learning_rate,
+                config.beta_1,
+                config.beta_2,
+                config.epsilon,
+                1.0 if config.optimizer == "adam" else 0.0,
+            ],
+            np.float32,
+        )
+    )
+    m = ops.zeros((k, p), "float32")
+    v = ops.zeros((k, p), "float32")
+    t = ops.zeros((k,), "float32")
+    state = ops.convert_to_tensor(thetas)
+    normals_t = ops.convert_to_tensor(normals)
+    while True:
+        active = ~(levels <= target) & (steps < config.max_steps) & np.isfinite(levels)
+        if not active.any():
+            break
+        chunk = int(min(config.check_every, config.max_steps - steps[active].max()))
+        if full_batch:
+            indices = np.zeros((chunk, 1), np.int32)
+        else:
+            indices = rng.integers(0, n, size=(chunk, config.batch_size), dtype=np.int32)
+        state, m, v, t, _ = kernel(
+            state,
+            m,
+            v,
+            t,
+            ops.convert_to_tensor(active.astype(np.float32)),
+            normals_t,
+            landscape.non_trainable,
+            x,
+            y,
+            ops.convert_to_tensor(indices),
+            hyper,
+        )
+        steps[active] += chunk
+        thetas = np.asarray(state)
+        levels = levels.copy()
+        levels[active] = landscape.levels(thetas[active])
+        if on_check is not None:
+            on_check(levels, steps)
+    return ProjectionResult(thetas, levels, steps, levels <= target)
+
+
+__all__ = ["ProjectionConfig", "ProjectionResult", "project"]
