@@ -117,6 +117,9 @@ def probes_command(as_json: bool) -> None:
 @click.option("--level-fn", default="loss", show_default=True, help="loss, error, perplexity or a Keras metric.")
 @click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Split for the level function (default: test if present).")
 @click.option("--level", type=float, default=None, help="Level u for probes that take one.")
+@click.option("--levels", default=None, help="Levels for curviness: '0.3,0.2,0.1' or 'start:stop:count'.")
+@click.option("--partners", type=int, default=None, help="With one model: fresh partners to train and connect.")
+@click.option("--retrain-endpoints", is_flag=True, default=None, help="Curviness: train endpoints down to lower levels.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Probe option (repeatable), e.g. --set alpha=0.95.")
 @click.option("--out", default=None, help="HDF5 store to write (default: klandscape-runs/run-<time>.h5).")
 @click.option("--resume", is_flag=True, help="Continue the runs in an existing --out store.")
@@ -126,14 +129,17 @@ def probes_command(as_json: bool) -> None:
 @click.option("--eval-batch-size", type=int, default=1024, show_default=True)
 @click.option("--no-xla", is_flag=True, help="Compile without XLA.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def probe_command(models, data, probes, loss, level_fn, split, level, settings, out, resume,
+def probe_command(models, data, probes, loss, level_fn, split, level, levels, partners,
+                  retrain_endpoints, settings, out, resume,
                   overwrite, seed, custom_objects, eval_batch_size, no_xla, as_json) -> None:
     """Run probes on MODEL files (.keras or .h5) over the data SPEC."""
     from keras_landscape.runner import RunSpec, execute
 
     options = _parse_assignments(settings, "--set option")
-    if level is not None:
-        options["level"] = level
+    for key, value in (("level", level), ("levels", levels), ("partners", partners),
+                       ("retrain_endpoints", retrain_endpoints)):
+        if value is not None:
+            options[key] = value
     spec = RunSpec(
         models=list(models),
         data=data,

@@ -56,6 +56,7 @@ class DSSConfig(ProjectionConfig):
         projection_mode: 'plain' (train from the insertion point, as in the paper) or
             'hyperplane' (the bead stays in the hyperplane through the insertion point
             orthogonal to the segment; keeps beads evenly spread).
+        seed: seeds mini-batch draws and partner initialisations (--seed by default).
     """
 
     alpha: float = 0.97
@@ -64,6 +65,7 @@ class DSSConfig(ProjectionConfig):
     max_depth: int = 10
     insertion: str = "midpoint"
     projection_mode: str = "plain"
+    seed: int = 0
 
     def validate(self) -> None:
         super().validate()

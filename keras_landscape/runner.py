@@ -94,6 +94,8 @@ def build_probes(spec: RunSpec) -> list:
         options = {k: v for k, v in spec.options.items() if k.replace("-", "_") in names}
         unused -= set(options)
         options.update(spec.probe_options.get(entry.name, {}))
+        if "seed" in names and "seed" not in options:
+            options["seed"] = spec.seed
         instances.append(entry.cls(registry.make_config(entry.cls, options)))
     if unused:
         known = sorted({f.name for e in entries for f in registry.config_fields(e.cls)})

@@ -1,0 +1,119 @@
+"""Pairs of minima for the DSS probes: partners, pair lists, resumable connections.
+
+Shared by the `connectivity`, `curviness` (and later barrier/components) probes so that a
+probe only decides *which* levels and pairs to measure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from keras_landscape.dss import Connection, DSSConfig, StringRecord, connect
+from keras_landscape.errors import UserError
+from keras_landscape.models import clone_fresh
+from keras_landscape.projection import ProjectionConfig, project
+
+
+@dataclass
+class PairOptions:
+    """Options every pair-based probe shares (mixed into its Config).
+
+    Attributes:
+        partners: with one model, how many fresh models of the same architecture to train
+            (random init, Adam) down to its level and connect it to.
+        partner_steps: step budget for training each partner.
+        partner_learning_rate: learning rate for partners (None: the projection's).
+        margin: the default level is max(endpoint levels) * (1 + margin).
+    """
+
+    partners: int = 1
+    partner_steps: int = 20000
+    partner_learning_rate: float | None = None
+    margin: float = 0.05
+
+
+def seed_for(seed: int, *parts: int) -> int:
+    """A distinct, reproducible seed for one unit of work (pair, level, ...)."""
+    value = seed
+    for part in parts:
+        value = (value * 1_000_003 + part + 1) % (2**31 - 1)
+    return value
+
+
+def with_partners(landscape, minima: list, config, run, progress) -> tuple[list, list[tuple[int, int]]]:
+    """The minima to connect and the index pairs to measure.
+
+    Two or more models: every pair (i < j). One model: `config.partners` fresh models are
+    trained to the model's level (stored in the run under partners/, reused on resume) and
+    the model is paired with each.
+    """
+    from keras_landscape.runner import Minimum  # runner imports probes' modules lazily
+
+    if len(minima) >= 2:
+        return minima, [(i, j) for i in range(len(minima)) for j in range(i + 1, len(minima))]
+    if config.partners < 1:
+        raise UserError("One model and partners=0: give two models or set partners >= 1.")
+    model = minima[0]
+    target = float(landscape.level(model.theta))
+    stored = run.length("partners/theta") if run.has("partners/theta") else 0
+    thetas = [run.read("partners/theta")[i] for i in range(stored)]
+    missing = config.partners - stored
+    if missing > 0:
+        task = progress.task(f"training {missing} partner(s) to level {target:.4g}", total=missing)
+        starts = np.stack(
+            [
+                landscape.theta_of(clone_fresh(model.model, seed_for(config.seed, 7919, stored + i)))
+                for i in range(missing)
+            ]
+        )
+        projection = ProjectionConfig(
+            **{
+                **vars(config.projection()),
+                "max_steps": config.partner_steps,
+                "learning_rate": config.partner_learning_rate or config.learning_rate,
+            }
+        )
+        result = project(landscape, starts, target, projection, seed=seed_for(config.seed, 7907))
+        for i, theta in enumerate(result.thetas):
+            run.append("partners/theta", theta)
+            run.append("partners/level", np.float64(result.levels[i]))
+            run.append("partners/steps", np.int64(result.steps[i]))
+            thetas.append(theta)
+            task.advance()
+        task.close()
+    partners = [
+        Minimum(f"{model.name}_partner{i}", np.asarray(t, np.float32), f"trained:partner {i} of {model.name}")
+        for i, t in enumerate(thetas[: config.partners])
+    ]
+    return [model] + partners, [(0, k) for k in range(1, len(partners) + 1)]
+
+
+def default_level(endpoint_levels, margin: float) -> float:
+    top = max(endpoint_levels)
+    return top * (1.0 + margin) if top > 0 else top + margin
+
+
+def connect_pair(landscape, a, b, level, config: DSSConfig, run, prefix: str, seed: int, progress) -> dict:
+    """DSS between minima a and b at `level`, streamed under `prefix`; a finished one is reused."""
+    record = StringRecord(run, prefix)
+    verdict = record.verdict()
+    if verdict is not None:
+        return verdict
+    connection: Connection = connect(
+        landscape, a.theta, b.theta, level, config, seed=seed, record=record, progress=progress
+    )
+    result = connection.to_dict()
+    result.update({"a": a.name, "b": b.name, "prefix": prefix})
+    record.run.set_attrs(prefix, verdict=result)
+    return result
+
+
+def summarize(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None when empty; sd 0 for one value)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None, None
+    return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0

@@ -1,0 +1,82 @@
+"""Probe `connectivity`: are two minima joined by a path below level u? (DSS)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from keras_landscape.dss import DSSConfig
+from keras_landscape.pairs import PairOptions, connect_pair, default_level, seed_for, with_partners
+from keras_landscape.registry import register_probe
+
+
+@register_probe
+class ConnectivityProbe:
+    """Dynamic String Sampling between each pair of models at one level."""
+
+    name = "connectivity"
+    summary = "Are two minima connected below level u? Beads, normalized geodesic length (DSS)."
+
+    @dataclass
+    class Config(DSSConfig, PairOptions):
+        """DSS knobs (see DSSConfig), pair options (see PairOptions), and:
+
+        Attributes:
+            level: u in level-function units; None: max(endpoint levels) * (1 + margin).
+        """
+
+        level: float | None = None
+
+    def __init__(self, config=None):
+        self.config = config or self.Config()
+
+    def run(self, landscape, models, store, progress) -> dict:
+        config = self.config
+        config.validate()
+        minima, pairs = with_partners(landscape, models, config, store, progress)
+        task = progress.task("connectivity", total=len(pairs))
+        results = []
+        for index, (i, j) in enumerate(pairs):
+            a, b = minima[i], minima[j]
+            level = config.level
+            if level is None:
+                ends = landscape.levels(np.stack([a.theta, b.theta]))
+                level = default_level(ends, config.margin)
+            results.append(
+                connect_pair(
+                    landscape, a, b, level, config, store, f"pair_{i}_{j}",
+                    seed_for(config.seed, index), task,
+                )
+            )
+            task.advance()
+        task.close()
+        return {**aggregate(results), **{
+            "level_fn": landscape.objective.level_fn,
+            "pairs": results,
+            "connected_pairs": sum(r["connected"] for r in results),
+            "beads_include_endpoints": True,
+            "measured_on": "all trainable weights",
+        }}
+
+
+def aggregate(results: list[dict]) -> dict:
+    """One pair: its fields. Several: all connected?, means of sizes, max of maxima, sums."""
+    if len(results) == 1:
+        keys = ("connected", "level", "beads", "normalized_length", "path_length", "distance",
+                "max_loss", "depth", "projection_steps", "reason")
+        return {key: results[0][key] for key in keys}
+    mean = lambda key: float(np.mean([r[key] for r in results]))  # noqa: E731
+    return {
+        "connected": all(r["connected"] for r in results),
+        "level": results[0]["level"] if len({r["level"] for r in results}) == 1 else None,
+        "beads": mean("beads"),
+        "normalized_length": mean("normalized_length"),
+        "path_length": mean("path_length"),
+        "distance": mean("distance"),
+        "max_loss": max(r["max_loss"] for r in results),
+        "depth": max(r["depth"] for r in results),
+        "projection_steps": int(sum(r["projection_steps"] for r in results)),
+        "reason": "connected" if all(r["connected"] for r in results) else "see pairs",
+        "aggregated_over_pairs": len(results),
+    }

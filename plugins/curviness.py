@@ -1,0 +1,138 @@
+"""Probe `curviness`: normalized geodesic length and beads against the level (the paper's curves)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from keras_landscape.dss import DSSConfig
+from keras_landscape.errors import UserError
+from keras_landscape.pairs import (
+    PairOptions,
+    connect_pair,
+    default_level,
+    seed_for,
+    summarize,
+    with_partners,
+)
+from keras_landscape.projection import project
+from keras_landscape.registry import register_probe
+
+DEFAULT_FRACTIONS = (1.0, 0.75, 0.5)
+
+
+def parse_levels(text: str) -> list[float]:
+    """'0.3,0.2,0.1' (a list) or '0.3:0.05:6' (6 evenly spaced levels from 0.3 to 0.05)."""
+    text = str(text).strip()
+    try:
+        if ":" in text:
+            start, stop, count = text.split(":")
+            return [float(v) for v in np.linspace(float(start), float(stop), int(count))]
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(
+            f"Bad levels {text!r}: give a list '0.3,0.2,0.1' or a range 'start:stop:count'."
+        ) from None
+
+
+@register_probe
+class CurvinessProbe:
+    """DSS over pairs at several levels: mean and spread of normalized length and beads."""
+
+    name = "curviness"
+    summary = "Normalized geodesic length and bead count vs level, over pairs (DSS)."
+
+    @dataclass
+    class Config(DSSConfig, PairOptions):
+        """DSS knobs (see DSSConfig), pair options (see PairOptions), and:
+
+        Attributes:
+            levels: '0.3,0.2,0.1' or 'start:stop:count'; empty: max endpoint level
+                * (1 + margin) times 1, 0.75 and 0.5.
+            retrain_endpoints: train endpoints that lie above a level down to alpha * level
+                (from their state at the previous, higher level) instead of reporting the
+                pair as not connected ('endpoint_above_level').
+        """
+
+        levels: str = ""
+        retrain_endpoints: bool = False
+
+    def __init__(self, config=None):
+        self.config = config or self.Config()
+
+    def run(self, landscape, models, store, progress) -> dict:
+        config = self.config
+        config.validate()
+        minima, pairs = with_partners(landscape, models, config, store, progress)
+        thetas = np.stack([m.theta for m in minima])
+        endpoint_levels = landscape.levels(thetas)
+        levels = parse_levels(config.levels) if config.levels else [
+            default_level(endpoint_levels, config.margin) * f for f in DEFAULT_FRACTIONS
+        ]
+        levels = sorted(levels, reverse=True)
+        task = progress.task("curviness", total=len(levels) * len(pairs))
+        per_level = []
+        for k, level in enumerate(levels):
+            if config.retrain_endpoints:
+                thetas, endpoint_levels = self._retrain(landscape, thetas, endpoint_levels, level, store, k)
+            results = []
+            for index, (i, j) in enumerate(pairs):
+                a, b = (
+                    type(minima[n])(minima[n].name, thetas[n], minima[n].source) for n in (i, j)
+                )
+                results.append(
+                    connect_pair(
+                        landscape, a, b, level, config, store, f"level_{k}/pair_{i}_{j}",
+                        seed_for(config.seed, k, index), task,
+                    )
+                )
+                task.advance()
+            per_level.append(results)
+        task.close()
+        return self._table(levels, per_level, landscape)
+
+    def _retrain(self, landscape, thetas, endpoint_levels, level, store, k):
+        key = f"level_{k}/endpoints"
+        if store.has(f"{key}/theta"):
+            stored = store.read(f"{key}/theta")
+            return stored, landscape.levels(stored)
+        above = np.flatnonzero(~(endpoint_levels <= level))
+        thetas = thetas.copy()
+        if len(above):
+            result = project(
+                landscape, thetas[above], self.config.alpha * level, self.config.projection(),
+                seed=seed_for(self.config.seed, 104729, k),
+            )
+            thetas[above] = result.thetas
+        store.write(f"{key}/theta", thetas)
+        return thetas, landscape.levels(thetas)
+
+    @staticmethod
+    def _table(levels, per_level, landscape) -> dict:
+        table = {
+            "levels": levels, "normalized_length": [], "normalized_length_sd": [],
+            "beads": [], "beads_sd": [], "pairs": [], "failed": [], "reasons": [],
+        }
+        for results in per_level:
+            good = [r for r in results if r["connected"]]
+            length, length_sd = summarize([r["normalized_length"] for r in good])
+            beads, beads_sd = summarize([r["beads"] for r in good])
+            table["normalized_length"].append(length)
+            table["normalized_length_sd"].append(length_sd)
+            table["beads"].append(beads)
+            table["beads_sd"].append(beads_sd)
+            table["pairs"].append(len(good))
+            table["failed"].append(len(results) - len(good))
+            reasons = {}
+            for r in results:
+                if not r["connected"]:
+                    reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+            table["reasons"].append(reasons)
+        table.update({
+            "level_fn": landscape.objective.level_fn,
+            "beads_include_endpoints": True,
+            "statistics": "mean and sample sd over connected pairs",
+            "details": per_level,
+        })
+        return table
