@@ -88,10 +88,17 @@ def cli(verbose: int, quiet: bool) -> None:
 
 @cli.command("probes")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def probes_command(as_json: bool) -> None:
+@click.option("--markdown", is_flag=True, help="The built-in probe reference (docs/probes.md).")
+def probes_command(as_json: bool, markdown: bool) -> None:
     """List the registered probes (built-in and plugins)."""
     from keras_landscape import registry
     from keras_landscape.cli.display import probes_table
+
+    if markdown:
+        from keras_landscape.reference import probes_markdown
+
+        click.echo(probes_markdown(), nl=False)
+        return
 
     entries = registry.probes()
     broken = registry.broken_plugins()
@@ -202,6 +209,42 @@ def _silence_native_stderr(argv: list[str]) -> None:
     os.dup2(devnull, 2)
     os.close(devnull)
     sys.stderr = os.fdopen(real, "w", buffering=1, encoding="utf-8", errors="replace")
+
+
+@cli.command("demo")
+@click.option("--out", "out_dir", default="klandscape-demo", show_default=True, help="Folder for models, store and summary.")
+@click.option("--models", type=int, default=3, show_default=True, help="How many MLPs to train.")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted demo in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def demo_command(out_dir, models, epochs, seed, resume, as_json) -> None:
+    """The first run: train small MLPs on the embedded digits data and probe them."""
+    from keras_landscape.demo import run_demo, summary_lines
+
+    document = run_demo(out_dir, models=models, epochs=epochs, seed=seed, progress=_progress(),
+                        resume=resume, command=" ".join(["klandscape"] + sys.argv[1:]))
+    if as_json:
+        _emit_json(document)
+    else:
+        for line in summary_lines(document):
+            click.echo(line)
+
+
+@cli.command("export")
+@click.argument("store")
+@click.option("--run", "run_name", default=None, help="Run holding the string (e.g. connectivity).")
+@click.option("--bead", type=int, default=None, help="Bead index along the string (0 = A, -1 = B).")
+@click.option("--string", default=None, help="Which string of the run (e.g. pair_0_1), if several.")
+@click.option("--model", default=None, help="Export a stored model instead of a bead.")
+@click.option("-o", "--output", required=True, help="Output .keras or .h5 file.")
+@click.option("--custom-objects", default=None, help="A .py file or module defining custom layers.")
+def export_command(store, run_name, bead, string, model, output, custom_objects) -> None:
+    """Write a bead of a stored string (or a stored model) back as a Keras model."""
+    from keras_landscape.export import export
+
+    click.echo(export(store, output, run=run_name, bead=bead, string=string, model=model,
+                      custom_objects=custom_objects), err=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,9 @@ class ProjectionConfig:
         max_steps: step budget per bead; a bead that misses the target within it fails.
         check_every: optimiser steps per compiled loop between level checks.
         batch_size: samples per step; None or >= the training set size means full batch.
-        beta_1, beta_2, epsilon: Adam's constants (Keras defaults).
+        beta_1: Adam's first-moment decay (Keras default).
+        beta_2: Adam's second-moment decay (Keras default).
+        epsilon: Adam's denominator constant (Keras default).
     """
 
     optimizer: str = "adam"

@@ -17,6 +17,20 @@ class ConnectivityProbe:
 
     name = "connectivity"
     summary = "Are two minima connected below level u? Beads, normalized geodesic length (DSS)."
+    result_fields = {
+        "connected": "every segment's checked maximum is <= level * (1 + slack) (all pairs)",
+        "level": "u, in level-function units",
+        "beads": "beads on the final string, both endpoints included (2 = straight line)",
+        "normalized_length": "path length / ||B - A|| (1 on convex problems)",
+        "path_length": "sum of bead-to-bead distances (parameter units)",
+        "distance": "||B - A||",
+        "max_loss": "the true maximum of the level function over all checked points",
+        "depth": "refinement depths used",
+        "projection_steps": "optimiser steps spent on beads",
+        "reason": "connected, endpoint_above_level, depth_limit, bead_not_reached, non_finite",
+        "pairs": "per pair: the fields above plus worst_segment, endpoint_levels, a, b, prefix",
+        "seconds": "wall time of the probe",
+    }
 
     @dataclass
     class Config(DSSConfig, PairOptions):

@@ -42,6 +42,17 @@ class CurvinessProbe:
 
     name = "curviness"
     summary = "Normalized geodesic length and bead count vs level, over pairs (DSS)."
+    result_fields = {
+        "levels": "the levels, highest first (level-function units)",
+        "normalized_length": "mean over connected pairs, per level (None if none connected)",
+        "normalized_length_sd": "sample standard deviation over connected pairs, per level",
+        "beads": "mean bead count (endpoints included) over connected pairs, per level",
+        "beads_sd": "its sample standard deviation",
+        "pairs": "connected pairs per level",
+        "failed": "pairs not connected per level",
+        "reasons": "per level, how many pairs failed for which reason",
+        "details": "per level, per pair: the connectivity fields",
+    }
 
     @dataclass
     class Config(DSSConfig, PairOptions):

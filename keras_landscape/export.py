@@ -1,0 +1,86 @@
+"""Turning stored parameter vectors (beads, partners, models) back into Keras models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_landscape.errors import UserError
+from keras_landscape.models import load_custom_objects, load_model
+from keras_landscape.params import ParameterLayout
+from keras_landscape.store import Store
+
+
+def string_prefixes(run) -> list[str]:
+    """Prefixes of the DSS strings stored in a run (groups holding an `order` dataset)."""
+    return sorted(key[: -len("/order")] for key in run.keys() if key.endswith("/order"))
+
+
+def _architecture(store: Store, custom_objects: dict):
+    layout = store.read_layout()
+    config = layout.get("model_config") or ""
+    if config:
+        try:
+            return keras.models.model_from_json(config, custom_objects=custom_objects)
+        except Exception as error:
+            first = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            reason = f"its architecture could not be rebuilt ({first})"
+    else:
+        reason = "it holds no architecture config (subclassed model)"
+    for name in store.model_names():
+        source = store.read_model(name)["attrs"].get("source", "")
+        if source and Path(source).is_file():
+            return load_model(source, custom_objects)
+    raise UserError(
+        f"Cannot rebuild the model from {store.path!r}: {reason}, and no source model file is "
+        "reachable. Pass --custom-objects for custom layers, or keep the source model file."
+    )
+
+
+def stored_theta(store: Store, run: str | None, bead: int | None, string: str | None, model: str | None):
+    """(theta, description) for a bead of a run's string, or a stored model."""
+    if model is not None:
+        if model not in store.model_names():
+            raise UserError(f"No model {model!r} in the store; it has {', '.join(store.model_names())}.")
+        return store.read_model(model)["theta"], f"model {model}"
+    if run is None or bead is None:
+        raise UserError("Say what to export: --run R --bead I (a bead of a string) or --model NAME.")
+    record = store.run(run)
+    prefixes = string_prefixes(record)
+    if string is None:
+        if len(prefixes) != 1:
+            raise UserError(
+                f"Run {run!r} holds {len(prefixes)} strings; choose one with --string "
+                f"({', '.join(prefixes) or 'none'})."
+            )
+        string = prefixes[0]
+    if string not in prefixes:
+        raise UserError(f"Run {run!r} has no string {string!r}; it has: {', '.join(prefixes) or 'none'}.")
+    order = record.read(f"{string}/order")
+    if not -len(order) <= bead < len(order):
+        raise UserError(f"String {string!r} has {len(order)} beads (0 = A, {len(order) - 1} = B); got --bead {bead}.")
+    return record.read(f"{string}/beads")[int(order[bead])], f"bead {bead} of {run}/{string}"
+
+
+def export(store_path: str, out: str, *, run=None, bead=None, string=None, model=None,
+           custom_objects: str | None = None) -> str:
+    """Write a stored bead or model as a Keras model file (.keras or .h5); returns a summary."""
+    if Path(out).suffix.lower() not in (".keras", ".h5"):
+        raise UserError(f"Export to a .keras or .h5 file, not {out!r}.")
+    custom = load_custom_objects(custom_objects)
+    with Store.open(store_path, "r") as store:
+        theta, what = stored_theta(store, run, bead, string, model)
+        target = _architecture(store, custom)
+        first = store.read_model(store.model_names()[0]) if store.model_names() else None
+    layout = ParameterLayout.from_model(target)
+    if layout.size != theta.size:
+        raise UserError(f"The stored theta has {theta.size} parameters, the architecture {layout.size}.")
+    layout.assign(target, np.asarray(theta, np.float32))
+    if first is not None and len(first["non_trainable"]) == len(target.non_trainable_variables):
+        for variable, value in zip(target.non_trainable_variables, first["non_trainable"]):
+            variable.assign(value)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    target.save(out)
+    return f"wrote {what} ({layout.size} parameters) to {out}"
