@@ -134,11 +134,12 @@ def probes_command(as_json: bool, markdown: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--custom-objects", default=None, help="A .py file or module defining custom layers/losses.")
 @click.option("--eval-batch-size", type=int, default=1024, show_default=True)
-@click.option("--no-xla", is_flag=True, help="Compile without XLA.")
+@click.option("--xla", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="XLA compilation: auto = on for GPU/TPU and for CPU models without convolutions.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def probe_command(models, data, probes, loss, level_fn, split, level, levels, partners,
                   retrain_endpoints, settings, out, resume,
-                  overwrite, seed, custom_objects, eval_batch_size, no_xla, as_json) -> None:
+                  overwrite, seed, custom_objects, eval_batch_size, xla, as_json) -> None:
     """Run probes on MODEL files (.keras or .h5) over the data SPEC."""
     from keras_landscape.runner import RunSpec, execute
 
@@ -160,7 +161,7 @@ def probe_command(models, data, probes, loss, level_fn, split, level, levels, pa
         custom_objects=custom_objects,
         resume=resume,
         overwrite=overwrite,
-        xla=not no_xla,
+        xla={"auto": "auto", "on": True, "off": False}[xla],
         eval_batch_size=eval_batch_size,
         command=" ".join(["klandscape"] + sys.argv[1:]),
     )

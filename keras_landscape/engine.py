@@ -12,6 +12,7 @@ set can be assembled from mini-batches of any size (the last one padded and mask
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -62,12 +63,22 @@ def _masked_sum_and_count(values, mask):
     return ops.sum(ops.where(m > 0, values, 0.0)), ops.sum(m)
 
 
+def inference_kwargs(model) -> dict:
+    """{'training': False} when the model's call takes it (subclassed calls may not)."""
+    parameters = inspect.signature(model.call).parameters
+    takes = "training" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+    return {"training": False} if takes else {}
+
+
 def make_batch_sums(model, layout: ParameterLayout, objective: Objective):
     """fn(theta, non_trainable, x, y, mask) -> the five sums of one batch (float32)."""
+    call_kwargs = inference_kwargs(model)
 
     def batch_sums(theta, non_trainable, x, y, mask):
         y_pred, _, losses = model.stateless_call(
-            split_theta(layout, theta), non_trainable, x, training=False, return_losses=True
+            split_theta(layout, theta), non_trainable, x, return_losses=True, **call_kwargs
         )
         per_element = objective.loss(y, y_pred)
         loss_sum, loss_count = _masked_sum_and_count(per_element, mask)

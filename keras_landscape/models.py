@@ -130,8 +130,9 @@ def load_model(path: str | os.PathLike, custom_objects: dict | None = None):
 
 
 def _load_failure_message(path: Path, error: Exception) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if "Unknown" in text or "custom" in text.lower() or "Could not locate" in text:
+    full = str(error).strip()
+    text = full.splitlines()[0] if full else type(error).__name__
+    if "Unknown" in full or "custom" in full.lower() or "Could not locate" in full:
         return (
             f"Could not load {str(path)!r}: {text[:300]}. The model uses a custom layer, loss "
             "or function: pass --custom-objects FILE.py (or a module name) that defines it, or "

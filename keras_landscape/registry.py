@@ -121,6 +121,7 @@ def discover(force: bool = False) -> None:
     if _REGISTRY.discovered and not force:
         return
     _REGISTRY.discovered = True
+    _REGISTRY.broken.clear()
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(entry_point, "dist", None)
         dist_name = dist.metadata["Name"] if dist is not None else "unknown"

@@ -63,7 +63,7 @@ class RunSpec:
     custom_objects: str | None = None
     resume: bool = False
     overwrite: bool = False
-    xla: bool = True
+    xla: bool | str = "auto"
     eval_batch_size: int = DEFAULT_EVAL_BATCH
     command: str = ""
 

@@ -19,7 +19,7 @@ class EvaluateProbe:
     summary = "Loss, level function, gradient norm and parameter count of each model."
     result_fields = {
         "models": "one row per model: model, source, loss (mean training loss + regularisers "
-        "on the evaluation split), level (level function there), level_fn, split, grad_norm "
+        "on the training split), level (level function there), level_fn, split, grad_norm "
         "(||grad E|| of the training loss on the training split), parameters",
     }
 

@@ -304,7 +304,9 @@ def test_model_saved_without_compile_needs_a_loss(tmp_path, digits_data):
     loaded = load_model(tmp_path / "uncompiled.keras")
     with pytest.raises(UserError, match="saved without a compiled loss.*--loss"):
         Landscape(loaded, digits_data)
-    landscape = Landscape(loaded, digits_data, loss="sparse_categorical_crossentropy:from_logits=true")
+    landscape = Landscape(
+        loaded, digits_data, loss="sparse_categorical_crossentropy:from_logits=true"
+    )
     x, y = digits_data.split("test")
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     assert landscape.level(landscape.initial_theta()) == pytest.approx(
@@ -335,6 +337,15 @@ def test_data_without_test_split_evaluates_on_train(digits_classifier, digits_da
         Landscape(digits_classifier("dense"), train_only, split="test")
 
 
+def test_train_split_landscape_can_still_evaluate_the_test_split(digits_data, digits_classifier):
+    model = digits_classifier("dense")
+    landscape = Landscape(model, digits_data, split="train")
+    x, y = digits_data.split("test")
+    assert landscape.loss(landscape.initial_theta(), "test") == pytest.approx(
+        _keras_evaluate(model, x, y)["loss"], rel=RTOL
+    )
+
+
 def test_wrong_input_shape_is_a_user_error(digits_data):
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(10)])
     model.compile(loss="sparse_categorical_crossentropy")
@@ -342,7 +353,7 @@ def test_wrong_input_shape_is_a_user_error(digits_data):
         Landscape(model, digits_data)
 
 
-class _SubclassedWithoutTraining(keras.Model):
+class SubclassedWithoutTraining(keras.Model):
     """The Keras guide's subclassing pattern: call(inputs) with no `training` argument."""
 
     def __init__(self, **kwargs):
@@ -354,19 +365,12 @@ class _SubclassedWithoutTraining(keras.Model):
         return self.out(self.hidden(inputs))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: engine.make_batch_sums and Landscape._call_on pass training=False to "
-    "model.stateless_call unconditionally; a subclassed model whose call() has no "
-    "`training` argument (which Keras's own __call__/evaluate accept) is rejected with "
-    "\"The model cannot run on the data ... unexpected keyword argument 'training'\".",
-)
 def test_subclassed_model_without_training_argument(digits_data):
     keras.utils.set_random_seed(0)
-    model = _SubclassedWithoutTraining()
+    model = SubclassedWithoutTraining(name="plain_subclassed")
     model(np.zeros((1, 64), np.float32))
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = digits_data.split("test")
-    expected = _keras_evaluate(model, x, y)["loss"]
+    expected = _keras_evaluate(model, x, y)["loss"]  # Keras itself runs this model
     landscape = Landscape(model, digits_data)
     assert landscape.level(landscape.initial_theta()) == pytest.approx(expected, rel=RTOL)

@@ -30,6 +30,7 @@ map_thetas = _impl.map_thetas
 set_fast_float32 = _impl.set_fast_float32
 exact_float32 = _impl.exact_float32
 framework_versions = _impl.framework_versions
+accelerator_present = _impl.accelerator_present
 
 __all__ = [
     "name",
@@ -39,4 +40,5 @@ __all__ = [
     "set_fast_float32",
     "exact_float32",
     "framework_versions",
+    "accelerator_present",
 ]

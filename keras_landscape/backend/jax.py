@@ -44,6 +44,11 @@ def exact_float32():
         yield
 
 
+def accelerator_present() -> bool:
+    """JAX runs on a GPU or TPU."""
+    return jax.default_backend() != "cpu"
+
+
 def framework_versions() -> dict[str, str]:
     from importlib import metadata
 

@@ -87,5 +87,10 @@ def exact_float32():
         tf.config.experimental.enable_tensor_float_32_execution(previous)
 
 
+def accelerator_present() -> bool:
+    """A GPU or TPU is visible to TensorFlow."""
+    return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+
+
 def framework_versions() -> dict[str, str]:
     return {"tensorflow_version": tf.__version__, "jax_version": "none"}
