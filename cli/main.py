@@ -248,6 +248,16 @@ def export_command(store, run_name, bead, string, model, output, custom_objects)
                       custom_objects=custom_objects), err=True)
 
 
+def _interrupted(store: str | None) -> int:
+    if store:
+        message = (f"Interrupted. Finished work is kept in {store}; run the same command with "
+                   f"--resume --out {store} to continue.")
+    else:
+        message = "Interrupted before any store was written."
+    click.echo(message, err=True)
+    return EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps errors to exit codes and one-paragraph messages."""
     from keras_landscape.errors import UserError
@@ -257,22 +267,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cli.main(args=argv, prog_name="klandscape", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Interrupted.", err=True)
-        return EXIT_INTERRUPTED
+    except click.exceptions.Abort as error:
+        # click turns Ctrl-C into Abort; the KeyboardInterrupt (with the store) is its context
+        interrupt = error.__context__ if isinstance(error.__context__, KeyboardInterrupt) else None
+        return _interrupted(getattr(interrupt, "store", None))
     except click.ClickException as error:
         error.show()
         return EXIT_BAD_INPUT
     except UserError as error:
         click.echo(f"Error: {error}", err=True)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        click.echo(
-            "Interrupted. Finished work is in the store; run the same command with --resume "
-            "(and the same --out) to continue.",
-            err=True,
-        )
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as error:
+        return _interrupted(getattr(error, "store", None))
     except Exception as error:  # internal error: short message, traceback only with -v
         if STATE.verbose:
             raise

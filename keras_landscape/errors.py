@@ -12,3 +12,11 @@ class UserError(Exception):
 
 class NonFiniteLossError(UserError):
     """The loss evaluated to NaN or infinity where a finite value was required."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; `store` is the path of the partial store (resumable)."""
+
+    def __init__(self, store: str):
+        super().__init__(store)
+        self.store = store

@@ -19,7 +19,7 @@ import numpy as np
 
 from keras_landscape import __version__, backend, registry
 from keras_landscape.data import load_data
-from keras_landscape.errors import UserError
+from keras_landscape.errors import Interrupted, UserError
 from keras_landscape.landscape import DEFAULT_EVAL_BATCH, Landscape
 from keras_landscape.models import check_same_architecture, load_custom_objects, load_model
 from keras_landscape.params import non_trainable_state
@@ -197,8 +197,11 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
                     role="input",
                     non_trainable=non_trainable_state(minimum.model),
                 )
-        for probe in probes:
-            results[probe.name] = run_probe(probe, landscape, minima, store, spec, progress)
+        try:
+            for probe in probes:
+                results[probe.name] = run_probe(probe, landscape, minima, store, spec, progress)
+        except KeyboardInterrupt:
+            raise Interrupted(store.path) from None
         path = store.path
     return {
         "store": path,
