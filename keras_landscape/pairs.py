@@ -117,3 +117,17 @@ def summarize(values: list[float]) -> tuple[float | None, float | None]:
     if not finite:
         return None, None
     return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+
+
+class PairProbe:
+    """Base of probes that measure pairs of minima: config handling and the pair list."""
+
+    Config = PairOptions
+
+    def __init__(self, config=None):
+        self.config = config or self.Config()
+
+    def pairs(self, landscape, models, store, progress):
+        """Validate the config, train partners if needed; (minima, index pairs)."""
+        self.config.validate()
+        return with_partners(landscape, models, self.config, store, progress)

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_landscape.dss import DSSConfig
-from keras_landscape.pairs import PairOptions, connect_pair, default_level, seed_for, with_partners
+from keras_landscape.pairs import PairOptions, PairProbe, connect_pair, default_level, seed_for
 from keras_landscape.registry import register_probe
 
 
 @register_probe
-class ConnectivityProbe:
+class ConnectivityProbe(PairProbe):
     """Dynamic String Sampling between each pair of models at one level."""
 
     name = "connectivity"
@@ -42,13 +42,9 @@ class ConnectivityProbe:
 
         level: float | None = None
 
-    def __init__(self, config=None):
-        self.config = config or self.Config()
-
     def run(self, landscape, models, store, progress) -> dict:
         config = self.config
-        config.validate()
-        minima, pairs = with_partners(landscape, models, config, store, progress)
+        minima, pairs = self.pairs(landscape, models, store, progress)
         task = progress.task("connectivity", total=len(pairs))
         results = []
         for index, (i, j) in enumerate(pairs):

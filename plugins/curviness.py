@@ -10,11 +10,11 @@ from keras_landscape.dss import DSSConfig
 from keras_landscape.errors import UserError
 from keras_landscape.pairs import (
     PairOptions,
+    PairProbe,
     connect_pair,
     default_level,
     seed_for,
     summarize,
-    with_partners,
 )
 from keras_landscape.projection import project
 from keras_landscape.registry import register_probe
@@ -37,7 +37,7 @@ def parse_levels(text: str) -> list[float]:
 
 
 @register_probe
-class CurvinessProbe:
+class CurvinessProbe(PairProbe):
     """DSS over pairs at several levels: mean and spread of normalized length and beads."""
 
     name = "curviness"
@@ -69,13 +69,9 @@ class CurvinessProbe:
         levels: str = ""
         retrain_endpoints: bool = False
 
-    def __init__(self, config=None):
-        self.config = config or self.Config()
-
     def run(self, landscape, models, store, progress) -> dict:
         config = self.config
-        config.validate()
-        minima, pairs = with_partners(landscape, models, config, store, progress)
+        minima, pairs = self.pairs(landscape, models, store, progress)
         thetas = np.stack([m.theta for m in minima])
         endpoint_levels = landscape.levels(thetas)
         levels = parse_levels(config.levels) if config.levels else [

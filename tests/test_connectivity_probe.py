@@ -209,7 +209,7 @@ def cubic_models(tmp_path_factory):
     paths = []
     for seed in (1, 2):
         keras.utils.set_random_seed(seed)
-        model = fit_full_batch(_cubic_mlp(), data.x_train, data.y_train, 1500, 0.02)
+        model = fit_full_batch(_cubic_mlp(), data.x_train, data.y_train, 400, 0.02)
         paths.append(str(tmp / f"m{seed}.keras"))
         model.save(paths[-1])
     landscape = Landscape(load_model(paths[0]), data, level_fn="mean_absolute_error")
@@ -269,8 +269,9 @@ def test_curviness_with_one_model_trains_a_partner(cubic_models, tmp_path):
         level = float(run.read("partners/level")[0])
         steps = int(run.read("partners/steps")[0])
     assert level == pytest.approx(landscape.level(partners[0]), rel=1e-5)
-    # trained down to the model's own level within its budget
-    assert level <= model_level and 0 < steps <= 4000
+    # trained down to the model's own level within its budget (checked every 50 steps)
+    assert level <= model_level
+    assert 0 < steps < 4000 and steps % 50 == 0
     theta = landscape.theta_of(load_model(paths[0]))
     assert np.linalg.norm(partners[0] - theta) > 0.1  # a different minimum
     (detail,) = result["details"][0]
