@@ -179,16 +179,24 @@ class StringRecord:
             return None
         return self.run.get_attrs(self.prefix or None).get("verdict")
 
-    def load(self) -> tuple[list[Bead], int] | None:
-        """The string as of the last completed depth, or None if nothing was committed."""
+    def load(self) -> tuple[list[Bead], int, dict] | None:
+        """The string as of the last completed depth and the segment checks already stored.
+
+        Returns None if nothing was committed. Rows written after the last commit (beads of an
+        unfinished depth, a curve without its segment row) are cut off.
+        """
         if not self.run.has(self.key("order")):
             return None
         depth_done = int(self.run.get_attrs(self.prefix or None).get("depth_done", 0))
         order = self.run.read(self.key("order"))
         committed = int(max(order)) + 1
         for name in ("beads", "bead_level", "bead_depth", "bead_steps"):
-            if self.run.length(self.key(name)) > committed:  # beads of an unfinished depth
+            if self.run.length(self.key(name)) > committed:
                 self.run.truncate(self.key(name), committed)
+        curves = min(self.run.length(self.key("curves")), self.run.length(self.key("curve_segments")))
+        for name in ("curves", "curve_segments"):
+            if self.run.length(self.key(name)) > curves:
+                self.run.truncate(self.key(name), curves)
         thetas = self.run.read(self.key("beads"))
         levels = self.run.read(self.key("bead_level"))
         depths = self.run.read(self.key("bead_depth"))
@@ -196,7 +204,13 @@ class StringRecord:
         string = [
             Bead(int(r), thetas[r], float(levels[r]), int(depths[r]), int(steps[r])) for r in order
         ]
-        return string, depth_done
+        checked = {}
+        if curves:
+            for row, (left, right, _) in zip(
+                self.run.read(self.key("curves")), self.run.read(self.key("curve_segments"))
+            ):
+                checked[(int(left), int(right))] = SegmentCheck(np.linspace(0.0, 1.0, len(row)), row)
+        return string, depth_done, checked
 
 
 def check_segments(landscape, pairs: list[tuple[np.ndarray, np.ndarray]], points: int):
@@ -237,7 +251,7 @@ def connect(
     level: float,
     config: DSSConfig | None = None,
     *,
-    seed: int = 0,
+    seed: int | None = None,
     record: StringRecord | None = None,
     progress=None,
 ) -> Connection:
@@ -248,7 +262,8 @@ def connect(
         theta_a, theta_b: the endpoints' parameters.
         level: u, in level-function units.
         config: DSSConfig (defaults documented there).
-        seed: seeds mini-batch draws (combined with the depth, so a resumed run repeats them).
+        seed: seeds mini-batch draws (combined with the depth, so a resumed run repeats them);
+            None uses config.seed.
         record: where beads and curves are streamed; an existing record resumes.
         progress: a TaskHandle (advance/update) or None.
 
@@ -257,13 +272,16 @@ def connect(
     """
     config = config or DSSConfig()
     config.validate()
+    seed = config.seed if seed is None else seed
     started = time.perf_counter()
     threshold = level * (1.0 + config.slack)
     target = config.alpha * level
     projection = config.projection()
     loaded = record.load() if record is not None else None
+    checked: dict[tuple[int, int], SegmentCheck] = {}
     if loaded is not None:
-        string, depth = loaded
+        string, depth, checked = loaded
+        checked = {k: c for k, c in checked.items() if len(c.levels) == config.points + 1}
     else:
         ends = landscape.levels(np.stack([theta_a, theta_b]).astype(np.float32))
         string = [
@@ -276,7 +294,6 @@ def connect(
             record.commit_depth(string, 0)
         depth = 0
     endpoint_levels = [string[0].level, string[-1].level]
-    checked: dict[tuple[int, int], SegmentCheck] = {}
     reason, worst = None, None
 
     def finish(connected: bool, why: str) -> Connection:

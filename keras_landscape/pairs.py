@@ -77,6 +77,12 @@ def with_partners(landscape, minima: list, config, run, progress) -> tuple[list,
             }
         )
         result = project(landscape, starts, target, projection, seed=seed_for(config.seed, 7907))
+        for i in np.flatnonzero(~result.reached):
+            progress.note(
+                f"partner {stored + i} reached level {result.levels[i]:.4g}, not the model's "
+                f"{target:.4g}, within partner_steps={config.partner_steps}; it is used as it "
+                "is (raise partner_steps or partner_learning_rate)"
+            )
         for i, theta in enumerate(result.thetas):
             run.append("partners/theta", theta)
             run.append("partners/level", np.float64(result.levels[i]))

@@ -173,10 +173,6 @@ def test_interrupted_run_resumes_to_the_same_result(swap_pair, uninterrupted, tm
         assert store.run("connectivity").get_attrs()["resumed"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dss.StringRecord.load truncates beads of an unfinished depth but not the curves "
-    "checked before the interruption: the resumed run checks them again and appends them "
-    "a second time"))
 def test_resumed_store_has_no_duplicate_curves(swap_pair, uninterrupted, tmp_path):
     full_out, _ = uninterrupted
     out = tmp_path / "resumed.h5"
@@ -192,6 +188,16 @@ def test_resuming_a_complete_run_reuses_it(swap_pair, uninterrupted):
     out, document = uninterrupted
     again = execute(_spec(swap_pair, out, options={"batch_size": 64}, resume=True))
     assert again["results"]["connectivity"] == document["results"]["connectivity"]
+
+
+def test_default_level_is_the_higher_endpoint_plus_margin(swap_pair, tmp_path):
+    landscape = swap_pair["landscape"]
+    ends = landscape.levels(np.stack([landscape.theta_of(load_model(swap_pair[k])) for k in "ab"]))
+    spec = RunSpec(models=[swap_pair["a"], swap_pair["b"]], data=swap_pair["data"],
+                   probes=["connectivity"], options={"margin": 0.5}, out=str(tmp_path / "d.h5"))
+    result = execute(spec)["results"]["connectivity"]
+    assert result["level"] == pytest.approx(1.5 * float(ends.max()), rel=1e-6)
+    assert result["connected"] is True and result["max_loss"] <= result["level"]
 
 
 # ------------------------------------------------------------------------------ curviness

@@ -407,6 +407,24 @@ def test_unit_swap_connects_along_a_curved_path(linear_net, mode, tmp_path):
             assert abs(offset @ normal) <= 1e-5 * max(1.0, np.linalg.norm(offset))
 
 
+def test_argmax_insertion_also_connects(linear_net):
+    landscape, a, b = linear_net["landscape"], linear_net["a"], linear_net["b"]
+    level = 5.0 * float(landscape.level(a))
+    config = DSSConfig(insertion="argmax")
+    connection = connect(landscape, a, b, level, config)
+    assert connection.connected and connection.beads >= 3
+    assert connection.normalized_length > 1.0 + 1e-3
+    _assert_consistent(landscape, connection, a, b, level, config)
+
+
+def test_identical_endpoints(linear_net):
+    a = linear_net["a"]
+    connection = connect(linear_net["landscape"], a, a.copy(), 0.05, DSSConfig())
+    assert connection.connected and connection.beads == 2
+    assert connection.distance == 0.0 and connection.path_length == 0.0
+    assert connection.normalized_length == 1.0  # defined as 1 for a zero-length string
+
+
 def test_same_seed_gives_the_same_string(linear_net):
     landscape, a, b = linear_net["landscape"], linear_net["a"], linear_net["b"]
     config = DSSConfig(batch_size=32)  # mini-batch projections: the seed matters
@@ -507,3 +525,11 @@ def test_dss_on_dense_conv2d_and_lstm(architecture):
     assert connection.normalized_length >= 1.0
     assert connection.max_loss <= level
     _assert_consistent(landscape, connection, a, b, level, config)
+
+
+def test_config_seed_seeds_the_mini_batches(linear_net):
+    landscape, a, b = linear_net["landscape"], linear_net["a"], linear_net["b"]
+    level = 5.0 * float(landscape.level(a))
+    first = connect(landscape, a, b, level, DSSConfig(batch_size=32, seed=1))
+    second = connect(landscape, a, b, level, DSSConfig(batch_size=32, seed=2))
+    assert first.normalized_length != second.normalized_length
