@@ -136,10 +136,11 @@ def probes_command(as_json: bool, markdown: bool) -> None:
 @click.option("--eval-batch-size", type=int, default=1024, show_default=True)
 @click.option("--xla", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="XLA compilation: auto = on for GPU/TPU and for CPU models without convolutions.")
+@click.option("--tf32", is_flag=True, help="Projections may use TF32 matmuls on GPUs (checks stay float32).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def probe_command(models, data, probes, loss, level_fn, split, level, levels, partners,
                   retrain_endpoints, settings, out, resume,
-                  overwrite, seed, custom_objects, eval_batch_size, xla, as_json) -> None:
+                  overwrite, seed, custom_objects, eval_batch_size, xla, tf32, as_json) -> None:
     """Run probes on MODEL files (.keras or .h5) over the data SPEC."""
     from keras_landscape.runner import RunSpec, execute
 
@@ -163,6 +164,7 @@ def probe_command(models, data, probes, loss, level_fn, split, level, levels, pa
         overwrite=overwrite,
         xla={"auto": "auto", "on": True, "off": False}[xla],
         eval_batch_size=eval_batch_size,
+        fast_float32=tf32,
         command=" ".join(["klandscape"] + sys.argv[1:]),
     )
     document = execute(spec, _progress())

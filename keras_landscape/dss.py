@@ -295,6 +295,7 @@ def connect(
         depth = 0
     endpoint_levels = [string[0].level, string[-1].level]
     reason, worst = None, None
+    failed_steps = 0  # steps spent on beads that missed the target (not on the string)
 
     def finish(connected: bool, why: str) -> Connection:
         path, distance, normalized = _lengths(string)
@@ -309,7 +310,7 @@ def connect(
             distance=distance,
             max_loss=float(max(maxima)) if maxima else float(max(endpoint_levels)),
             depth=depth,
-            projection_steps=int(sum(b.steps for b in string)),
+            projection_steps=int(sum(b.steps for b in string)) + failed_steps,
             seconds=time.perf_counter() - started,
             endpoint_levels=endpoint_levels,
             worst_segment=worst,
@@ -378,6 +379,7 @@ def connect(
             )
             new_string.insert(i + 1 + offset, Bead(row, theta, float(bead_level), depth, int(steps)))
         if not result.reached.all():
+            failed_steps = int(result.steps.sum())
             missed = int(np.argmin(result.reached))
             i = failing[missed]
             a, b = segments[i]

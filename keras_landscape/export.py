@@ -81,6 +81,9 @@ def export(store_path: str, out: str, *, run=None, bead=None, string=None, model
     if first is not None and len(first["non_trainable"]) == len(target.non_trainable_variables):
         for variable, value in zip(target.non_trainable_variables, first["non_trainable"]):
             variable.assign(value)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    target.save(out)
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        target.save(out)
+    except OSError as error:
+        raise UserError(f"Cannot write {out!r}: {error.strerror or error}.") from None
     return f"wrote {what} ({layout.size} parameters) to {out}"

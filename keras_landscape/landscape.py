@@ -118,6 +118,10 @@ class Landscape:
             without convolutions (XLA's CPU convolutions measured ~30x slower than
             TensorFlow's own kernels on a small CNN; dense and recurrent models ~3x faster).
             Where XLA cannot compile a function, it falls back once and logs it.
+        fast_float32: let projections (training steps) use TF32-class matrix multiplies on
+            GPUs that have them (faster, ~1e-3 relative precision). Every value that decides
+            "below level u" (levels, segment checks, loss and gradient reports) is computed in
+            true float32 regardless, so a verdict does not depend on the card.
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class Landscape:
         split: str | None = None,
         eval_batch_size: int = DEFAULT_EVAL_BATCH,
         xla: bool | str = "auto",
+        fast_float32: bool = False,
     ):
         self.model = model
         self.layout = ParameterLayout.from_model(model)
@@ -149,6 +154,8 @@ class Landscape:
             )
         self.split = split
         self.xla = resolve_xla(xla, model)
+        self.fast_float32 = bool(fast_float32)
+        backend.set_fast_float32(self.fast_float32)
         self.non_trainable = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
         self._batches = {
             name: _Batches(*self.dataset.split(name), eval_batch_size)
@@ -159,17 +166,17 @@ class Landscape:
         label = getattr(model, "name", "model")
         self._sums = backend.compile_function(
             engine.make_batch_sums(model, self.layout, self.objective.objective),
-            xla=xla,
+            xla=self.xla,
             label=f"{label} evaluation",
         )
         self._stacked_sums = backend.compile_function(
             engine.make_stacked_batch_sums(model, self.layout, self.objective.objective),
-            xla=xla,
+            xla=self.xla,
             label=f"{label} batched evaluation",
         )
         self._gradient_sums = backend.compile_function(
             engine.make_gradient_sums(model, self.layout, self.objective.objective),
-            xla=xla,
+            xla=self.xla,
             label=f"{label} gradient",
         )
 
@@ -275,12 +282,13 @@ class Landscape:
         grad = np.zeros(self.size, np.float64)
         loss_weight = ops.convert_to_tensor(np.float32(1.0 / self._loss_elements(split)))
         reg_weight = ops.convert_to_tensor(np.float32(1.0 / batches.n))
-        for x, y, mask in batches.batches:
-            s, g = self._gradient_sums(
-                theta_t, self.non_trainable, x, y, mask, loss_weight, reg_weight
-            )
-            sums += np.asarray(s, np.float64)
-            grad += np.asarray(g, np.float64)
+        with backend.exact_float32():
+            for x, y, mask in batches.batches:
+                s, g = self._gradient_sums(
+                    theta_t, self.non_trainable, x, y, mask, loss_weight, reg_weight
+                )
+                sums += np.asarray(s, np.float64)
+                grad += np.asarray(g, np.float64)
         return self._finalize(sums, split)[0], grad.astype(np.float32)
 
     def _loss_elements(self, split: str) -> float:

@@ -88,7 +88,7 @@ def load_model(path: str | os.PathLike, custom_objects: dict | None = None):
         if (path / "saved_model.pb").exists():
             raise UserError(
                 f"{str(path)!r} is a TensorFlow SavedModel directory. keras-landscape needs the "
-                f"model's Keras architecture: save it as {SUPPORTED} "
+                "model's Keras architecture: save it as a .keras file "
                 "(model.save('model.keras')), or load it with tf.keras and re-save it."
             )
         raise UserError(f"{str(path)!r} is a directory, not a model file ({SUPPORTED}).")
@@ -138,7 +138,10 @@ def _load_failure_message(path: Path, error: Exception) -> str:
             "or function: pass --custom-objects FILE.py (or a module name) that defines it, or "
             "register it with @keras.saving.register_keras_serializable."
         )
-    return f"Could not load {str(path)!r} ({SUPPORTED}): {text[:300]}. The file may be corrupt."
+    return (
+        f"Could not load {str(path)!r}: {text[:300]}. The file may be corrupt; supported are "
+        f"{SUPPORTED}."
+    )
 
 
 def clone_fresh(model, seed: int):

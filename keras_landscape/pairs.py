@@ -98,7 +98,8 @@ def with_partners(landscape, minima: list, config, run, progress) -> tuple[list,
 
 
 def default_level(endpoint_levels, margin: float) -> float:
-    top = max(endpoint_levels)
+    finite = [float(v) for v in endpoint_levels if math.isfinite(v)]
+    top = max(finite) if finite else math.inf  # a NaN endpoint gets the verdict non_finite
     return top * (1.0 + margin) if top > 0 else top + margin
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from keras_landscape.landscape import DEFAULT_EVAL_BATCH, Landscape
 from keras_landscape.models import check_same_architecture, load_custom_objects, load_model
 from keras_landscape.params import non_trainable_state
 from keras_landscape.progress import NullProgress, Progress
-from keras_landscape.store import Store
+from keras_landscape.store import Store, to_json
 
 log = logging.getLogger("keras_landscape")
 
@@ -64,6 +65,7 @@ class RunSpec:
     resume: bool = False
     overwrite: bool = False
     xla: bool | str = "auto"
+    fast_float32: bool = False
     eval_batch_size: int = DEFAULT_EVAL_BATCH
     command: str = ""
 
@@ -185,6 +187,7 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
         split=spec.split,
         eval_batch_size=spec.eval_batch_size,
         xla=spec.xla,
+        fast_float32=spec.fast_float32,
     )
     results = {}
     with open_store(spec, landscape) as store:
@@ -210,16 +213,30 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
     }
 
 
+def _jsonish(value):
+    """A config value as it reads back from the store's JSON (tuples become lists)."""
+    return json.loads(to_json(value))
+
+
 def run_probe(probe, landscape, minima, store: Store, spec: RunSpec, progress) -> dict:
     """One probe in its own run group: status running -> complete | failed | interrupted."""
     run_name = probe.name
     existing = run_name in store.run_names()
     if existing and not spec.resume:
         raise UserError(f"The store already has a run {run_name!r}; use --resume or another --out.")
+    config = dataclasses.asdict(probe.config)
+    if existing:
+        stored = store.run(run_name).config
+        changed = sorted(k for k in set(stored) | set(config) if stored.get(k) != _jsonish(config.get(k)))
+        if changed:
+            raise UserError(
+                f"Cannot resume run {run_name!r} in {store.path!r} with other options: "
+                f"{', '.join(f'{k} (stored {stored.get(k)!r}, now {config.get(k)!r})' for k in changed)}. "
+                "Resume with the same options, or write a new store (--out) or --overwrite."
+            )
     if existing and store.run(run_name).status == "complete":
         progress.note(f"{run_name}: already complete in the store, reusing its result")
         return store.run(run_name).result
-    config = dataclasses.asdict(probe.config)
     run = store.begin_run(run_name, probe.name, config, seed=spec.seed, resume=existing)
     started = time.perf_counter()
     try:

@@ -230,3 +230,28 @@ def test_console_script_json_has_no_framework_noise(tmp_path, model_files):
     )
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("Error: ") and "Traceback" not in bad.stderr
+
+
+def test_resume_with_other_options_exits_2_naming_the_option(capsys, tmp_path, model_files):
+    out = str(tmp_path / "s.h5")
+    base = ["probe", model_files["good"], "--data", "digits", "--out", out]
+    code, _, _ = _run(capsys, *base, "--set", "allow_nonfinite=false")
+    assert code == 0
+    code, stdout, stderr = _run(capsys, *base, "--resume", "--set", "allow_nonfinite=true")
+    assert code == EXIT_BAD_INPUT and stdout == ""
+    assert "allow_nonfinite" in stderr and "Traceback" not in stderr
+    code, _, _ = _run(capsys, *base, "--resume", "--set", "allow_nonfinite=false")
+    assert code == 0
+
+
+def test_export_to_unwritable_path_exits_2(capsys, tmp_path, model_files):
+    out = str(tmp_path / "s.h5")
+    assert _run(capsys, "probe", model_files["good"], "--data", "digits", "--out", out)[0] == 0
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code, _, stderr = _run(capsys, "export", out, "--model", "digits_model", "-o",
+                           str(blocker / "b.keras"))
+    if "No model" in stderr:  # the stored name follows the file stem
+        name = Path(model_files["good"]).stem
+        code, _, stderr = _run(capsys, "export", out, "--model", name, "-o", str(blocker / "b.keras"))
+    assert code == EXIT_BAD_INPUT and "Cannot write" in stderr

@@ -273,6 +273,7 @@ def test_double_well_midpoint_is_a_stationary_point(double_well):
     assert connection.worst_segment["bead_level"] == pytest.approx(1.0)
     assert connection.worst_segment["target"] == pytest.approx(config.alpha * 0.5)
     assert connection.max_loss == pytest.approx(1.0)
+    assert connection.projection_steps == config.max_steps  # the failed bead's work counts
     _assert_consistent(double_well, connection, _w(-1.0), _w(1.0), 0.5, config)
 
 

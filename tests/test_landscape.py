@@ -374,3 +374,14 @@ def test_subclassed_model_without_training_argument(digits_data):
     expected = _keras_evaluate(model, x, y)["loss"]  # Keras itself runs this model
     landscape = Landscape(model, digits_data)
     assert landscape.level(landscape.initial_theta()) == pytest.approx(expected, rel=RTOL)
+
+
+def test_xla_auto_is_off_for_convolutions_on_cpu_and_on_for_dense():
+    from keras_landscape.landscape import resolve_xla
+
+    conv = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
+                             keras.layers.Dense(3)])
+    dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    assert resolve_xla("auto", conv) is False
+    assert resolve_xla("auto", dense) is True
+    assert resolve_xla(True, conv) is True and resolve_xla(False, dense) is False
