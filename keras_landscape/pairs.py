@@ -118,6 +118,20 @@ def connect_pair(landscape, a, b, level, config: DSSConfig, run, prefix: str, se
     return result
 
 
+def parse_levels(text: str) -> list[float]:
+    """'0.3,0.2,0.1' (a list) or '0.3:0.05:6' (6 evenly spaced levels from 0.3 to 0.05)."""
+    text = str(text).strip()
+    try:
+        if ":" in text:
+            start, stop, count = text.split(":")
+            return [float(v) for v in np.linspace(float(start), float(stop), int(count))]
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(
+            f"Bad levels {text!r}: give a list '0.3,0.2,0.1' or a range 'start:stop:count'."
+        ) from None
+
+
 def summarize(values: list[float]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (None when empty; sd 0 for one value)."""
     finite = [v for v in values if v is not None and math.isfinite(v)]

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_landscape.dss import DSSConfig
-from keras_landscape.errors import UserError
 from keras_landscape.pairs import (
     PairOptions,
     PairProbe,
     connect_pair,
     default_level,
+    parse_levels,
     seed_for,
     summarize,
 )
@@ -20,20 +20,6 @@ from keras_landscape.projection import project
 from keras_landscape.registry import register_probe
 
 DEFAULT_FRACTIONS = (1.0, 0.75, 0.5)
-
-
-def parse_levels(text: str) -> list[float]:
-    """'0.3,0.2,0.1' (a list) or '0.3:0.05:6' (6 evenly spaced levels from 0.3 to 0.05)."""
-    text = str(text).strip()
-    try:
-        if ":" in text:
-            start, stop, count = text.split(":")
-            return [float(v) for v in np.linspace(float(start), float(stop), int(count))]
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(
-            f"Bad levels {text!r}: give a list '0.3,0.2,0.1' or a range 'start:stop:count'."
-        ) from None
 
 
 @register_probe

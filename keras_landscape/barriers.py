@@ -1,0 +1,183 @@
+"""Energy barriers between two minima: linear bound, DSS bisection on the level, relaxation.
+
+For minima A and B the saddle (minimax) level is s(A, B) = inf over paths of max_t E(gamma(t))
+and the barrier is s - max(E(A), E(B)). Every estimator here is an upper bound on s:
+
+- linear: max over a dense grid of E((1 - t) A + t B) (linear mode connectivity);
+- DSS bisection: bisection on u between max(E(A), E(B)) and an upper bound, with Dynamic
+  String Sampling deciding each u. `upper` is the lowest u found connected (a path at or
+  below it exists, checked); `lower` is the highest u found *not* connected -- a heuristic
+  bracket end, since DSS failing is not a proof;
+- relaxation: a nudged elastic band on the best path's interior beads lowers its maximum;
+  the relaxed path is re-checked at the same resolution and kept only if its maximum is lower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from keras_landscape.dss import DSSConfig, StringRecord, check_segments
+from keras_landscape.errors import UserError
+from keras_landscape.pairs import connect_pair, seed_for
+
+RELAXATIONS = ("none", "neb")
+
+
+@dataclass
+class BisectionOptions:
+    """How the saddle level is bracketed.
+
+    Attributes:
+        grid: points of the dense grid for the linear-interpolation maximum.
+        tolerance: stop bisecting when upper - lower <= tolerance * max(|upper|, 1e-12)
+            (relative, level-function units).
+        max_bisections: at most this many DSS runs per pair.
+        relax: 'none' or 'neb' (nudged elastic band on the best path, see relax_steps).
+        relax_steps: gradient steps of the nudged elastic band.
+        relax_learning_rate: its step size (parameter units per unit gradient).
+        spring: its spring constant along the path.
+    """
+
+    grid: int = 100
+    tolerance: float = 0.02
+    max_bisections: int = 8
+    relax: str = "none"
+    relax_steps: int = 200
+    relax_learning_rate: float = 1e-2
+    spring: float = 1.0
+
+    def validate_bisection(self) -> None:
+        if self.grid < 2 or self.max_bisections < 0 or self.tolerance <= 0:
+            raise UserError(
+                f"Barrier options need grid >= 2, max_bisections >= 0 and tolerance > 0 "
+                f"(got {self.grid}, {self.max_bisections}, {self.tolerance})."
+            )
+        if self.relax not in RELAXATIONS:
+            raise UserError(f"Unknown relax {self.relax!r}: use one of {RELAXATIONS}.")
+
+
+def linear_profile(landscape, theta_a, theta_b, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """(t, level) on `grid` + 1 evenly spaced points of the straight segment A-B."""
+    check = check_segments(landscape, [(np.asarray(theta_a), np.asarray(theta_b))], grid)[0]
+    return check.ts, check.levels
+
+
+def saddle_bracket(
+    landscape,
+    a,
+    b,
+    config: DSSConfig,
+    run,
+    prefix: str,
+    seed: int,
+    progress,
+    upper_bound: float | None = None,
+) -> dict:
+    """Linear maximum and the DSS-bisection bracket of s(A, B) for one pair (resumable).
+
+    Args:
+        landscape: the Landscape.
+        a, b: minima (`.name`, `.theta`).
+        config: DSSConfig + BisectionOptions fields (the barrier/components probe configs).
+        run: the store run; DSS strings go under `<prefix>/bisect_<k>`, the linear profile
+            under `<prefix>/linear_t` and `<prefix>/linear_level`.
+        seed: base seed of the pair.
+        upper_bound: a known upper bound on s (e.g. through other minima); bisection then
+            searches below min(linear maximum, upper_bound).
+
+    Returns:
+        {"a", "b", "endpoint_levels", "linear_max", "saddle_level": {"lower", "upper"},
+         "barrier", "barrier_bracket", "estimators", "best_path", "bisections"}.
+    """
+    if run.has(f"{prefix}/linear_level"):
+        ts, levels = run.read(f"{prefix}/linear_t"), run.read(f"{prefix}/linear_level")
+    else:
+        ts, levels = linear_profile(landscape, a.theta, b.theta, config.grid)
+        run.write(f"{prefix}/linear_t", ts)
+        run.write(f"{prefix}/linear_level", levels)
+    ends = [float(levels[0]), float(levels[-1])]
+    floor = max(ends)
+    linear_max = float(np.max(levels)) if np.all(np.isfinite(levels)) else float("inf")
+    upper, estimator, best_path = linear_max, "linear", None
+    if upper_bound is not None and upper_bound < upper:
+        upper, estimator = float(upper_bound), "through other minima"
+    lower = floor
+    bisections = []
+    k = 0
+    while (
+        k < config.max_bisections
+        and np.isfinite(upper)
+        and upper - lower > config.tolerance * max(abs(upper), 1e-12)
+    ):
+        level = 0.5 * (lower + upper)
+        verdict = connect_pair(
+            landscape, a, b, level, config, run, f"{prefix}/bisect_{k}",
+            seed_for(seed, k), progress,
+        )
+        bisections.append(
+            {"level": level, "connected": verdict["connected"], "reason": verdict["reason"],
+             "beads": verdict["beads"], "max_loss": verdict["max_loss"]}
+        )
+        if verdict["connected"]:
+            # the path's checked maximum may sit below the level: a tighter upper bound
+            upper, estimator, best_path = min(level, verdict["max_loss"]), "dss-bisection", f"{prefix}/bisect_{k}"
+        else:
+            lower = level
+        k += 1
+    return {
+        "a": a.name,
+        "b": b.name,
+        "endpoint_levels": ends,
+        "linear_max": linear_max,
+        "linear_barrier": linear_max - floor,
+        "saddle_level": {"lower": lower, "upper": upper},
+        "barrier": upper - floor,
+        "barrier_bracket": [lower - floor, upper - floor],
+        "estimators": {"upper": estimator, "lower": "dss-bisection (heuristic)" if k else "max endpoint level"},
+        "best_path": best_path,
+        "bisections": bisections,
+    }
+
+
+def _path_maximum(landscape, thetas: np.ndarray, points: int) -> float:
+    pairs = list(zip(thetas[:-1].astype(np.float32), thetas[1:].astype(np.float32)))
+    return max(c.maximum for c in check_segments(landscape, pairs, points))
+
+
+def relax_path(landscape, run, path_prefix: str, config) -> dict | None:
+    """Nudged elastic band on a stored string's interior beads; the new maximum if lower.
+
+    The band moves each interior bead along minus the gradient of the training loss with its
+    component along the path tangent removed, plus a spring force along the tangent that
+    keeps beads spread. The relaxed string is re-checked with `config.points` points per
+    segment; it is stored under `<path_prefix>_relaxed` only if its maximum is lower.
+    """
+    record = StringRecord(run, path_prefix)
+    loaded = record.load()
+    if loaded is None or len(loaded[0]) < 3:
+        return None
+    string = loaded[0]
+    thetas = np.stack([b.theta for b in string]).astype(np.float64)
+    before = _path_maximum(landscape, thetas, config.points)
+    for _ in range(config.relax_steps):
+        moved = thetas.copy()
+        for i in range(1, len(thetas) - 1):
+            tangent = thetas[i + 1] - thetas[i - 1]
+            tangent /= max(np.linalg.norm(tangent), 1e-12)
+            _, grad = landscape.loss_and_grad(thetas[i].astype(np.float32))
+            grad = grad.astype(np.float64)
+            perpendicular = grad - np.dot(grad, tangent) * tangent
+            spring = config.spring * (
+                np.linalg.norm(thetas[i + 1] - thetas[i]) - np.linalg.norm(thetas[i] - thetas[i - 1])
+            ) * tangent
+            moved[i] = thetas[i] - config.relax_learning_rate * perpendicular + config.relax_learning_rate * spring
+        thetas = moved
+    after = _path_maximum(landscape, thetas, config.points)
+    if not after < before:
+        return {"relaxed_max": None, "path_max_before": before, "kept": False}
+    run.write(f"{path_prefix}_relaxed/beads", thetas.astype(np.float32))
+    run.write(f"{path_prefix}_relaxed/bead_level", landscape.levels(thetas.astype(np.float32)))
+    run.write(f"{path_prefix}_relaxed/order", np.arange(len(thetas), dtype=np.int64))
+    return {"relaxed_max": float(after), "path_max_before": float(before), "kept": True}
