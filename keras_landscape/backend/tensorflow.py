@@ -60,12 +60,29 @@ def value_and_grad(fn):
     return wrapped
 
 
-def map_thetas(fn, thetas):
-    """Apply fn(theta) -> tensor to every row of `thetas` (K, P), stacking the results.
+_warned_loop: set[str] = set()
 
-    A graph while-loop with parallel iterations: Keras layers inside `fn` (Conv2D, LSTM) do
-    not all vectorise under tf.vectorized_map, which would silently fall back to a loop.
+
+def map_thetas(fn, thetas):
+    """Apply fn(theta) -> tensor(s) to every row of `thetas` (K, P), stacking the results.
+
+    Vectorised with tf.vectorized_map where every op has a batched form (Dense, most
+    elementwise work): one batched kernel for all K. Where an op has none (Conv2D with
+    per-bead filters, some recurrent kernels), pfor would silently fall back to a loop; we
+    refuse that fallback, say so once, and use a graph while-loop with parallel iterations.
     """
+    tf_log = logging.getLogger("tensorflow")
+    previous = tf_log.level
+    tf_log.setLevel(logging.CRITICAL)  # pfor logs each unconvertible op as an ERROR
+    try:
+        return tf.vectorized_map(fn, thetas, fallback_to_while_loop=False)
+    except (ValueError, NotImplementedError, TypeError) as error:
+        label = getattr(fn, "__qualname__", "function")
+        if label not in _warned_loop:
+            _warned_loop.add(label)
+            log.info("Beads are mapped with a graph loop, not vectorised (%s).", str(error).splitlines()[0][:160])
+    finally:
+        tf_log.setLevel(previous)
     # Traced once for its output structure; the unused copy is pruned from the graph.
     signature = tf.nest.map_structure(tf.TensorSpec.from_tensor, fn(thetas[0]))
     return tf.map_fn(fn, thetas, fn_output_signature=signature, parallel_iterations=16)
