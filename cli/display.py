@@ -15,6 +15,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.markup import escape
 from rich.table import Table
 
 out = Console()
@@ -86,67 +87,119 @@ def probes_table(entries, broken) -> None:
         err.print(f"[yellow]skipped plugin {plugin.name} ({plugin.origin}): {plugin.error}")
 
 
-def _format(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, (dict, list)):
-        text = json.dumps(value)
-        return text if len(text) < 80 else text[:77] + "..."
-    return str(value)
+def print_tables(tables: list[dict]) -> None:
+    """Tables from keras_landscape.report.result_tables, with their notes below them."""
+    for spec in tables:
+        table = Table(title=spec["title"], title_justify="left")
+        for column in spec["columns"]:
+            table.add_column(column, overflow="fold")
+        for row in spec["rows"]:
+            table.add_row(*(escape(cell) for cell in row))
+        out.print(table)
+        for note in spec["notes"]:
+            out.print(f"  [dim]{escape(note)}[/dim]", highlight=False)
 
 
-def _result_table(title: str, result: dict) -> Table:
-    rows = result.get("models") if isinstance(result, dict) else None
-    if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-        table = Table(title=title)
-        for column in rows[0]:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*(_format(row.get(c)) for c in rows[0]))
-        return table
-    table = Table(title=title, show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value")
-    for key, value in (result or {}).items():
-        table.add_row(key, _format(value))
-    return table
+def results_summary(document: dict, probes: dict | None = None) -> None:
+    """The results of a `probe`/`run`/`demo` document: compact tables, then the store."""
+    from keras_landscape.report import result_tables
 
-
-def results_summary(document: dict) -> None:
     for name, result in document["results"].items():
-        out.print(_result_table(name, result))
-    out.print(f"store: [bold]{document['store']}[/bold]")
+        print_tables(result_tables(name, (probes or {}).get(name, name), result))
+    out.print(f"store: [bold]{escape(document['store'])}[/bold]", highlight=False, soft_wrap=True)
+
+
+def _options_line(config: dict) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in (config or {}).items()) or "(none)"
+
+
+def _unfinished(run: dict, summary: dict) -> None:
+    progress = run.get("progress") or {}
+    strings = run.get("strings") or []
+    expected = progress.get("strings_expected")
+    finished = progress.get("strings_finished", 0)
+    in_progress = progress.get("strings_in_progress") or []
+    not_started = progress.get("not_started")
+    parts = [f"{finished} finished", f"{len(in_progress)} in progress"]
+    if not_started is not None:
+        parts.append(f"{len(not_started)} not started")
+    of = f" of {expected} expected" if expected is not None else ""
+    out.print(f"no result yet. DSS strings: {', '.join(parts)}{of}.", highlight=False, soft_wrap=True)
+    if "partners_expected" in progress:
+        out.print(f"partners trained: {progress['partners_trained']} of "
+                  f"{progress['partners_expected']}", highlight=False, soft_wrap=True)
+    if strings:
+        table = Table(title=f"{run['name']}: stored strings", title_justify="left")
+        for column in ("string", "state", "beads", "depth done", "level u"):
+            table.add_column(column)
+        for s in strings:
+            if s["finished"]:
+                state = "connected" if s["connected"] else f"not connected ({s['reason']})"
+            else:
+                state = "in progress"
+            table.add_row(escape(s["key"] or "(run)"), escape(state), str(s["beads"]), str(s["depth_done"]),
+                          "n/a" if s["level"] is None else f"{s['level']:.4g}")
+        out.print(table)
+    if not_started:
+        shown = ", ".join(not_started[:12]) + (", ..." if len(not_started) > 12 else "")
+        out.print(f"missing (not started): {escape(shown)}", highlight=False, soft_wrap=True)
+    if not strings and not not_started:
+        stored = ", ".join(f"{k}: {n} rows" for k, n in run["stored"].items()) or "nothing yet"
+        out.print(f"stored so far: {stored}", highlight=False, soft_wrap=True)
+    out.print(f"to continue: [bold]{escape(str(run.get('resume')))}[/bold]", highlight=False, soft_wrap=True)
 
 
 def store_tables(summary: dict) -> None:
+    from keras_landscape.report import result_tables
+
     attrs = summary["attrs"]
     out.print(
-        f"[bold]{summary['store']}[/bold]  {attrs.get('format')} v{attrs.get('format_version')}, "
+        f"[bold]{escape(summary['store'])}[/bold]  {attrs.get('format')} v{attrs.get('format_version')}, "
         f"keras-landscape {attrs.get('package_version')}, keras {attrs.get('keras_version')}, "
-        f"backend {attrs.get('backend')}, created {attrs.get('created')}"
+        f"backend {attrs.get('backend')}, created {attrs.get('created')}",
+        highlight=False,
     )
     if attrs.get("command"):
-        out.print(f"command: {attrs['command']}")
+        out.print(f"command: {escape(attrs['command'])}", highlight=False, soft_wrap=True)
     data = summary.get("data") or {}
     out.print(
-        f"data: {data.get('spec')}  loss: {data.get('loss')}  level: {data.get('level_fn')} "
-        f"on {data.get('split')}  parameters: {summary.get('parameters')}"
+        escape(f"data: {data.get('spec')}  loss: {data.get('loss')}  level: {data.get('level_fn')} "
+               f"on {data.get('split')}  parameters: {summary.get('parameters')}"),
+        highlight=False,
     )
-    models = Table(title="Models")
+    models = Table(title="Models", title_justify="left")
     for column in ("name", "source", "role"):
         models.add_column(column)
     for model in summary["models"]:
-        models.add_row(model["name"], str(model.get("source", "")), str(model.get("role", "")))
+        models.add_row(*(escape(str(model.get(k, ""))) for k in ("name", "source", "role")))
     out.print(models)
     for run in summary["runs"]:
         status = run["status"]
         colour = {"complete": "green", "running": "yellow", "interrupted": "yellow"}.get(status, "red")
-        out.print(f"\n[bold]run {run['name']}[/bold] (probe {run['probe']}): [{colour}]{status}[/{colour}]")
-        out.print(f"config: {json.dumps(run['config'])}")
+        when = f"started {run.get('started') or '?'}"
+        if run.get("finished"):
+            when += f", finished {run['finished']}"
+        out.print(f"\n[bold]run {run['name']}[/bold] (probe {run['probe']}): "
+                  f"[{colour}]{status}[/{colour}]  [dim]{when}[/dim]", highlight=False)
+        if status == "running":
+            out.print("  [yellow]not marked finished: if no klandscape process is writing this "
+                      "store, the run was killed[/yellow]")
+        out.print(f"[dim]options: {escape(_options_line(run['config']))}[/dim]", highlight=False, soft_wrap=True)
         if run.get("error"):
-            out.print(f"error: {run['error']}")
-        if run["result"] is not None:
-            out.print(_result_table(f"{run['name']} result", run["result"]))
+            out.print(f"error: {escape(run['error'])}", highlight=False, soft_wrap=True)
+        if run["result"] is not None and status == "complete":
+            print_tables(result_tables(run["name"], run["probe"], run["result"]))
         else:
-            stored = ", ".join(f"{k}: {n} rows" for k, n in run["stored"].items()) or "nothing yet"
-            out.print(f"incomplete; stored so far: {stored}. Resume with --resume --out {summary['store']}.")
+            _unfinished(run, summary)
+
+
+def plot_report(report: dict) -> None:
+    """What `klandscape plot` wrote (stdout) and skipped (stderr)."""
+    figures = report["figures"]
+    out.print(f"wrote {len(figures)} figure(s) to [bold]{escape(report['directory'])}[/bold]", highlight=False, soft_wrap=True)
+    for figure in figures:
+        name = figure["path"].rsplit("/", 1)[-1]
+        out.print(f"  {escape(name)}  [dim]{escape(figure['caption'])}[/dim]", highlight=False, soft_wrap=True)
+    for skip in report["skipped"]:
+        what = " ".join(str(skip[k]) for k in ("run", "kind", "string") if skip.get(k))
+        err.print(f"[dim]no figure for {escape(what or 'the store')}: {escape(skip['reason'])}[/dim]", highlight=False, soft_wrap=True)

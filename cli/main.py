@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 import warnings
 
@@ -24,6 +25,7 @@ EXIT_INTERRUPTED = 130
 class CliState:
     verbose: int = 0
     quiet: bool = False
+    argv: list[str] = []
 
 
 STATE = CliState()
@@ -35,9 +37,12 @@ def quiet_frameworks(verbose: int) -> None:
     Must run before TensorFlow is imported: the C++ logger reads the variable once.
     """
     if verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        warnings.resetwarnings()
         logging.basicConfig(level=logging.INFO if verbose == 1 else logging.DEBUG,
-                            format="%(levelname)s %(name)s: %(message)s")
+                            format="%(levelname)s %(name)s: %(message)s", force=True)
+        for name in ("tensorflow", "absl", "h5py", "jax"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -58,6 +63,29 @@ def _parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
             raise UserError(f"Malformed {what} {item!r}: write key=value (e.g. --set alpha=0.95).")
         options[key.strip()] = value.strip()
     return options
+
+
+def _set_verbose(ctx, param, value) -> None:
+    if value:
+        STATE.verbose = max(STATE.verbose, value)
+        quiet_frameworks(STATE.verbose)
+
+
+def _set_quiet(ctx, param, value) -> None:
+    if value:
+        STATE.quiet = True
+
+
+def verbosity_options(command):
+    """-q / -v after the subcommand too (`klandscape probe ... -q`), where users type them."""
+    command = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbose,
+                           help="More detail (-vv: debug, framework logs).")(command)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
+                        help="No progress display.")(command)
+
+
+def _command_line() -> str:
+    return " ".join(["klandscape"] + [shlex.quote(a) for a in STATE.argv])
 
 
 def _progress():
@@ -89,6 +117,7 @@ def cli(verbose: int, quiet: bool) -> None:
 @cli.command("probes")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--markdown", is_flag=True, help="The built-in probe reference (docs/probes.md).")
+@verbosity_options
 def probes_command(as_json: bool, markdown: bool) -> None:
     """List the registered probes (built-in and plugins)."""
     from keras_landscape import registry
@@ -138,6 +167,7 @@ def probes_command(as_json: bool, markdown: bool) -> None:
               help="XLA compilation: auto = on for GPU/TPU and for CPU models without convolutions.")
 @click.option("--tf32", is_flag=True, help="Projections may use TF32 matmuls on GPUs (checks stay float32).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@verbosity_options
 def probe_command(models, data, probes, loss, level_fn, split, level, levels, partners,
                   retrain_endpoints, settings, out, resume,
                   overwrite, seed, custom_objects, eval_batch_size, xla, tf32, as_json) -> None:
@@ -165,7 +195,7 @@ def probe_command(models, data, probes, loss, level_fn, split, level, levels, pa
         xla={"auto": "auto", "on": True, "off": False}[xla],
         eval_batch_size=eval_batch_size,
         fast_float32=tf32,
-        command=" ".join(["klandscape"] + sys.argv[1:]),
+        command=_command_line(),
     )
     document = execute(spec, _progress())
     if as_json:
@@ -179,8 +209,10 @@ def probe_command(models, data, probes, loss, level_fn, split, level, levels, pa
 @cli.command("show")
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@verbosity_options
 def show_command(store: str, as_json: bool) -> None:
-    """Show the models, runs, configs, status and results in a store."""
+    """Show the models, runs, options, status and results in a store (what is missing, for
+    an interrupted run)."""
     from keras_landscape.report import summarize_store
 
     summary = summarize_store(store)
@@ -190,6 +222,88 @@ def show_command(store: str, as_json: bool) -> None:
         from keras_landscape.cli.display import store_tables
 
         store_tables(summary)
+
+
+@cli.command("plot")
+@click.argument("store")
+@click.option("-o", "--output", "out_dir", default=None,
+              help="Folder for the figures (default: <store stem>_figures beside the store).")
+@click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png",
+              show_default=True)
+@click.option("--run", "runs", multiple=True, help="Only this run (repeatable).")
+@click.option("--paths", type=click.Choice(["best", "all", "none"]), default="best", show_default=True,
+              help="Path figures: best = every string, but only the lowest connected bisection "
+                   "string per pair; all; none.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@verbosity_options
+def plot_command(store, out_dir, fmt, runs, paths, as_json) -> None:
+    """Draw the figures of a store: paths, curviness, barriers, components."""
+    from keras_landscape.plots import plot_store
+
+    report = plot_store(store, out_dir, fmt=fmt, runs=list(runs) or None, paths=paths).to_dict()
+    if as_json:
+        _emit_json(report)
+        return
+    from keras_landscape.cli.display import plot_report
+
+    if STATE.quiet:
+        report = {**report, "skipped": []}
+    plot_report(report)
+
+
+@cli.command("run")
+@click.argument("config_file", metavar="CONFIG.yaml")
+@click.option("--scale", default=None, help="Merge this entry of the config's `scales` over it.")
+@click.option("--out", default=None, help="The store (overrides `out`).")
+@click.option("--seed", type=int, default=None, help="Overrides `seed`.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key (model.train.epochs=5, probes.curviness.levels=0.1) "
+                   "or a probe option (max_steps=500); repeatable. Values are YAML.")
+@click.option("--level", type=float, default=None, help="Level u for probes that take one.")
+@click.option("--levels", default=None, help="Levels for probes that take them: '0.3,0.1' or 'start:stop:count'.")
+@click.option("--resume", is_flag=True, help="Continue the runs in an existing store.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--no-plots", is_flag=True, help="Do not draw figures.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the resolved settings as JSON; run nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@verbosity_options
+def run_command(config_file, scale, out, seed, settings, level, levels, resume, overwrite,
+                no_plots, dry_run, as_json) -> None:
+    """Run the experiment described by a YAML config (see configs/)."""
+    from keras_landscape.config import describe, load_config, parse_value, prepare
+
+    overrides = [(k, parse_value(v)) for k, v in _parse_assignments(settings, "--set option").items()]
+    for key, value in (("out", out), ("seed", seed), ("level", level), ("levels", levels)):
+        if value is not None:
+            overrides.append((key, value))
+    config = load_config(config_file, scale=scale, overrides=overrides, command=_command_line())
+    if dry_run:
+        _emit_json(describe(config))
+        return
+    from keras_landscape.runner import execute
+
+    progress = _progress()
+    spec = prepare(config, progress)
+    spec.resume, spec.overwrite = resume, overwrite
+    document = execute(spec, progress)
+    document.update({"config": config_file, "scale": scale, "figures": []})
+    if config.plots is not None and not no_plots:
+        from keras_landscape.plots import plot_store
+
+        report = plot_store(document["store"], config.plots["dir"], fmt=config.plots["format"],
+                            paths=config.plots["paths"])
+        document["figures"] = [f.path for f in report.figures]
+        document["figures_dir"] = report.directory
+    if as_json:
+        _emit_json(document)
+        return
+    from keras_landscape.cli.display import results_summary
+
+    results_summary(document)
+    if config.recipe is not None:
+        click.echo(f"models: {config.recipe.dir}/ ({config.recipe.replicas} trained)")
+    if document["figures"]:
+        click.echo(f"figures: {document['figures_dir']}/ ({len(document['figures'])} files)")
 
 
 def _silence_native_stderr(argv: list[str]) -> None:
@@ -215,18 +329,19 @@ def _silence_native_stderr(argv: list[str]) -> None:
 
 
 @cli.command("demo")
-@click.option("--out", "out_dir", default="klandscape-demo", show_default=True, help="Folder for models, store and summary.")
+@click.option("--out", "out_dir", default="klandscape-demo", show_default=True, help="Folder for models, store and figures.")
 @click.option("--models", type=int, default=3, show_default=True, help="How many MLPs to train.")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted demo in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@verbosity_options
 def demo_command(out_dir, models, epochs, seed, resume, as_json) -> None:
-    """The first run: train small MLPs on the embedded digits data and probe them."""
+    """The first run: train small MLPs on the embedded digits data, probe them, draw figures."""
     from keras_landscape.demo import run_demo, summary_lines
 
     document = run_demo(out_dir, models=models, epochs=epochs, seed=seed, progress=_progress(),
-                        resume=resume, command=" ".join(["klandscape"] + sys.argv[1:]))
+                        resume=resume, command=_command_line())
     if as_json:
         _emit_json(document)
     else:
@@ -242,6 +357,7 @@ def demo_command(out_dir, models, epochs, seed, resume, as_json) -> None:
 @click.option("--model", default=None, help="Export a stored model instead of a bead.")
 @click.option("-o", "--output", required=True, help="Output .keras or .h5 file.")
 @click.option("--custom-objects", default=None, help="A .py file or module defining custom layers.")
+@verbosity_options
 def export_command(store, run_name, bead, string, model, output, custom_objects) -> None:
     """Write a bead of a stored string (or a stored model) back as a Keras model."""
     from keras_landscape.export import export
@@ -266,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if argv is None:
         _silence_native_stderr(sys.argv[1:])
+    STATE.argv = list(sys.argv[1:] if argv is None else argv)
 
     try:
         cli.main(args=argv, prog_name="klandscape", standalone_mode=False)

@@ -497,7 +497,15 @@ def _load_text(spec: str, positionals: list[str], opts: _Options, seed: int) -> 
 
 
 def _load_tfds(spec: str, positionals: list[str], opts: _Options, seed: int) -> Dataset:
-    import tensorflow_datasets as tfds  # slow import: only for tfds specs
+    try:
+        import tensorflow  # noqa: F401  (tfds reads through tf.data)
+        import tensorflow_datasets as tfds  # slow import: only for tfds specs
+    except ImportError:
+        raise UserError(
+            f"The data spec {spec!r} needs TensorFlow and tensorflow-datasets, which are not "
+            "installed here (e.g. a JAX-only machine). Export the dataset to an .npz file "
+            "(x_train/y_train/x_test/y_test) and use npz:PATH instead."
+        ) from None
 
     name = positionals[0]
     download = bool(opts.get_int("download", 0))

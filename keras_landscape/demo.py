@@ -1,75 +1,74 @@
 """The embedded first run: small models on `digits`, probed end to end, no download.
 
 `klandscape demo` trains a few small MLPs on scikit-learn's digits (embedded in the
-package), then runs `evaluate`, `connectivity` and `curviness` on them and writes the
-models, a store and a summary into one folder.
+package), runs `evaluate`, `connectivity` and `curviness` on them, and writes the models,
+a store and figures into one folder. It is a run config (configs/demo.yaml holds the same
+mapping) executed the way `klandscape run` executes one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import keras
-
-from keras_landscape.data import load_data
-from keras_landscape.runner import RunSpec, execute
-
-HIDDEN = 32
+DEFAULT_FOLDER = "klandscape-demo"
 
 
-def build_mlp(seed: int) -> keras.Model:
-    """A 64-32-10 ReLU MLP for 8x8 digits (2,410 parameters)."""
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(HIDDEN, activation="relu"),
-            keras.layers.Dense(10),
-        ],
-        name=f"digits_mlp_{seed}",
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
+def demo_config(out_dir: str = DEFAULT_FOLDER, *, models: int = 3, epochs: int = 30,
+                seed: int = 0) -> dict:
+    """The demo as a run-config mapping (the schema of keras_landscape.config).
+
+    Three 64-32-10 ReLU MLPs (2,410 parameters) trained with Adam on digits; the level
+    function is the test error in percent.
+    """
+    folder = Path(out_dir).as_posix()
+    return {
+        "description": "The first run: small MLPs on the embedded digits data, "
+                       "connectivity and curviness at test-error levels.",
+        "model": {
+            "builder": "mlp",
+            "input": [64],
+            "layers": [32],
+            "activation": "relu",
+            "output": 10,
+            "replicas": models,
+            "train": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.003,
+                      "optimizer": "adam"},
+            "dir": f"{folder}/models",
+        },
+        "data": "digits",
+        "loss": "sparse_categorical_crossentropy:from_logits=true",
+        "level_fn": "error",
+        "probes": ["evaluate", "connectivity", "curviness"],
+        "options": {"learning_rate": 0.001, "max_steps": 1500, "check_every": 25,
+                    "margin": 0.3, "retrain_endpoints": True},
+        "seed": seed,
+        "out": f"{folder}/demo.h5",
+        "plots": {"format": "png", "dir": f"{folder}/figures"},
+    }
 
 
-def train_models(out_dir: Path, count: int, epochs: int, seed: int) -> list[str]:
-    data = load_data("digits", seed=seed)
-    paths = []
-    for i in range(count):
-        path = out_dir / "models" / f"mlp_{i}.keras"
-        if not path.exists():
-            model = build_mlp(seed + i)
-            model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=64, verbose=0)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            model.save(path)
-        paths.append(str(path))
-    return paths
-
-
-def run_demo(out_dir: str, *, models: int = 3, epochs: int = 30, seed: int = 0,
+def run_demo(out_dir: str = DEFAULT_FOLDER, *, models: int = 3, epochs: int = 30, seed: int = 0,
              progress=None, resume: bool = False, command: str = "klandscape demo") -> dict:
-    """Train the demo models (reused if present) and probe them; returns the run document."""
-    out = Path(out_dir)
-    paths = train_models(out, models, epochs, seed)
-    store = out / "demo.h5"
-    spec = RunSpec(
-        models=paths,
-        data="digits",
-        probes=["evaluate", "connectivity", "curviness"],
-        options={"learning_rate": 1e-3, "max_steps": 1500, "check_every": 25, "margin": 0.3,
-                 "retrain_endpoints": True},
-        level_fn="error",
-        out=str(store),
-        seed=seed,
-        resume=resume,
-        overwrite=not resume,
-        command=command,
-    )
-    return execute(spec, progress)
+    """Train the demo models (reused if present), probe them, draw the figures.
+
+    Returns:
+        The run document ({"store", "models", "results"}) with "figures" (files written)
+        and "figures_dir".
+    """
+    from keras_landscape.config import load_config, prepare
+    from keras_landscape.plots import plot_store
+    from keras_landscape.runner import execute
+
+    config = load_config(demo_config(out_dir, models=models, epochs=epochs, seed=seed),
+                         command=command)
+    spec = prepare(config, progress)
+    spec.resume, spec.overwrite = resume, not resume
+    document = execute(spec, progress)
+    report = plot_store(document["store"], config.plots["dir"], fmt=config.plots["format"],
+                        paths=config.plots["paths"])
+    document["figures"] = [f.path for f in report.figures]
+    document["figures_dir"] = report.directory
+    return document
 
 
 def summary_lines(document: dict) -> list[str]:
@@ -97,4 +96,7 @@ def summary_lines(document: dict) -> list[str]:
             f"({ok} connected, {failed} not)"
         )
     lines.append(f"store: {document['store']}")
+    if document.get("figures_dir"):
+        lines.append(f"figures: {document['figures_dir']}/ ({len(document.get('figures', []))} files, "
+                     f"e.g. {Path(document['figures'][0]).name if document.get('figures') else '-'})")
     return lines

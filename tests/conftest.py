@@ -6,6 +6,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+if os.environ.get("KLANDSCAPE_BLOCK_TENSORFLOW") == "1":
+    import sys
+
+    # The JAX run proves the core never imports TensorFlow: any import of it fails.
+    sys.modules["tensorflow"] = None
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -173,3 +179,120 @@ def fit_full_batch(model, x, y, steps: int, learning_rate: float, loss=None):
 def full_batch_fit():
     """fit_full_batch(model, x, y, steps, learning_rate, loss=None) -> the trained model."""
     return fit_full_batch
+
+
+# ------------------------------------------------------------------ energy-barrier landscapes
+# Shared by tests/test_barriers.py and tests/test_components.py.
+
+TWO_VALLEY_LAYER = '''
+"""A two-parameter custom layer with two valleys and a saddle level known exactly."""
+
+import keras
+from keras import ops
+
+
+class TwoValley(keras.layers.Layer):
+    """w = (w1, w2); every sample's output is (w1^2 - 1, sqrt(a) (w2 - b (1 - w1^2)))."""
+
+    def __init__(self, a=1.0, b=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.a, self.b = float(a), float(b)
+
+    def build(self, input_shape):
+        self.w = self.add_weight(name="w", shape=(2,), initializer="zeros")
+
+    def call(self, x):
+        w1, w2 = self.w[0], self.w[1]
+        r = ops.stack([w1 * w1 - 1.0, (self.a ** 0.5) * (w2 - self.b * (1.0 - w1 * w1))])
+        return ops.zeros_like(x[:, :1]) + r[None, :]
+
+    def get_config(self):
+        return {**super().get_config(), "a": self.a, "b": self.b}
+'''
+
+
+class TwoValleyFiles:
+    """E(w) = ((w1^2 - 1)^2 + a (w2 - b (1 - w1^2))^2) / 2 as saved Keras models (MSE, zero targets).
+
+    Minima (+-1, 0) with E = 0. Every path from w1 = -1 to w1 = +1 crosses w1 = 0, where
+    E >= 1/2, and the curved valley w2 = b (1 - w1^2) reaches w1 = 0 at exactly E = 1/2: the
+    saddle level is s = 1/2 whatever a, b. The straight line w2 = 0 peaks at (1 + a b^2) / 2.
+    The data is 4 dummy samples x = 0 (n, 1) with targets 0 (n, 2).
+    """
+
+    SADDLE = 0.5
+
+    def __init__(self, folder):
+        from keras_landscape.models import load_custom_objects
+
+        self.folder = folder
+        self.custom_objects = str(folder / "two_valley_layer.py")
+        (folder / "two_valley_layer.py").write_text(TWO_VALLEY_LAYER)
+        np.savez(folder / "zeros.npz", x=np.zeros((4, 1), np.float32), y=np.zeros((4, 2), np.float32))
+        self.data = f"npz:{folder / 'zeros.npz'}"
+        self.layer_class = load_custom_objects(self.custom_objects)["TwoValley"]
+
+    @staticmethod
+    def energy(w, a=1.0, b=1.0):
+        w = np.asarray(w, np.float64).reshape(-1, 2)
+        w1, w2 = w[:, 0], w[:, 1]
+        return ((w1**2 - 1) ** 2 + a * (w2 - b * (1 - w1**2)) ** 2) / 2
+
+    @staticmethod
+    def linear_max(a=1.0, b=1.0):
+        """max of E on the straight segment (-1, 0) - (1, 0), at w = (0, 0)."""
+        return (1 + a * b * b) / 2
+
+    def model(self, w=(1.0, 0.0), a=1.0, b=1.0):
+        import keras
+
+        model = keras.Sequential([keras.Input((1,)), self.layer_class(a=a, b=b, name="valley")],
+                                 name="two_valley")
+        model.compile(loss="mse")
+        model.layers[0].w.assign(np.asarray(w, np.float32))
+        return model
+
+    def save(self, name, w, a=1.0, b=1.0) -> str:
+        """A saved model at w (a .keras file; load it with custom_objects=self.custom_objects)."""
+        path = self.folder / f"{name}.keras"
+        if not path.exists():
+            self.model(w, a, b).save(path)
+        return str(path)
+
+    def landscape(self, a=1.0, b=1.0):
+        from keras_landscape.data import load_data
+        from keras_landscape.landscape import Landscape
+
+        return Landscape(self.model((1.0, 0.0), a, b), load_data(self.data))
+
+
+@pytest.fixture(scope="session")
+def two_valley(tmp_path_factory):
+    """TwoValleyFiles: custom-objects file, data spec and saved models of the two-valley E."""
+    return TwoValleyFiles(tmp_path_factory.mktemp("two_valley"))
+
+
+@pytest.fixture(scope="session")
+def linreg_models(tmp_path_factory):
+    """Convex E: linear regression (Dense(1), MSE) data and 4 saved, partially trained models.
+
+    The models sit at 4 different levels above the least-squares minimum (so that their
+    levels differ), which is where a convex E is known to connect them at max(E(A), E(B)).
+    """
+    import keras
+
+    folder = tmp_path_factory.mktemp("linreg_models")
+    rng = np.random.default_rng(11)
+    n, d = 200, 3
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.3 + 0.1 * rng.normal(size=n)).astype(np.float32)[:, None]
+    np.savez(folder / "linreg.npz", x=x, y=y)
+    paths = []
+    for k, (seed, steps) in enumerate(((1, 15), (2, 25), (3, 40), (4, 60))):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(1)], name="linreg")
+        fit_full_batch(model, x, y, steps, 0.05)
+        model.compile(loss="mse")
+        paths.append(str(folder / f"linreg_{k}.keras"))
+        model.save(paths[-1])
+    return {"paths": paths, "data": f"npz:{folder / 'linreg.npz'}", "x": x, "y": y}

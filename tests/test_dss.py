@@ -515,8 +515,9 @@ def test_dss_on_dense_conv2d_and_lstm(architecture):
     name, landscape, a, b = architecture
     ends = landscape.levels(np.stack([a, b]))
     straight = check_segments(landscape, [(a, b)], 20)[0]
-    assert straight.levels[0] == pytest.approx(ends[0], rel=1e-6)
-    assert straight.levels[-1] == pytest.approx(ends[1], rel=1e-6)
+    # 1e-5: a batch of 21 points and a batch of 2 may sum in another order (JAX's CPU conv)
+    assert straight.levels[0] == pytest.approx(ends[0], rel=1e-5)
+    assert straight.levels[-1] == pytest.approx(ends[1], rel=1e-5)
     assert straight.maximum > 1.2 * ends.max()  # a barrier on the straight line (needs beads)
     level = 1.1 * float(ends.max())
     config = DSSConfig(learning_rate=0.01, max_depth=6, max_steps=1000)

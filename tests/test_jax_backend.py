@@ -1,0 +1,41 @@
+"""The core tests again on the JAX backend, with TensorFlow made unimportable.
+
+Runs in a subprocess (a Keras backend is fixed per process). Proves that DSS, projections,
+barriers, components, the store, the registry and model loading work under jax.jit /
+jax.vmap without TensorFlow. Skipped where jax is not installed.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CORE = [
+    "test_dss.py",
+    "test_projection.py",
+    "test_connectivity_probe.py",
+    "test_barriers.py",
+    "test_components.py",
+    "test_params.py",
+    "test_store.py",
+    "test_registry.py",
+    "test_models.py",
+]
+
+
+def test_core_suite_passes_on_jax_without_tensorflow():
+    pytest.importorskip("jax")
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        pytest.skip("already running on the JAX backend")
+    here = Path(__file__).parent
+    files = [str(here / name) for name in CORE if (here / name).exists()]
+    env = {**os.environ, "KERAS_BACKEND": "jax", "KLANDSCAPE_BLOCK_TENSORFLOW": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files],
+        env=env, capture_output=True, text=True, timeout=1500,
+    )
+    tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-30:])
+    assert completed.returncode == 0, f"JAX core suite failed:\n{tail}"
+    assert " passed" in tail
