@@ -1,0 +1,192 @@
+"""Engine benchmark: compiled projection vs Keras training, bead batching, segment checks.
+
+    python benchmarks/run.py [--quick] [--backend tensorflow|jax] [--out FILE.json]
+
+Prints one JSON document on stdout: machine and versions, then per case (an MLP on digits,
+a small CNN on 28x28 images, a small LSTM on token sequences; two batch sizes each):
+
+- projection_step_s: seconds per Adam step inside the compiled projection loop (one bead);
+- train_step_s: seconds per step of the same model, batch and optimiser with Keras's own
+  compiled `train_on_batch`, in the same process;
+- step_ratio: projection_step_s / train_step_s (the projection is training: <= 1 is the goal);
+- batched_speedup: K=8 beads projected together vs one after another (same steps);
+- segment_eval_speedup: R=32 points of a segment in one batched call vs a loop of calls;
+- peak_rss_mb: the process's peak resident memory after the case.
+Plus `cubic`: DSS between two trained 1-4-4-1 sigmoid MLPs on the cubic regression (MAE)
+at one level. Not a test: the numbers describe the machine. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute on 2 cores")
+    parser.add_argument("--backend", choices=["tensorflow", "jax"], default=None)
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--cases", default="mlp,cnn,lstm", help="comma-separated subset")
+    return parser.parse_args()
+
+
+ARGS = _parse()
+if ARGS.backend:
+    os.environ["KERAS_BACKEND"] = ARGS.backend
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_landscape import backend  # noqa: E402
+from keras_landscape.data import Dataset, load_data  # noqa: E402
+from keras_landscape.dss import DSSConfig, check_segments, connect  # noqa: E402
+from keras_landscape.landscape import Landscape  # noqa: E402
+from keras_landscape.projection import ProjectionConfig, project  # noqa: E402
+
+LOGITS = "sparse_categorical_crossentropy:from_logits=true"
+
+
+def mlp_case(n: int):
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(10)], name="mlp")
+    return "mlp_digits", model, load_data("digits")
+
+
+def cnn_case(n: int):
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    data = Dataset("random28", x, y, x[: n // 4], y[: n // 4], "classification", 10, "random 28x28")
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(8, 5, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(16, 5, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(), keras.layers.Dense(10),
+    ], name="cnn")
+    return "cnn_28x28", model, data
+
+
+def lstm_case(n: int):
+    rng = np.random.default_rng(0)
+    vocab, steps = 50, 10
+    ids = rng.integers(0, vocab, (n, steps + 1)).astype(np.int32)
+    x, y = ids[:, :-1], ids[:, 1:]
+    data = Dataset("tokens", x, y, x[: n // 4], y[: n // 4], "sequence", vocab, "random tokens")
+    model = keras.Sequential([
+        keras.Input((steps,), dtype="int32"), keras.layers.Embedding(vocab, 16),
+        keras.layers.LSTM(32, return_sequences=True), keras.layers.Dense(vocab),
+    ], name="lstm")
+    return "lstm_tokens", model, data
+
+
+def projection_step(landscape, k: int, steps: int, batch: int) -> float:
+    """Seconds per step for k beads together (target unreachable: every step runs)."""
+    starts = np.repeat(landscape.initial_theta()[None], k, axis=0)
+    config = ProjectionConfig(max_steps=steps, check_every=steps, batch_size=batch)
+    project(landscape, starts, -1.0, config, seed=0)  # compile
+    begin = time.perf_counter()
+    project(landscape, starts, -1.0, config, seed=1)
+    return (time.perf_counter() - begin) / steps
+
+
+def train_step(model, landscape, steps: int, batch: int) -> float:
+    clone = keras.models.clone_model(model)
+    clone.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = landscape.dataset.split("train")
+    x, y = x[:batch], y[:batch]
+    for _ in range(3):
+        clone.train_on_batch(x, y)
+    begin = time.perf_counter()
+    for _ in range(steps):
+        clone.train_on_batch(x, y)
+    return (time.perf_counter() - begin) / steps
+
+
+def segment_speedup(landscape, points: int = 32, repeats: int = 3) -> float:
+    theta = landscape.initial_theta()
+    other = theta + 0.1 * np.random.default_rng(0).standard_normal(theta.size).astype(np.float32)
+    ts = np.linspace(0, 1, points)
+    thetas = ((1 - ts)[:, None] * theta + ts[:, None] * other).astype(np.float32)
+    landscape.levels(thetas)
+    landscape.levels(thetas[:1])
+    begin = time.perf_counter()
+    for _ in range(repeats):
+        check_segments(landscape, [(theta, other)], points - 1)
+    batched = time.perf_counter() - begin
+    begin = time.perf_counter()
+    for _ in range(repeats):
+        for row in thetas:
+            landscape.levels(row[None])
+    looped = time.perf_counter() - begin
+    return looped / batched
+
+
+def cubic(quick: bool) -> dict:
+    data = load_data(f"cubic:n={2000 if quick else 10000}")
+
+    def build(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential([keras.Input((1,)), keras.layers.Dense(4, activation="sigmoid"),
+                                 keras.layers.Dense(4, activation="sigmoid"), keras.layers.Dense(1)])
+
+    landscape = Landscape(build(0), data, loss="mae", level_fn="mae")
+    starts = np.stack([landscape.theta_of(build(s)) for s in (1, 2)])
+    trained = project(landscape, starts, 0.1,
+                      ProjectionConfig(learning_rate=1e-2, max_steps=20000, check_every=200), seed=0)
+    level = float(max(trained.levels)) * 1.05
+    begin = time.perf_counter()
+    result = connect(landscape, trained.thetas[0], trained.thetas[1], level,
+                     DSSConfig(learning_rate=1e-2, max_steps=5000, check_every=100))
+    return {"level": level, "seconds": time.perf_counter() - begin, "connected": result.connected,
+            "beads": result.beads, "normalized_length": result.normalized_length,
+            "projection_steps": result.projection_steps}
+
+
+def main() -> None:
+    steps = 40 if ARGS.quick else 200
+    n = 256 if ARGS.quick else 2048
+    builders = {"mlp": mlp_case, "cnn": cnn_case, "lstm": lstm_case}
+    cases = []
+    for key in ARGS.cases.split(","):
+        name, model, data = builders[key](n)
+        landscape = Landscape(model, data, loss=LOGITS, level_fn="loss")
+        for batch in (32, 128):
+            one = projection_step(landscape, 1, steps, batch)
+            eight = projection_step(landscape, 8, steps, batch)
+            train = train_step(model, landscape, steps, batch)
+            cases.append({
+                "case": name, "batch_size": batch, "parameters": landscape.size,
+                "xla": landscape.xla,
+                "projection_step_s": one, "train_step_s": train, "step_ratio": one / train,
+                "batched_speedup": 8 * one / eight,
+                "segment_eval_speedup": segment_speedup(landscape),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            })
+            print(json.dumps(cases[-1]), file=sys.stderr)
+    document = {
+        "machine": {"platform": platform.platform(), "machine": platform.machine(),
+                    "cpus": os.cpu_count(), "python": sys.version.split()[0],
+                    "accelerator": backend.accelerator_present()},
+        "versions": {"keras": keras.__version__, "backend": backend.name,
+                     **backend.framework_versions()},
+        "quick": ARGS.quick,
+        "cases": cases,
+        "cubic": cubic(ARGS.quick),
+    }
+    text = json.dumps(document, indent=2)
+    print(text)
+    if ARGS.out:
+        with open(ARGS.out, "w") as handle:
+            handle.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
