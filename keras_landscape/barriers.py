@@ -6,8 +6,9 @@ and the barrier is s - max(E(A), E(B)). Every estimator here is an upper bound o
 - linear: max over a dense grid of E((1 - t) A + t B) (linear mode connectivity);
 - DSS bisection: bisection on u between max(E(A), E(B)) and an upper bound, with Dynamic
   String Sampling deciding each u. `upper` is the lowest u found connected (a path at or
-  below it exists, checked); `lower` is the highest u found *not* connected -- a heuristic
-  bracket end, since DSS failing is not a proof;
+  below it exists, checked); `lower` is alpha times the highest u found *not* connected
+  (beads are only trained to alpha * u, so a failure at u speaks for levels below alpha * u)
+  -- a heuristic bracket end, since DSS failing is not a proof;
 - relaxation: a nudged elastic band on the best path's interior beads lowers its maximum;
   the relaxed path is re-checked at the same resolution and kept only if its maximum is lower.
 """
@@ -111,7 +112,11 @@ def saddle_bracket(
         and np.isfinite(upper)
         and upper - lower > config.tolerance * max(abs(upper), 1e-12)
     ):
-        level = 0.5 * (lower + upper)
+        # DSS at level u trains beads to alpha * u: aim the beads at the bracket's middle m.
+        middle = 0.5 * (lower + upper)
+        level = middle / config.alpha
+        if level >= upper:
+            level = middle
         verdict = connect_pair(
             landscape, a, b, level, config, run, f"{prefix}/bisect_{k}",
             seed_for(seed, k), progress,
@@ -120,12 +125,17 @@ def saddle_bracket(
             {"level": level, "connected": verdict["connected"], "reason": verdict["reason"],
              "beads": verdict["beads"], "max_loss": verdict["max_loss"]}
         )
+        before = (lower, upper)
         if verdict["connected"]:
             # the path's checked maximum may sit below the level: a tighter upper bound
-            upper, estimator, best_path = min(level, verdict["max_loss"]), "dss-bisection", f"{prefix}/bisect_{k}"
+            upper = min(upper, level, verdict["max_loss"])
+            estimator, best_path = "dss-bisection", f"{prefix}/bisect_{k}"
         else:
-            lower = level
+            # A failure at u speaks only for levels below alpha * u (the beads' target).
+            lower = max(lower, config.alpha * level)
         k += 1
+        if (lower, upper) == before:
+            break  # no progress: the bracket is as tight as DSS can make it here
     return {
         "a": a.name,
         "b": b.name,

@@ -463,7 +463,10 @@ def _option_value(value, hint, where: str):
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         return None if value is None else _option_value(value, args[0], where)
     if isinstance(value, str):
-        return registry.coerce(value, hint, where)
+        try:
+            return registry.coerce(value, hint, where)
+        except UserError:
+            _fail(where, f"expected {getattr(hint, '__name__', hint)}, got {value!r}")
     if hint is bool:
         if not isinstance(value, bool):
             _fail(where, f"expected true or false, got {value!r}")

@@ -97,6 +97,5 @@ def summary_lines(document: dict) -> list[str]:
         )
     lines.append(f"store: {document['store']}")
     if document.get("figures_dir"):
-        lines.append(f"figures: {document['figures_dir']}/ ({len(document.get('figures', []))} files, "
-                     f"e.g. {Path(document['figures'][0]).name if document.get('figures') else '-'})")
+        lines.append(f"figures: {document['figures_dir']}/ ({len(document.get('figures', []))} files)")
     return lines

@@ -243,7 +243,7 @@ def _figure(width: float = 7.0, height: float = 4.2, ncols: int = 1):
 
 def _use_log_scale(values: list[float]) -> bool:
     finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)
-    return finite.size > 1 and bool(np.all(finite > 0)) and finite.max() / finite.min() > 30
+    return finite.size > 1 and bool(np.all(finite > 0)) and finite.max() / finite.min() > 10
 
 
 def draw_path(profile: PathProfile, run_name: str, ylabel: str):
@@ -272,19 +272,29 @@ def draw_path(profile: PathProfile, run_name: str, ylabel: str):
     values = [*profile.path_y, *profile.bead_levels,
               *([] if profile.line_y is None else profile.line_y),
               *([] if profile.level is None else [profile.level])]
-    if _use_log_scale(values):
+    log = _use_log_scale(values)
+    if log:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("distance along the path (Euclidean, parameter space)")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
     if verdict:
         state = "connected" if verdict.get("connected") else f"not connected ({verdict.get('reason')})"
         length = verdict.get("normalized_length")
         detail = f"{state}, normalized length {length:.3f}" if length is not None else state
     else:
         detail = f"unfinished (depth {profile.depth_done} done)"
-    if profile.unchecked:
-        detail += f", {profile.unchecked} segment(s) not checked yet"
-    ax.set_title(f"{run_name} {profile.key or ''}: {detail}".replace("  ", " "), fontsize=10)
+    if verdict.get("reason") == "endpoint_above_level":
+        ax.text(0.5, 0.5, "an endpoint is above the level: no path was searched",
+                transform=ax.transAxes, ha="center", va="center", color="C3")
+    elif profile.unchecked:
+        detail += f", {profile.unchecked} segment(s) not checked{'' if verdict else ' yet'}"
+    ax.set_title(f"{run_name} {profile.key or ''}".strip() + f"\n{detail}", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     return figure, detail
@@ -328,12 +338,13 @@ def draw_curviness(result: dict, run_name: str, xlabel: str):
                 ax.annotate(text, (level, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
         if key == "normalized_length":
             ax.axhline(1.0, color="0.6", linestyle="--", linewidth=1, label="straight line")
+        ax.margins(x=0.08, y=0.15)
         ax.set_xlabel(f"level u: {xlabel}  (right = lower = harder)")
         ax.set_ylabel(ylabel)
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
-    figure.suptitle(f"{run_name}: level sets get more curved as the level drops "
+        ax.legend(fontsize=8, loc="best")
+    figure.suptitle(f"{run_name}: normalized geodesic length and beads vs level "
                     "(labels: connected/all pairs)", fontsize=10)
     connected = sum(pairs) if pairs else 0
     return figure, f"normalized length and beads vs {len(levels)} levels ({connected} connected strings)"

@@ -108,26 +108,30 @@ def _bracket(saddle) -> str:
 
 def _barrier(name: str, result: dict) -> list[dict]:
     pairs = [p for p in result.get("pairs") or [] if isinstance(p, dict)] or [result]
-    rows, notes = [], []
+    rows, aligned_rows, notes = [], [], []
     for p in pairs:
+        label = f"{p.get('a', 'A')} - {p.get('b', 'B')}"
         ends = [v for v in p.get("endpoint_levels") or [] if v is not None]
-        aligned = p.get("aligned") if isinstance(p.get("aligned"), dict) else None
-        bracket = p.get("barrier_bracket") or [None, None]
-        rows.append([
-            f"{p.get('a', 'A')} - {p.get('b', 'B')}", max(ends) if ends else None,
-            p.get("linear_max"), _bracket(p.get("saddle_level")),
-            f"{fmt(p.get('barrier'))} [{fmt(bracket[0])}, {fmt(bracket[1])}]",
-            p.get("relaxed_max"),
-            "-" if aligned is None else f"{fmt(aligned.get('barrier'))} (distance {fmt(aligned.get('distance'))})",
-        ])
+        rows.append([label, max(ends) if ends else None, p.get("linear_max"),
+                     _bracket(p.get("saddle_level")), p.get("barrier"), p.get("relaxed_max")])
+        aligned = p.get("aligned")
+        if isinstance(aligned, dict):
+            aligned_rows.append([label, f"{fmt(p.get('distance'))} -> {fmt(aligned.get('distance'))}",
+                                 aligned.get("linear_max"), _bracket(aligned.get("saddle_level")),
+                                 aligned.get("barrier")])
         estimators = p.get("estimators")
         if isinstance(estimators, dict):
-            notes.append(f"{p.get('a', 'A')} - {p.get('b', 'B')}: upper bound from "
-                         f"{estimators.get('upper')}, lower from {estimators.get('lower')}")
-    notes.insert(0, "barrier = saddle level - higher minimum (level function "
-                    f"{result.get('level_fn', '?')}); the bracket bounds it")
-    return [_table(name, ["pair", "higher minimum", "linear max", "saddle [lower, upper]",
-                          "barrier [bracket]", "relaxed max", "aligned barrier"], rows, notes)]
+            notes.append(f"{label}: upper bound from {estimators.get('upper')}, lower from "
+                         f"{estimators.get('lower')}")
+    notes.insert(0, "barrier = saddle level (upper) - higher minimum, in level-function units "
+                    f"({result.get('level_fn', '?')}); the saddle bracket bounds it")
+    tables = [_table(name, ["pair", "higher minimum", "linear max", "saddle [lower, upper]",
+                            "barrier", "relaxed max"], rows, notes)]
+    if aligned_rows:
+        tables.append(_table(f"{name}: after weight matching", [
+            "pair", "distance raw -> aligned", "linear max", "saddle [lower, upper]", "barrier"],
+            aligned_rows))
+    return tables
 
 
 def _components(name: str, result: dict) -> list[dict]:
@@ -166,6 +170,20 @@ def _components(name: str, result: dict) -> list[dict]:
     return tables
 
 
+def _evaluate(name: str, result: dict) -> list[dict]:
+    rows = [r for r in result.get("models") or [] if isinstance(r, dict)]
+    if not rows:
+        return _generic(name, result)
+    first = rows[0]
+    level = f"level ({first.get('level_fn', '?')}, {first.get('split', '?')})"
+    table = _table(name, ["model", "loss (train)", level, "|grad| (train)", "parameters"],
+                   [[r.get("model"), r.get("loss"), r.get("level"), r.get("grad_norm"),
+                     r.get("parameters")] for r in rows],
+                   ["loss: mean training loss + regularisers on the training split; "
+                    "|grad|: its gradient norm"])
+    return [table]
+
+
 def _rows_of_dicts(name: str, rows: list[dict]) -> dict:
     columns = list(rows[0])
     return _table(name, columns, [[row.get(c) for c in columns] for row in rows])
@@ -178,7 +196,7 @@ def _generic(name: str, result: dict) -> list[dict]:
     return [_table(name, ["field", "value"], [[k, v] for k, v in (result or {}).items()])]
 
 
-_TABLES = {"connectivity": _connectivity, "curviness": _curviness, "barrier": _barrier,
+_TABLES = {"evaluate": _evaluate, "connectivity": _connectivity, "curviness": _curviness, "barrier": _barrier,
            "components": _components}
 
 
@@ -330,6 +348,7 @@ def summarize_store(path: str) -> dict:
                 entry["progress"] = run_progress(run, inputs)
                 entry["resume"] = resume_command(str(attrs.get("command") or ""), store.path)
             runs.append(entry)
+        runs.sort(key=lambda r: str(r.get("started") or ""))  # in the order they ran
         return {
             "store": store.path,
             "attrs": attrs,

@@ -24,7 +24,7 @@ class BarrierProbe(PairProbe):
     result_fields = {
         "linear_max": "maximum of the level function on the straight segment (dense grid)",
         "saddle_level": "{lower, upper}: upper = lowest level found connected (an upper bound "
-        "on s), lower = highest level found not connected (heuristic)",
+        "on s), lower = alpha x the highest level found not connected (heuristic)",
         "barrier": "saddle_level.upper - max(endpoint_levels)",
         "barrier_bracket": "[lower, upper] - max(endpoint_levels)",
         "endpoint_levels": "level function at A and B",
@@ -56,12 +56,15 @@ class BarrierProbe(PairProbe):
         for index, (i, j) in enumerate(pairs):
             a, b = minima[i], minima[j]
             prefix = f"pair_{i}_{j}"
+            # Align first: an unsupported architecture is reported before any long work.
+            alignment = self._align(landscape, a, b) if config.align == "weight-matching" else None
             result = self._estimate(landscape, a, b, store, prefix, seed_for(config.seed, index), task)
             result["distance"] = float(np.linalg.norm(a.theta.astype(np.float64) - b.theta))
-            if config.align == "weight-matching":
-                result["aligned"] = self._aligned(landscape, a, b, store, prefix, index, task)
-            else:
-                result["aligned"] = None
+            result["aligned"] = (
+                self._aligned(landscape, a, b, alignment, store, prefix, index, task)
+                if alignment is not None
+                else None
+            )
             results.append(result)
         task.close()
         first = results[0]
@@ -83,10 +86,12 @@ class BarrierProbe(PairProbe):
         task.advance()
         return result
 
-    def _aligned(self, landscape, a, b, store, prefix, index, task) -> dict:
+    def _align(self, landscape, a, b):
         from keras_landscape.align import weight_matching
 
-        alignment = weight_matching(landscape.model, a.theta, b.theta, seed=self.config.seed)
+        return weight_matching(landscape.model, a.theta, b.theta, seed=self.config.seed)
+
+    def _aligned(self, landscape, a, b, alignment, store, prefix, index, task) -> dict:
         aligned_b = type(b)(f"{b.name}_aligned", alignment.theta.astype(np.float32), b.source)
         result = self._estimate(
             landscape, a, aligned_b, store, f"{prefix}/aligned", seed_for(self.config.seed, index, 1), task
