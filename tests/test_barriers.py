@@ -221,22 +221,32 @@ def test_saddle_bracket_with_a_known_upper_bound(two_valley, valley_landscapes, 
 
 
 def test_relaxation_never_goes_below_the_saddle(two_valley, valley_landscapes, tmp_path):
-    """The nudged elastic band may lower the path maximum, but not below s = 1/2."""
+    """The nudged elastic band lowers a path's maximum to s = 1/2, but not below.
+
+    The string is laid by hand: A, a middle bead off the valley floor at (0, 0.5), where
+    E = (1 + 0.25) / 2 = 0.625, and B.
+    """
+    from keras_landscape.dss import StringRecord
+
     landscape = valley_landscapes(1.0, 1.0)
     config = _barrier_config(relax="neb", relax_steps=100, relax_learning_rate=0.05)
-    result, store, run = _bracket(landscape, (-1.0, 0.0), (1.0, 0.0), tmp_path / "s.h5", config)
+    store = Store.create(tmp_path / "s.h5", versions=VERSIONS, command="test")
     with store:
-        relaxed = relax_path(landscape, run, result["best_path"], config)
+        run = store.begin_run("barrier", "barrier", {})
+        record = StringRecord(run, "manual")
+        string = []
+        for w in ((-1.0, 0.0), (0.0, 0.5), (1.0, 0.0)):
+            theta = np.asarray(w, np.float32)
+            string.append(type("Bead", (), {"row": record.add_bead(theta, 0.0, 0, 0)})())
+        record.commit_depth(string, 1)
+        relaxed = relax_path(landscape, run, "manual", config)
         assert relaxed is not None
-        assert relaxed["path_max_before"] == pytest.approx(result["saddle_level"]["upper"], rel=1e-5)
-        if relaxed["path_max_before"] <= 0.5 + 1e-4:  # bisection already found the saddle path
-            assert not relaxed["kept"] and relaxed["relaxed_max"] is None
-            return
+        assert relaxed["path_max_before"] >= 0.625 - 1e-3  # the middle bead (or beside it)
         # symmetric ends: the band slides the middle bead along w1 = 0 to the saddle (0, b)
         assert relaxed["kept"]
         assert 0.5 - 1e-5 <= relaxed["relaxed_max"] < relaxed["path_max_before"]
         assert relaxed["relaxed_max"] == pytest.approx(0.5, abs=1e-4)
-        beads = run.read(f"{result['best_path']}_relaxed/beads")
+        beads = run.read("manual_relaxed/beads")
         np.testing.assert_allclose(beads[0], [-1.0, 0.0])
         np.testing.assert_allclose(beads[-1], [1.0, 0.0])
         middle = beads[np.argmin(np.abs(beads[:, 0]))]
