@@ -92,7 +92,7 @@ def print_tables(tables: list[dict]) -> None:
     for spec in tables:
         table = Table(title=spec["title"], title_justify="left")
         for column in spec["columns"]:
-            table.add_column(column, overflow="fold")
+            table.add_column(escape(column), overflow="fold")
         for row in spec["rows"]:
             table.add_row(*(escape(cell) for cell in row))
         out.print(table)
@@ -183,7 +183,7 @@ def store_tables(summary: dict) -> None:
                   f"[{colour}]{status}[/{colour}]  [dim]{when}[/dim]", highlight=False)
         if status == "running":
             out.print("  [yellow]not marked finished: if no klandscape process is writing this "
-                      "store, the run was killed[/yellow]")
+                      "store, the run was killed[/yellow]", soft_wrap=True)
         out.print(f"[dim]options: {escape(_options_line(run['config']))}[/dim]", highlight=False, soft_wrap=True)
         if run.get("error"):
             out.print(f"error: {escape(run['error'])}", highlight=False, soft_wrap=True)

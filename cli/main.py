@@ -6,7 +6,6 @@ Exit codes: 0 ok, 2 bad input (one paragraph on stderr, no traceback), 1 interna
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -283,15 +282,18 @@ def run_command(config_file, scale, out, seed, settings, level, levels, resume, 
     from keras_landscape.runner import execute
 
     progress = _progress()
-    spec = prepare(config, progress)
-    spec.resume, spec.overwrite = resume, overwrite
+    spec = prepare(config, progress, resume=resume, overwrite=overwrite)
     document = execute(spec, progress)
     document.update({"config": config_file, "scale": scale, "figures": []})
     if config.plots is not None and not no_plots:
+        from keras_landscape.errors import Interrupted
         from keras_landscape.plots import plot_store
 
-        report = plot_store(document["store"], config.plots["dir"], fmt=config.plots["format"],
-                            paths=config.plots["paths"])
+        try:
+            report = plot_store(document["store"], config.plots["dir"],
+                                fmt=config.plots["format"], paths=config.plots["paths"])
+        except KeyboardInterrupt:
+            raise Interrupted(document["store"]) from None
         document["figures"] = [f.path for f in report.figures]
         document["figures_dir"] = report.directory
     if as_json:
@@ -303,7 +305,8 @@ def run_command(config_file, scale, out, seed, settings, level, levels, resume, 
     if config.recipe is not None:
         click.echo(f"models: {config.recipe.dir}/ ({config.recipe.replicas} trained)")
     if document["figures"]:
-        click.echo(f"figures: {document['figures_dir']}/ ({len(document['figures'])} files)")
+        count = len(document["figures"])
+        click.echo(f"figures: {document['figures_dir']}/ ({count} file{'s' if count != 1 else ''})")
 
 
 def _silence_native_stderr(argv: list[str]) -> None:

@@ -31,15 +31,16 @@ reference and examples; configs/ holds the shipped ones):
 Input paths (model files, npz/idx/text data, custom objects) are relative to the config
 file's folder; output paths (`out`, `model.dir`, `plots.dir`) to the current folder.
 A bad key or value is a UserError naming its key path, e.g.
-`probes.curviness.alpah: unknown option`.
+`probes.curviness.alpah: unknown option`. Validation imports the probe registry but no
+model code; `prepare` trains a `model:` recipe with keras_landscape.replicas.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +64,6 @@ OPTIMIZERS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adamw": "Adam
 DEFAULT_TRAIN = {"epochs": 20, "batch_size": 32, "learning_rate": 1e-3, "optimizer": "adam"}
 PLOT_KEYS = ("format", "dir", "paths")
 DATA_PATH_KINDS = ("npz", "idx", "text")
-# Rows of full-batch data tiled into one Keras epoch (many optimiser steps per compiled call).
-_TILE_BYTES = 64 << 20
-_MAX_STEPS_PER_CALL = 200
 
 
 class ConfigError(UserError):
@@ -190,11 +188,19 @@ def apply_override(document: dict, key: str, value: Any, probe_options: set[str]
     """
     parts = key.split(".")
     if parts[0] == "probes" and len(parts) == 3:
-        probes = _probe_map(document.get("probes", []), "probes")
-        probes.setdefault(parts[1], {})[parts[2]] = value
+        probes = _probe_map(document.get("probes", ["evaluate"]), "probes")
+        if parts[1] not in probes:
+            _fail(f"probes.{parts[1]}", f"not a listed probe ({', '.join(probes)}); list it under "
+                  "probes to set its options")
+        probes[parts[1]][parts[2]] = value
         document["probes"] = [{n: o} if o else n for n, o in probes.items()]
         return
-    if parts[0] not in TOP_KEYS and len(parts) == 1 and key in probe_options:
+    if parts[0] not in TOP_KEYS and len(parts) == 1 and key not in probe_options:
+        hint = _closest(key, [*TOP_KEYS, *probe_options])
+        _fail(key, "neither a config key nor an option of any probe"
+              + (f" (did you mean {hint}?)" if hint else "")
+              + f"; config keys: {', '.join(TOP_KEYS)}; probe options: `klandscape probes --markdown`")
+    if parts[0] not in TOP_KEYS and len(parts) == 1:
         document.setdefault("options", {})
         if not isinstance(document["options"], dict):
             _fail("options", "must be a mapping of probe options")
@@ -332,7 +338,7 @@ def _int_list(value, where: str, *, allow_empty: bool = True) -> list[int]:
 
 def _resolve(path: str, folder: Path) -> str:
     candidate = Path(path).expanduser()
-    return str(candidate if candidate.is_absolute() else folder / candidate)
+    return os.path.normpath(candidate if candidate.is_absolute() else folder / candidate)
 
 
 def _data_spec(spec: str, where: str, folder: Path, must_exist: bool) -> str:
@@ -661,10 +667,11 @@ def choose_data(config: RunConfig, progress=None) -> str:
         return config.data_choices[0]
     reasons = []
     for spec in config.data_choices:
+        probe = _with_limit(spec)
         try:
-            load_data(_with_limit(spec), seed=config.spec.seed)
+            load_data(probe, seed=config.spec.seed)
         except (UserError, ImportError) as error:
-            reasons.append(f"{spec}: {error}")
+            reasons.append(f"{spec}: {str(error).replace(probe, spec)}")
             continue
         if reasons and progress is not None:
             progress.note(f"using data {spec}, because " + "; ".join(reasons))
@@ -680,153 +687,36 @@ def _with_limit(spec: str) -> str:
     return ":".join([kind, *positionals, ",".join(f"{k}={v}" for k, v in {**options, "limit": 1}.items())])
 
 
-def prepare(config: RunConfig, progress=None) -> Any:
-    """The RunSpec ready to execute: data chosen, a recipe's replicas trained (or reused)."""
-    spec = dataclasses.replace(config.spec, data=choose_data(config, progress))
+def prepare(config: RunConfig, progress=None, *, resume: bool = False,
+            overwrite: bool = False) -> Any:
+    """The RunSpec ready to execute: data chosen, a recipe's replicas trained (or reused).
+
+    An existing store without resume or overwrite is refused before any training.
+    """
+    out = Path(config.spec.out)
+    if out.exists() and not (resume or overwrite):
+        raise UserError(
+            f"The store {str(out)!r} already exists. Use --resume to continue the work in it, "
+            "--overwrite to replace it, or another --out."
+        )
+    spec = dataclasses.replace(config.spec, data=choose_data(config, progress), resume=resume,
+                               overwrite=overwrite)
+    if config.recipe is not None and resume and out.exists():
+        from keras_landscape.replicas import read_stamp, stamp
+
+        previous = read_stamp(Path(config.recipe.dir) / "recipe.json")
+        if previous is not None and previous != stamp(config.recipe, spec.data, spec.loss, spec.seed):
+            raise UserError(
+                f"Cannot resume {str(out)!r}: its models in {config.recipe.dir!r} were trained "
+                "from another model recipe, data, loss or seed than the config now gives. Resume "
+                "with the same settings, or write a new store (--out) or --overwrite."
+            )
     if config.recipe is not None:
+        from keras_landscape.replicas import train_replicas
+
         spec.models = train_replicas(config.recipe, spec.data, spec.loss, spec.seed, progress)
     return spec
 
 
-# -------------------------------------------------------------------- building models
-
-
-def build_model(recipe: ModelRecipe, name: str = "model"):
-    """A Keras model of the recipe (uncompiled, built, fresh random weights)."""
-    import keras
-
-    def activation(value, where):
-        try:
-            keras.activations.get(value)
-        except (ValueError, TypeError):
-            _fail(where, f"unknown Keras activation {value!r}")
-        return value
-
-    hidden = activation(recipe.activation, "model.activation")
-    output = activation(recipe.output_activation, "model.output_activation") if recipe.output_activation else None
-    layers = [keras.Input(tuple(recipe.input))]
-    if recipe.builder == "cnn":
-        for filters in recipe.filters:
-            layers.append(keras.layers.Conv2D(filters, recipe.kernel_size, padding="same",
-                                              activation=hidden))
-            if recipe.pool > 1:
-                layers.append(keras.layers.MaxPooling2D(recipe.pool))
-        layers.append(keras.layers.Flatten())
-    layers += [keras.layers.Dense(width, activation=hidden) for width in recipe.layers]
-    layers.append(keras.layers.Dense(recipe.output, activation=output))
-    return keras.Sequential(layers, name=name)
-
-
-def training_loss(spec: str):
-    """A Keras loss for `fit` from a loss spec ('mae', 'sparse_categorical_crossentropy:
-    from_logits=true'): the Loss class when there are options, so that the model saves."""
-    import keras
-
-    from keras_landscape.objectives import parse_named_spec
-
-    name, options = parse_named_spec(spec)
-    class_name = "".join(part.capitalize() for part in name.split("_"))
-    cls = getattr(keras.losses, class_name, None)
-    if isinstance(cls, type) and issubclass(cls, keras.losses.Loss):
-        try:
-            return cls(**options)
-        except TypeError as error:
-            _fail("loss", f"bad option for {name}: {error}")
-    try:
-        found = keras.losses.get(name)
-    except (ValueError, TypeError):
-        found = None
-    if found is None:
-        _fail("loss", f"unknown Keras loss {name!r}")
-    if options:
-        _fail("loss", f"options are supported for loss classes (e.g. "
-              f"sparse_categorical_crossentropy:from_logits=true), not for {name!r}")
-    return found
-
-
-def _steps_per_call(epochs: int, rows: int, row_bytes: int) -> int:
-    """Full-batch steps fused into one Keras epoch: a divisor of `epochs` whose tiled copy
-    of the data stays under _TILE_BYTES (Keras pays its per-epoch overhead once per call)."""
-    cap = max(1, min(_MAX_STEPS_PER_CALL, _TILE_BYTES // max(1, rows * row_bytes)))
-    return max(d for d in range(1, min(cap, epochs) + 1) if epochs % d == 0)
-
-
-def _fit(model, x, y, train: dict, task) -> None:
-    import keras
-    import numpy as np
-
-    class Advance(keras.callbacks.Callback):
-        def __init__(self, amount):
-            super().__init__()
-            self.amount = amount
-
-        def on_epoch_end(self, epoch, logs=None):
-            task.advance(self.amount)
-            if logs and "loss" in logs:
-                task.update(status=f"loss {logs['loss']:.4g}")
-
-    epochs = train["epochs"]
-    if train["batch_size"] == "full":
-        steps = _steps_per_call(epochs, len(x), x[:1].nbytes + y[:1].nbytes)
-        model.fit(np.tile(x, (steps,) + (1,) * (x.ndim - 1)), np.tile(y, (steps,) + (1,) * (y.ndim - 1)),
-                  batch_size=len(x), epochs=epochs // steps, shuffle=False, verbose=0,
-                  callbacks=[Advance(steps)])
-    else:
-        model.fit(x, y, batch_size=train["batch_size"], epochs=epochs, verbose=0,
-                  callbacks=[Advance(1)])
-
-
-def train_replicas(recipe: ModelRecipe, data_spec: str, loss: str, seed: int, progress=None) -> list[str]:
-    """Build and train `recipe.replicas` models (seeds seed, seed + 1, ...) into recipe.dir.
-
-    Models already there from the same recipe, data, loss and seed (recipe.json) are reused.
-
-    Returns:
-        The saved model files, `<builder>_<i>.keras`.
-    """
-    import keras
-
-    from keras_landscape.data import adapt_to_model, load_data
-    from keras_landscape.progress import NullProgress
-
-    progress = progress or NullProgress()
-    folder = Path(recipe.dir)
-    paths = [folder / f"{recipe.builder}_{i}.keras" for i in range(recipe.replicas)]
-    stamp = {"recipe": recipe.architecture(), "data": data_spec, "loss": loss, "seed": seed}
-    record = folder / "recipe.json"
-    try:
-        previous = json.loads(record.read_text()) if record.is_file() else None
-    except ValueError:
-        previous = None
-    if previous == stamp and all(p.is_file() for p in paths):
-        progress.note(f"reusing the {len(paths)} trained models in {folder}")
-        return [str(p) for p in paths]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if previous != stamp:  # models of another recipe must not be mistaken for these
-            for path in paths:
-                path.unlink(missing_ok=True)
-            record.write_text(json.dumps(stamp, indent=1))
-    except OSError as error:
-        raise UserError(f"Cannot write the models into {str(folder)!r}: {error}.") from None
-    dataset = load_data(data_spec, seed=seed)
-    train = recipe.train
-    for i, path in enumerate(paths):
-        if path.is_file():
-            continue  # trained by an earlier, interrupted run of the same recipe
-        keras.utils.set_random_seed(seed + i)
-        model = build_model(recipe, name=f"{recipe.builder}_{i}")
-        adapted = adapt_to_model(dataset, model.input_shape[1:], model.output_shape[1:],
-                                 loss.partition(":")[0])
-        optimizer = keras.optimizers.get(
-            {"class_name": OPTIMIZERS[train["optimizer"]], "config": {"learning_rate": train["learning_rate"]}})
-        model.compile(optimizer=optimizer, loss=training_loss(loss))
-        task = progress.task(f"training {path.stem} ({i + 1}/{len(paths)})", total=train["epochs"])
-        _fit(model, adapted.x_train, adapted.y_train, train, task)
-        task.close()
-        model.save(path)
-    return [str(p) for p in paths]
-
-
-__all__ = ["ConfigError", "ModelRecipe", "RunConfig", "apply_override", "build_model",
-           "describe", "load_config", "parse_value", "prepare", "read_yaml", "train_replicas"]
+__all__ = ["ConfigError", "ModelRecipe", "RunConfig", "apply_override", "describe",
+           "load_config", "parse_value", "prepare", "read_yaml"]

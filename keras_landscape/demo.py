@@ -56,16 +56,19 @@ def run_demo(out_dir: str = DEFAULT_FOLDER, *, models: int = 3, epochs: int = 30
         and "figures_dir".
     """
     from keras_landscape.config import load_config, prepare
+    from keras_landscape.errors import Interrupted
     from keras_landscape.plots import plot_store
     from keras_landscape.runner import execute
 
     config = load_config(demo_config(out_dir, models=models, epochs=epochs, seed=seed),
                          command=command)
-    spec = prepare(config, progress)
-    spec.resume, spec.overwrite = resume, not resume
+    spec = prepare(config, progress, resume=resume, overwrite=not resume)
     document = execute(spec, progress)
-    report = plot_store(document["store"], config.plots["dir"], fmt=config.plots["format"],
-                        paths=config.plots["paths"])
+    try:
+        report = plot_store(document["store"], config.plots["dir"], fmt=config.plots["format"],
+                            paths=config.plots["paths"])
+    except KeyboardInterrupt:
+        raise Interrupted(document["store"]) from None
     document["figures"] = [f.path for f in report.figures]
     document["figures_dir"] = report.directory
     return document

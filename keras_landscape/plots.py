@@ -180,8 +180,10 @@ def read_path(run: Run, prefix: str) -> PathProfile:
     level = (verdict or {}).get("level")
     if level is None:
         level = _result_level(run.result, prefix)
-    if level is None and isinstance(run.config.get("level"), (int, float)):
-        level = float(run.config["level"])
+    if level is None:
+        from keras_landscape.report import configured_level
+
+        level = configured_level(run.config, prefix)
     relaxed = None
     relaxed_key = f"{prefix}_relaxed"
     if prefix and run.has(f"{relaxed_key}/beads") and run.has(f"{relaxed_key}/bead_level"):
@@ -246,6 +248,14 @@ def _use_log_scale(values: list[float]) -> bool:
     return finite.size > 1 and bool(np.all(finite > 0)) and finite.max() / finite.min() > 10
 
 
+def _minor_log_label(value: float, _position=None) -> str:
+    """Label the minor ticks 2 and 5 of each decade (plain decimals, not 2x10^-2)."""
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** np.floor(np.log10(value))
+    return f"{value:g}" if round(mantissa) in (2, 5) else ""
+
+
 def draw_path(profile: PathProfile, run_name: str, ylabel: str):
     """The level along the final path vs the straight line, beads marked, level u drawn."""
     figure, ax = _figure()
@@ -277,9 +287,8 @@ def draw_path(profile: PathProfile, run_name: str, ylabel: str):
         from matplotlib.ticker import FuncFormatter
 
         ax.set_yscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
         ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("distance along the path (Euclidean, parameter space)")
     ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
@@ -544,8 +553,15 @@ def _safe(text: str) -> str:
 
 
 def _save(figure, directory: Path, stem: str, fmt: str) -> str:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"Cannot create the figure folder {str(directory)!r}: {error}.") from None
     path = directory / f"{stem}.{fmt}"
-    figure.savefig(path, format=fmt, dpi=120)
+    try:
+        figure.savefig(path, format=fmt, dpi=120)
+    except OSError as error:
+        raise UserError(f"Cannot write the figure {str(path)!r}: {error}.") from None
     return str(path)
 
 
@@ -584,10 +600,6 @@ def plot_store(
             raise UserError(f"The store {store_path!r} has no run {unknown[0]!r}; runs in it: "
                             f"{', '.join(names) or 'none'}.")
         out = Path(directory)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"Cannot create the figure folder {str(out)!r}: {error}.") from None
         if not names:
             report.skipped.append({"run": None, "reason": "the store has no runs yet"})
         for name in runs or names:

@@ -230,12 +230,41 @@ def _string_prefixes(run: Run) -> list[str]:
     return sorted(found, key=lambda s: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)])
 
 
+def _levels(text) -> list[float]:
+    """A `levels` option ('0.3,0.1' or 'start:stop:count') as numbers, highest first."""
+    text = str(text or "").strip()
+    try:
+        if ":" in text:
+            start, stop, count = (float(v) for v in text.split(":"))
+            n = int(count)
+            values = [start + (stop - start) * i / (n - 1) for i in range(n)] if n > 1 else [start]
+        else:
+            values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        return []
+    return sorted(values, reverse=True)
+
+
+def configured_level(config: dict, prefix: str) -> float | None:
+    """The level a string was started at, from the run's options (for strings that have no
+    verdict yet): `level`, or for `level_<k>/...` the k-th of `levels` (highest first)."""
+    match = re.match(r"^level_(\d+)/", prefix)
+    if match:
+        levels = _levels(config.get("levels"))
+        k = int(match.group(1))
+        return levels[k] if k < len(levels) else None
+    level = config.get("level")
+    return float(level) if isinstance(level, (int, float)) and not isinstance(level, bool) else None
+
+
 def strings_of(run: Run) -> list[dict]:
     """The DSS strings stored in a run: key, beads on the string, depth done, verdict."""
     out = []
+    config = run.config
     for prefix in _string_prefixes(run):
         attrs = run.get_attrs(prefix or None)
         verdict = attrs.get("verdict") if isinstance(attrs.get("verdict"), dict) else None
+        level = verdict.get("level") if verdict is not None else configured_level(config, prefix)
         out.append({
             "key": prefix,
             "beads": run.length(f"{prefix}/order" if prefix else "order"),
@@ -243,19 +272,14 @@ def strings_of(run: Run) -> list[dict]:
             "finished": verdict is not None,
             "connected": None if verdict is None else bool(verdict.get("connected")),
             "reason": None if verdict is None else verdict.get("reason"),
-            "level": None if verdict is None else verdict.get("level"),
+            "level": level,
         })
     return out
 
 
 def _level_count(levels) -> int:
     text = str(levels or "").strip()
-    if not text:
-        return _DEFAULT_CURVINESS_LEVELS
-    try:
-        return int(text.split(":")[2]) if ":" in text else len([v for v in text.split(",") if v.strip()])
-    except (IndexError, ValueError):
-        return 0
+    return len(_levels(text)) if text else _DEFAULT_CURVINESS_LEVELS
 
 
 def expected_strings(probe: str, config: dict, inputs: int) -> list[str] | None:

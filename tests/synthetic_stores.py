@@ -155,3 +155,100 @@ def interrupted_store(path) -> str:
                      verdict=None, depth_done=0)
         # status stays "running": the process was killed
     return str(path)
+
+
+# ------------------------------------------------------------------ real stores (Keras)
+
+import atexit  # noqa: E402
+import functools  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+CUBIC = "cubic:n=200"
+
+
+def _scratch(prefix: str) -> Path:
+    """A temporary folder shared by the test modules of this session, removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def cubic_mlp():
+    """The paper's 1-4-4-1 sigmoid MLP for the cubic regression (33 parameters)."""
+    import keras
+
+    return keras.Sequential([keras.Input((1,)), keras.layers.Dense(4, activation="sigmoid"),
+                             keras.layers.Dense(4, activation="sigmoid"), keras.layers.Dense(1)])
+
+
+@functools.lru_cache(maxsize=None)
+def cubic_models() -> tuple[str, str]:
+    """Two 1-4-4-1 sigmoid MLPs trained on cubic:n=200 with the MAE loss (saved .keras files).
+
+    Cached for the session, so that the test modules that need them train them once.
+    """
+    import keras
+
+    from conftest import fit_full_batch
+    from keras_landscape.data import load_data
+
+    folder = _scratch("klandscape-test-models-")
+    data = load_data(CUBIC)
+    paths = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        model = fit_full_batch(cubic_mlp(), data.x_train, data.y_train, 600, 0.05, loss="mae")
+        paths.append(str(folder / f"m{seed}.keras"))
+        model.save(paths[-1])
+    return tuple(paths)
+
+
+class _StopAt:
+    """A progress display that raises KeyboardInterrupt at the Nth status update (Ctrl-C)."""
+
+    def __init__(self, after: int):
+        self.after, self.updates = after, 0
+
+    def task(self, description, total=None):
+        return self
+
+    def note(self, message):
+        pass
+
+    def advance(self, amount=1):
+        pass
+
+    def update(self, *, total=None, status=None):
+        self.updates += 1
+        if self.updates >= self.after:
+            raise KeyboardInterrupt
+
+    def close(self):
+        pass
+
+
+@functools.lru_cache(maxsize=None)
+def real_connectivity_stores() -> dict:
+    """Connectivity stores made by runner.execute on the cubic models: a complete one and
+    one interrupted at its second depth (status 'interrupted', partial datasets)."""
+    from keras_landscape.runner import RunSpec, execute
+
+    a, b = cubic_models()
+    folder = _scratch("klandscape-test-stores-")
+
+    def spec(out, **kw):
+        return RunSpec(models=[a, b], data=CUBIC, probes=["connectivity"], loss="mae",
+                       level_fn="mae", options={"learning_rate": 0.01, "max_depth": 6, "max_steps": 1000,
+                                                "margin": 3.0},
+                       xla=False, out=str(folder / out), **kw)
+
+    document = execute(spec("complete.h5"))
+    try:
+        execute(spec("interrupted.h5", command="klandscape probe m1.keras m2.keras --out x.h5"),
+                _StopAt(2))
+    except KeyboardInterrupt:
+        pass
+    return {"complete": str(folder / "complete.h5"), "interrupted": str(folder / "interrupted.h5"),
+            "document": document, "models": (a, b)}
