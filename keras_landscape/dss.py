@@ -34,6 +34,8 @@ PROJECTION_MODES = ("plain", "hyperplane")
 REASONS = {
     "connected": "every segment's checked maximum is within the level",
     "endpoint_above_level": "an endpoint is above the level (retrain it or raise the level)",
+    "endpoint_not_retrained": "retraining could not bring an endpoint below the level within "
+    "max_steps (raise max_steps or the level)",
     "depth_limit": "segments still failed after max_depth refinements",
     "bead_not_reached": "a bead could not be trained down to alpha * level within max_steps",
     "non_finite": "the loss was NaN or infinite on the path",

@@ -83,6 +83,20 @@ def _model_io_shapes(model, x_sample: np.ndarray) -> tuple[tuple, tuple]:
     return input_shape, None
 
 
+def padded_count(k: int) -> int:
+    """The next power of two >= k: stacks of beads are padded to it so that a compiled
+    function sees few shapes (each new shape is a new trace and, under XLA, a compilation)."""
+    return 1 << max(0, int(k) - 1).bit_length()
+
+
+def pad_rows(rows: np.ndarray, count: int | None = None) -> np.ndarray:
+    """rows padded with copies of its first row up to padded_count(count or len(rows))."""
+    target = padded_count(count if count is not None else len(rows))
+    if len(rows) >= target:
+        return rows
+    return np.concatenate([rows, np.repeat(rows[:1], target - len(rows), axis=0)])
+
+
 def resolve_xla(xla: bool | str, model) -> bool:
     """The 'auto' XLA rule (see Landscape); logged so a user can see which was chosen."""
     if xla != "auto":
@@ -261,14 +275,15 @@ class Landscape:
         thetas = np.asarray(thetas, np.float32)
         if thetas.ndim != 2 or thetas.shape[1] != self.size:
             raise ValueError(f"thetas must have shape (K, {self.size}), got {thetas.shape}")
-        stacked = ops.convert_to_tensor(thetas)
-        total = np.zeros((len(thetas), len(engine.SUMS)), np.float64)
+        count = len(thetas)
+        stacked = ops.convert_to_tensor(pad_rows(thetas))
+        total = np.zeros((padded_count(count), len(engine.SUMS)), np.float64)
         with backend.exact_float32():
             for x, y, mask in self._batches[split].batches:
                 total += np.asarray(
                     self._stacked_sums(stacked, self.non_trainable, x, y, mask), np.float64
                 )
-        return [Evaluation(*self._finalize(row, split)) for row in total]
+        return [Evaluation(*self._finalize(row, split)) for row in total[:count]]
 
     def levels(self, thetas: np.ndarray) -> np.ndarray:
         """The level function for each row of `thetas` (K, P) on the evaluation split."""

@@ -19,6 +19,7 @@ import numpy as np
 from keras import ops
 
 from keras_landscape.errors import UserError
+from keras_landscape.landscape import pad_rows, padded_count
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -125,11 +126,13 @@ def project(
             np.float32,
         )
     )
-    m = ops.zeros((k, p), "float32")
-    v = ops.zeros((k, p), "float32")
-    t = ops.zeros((k,), "float32")
-    state = ops.convert_to_tensor(thetas)
-    normals_t = ops.convert_to_tensor(normals)
+    # Pad the stack to a power of two with frozen copies: few shapes, few compilations.
+    width = padded_count(k)
+    m = ops.zeros((width, p), "float32")
+    v = ops.zeros((width, p), "float32")
+    t = ops.zeros((width,), "float32")
+    state = ops.convert_to_tensor(pad_rows(thetas, k))
+    normals_t = ops.convert_to_tensor(pad_rows(normals, k))
     while True:
         active = ~(levels <= target) & (steps < config.max_steps) & np.isfinite(levels)
         if not active.any():
@@ -139,12 +142,14 @@ def project(
             indices = np.zeros((chunk, 1), np.int32)
         else:
             indices = rng.integers(0, n, size=(chunk, config.batch_size), dtype=np.int32)
+        gate = np.zeros(width, np.float32)
+        gate[:k] = active
         state, m, v, t, _ = kernel(
             state,
             m,
             v,
             t,
-            ops.convert_to_tensor(active.astype(np.float32)),
+            ops.convert_to_tensor(gate),
             normals_t,
             landscape.non_trainable,
             x,
@@ -153,7 +158,7 @@ def project(
             hyper,
         )
         steps[active] += chunk
-        thetas = np.asarray(state)
+        thetas = np.asarray(state)[:k]
         levels = levels.copy()
         levels[active] = landscape.levels(thetas[active])
         if on_check is not None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.dss import DSSConfig
+from keras_landscape.dss import REASONS, DSSConfig
 from keras_landscape.pairs import (
     PairOptions,
     PairProbe,
@@ -74,12 +74,14 @@ class CurvinessProbe(PairProbe):
                 a, b = (
                     type(minima[n])(minima[n].name, thetas[n], minima[n].source) for n in (i, j)
                 )
-                results.append(
-                    connect_pair(
-                        landscape, a, b, level, config, store, f"level_{k}/pair_{i}_{j}",
-                        seed_for(config.seed, k, index), task,
-                    )
+                result = connect_pair(
+                    landscape, a, b, level, config, store, f"level_{k}/pair_{i}_{j}",
+                    seed_for(config.seed, k, index), task,
                 )
+                if config.retrain_endpoints and result["reason"] == "endpoint_above_level":
+                    result = {**result, "reason": "endpoint_not_retrained",
+                              "explanation": REASONS["endpoint_not_retrained"]}
+                results.append(result)
                 task.advance()
             per_level.append(results)
         task.close()
