@@ -52,9 +52,11 @@ TOP_KEYS = ("description", "models", "model", "data", "loss", "level_fn", "split
             "options", "seed", "out", "xla", "tf32", "eval_batch_size", "custom_objects",
             "plots", "scales")
 BUILDERS = {
-    "mlp": ("input", "layers", "activation", "output", "output_activation"),
+    "mlp": ("input", "layers", "activation", "output", "output_activation", "dropout"),
     "cnn": ("input", "filters", "kernel_size", "pool", "layers", "activation", "output",
-            "output_activation"),
+            "output_activation", "dropout"),
+    # token sequences: Embedding(output, embedding) -> LSTM(units) per `layers` -> Dense(output)
+    "lstm": ("input", "embedding", "layers", "output", "dropout"),
 }
 MODEL_KEYS = ("builder", "replicas", "train", "dir") + tuple(
     sorted({k for keys in BUILDERS.values() for k in keys}))
@@ -90,6 +92,8 @@ class ModelRecipe:
     pool: int = 2
     activation: str = "relu"
     output_activation: str | None = None
+    dropout: float = 0.0
+    embedding: int = 0
     replicas: int = 2
     train: dict = field(default_factory=lambda: dict(DEFAULT_TRAIN))
     dir: str = ""
@@ -419,6 +423,8 @@ def _recipe(value, where: str = "model") -> ModelRecipe:
         activation=_string(value.get("activation", "relu"), f"{where}.activation"),
         output_activation=_string(value.get("output_activation"), f"{where}.output_activation",
                                   allow_none=True),
+        dropout=_number(value.get("dropout", 0.0), f"{where}.dropout", False),
+        embedding=_integer(value.get("embedding", 0), f"{where}.embedding", 0),
         replicas=_integer(value.get("replicas", 2), f"{where}.replicas", 1),
         train={"epochs": _integer(merged["epochs"], f"{where}.train.epochs", 1),
                "batch_size": batch,
@@ -426,6 +432,11 @@ def _recipe(value, where: str = "model") -> ModelRecipe:
                "optimizer": optimizer},
         dir=_string(value["dir"], f"{where}.dir") if value.get("dir") is not None else "",
     )
+    if not 0.0 <= recipe.dropout < 1.0:
+        _fail(f"{where}.dropout", f"a dropout rate in [0, 1), got {recipe.dropout}")
+    if builder == "lstm" and (len(recipe.input) != 1 or recipe.embedding < 1 or not recipe.layers):
+        _fail(where, "the lstm builder needs input [steps], embedding >= 1 and layers "
+              "(LSTM units, e.g. [200, 200]); output is the vocabulary size")
     if builder == "cnn":
         if not recipe.filters:
             _fail(f"{where}.filters", "the cnn builder needs at least one Conv2D layer")

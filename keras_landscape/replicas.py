@@ -37,6 +37,15 @@ def build_model(recipe: ModelRecipe, name: str = "model"):
 
     hidden = activation(recipe.activation, "model.activation")
     output = activation(recipe.output_activation, "model.output_activation") if recipe.output_activation else None
+    if recipe.builder == "lstm":
+        layers = [keras.Input(tuple(recipe.input), dtype="int32"),
+                  keras.layers.Embedding(recipe.output, recipe.embedding)]
+        for units in recipe.layers:
+            layers.append(keras.layers.LSTM(units, return_sequences=True))
+            if recipe.dropout:
+                layers.append(keras.layers.Dropout(recipe.dropout))
+        layers.append(keras.layers.Dense(recipe.output, activation=output))
+        return keras.Sequential(layers, name=name)
     layers = [keras.Input(tuple(recipe.input))]
     if recipe.builder == "cnn":
         for filters in recipe.filters:
@@ -45,7 +54,10 @@ def build_model(recipe: ModelRecipe, name: str = "model"):
             if recipe.pool > 1:
                 layers.append(keras.layers.MaxPooling2D(recipe.pool))
         layers.append(keras.layers.Flatten())
-    layers += [keras.layers.Dense(width, activation=hidden) for width in recipe.layers]
+    for width in recipe.layers:
+        layers.append(keras.layers.Dense(width, activation=hidden))
+        if recipe.dropout:
+            layers.append(keras.layers.Dropout(recipe.dropout))
     layers.append(keras.layers.Dense(recipe.output, activation=output))
     return keras.Sequential(layers, name=name)
 
