@@ -185,14 +185,19 @@ def test_offline_data_is_used_when_the_online_one_is_missing(tmp_path):
 def test_shipped_configs_validate(capsys):
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     assert demo == demo_config()  # `klandscape demo` and configs/demo.yaml stay one run
-    for args in (["configs/demo.yaml"], ["configs/cubic.yaml"],
-                 ["configs/cubic.yaml", "--scale", "small"]):
-        resolved = _dry_run(capsys, str(ROOT / args[0]), *args[1:])
-        assert resolved["run"]["probes"][0] == "evaluate"
+    for name in ("demo", "cubic", "quadratic", "mnist_cnn", "cifar10_cnn", "ptb_lstm"):
+        for scale in ([], ["--scale", "small"]):
+            if name == "demo" and scale:
+                continue
+            resolved = _dry_run(capsys, str(ROOT / "configs" / f"{name}.yaml"), *scale)
+            assert resolved["run"]["probes"][0] == "evaluate"
     cubic = _dry_run(capsys, str(ROOT / "configs/cubic.yaml"))
     assert cubic["model"]["layers"] == [4, 4] and cubic["model"]["activation"] == "sigmoid"
     assert cubic["run"]["loss"] == "mae" and cubic["run"]["data"] == "cubic:n=10000"
-    assert cubic["run"]["probe_options"]["curviness"]["levels"] == "0.3,0.1,0.05"
+    assert cubic["run"]["probe_options"]["curviness"]["levels"] == "0.3,0.2,0.1,0.05,0.03,0.02,0.01"
+    small = _dry_run(capsys, str(ROOT / "configs/cubic.yaml"), "--scale", "small")
+    assert small["run"]["probe_options"]["curviness"]["levels"] == "0.3,0.1,0.05"
+    assert small["model"]["replicas"] * (small["model"]["replicas"] - 1) // 2 >= 8  # pairs
     assert cubic["model"]["train"] == {"epochs": 20000, "batch_size": "full",
                                        "learning_rate": 0.001, "optimizer": "adam"}
 
@@ -200,6 +205,9 @@ def test_shipped_configs_validate(capsys):
 def test_builders():
     mlp = build_model(ModelRecipe("mlp", [1], 1, layers=[4, 4], activation="sigmoid"))
     assert mlp.count_params() == 33
+    lstm = build_model(ModelRecipe("lstm", [5], 7, layers=[3, 3], embedding=2))
+    assert lstm.output_shape == (None, 5, 7)
+    assert [type(layer).__name__ for layer in lstm.layers] == ["Embedding", "LSTM", "LSTM", "Dense"]
     cnn = build_model(ModelRecipe("cnn", [8, 8, 1], 10, filters=[4], layers=[6]))
     assert cnn.output_shape == (None, 10)
     assert [type(layer).__name__ for layer in cnn.layers] == [
