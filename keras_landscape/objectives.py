@@ -81,6 +81,8 @@ class PerElementLoss(keras.losses.Loss):
 
 def _unreduced(loss) -> keras.losses.Loss:
     """A copy of a Keras loss (object, function or config) with reduction 'none'."""
+    if isinstance(loss, PerElementLoss):
+        return loss  # already unreduced (a loss name given with options)
     if isinstance(loss, keras.losses.Loss):
         config = dict(loss.get_config())
         config["reduction"] = "none"

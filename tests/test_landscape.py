@@ -385,3 +385,18 @@ def test_xla_auto_is_off_for_convolutions_on_cpu_and_on_for_dense():
     assert resolve_xla("auto", conv) is False
     assert resolve_xla("auto", dense) is True
     assert resolve_xla(True, conv) is True and resolve_xla(False, dense) is False
+
+
+def test_loss_name_with_options_keeps_its_name_and_allows_perplexity():
+    from keras_landscape.objectives import resolve_objective
+
+    model = keras.Sequential([keras.Input((3,), dtype="int32"), keras.layers.Embedding(5, 2),
+                              keras.layers.Dense(5)])
+    resolved = resolve_objective(model, "sparse_categorical_crossentropy:from_logits=true",
+                                 "perplexity")
+    assert resolved.loss_name == "sparse_categorical_crossentropy"
+    assert resolved.loss_config.get("from_logits") is True
+    y = np.array([[1, 2, 3]])
+    logits = np.random.default_rng(0).normal(size=(1, 3, 5)).astype("float32")
+    expected = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+    np.testing.assert_allclose(resolved.objective.loss(y, logits), expected, rtol=1e-6)
