@@ -9,7 +9,8 @@ inside ``[...]``, so that TFDS slices such as ``train[:80%]`` survive); a token 
     teacher:d=10,h=4,n=2000     text:/data/ptb.zip:seq=35
     tfds:mnist:test             tfds:mnist:train[:10%]:download=1
 
-Every kind accepts ``limit=N`` (keep the first N train and the first N test samples); the
+Every kind accepts ``limit=N`` (keep N train and N test samples, a fixed-seed random subset
+in the original order, so class-sorted files stay balanced); the
 synthetic kinds (``cubic``, ``quadratic``, ``teacher``) also take ``seed=``, which defaults
 to the ``seed`` argument of `load_data`. docs/data-specs.md has the full reference table.
 
@@ -575,6 +576,13 @@ KINDS: dict[str, Kind] = {
 }
 
 
+def _subset(n: int, limit: int) -> np.ndarray:
+    """Indices of `limit` of n samples, drawn with a fixed seed, in increasing order."""
+    if limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, size=limit, replace=False))
+
+
 def load_data(spec: str, seed: int = 0) -> Dataset:
     """Loads the dataset a spec names.
 
@@ -608,11 +616,15 @@ def load_data(spec: str, seed: int = 0) -> Dataset:
     limit = opts.get_int("limit", None, minimum=1)
     data = kind.loader(spec, positionals, opts, seed)
     if limit is not None:
-        # Copies, so that the full arrays can be freed.
+        # A fixed-seed random subset in the original order, not the first N rows: dataset
+        # files are often sorted by class (the CIFAR-10 subset is), and the first N would hold
+        # a few classes only. Fancy indexing copies, so the full arrays can be freed.
+        train = _subset(len(data.x_train), limit)
+        test = None if data.x_test is None else _subset(len(data.x_test), limit)
         data = dataclasses.replace(
-            data, x_train=data.x_train[:limit].copy(), y_train=data.y_train[:limit].copy(),
-            x_test=None if data.x_test is None else data.x_test[:limit].copy(),
-            y_test=None if data.y_test is None else data.y_test[:limit].copy())
+            data, x_train=data.x_train[train], y_train=data.y_train[train],
+            x_test=None if test is None else data.x_test[test],
+            y_test=None if test is None else data.y_test[test])
     sizes = f"{len(data.x_train)} train / " + (
         f"{len(data.x_test)} test" if data.x_test is not None else "no test")
     classes = {"classification": f", {data.num_classes} classes",

@@ -145,11 +145,23 @@ def test_teacher_noise_and_defaults():
     assert not np.array_equal(load_data("teacher", seed=2).y_train, clean.y_train)
 
 
-def test_limit_keeps_first_samples():
+def test_limit_keeps_a_fixed_random_subset_in_order():
     full, limited = load_data("cubic:n=100"), load_data("cubic:n=100,limit=7")
-    np.testing.assert_array_equal(limited.x_train, full.x_train[:7])
-    np.testing.assert_array_equal(limited.y_test, full.y_test[:7])
+    rows = [int(np.flatnonzero(full.x_train[:, 0] == v)[0]) for v in limited.x_train[:, 0]]
+    assert len(rows) == 7 and rows == sorted(rows)  # a subset, in the original order
+    np.testing.assert_array_equal(full.y_train[rows], limited.y_train)
+    assert rows != list(range(7))  # not just the first rows
+    again = load_data("cubic:n=100,limit=7", seed=0)
+    np.testing.assert_array_equal(again.x_test, limited.x_test)
     assert "7 train / 7 test" in limited.description
+
+
+def test_limit_on_class_sorted_data_keeps_every_class(tmp_path):
+    y = np.repeat(np.arange(10), 100).astype(np.int64)  # sorted by class, like many files
+    x = np.arange(1000, dtype=np.float32).reshape(-1, 1)
+    np.savez(tmp_path / "sorted.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    limited = load_data(f"npz:{tmp_path / 'sorted.npz'}:limit=200")
+    assert set(limited.y_train.tolist()) == set(range(10))
 
 
 # ---------------------------------------------------------------- npz
@@ -177,7 +189,8 @@ def test_npz_x_y_is_train_only_regression(tmp_path, rng):
     data = load_data(f"npz:{path}:limit=10")
     assert data.task == "regression" and data.num_classes is None
     assert data.y_train.shape == (10, 1) and data.y_train.dtype == np.float32
-    np.testing.assert_allclose(data.y_train[:, 0], y[:10], rtol=1e-6)
+    rows = np.sort(np.random.default_rng(0).choice(30, size=10, replace=False))  # limit's subset
+    np.testing.assert_allclose(data.y_train[:, 0], y[rows], rtol=1e-6)
     assert not data.has_split("test")
 
 
