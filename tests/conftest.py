@@ -296,3 +296,42 @@ def linreg_models(tmp_path_factory):
         paths.append(str(folder / f"linreg_{k}.keras"))
         model.save(paths[-1])
     return {"paths": paths, "data": f"npz:{folder / 'linreg.npz'}", "x": x, "y": y}
+
+
+def run_cli(capsys, *args):
+    """klandscape's main(args) in-process -> (exit code, stdout, stderr)."""
+    from keras_landscape.cli.main import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+class _CountingTask:
+    def __init__(self, owner):
+        self.owner = owner
+
+    def advance(self, amount=1):
+        pass
+
+    def update(self, *, total=None, status=None):
+        self.owner.updates += 1
+        if self.owner.interrupt_after and self.owner.updates >= self.owner.interrupt_after:
+            raise KeyboardInterrupt
+
+    def close(self):
+        pass
+
+
+class CountingProgress:
+    """Counts task().update calls; raises KeyboardInterrupt on the Nth one when N is given."""
+
+    def __init__(self, interrupt_after=None):
+        self.interrupt_after, self.updates = interrupt_after, 0
+
+    def task(self, description, total=None):
+        return _CountingTask(self)
+
+    def note(self, message):
+        pass

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import fit_full_batch
+from conftest import CountingProgress, fit_full_batch
 from keras_landscape.barriers import BisectionOptions, linear_profile, relax_path, saddle_bracket
 from keras_landscape.data import load_data
 from keras_landscape.dss import check_segments
@@ -296,35 +296,6 @@ def test_barrier_options_are_validated(two_valley, tmp_path):
 
 
 # ------------------------------------------------------------------------------ resume
-
-
-class _Task:
-    def __init__(self, owner):
-        self.owner = owner
-
-    def advance(self, amount=1):
-        pass
-
-    def update(self, *, total=None, status=None):
-        self.owner.updates += 1
-        if self.owner.interrupt_after and self.owner.updates >= self.owner.interrupt_after:
-            raise KeyboardInterrupt
-
-    def close(self):
-        pass
-
-
-class CountingProgress:
-    """Counts task().update calls; raises KeyboardInterrupt on the Nth one when N is given."""
-
-    def __init__(self, interrupt_after=None):
-        self.interrupt_after, self.updates = interrupt_after, 0
-
-    def task(self, description, total=None):
-        return _Task(self)
-
-    def note(self, message):
-        pass
 
 
 @pytest.mark.parametrize("where", ["inside the first DSS", "half way"])

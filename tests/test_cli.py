@@ -12,16 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_cli
 from keras_landscape import __version__
-from keras_landscape.cli.main import EXIT_BAD_INPUT, main
-
-
-def _run(capsys, *args):
-    """main(args) -> (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from keras_landscape.cli.main import EXIT_BAD_INPUT
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +51,16 @@ def model_files(tmp_path_factory, digits_model_file):
 
 
 def test_version(capsys):
-    code, out, _ = _run(capsys, "--version")
+    code, out, _ = run_cli(capsys, "--version")
     assert code == 0
     assert out.strip() == f"klandscape, version {__version__}"
 
 
 def test_probes_lists_evaluate(capsys):
-    code, out, _ = _run(capsys, "probes")
+    code, out, _ = run_cli(capsys, "probes")
     assert code == 0
     assert "evaluate" in out and "Loss" in out  # a table (wrapped to the console width)
-    code, out, _ = _run(capsys, "probes", "--json")
+    code, out, _ = run_cli(capsys, "probes", "--json")
     assert code == 0
     document = json.loads(out)
     by_name = {p["name"]: p for p in document["probes"]}
@@ -95,7 +88,7 @@ def _keras_reference(path):
 
 def test_probe_json_matches_keras_and_show_reads_it_back(capsys, tmp_path, model_files):
     out_path = tmp_path / "run.h5"
-    code, out, err = _run(capsys, "probe", model_files["good"], "--data", "digits",
+    code, out, err = run_cli(capsys, "probe", model_files["good"], "--data", "digits",
                           "--out", str(out_path), "--json")
     assert code == 0, err
     document = json.loads(out)  # exactly one JSON document, nothing else on stdout
@@ -111,7 +104,7 @@ def test_probe_json_matches_keras_and_show_reads_it_back(capsys, tmp_path, model
     assert row["parameters"] == count == 64 * 6 + 6 + 6 * 10 + 10
     assert (row["level_fn"], row["split"], row["model"]) == ("loss", "test", "digits_mlp")
 
-    code, out, err = _run(capsys, "show", str(out_path), "--json")
+    code, out, err = run_cli(capsys, "show", str(out_path), "--json")
     assert code == 0, err
     summary = json.loads(out)
     assert summary["parameters"] == count and summary["variables"] == 4
@@ -125,7 +118,7 @@ def test_probe_json_matches_keras_and_show_reads_it_back(capsys, tmp_path, model
     assert run["stored"] == {"grad_norm": 1, "level": 1, "loss": 1}
 
     # Human-readable show: a table, not JSON, and it names the store.
-    code, out, _ = _run(capsys, "show", str(out_path))
+    code, out, _ = run_cli(capsys, "show", str(out_path))
     assert code == 0 and str(out_path) in out and "evaluate" in out
 
 
@@ -133,7 +126,7 @@ def test_probe_level_error_and_resume(capsys, tmp_path, model_files):
     out_path = tmp_path / "errors.h5"
     args = ["-q", "probe", model_files["good"], "--data", "digits", "--level-fn", "error",
             "--eval-batch-size", "7", "--out", str(out_path), "--json"]
-    code, out, err = _run(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     [row] = json.loads(out)["results"]["evaluate"]["models"]
     from keras_landscape.data import load_data
@@ -143,7 +136,7 @@ def test_probe_level_error_and_resume(capsys, tmp_path, model_files):
     predicted = np.argmax(model.predict(data.x_test, verbose=0), axis=1)
     assert row["level"] == pytest.approx(100 * np.mean(predicted != data.y_test), abs=1e-6)
     # --resume finds the complete run and reports the same result
-    code, out_again, err = _run(capsys, *args, "--resume")
+    code, out_again, err = run_cli(capsys, *args, "--resume")
     assert code == 0, err
     assert json.loads(out_again)["results"] == json.loads(out)["results"]
 
@@ -181,7 +174,7 @@ def test_bad_input_exits_2_with_one_message(case, capsys, tmp_path, model_files)
     existing.write_bytes(b"placeholder")
     args, message = _bad_cases(model_files, str(existing))[case]
     out_args = [] if "--out" in args else ["--out", str(tmp_path / "new.h5")]
-    code, out, err = _run(capsys, "probe", *args, *out_args, "--json")
+    code, out, err = run_cli(capsys, "probe", *args, *out_args, "--json")
     assert code == EXIT_BAD_INPUT
     assert out == ""  # nothing on stdout: no half JSON document
     assert err.startswith("Error: ")
@@ -192,14 +185,14 @@ def test_bad_input_exits_2_with_one_message(case, capsys, tmp_path, model_files)
 
 
 def test_click_usage_errors_exit_2(capsys):
-    code, _, err = _run(capsys, "probe", "--data", "digits")  # no model
+    code, _, err = run_cli(capsys, "probe", "--data", "digits")  # no model
     assert code == EXIT_BAD_INPUT and "Missing argument" in err and "Traceback" not in err
-    code, _, err = _run(capsys, "nosuchcommand")
+    code, _, err = run_cli(capsys, "nosuchcommand")
     assert code == EXIT_BAD_INPUT and "No such command" in err
 
 
 def test_show_missing_store_exits_2(capsys, tmp_path):
-    code, out, err = _run(capsys, "show", str(tmp_path / "absent.h5"), "--json")
+    code, out, err = run_cli(capsys, "show", str(tmp_path / "absent.h5"), "--json")
     assert code == EXIT_BAD_INPUT and out == ""
     assert err.startswith("Error: ") and "Traceback" not in err
 
@@ -235,23 +228,23 @@ def test_console_script_json_has_no_framework_noise(tmp_path, model_files):
 def test_resume_with_other_options_exits_2_naming_the_option(capsys, tmp_path, model_files):
     out = str(tmp_path / "s.h5")
     base = ["probe", model_files["good"], "--data", "digits", "--out", out]
-    code, _, _ = _run(capsys, *base, "--set", "allow_nonfinite=false")
+    code, _, _ = run_cli(capsys, *base, "--set", "allow_nonfinite=false")
     assert code == 0
-    code, stdout, stderr = _run(capsys, *base, "--resume", "--set", "allow_nonfinite=true")
+    code, stdout, stderr = run_cli(capsys, *base, "--resume", "--set", "allow_nonfinite=true")
     assert code == EXIT_BAD_INPUT and stdout == ""
     assert "allow_nonfinite" in stderr and "Traceback" not in stderr
-    code, _, _ = _run(capsys, *base, "--resume", "--set", "allow_nonfinite=false")
+    code, _, _ = run_cli(capsys, *base, "--resume", "--set", "allow_nonfinite=false")
     assert code == 0
 
 
 def test_export_to_unwritable_path_exits_2(capsys, tmp_path, model_files):
     out = str(tmp_path / "s.h5")
-    assert _run(capsys, "probe", model_files["good"], "--data", "digits", "--out", out)[0] == 0
+    assert run_cli(capsys, "probe", model_files["good"], "--data", "digits", "--out", out)[0] == 0
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    code, _, stderr = _run(capsys, "export", out, "--model", "digits_model", "-o",
+    code, _, stderr = run_cli(capsys, "export", out, "--model", "digits_model", "-o",
                            str(blocker / "b.keras"))
     if "No model" in stderr:  # the stored name follows the file stem
         name = Path(model_files["good"]).stem
-        code, _, stderr = _run(capsys, "export", out, "--model", name, "-o", str(blocker / "b.keras"))
+        code, _, stderr = run_cli(capsys, "export", out, "--model", name, "-o", str(blocker / "b.keras"))
     assert code == EXIT_BAD_INPUT and "Cannot write" in stderr

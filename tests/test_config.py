@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from keras_landscape.cli.main import EXIT_BAD_INPUT, main
+from conftest import run_cli
+from keras_landscape.cli.main import EXIT_BAD_INPUT
 from keras_landscape.config import ModelRecipe, choose_data, load_config
 from keras_landscape.demo import demo_config
 from keras_landscape.plots import is_png
@@ -16,13 +17,6 @@ from keras_landscape.replicas import _steps_per_call, build_model
 from synthetic_stores import cubic_models
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(capsys, *args):
-    capsys.readouterr()
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _write(folder: Path, document, name="run.yaml") -> str:
@@ -103,7 +97,7 @@ BAD = {
 def test_bad_config_exits_2_naming_the_key(case, capsys, tmp_path):
     document, message = BAD[case]
     path = _write(tmp_path, document)
-    code, out, err = _run(capsys, "run", path, "--dry-run")
+    code, out, err = run_cli(capsys, "run", path, "--dry-run")
     assert code == EXIT_BAD_INPUT, err
     assert out == "" and err.startswith("Error: ") and "Traceback" not in err
     assert message in err, err
@@ -111,33 +105,33 @@ def test_bad_config_exits_2_naming_the_key(case, capsys, tmp_path):
 
 def test_unknown_scale_and_missing_file_exit_2(capsys, tmp_path):
     path = _write(tmp_path, BASE)
-    code, _, err = _run(capsys, "run", path, "--scale", "huge", "--dry-run")
+    code, _, err = run_cli(capsys, "run", path, "--scale", "huge", "--dry-run")
     assert code == EXIT_BAD_INPUT and "--scale huge: unknown scale; the config defines: small" in err
-    code, _, err = _run(capsys, "run", str(tmp_path / "absent.yaml"))
+    code, _, err = run_cli(capsys, "run", str(tmp_path / "absent.yaml"))
     assert code == EXIT_BAD_INPUT and "does not exist" in err
 
 
-def _dry_run(capsys, *args):
-    code, out, err = _run(capsys, "run", *args, "--dry-run")
+def _dryrun_cli(capsys, *args):
+    code, out, err = run_cli(capsys, "run", *args, "--dry-run")
     assert code == 0, err
     return json.loads(out)
 
 
 def test_scale_and_overrides(capsys, tmp_path):
     path = _write(tmp_path, BASE)
-    plain = _dry_run(capsys, path)
+    plain = _dryrun_cli(capsys, path)
     assert plain["run"]["probe_options"]["curviness"] == {"levels": "0.3,0.2", "alpha": 0.95,
                                                           "max_steps": 300}
     assert plain["model"]["replicas"] == 2 and plain["run"]["out"] == "runs/x.h5"
     assert plain["model"]["dir"] == "runs/x-models"  # beside the store
 
-    small = _dry_run(capsys, path, "--scale", "small")
+    small = _dryrun_cli(capsys, path, "--scale", "small")
     assert small["model"]["replicas"] == 3
     assert small["model"]["layers"] == [4, 4]  # mappings merge key by key
     assert small["run"]["probe_options"]["curviness"]["levels"] == "0.5"
     assert small["run"]["probe_options"]["curviness"]["alpha"] == 0.95
 
-    over = _dry_run(capsys, path, "--scale", "small", "--out", "o.h5", "--seed", "7",
+    over = _dryrun_cli(capsys, path, "--scale", "small", "--out", "o.h5", "--seed", "7",
                     "--levels", "0.25,0.1", "--set", "model.train.epochs=9",
                     "--set", "max_steps=50", "--set", "probes.curviness.alpha=0.9",
                     "--set", "model.layers=[8, 8]", "--set", "data=quadratic:n=100")
@@ -147,9 +141,9 @@ def test_scale_and_overrides(capsys, tmp_path):
                                                  "max_steps": 50}
     assert over["model"]["train"]["epochs"] == 9 and over["model"]["layers"] == [8, 8]
     assert over["model"]["dir"] == "o-models"
-    code, _, err = _run(capsys, "run", path, "--set", "probes.barrier.grid=5", "--dry-run")
+    code, _, err = run_cli(capsys, "run", path, "--set", "probes.barrier.grid=5", "--dry-run")
     assert code == EXIT_BAD_INPUT and "probes.barrier: not a listed probe (evaluate, curviness)" in err
-    code, _, err = _run(capsys, "run", path, "--set", "max_stepz=5", "--dry-run")
+    code, _, err = run_cli(capsys, "run", path, "--set", "max_stepz=5", "--dry-run")
     assert code == EXIT_BAD_INPUT
     assert "max_stepz: neither a config key nor an option of any probe (did you mean max_steps?)" in err
 
@@ -163,7 +157,7 @@ def test_paths_resolve_against_the_config_folder(capsys, tmp_path):
     np.savez(folder / "data.npz", x=np.zeros((4, 1), np.float32), y=np.zeros((4, 1), np.float32))
     path = _write(folder, {"models": ["a.keras", "b.keras"], "data": "npz:data.npz:limit=2",
                            "probes": ["evaluate"], "out": "here.h5"})
-    resolved = _dry_run(capsys, path)["run"]
+    resolved = _dryrun_cli(capsys, path)["run"]
     assert resolved["models"] == [str(folder / "a.keras"), str(folder / "b.keras")]
     assert resolved["data"] == f"npz:{folder / 'data.npz'}:limit=2"
     assert resolved["out"] == "here.h5"  # outputs are relative to the current folder
@@ -189,13 +183,13 @@ def test_shipped_configs_validate(capsys):
         for scale in ([], ["--scale", "small"]):
             if name == "demo" and scale:
                 continue
-            resolved = _dry_run(capsys, str(ROOT / "configs" / f"{name}.yaml"), *scale)
+            resolved = _dryrun_cli(capsys, str(ROOT / "configs" / f"{name}.yaml"), *scale)
             assert resolved["run"]["probes"][0] == "evaluate"
-    cubic = _dry_run(capsys, str(ROOT / "configs/cubic.yaml"))
+    cubic = _dryrun_cli(capsys, str(ROOT / "configs/cubic.yaml"))
     assert cubic["model"]["layers"] == [4, 4] and cubic["model"]["activation"] == "sigmoid"
     assert cubic["run"]["loss"] == "mae" and cubic["run"]["data"] == "cubic:n=10000"
     assert cubic["run"]["probe_options"]["curviness"]["levels"] == "0.3,0.2,0.1,0.05,0.03,0.02,0.01"
-    small = _dry_run(capsys, str(ROOT / "configs/cubic.yaml"), "--scale", "small")
+    small = _dryrun_cli(capsys, str(ROOT / "configs/cubic.yaml"), "--scale", "small")
     assert small["run"]["probe_options"]["curviness"]["levels"] == "0.3,0.1,0.05"
     assert small["model"]["replicas"] * (small["model"]["replicas"] - 1) // 2 >= 8  # pairs
     assert cubic["model"]["train"] == {"epochs": 20000, "batch_size": "full",
@@ -228,7 +222,7 @@ def test_run_trains_probes_and_plots(capsys, tmp_path, monkeypatch):
                      model={**BASE["model"], "train": {"epochs": 40, "batch_size": "full",
                                                        "learning_rate": 0.05}})
     path = _write(tmp_path, document)
-    code, out, err = _run(capsys, "run", path, "--json", "-q")
+    code, out, err = run_cli(capsys, "run", path, "--json", "-q")
     assert code == 0, err
     result = json.loads(out)
     assert result["store"] == "runs/x.h5" and result["config"] == path
@@ -241,13 +235,13 @@ def test_run_trains_probes_and_plots(capsys, tmp_path, monkeypatch):
     trained = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "x-models").iterdir()}
 
     # the store exists: refused before any training, the models are untouched
-    code, out, err = _run(capsys, "run", path, "--set", "model.train.epochs=41")
+    code, out, err = run_cli(capsys, "run", path, "--set", "model.train.epochs=41")
     assert code == EXIT_BAD_INPUT and "already exists. Use --resume" in err
-    code, out, err = _run(capsys, "run", path, "--set", "model.train.epochs=41", "--resume")
+    code, out, err = run_cli(capsys, "run", path, "--set", "model.train.epochs=41", "--resume")
     assert code == EXIT_BAD_INPUT and "trained from another model recipe" in err
 
     # again with --resume: the models are reused (same recipe), the complete runs too
-    code, out, err = _run(capsys, "run", path, "--resume")
+    code, out, err = run_cli(capsys, "run", path, "--resume")
     assert code == 0, err
     assert "connectivity" in out and "figures: figs/ (1 file)" in out
     assert "reusing the 2 trained models" in err and "already complete" in err

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import CountingProgress
 from conftest import fit_full_batch
 from keras_landscape.data import load_data
 from keras_landscape.dss import check_segments
@@ -54,35 +55,6 @@ def _spec(pair, out, **kw):
     options = {"level": LEVEL, "points": POINTS, **kw.pop("options", {})}
     return RunSpec(models=[pair["a"], pair["b"]], data=pair["data"], probes=["connectivity"],
                    options=options, out=str(out), seed=kw.pop("seed", 0), **kw)
-
-
-class _InterruptingTask:
-    def __init__(self, owner):
-        self.owner = owner
-
-    def advance(self, amount=1):
-        pass
-
-    def update(self, *, total=None, status=None):
-        self.owner.updates += 1
-        if self.owner.updates >= self.owner.interrupt_after:
-            raise KeyboardInterrupt
-
-    def close(self):
-        pass
-
-
-class InterruptingProgress:
-    """A progress display whose task().update raises KeyboardInterrupt on its Nth call."""
-
-    def __init__(self, interrupt_after):
-        self.interrupt_after, self.updates = interrupt_after, 0
-
-    def task(self, description, total=None):
-        return _InterruptingTask(self)
-
-    def note(self, message):
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +122,7 @@ def test_interrupted_run_resumes_to_the_same_result(swap_pair, uninterrupted, tm
     full = full_document["results"]["connectivity"]
     assert full["depth"] >= 3  # deep enough to be interrupted half way
     out = tmp_path / "resumed.h5"
-    progress = InterruptingProgress(interrupt_after=3)  # during the check of depth 2
+    progress = CountingProgress(interrupt_after=3)  # during the check of depth 2
     with pytest.raises(KeyboardInterrupt):
         execute(_spec(swap_pair, out, options={"batch_size": 64}), progress)
     partial = _read(out, "connectivity", "pair_0_1")
@@ -177,7 +149,7 @@ def test_resumed_store_has_no_duplicate_curves(swap_pair, uninterrupted, tmp_pat
     full_out, _ = uninterrupted
     out = tmp_path / "resumed.h5"
     with pytest.raises(KeyboardInterrupt):
-        execute(_spec(swap_pair, out, options={"batch_size": 64}), InterruptingProgress(3))
+        execute(_spec(swap_pair, out, options={"batch_size": 64}), CountingProgress(3))
     execute(_spec(swap_pair, out, options={"batch_size": 64}, resume=True))
     a, b = _read(out, "connectivity", "pair_0_1"), _read(full_out, "connectivity", "pair_0_1")
     assert len(a["curve_segments"]) == len(b["curve_segments"])

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_landscape.cli.main import EXIT_BAD_INPUT, main
+from conftest import run_cli
+from keras_landscape.cli.main import EXIT_BAD_INPUT
 from keras_landscape.plots import is_png, plot_store, read_path, string_keys, tree_layout
 from keras_landscape.store import Store
 from synthetic_stores import (complete_store, interrupted_store, new_store,
@@ -30,13 +31,6 @@ EXPECTED = {
     "components_components.png",
     "components_disconnectivity.png",
 }
-
-
-def _run(capsys, *args):
-    capsys.readouterr()
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +131,12 @@ def test_other_formats(stores, tmp_path):
 
 def test_plot_command(capsys, stores, tmp_path):
     out_dir = tmp_path / "cli"
-    code, out, err = _run(capsys, "plot", stores["complete"], "-o", str(out_dir))
+    code, out, err = run_cli(capsys, "plot", stores["complete"], "-o", str(out_dir))
     assert code == 0, err
     assert f"wrote {len(EXPECTED)} figure(s) to {out_dir}" in out
     assert "curviness_curviness.png" in out
     assert "no figure for mystery" in err
-    code, out, err = _run(capsys, "plot", stores["interrupted"], "--json", "-q")
+    code, out, err = run_cli(capsys, "plot", stores["interrupted"], "--json", "-q")
     assert code == 0, err
     document = json.loads(out)
     assert document["directory"] == str(Path(stores["interrupted"]).with_name("interrupted_figures"))
@@ -155,12 +149,12 @@ def test_plot_command(capsys, stores, tmp_path):
     (["--run", "nosuch"], "has no run 'nosuch'"),
 ])
 def test_plot_bad_input_exits_2(capsys, stores, tmp_path, args, message):
-    code, out, err = _run(capsys, "plot", stores["complete"], "-o", str(tmp_path), *args)
+    code, out, err = run_cli(capsys, "plot", stores["complete"], "-o", str(tmp_path), *args)
     assert code == EXIT_BAD_INPUT and message in err and "Traceback" not in err
 
 
 def test_plot_missing_store_exits_2(capsys, tmp_path):
-    code, out, err = _run(capsys, "plot", str(tmp_path / "absent.h5"))
+    code, out, err = run_cli(capsys, "plot", str(tmp_path / "absent.h5"))
     assert code == EXIT_BAD_INPUT and err.startswith("Error: ") and out == ""
 
 
@@ -202,7 +196,7 @@ def test_real_connectivity_store(tmp_path):
 def test_demo_writes_figures_and_says_where(capsys, tmp_path):
     # a quick demo: 2 models, 1 epoch (the README's demo trains 3 for 30 epochs)
     folder = tmp_path / "demo"
-    code, out, err = _run(capsys, "demo", "--out", str(folder), "--models", "2", "--epochs", "1",
+    code, out, err = run_cli(capsys, "demo", "--out", str(folder), "--models", "2", "--epochs", "1",
                           "-q")
     assert code == 0, err
     figures = sorted((folder / "figures").iterdir())

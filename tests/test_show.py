@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from keras_landscape.cli.main import main
+from conftest import run_cli
 from keras_landscape.report import expected_strings, fmt, resume_command, result_tables
 from synthetic_stores import (CUBIC, complete_store, interrupted_store,
                               real_connectivity_stores)
@@ -14,10 +14,8 @@ from synthetic_stores import (CUBIC, complete_store, interrupted_store,
 
 def _run(capsys, *args):
     """main(args) -> (exit code, stdout with runs of spaces squeezed, stderr)."""
-    capsys.readouterr()
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, re.sub(r" +", " ", captured.out), captured.err
+    code, out, err = run_cli(capsys, *args)
+    return code, re.sub(r" +", " ", out), err
 
 
 @pytest.fixture(scope="module")
