@@ -1,7 +1,8 @@
 """Backend-neutral kernels: the energy of a parameter vector on one batch of data.
 
 Written once with `keras.ops` and `model.stateless_call`; `keras_landscape.backend` supplies
-compilation, gradients and mapping over many parameter vectors. The user's model is never
+compilation, gradients and mapping over beads; `keras_landscape.stacked` evaluates a model at
+many parameter vectors at once. The user's model is never
 mutated: weights go in as tensors.
 
 Per batch a kernel returns *sums*, not means, so that the exact mean over a whole evaluation
@@ -18,7 +19,7 @@ from typing import Callable
 
 from keras import ops
 
-from keras_landscape import backend
+from keras_landscape import backend, stacked
 from keras_landscape.params import ParameterLayout
 
 SUMS = ("loss_sum", "level_sum", "loss_count", "level_count", "regularizer_sum")
@@ -72,6 +73,18 @@ def inference_kwargs(model) -> dict:
     return {"training": False} if takes else {}
 
 
+def _sums_of_predictions(objective: Objective, y, y_pred, mask, regularizer):
+    """The five sums of one batch, given the model's predictions and its summed losses."""
+    per_element = objective.loss(y, y_pred)
+    loss_sum, loss_count = _masked_sum_and_count(per_element, mask)
+    level_sum, level_count = _masked_sum_and_count(objective.level(y, y_pred, per_element), mask)
+    return ops.stack([loss_sum, level_sum, loss_count, level_count, regularizer * ops.sum(mask)])
+
+
+def _regularizer(losses):
+    return ops.cast(sum(losses) if losses else 0.0, "float32")
+
+
 def make_batch_sums(model, layout: ParameterLayout, objective: Objective):
     """fn(theta, non_trainable, x, y, mask) -> the five sums of one batch (float32)."""
     call_kwargs = inference_kwargs(model)
@@ -80,32 +93,16 @@ def make_batch_sums(model, layout: ParameterLayout, objective: Objective):
         y_pred, _, losses = model.stateless_call(
             split_theta(layout, theta), non_trainable, x, return_losses=True, **call_kwargs
         )
-        per_element = objective.loss(y, y_pred)
-        loss_sum, loss_count = _masked_sum_and_count(per_element, mask)
-        level_sum, level_count = _masked_sum_and_count(
-            objective.level(y, y_pred, per_element), mask
-        )
-        regularizer = ops.cast(sum(losses) if losses else 0.0, "float32")
-        return ops.stack(
-            [loss_sum, level_sum, loss_count, level_count, regularizer * ops.sum(mask)]
-        )
+        return _sums_of_predictions(objective, y, y_pred, mask, _regularizer(losses))
 
     return batch_sums
 
 
-def make_training_objective(model, layout: ParameterLayout, objective: Objective):
-    """fn(theta, non_trainable, x, y, mask) -> mean loss + regularizer on that batch.
-
-    What a Keras train step minimises (its `compute_loss`), as a function of theta.
-    """
-    batch_sums = make_batch_sums(model, layout, objective)
-
-    def training_loss(theta, non_trainable, x, y, mask):
-        sums = batch_sums(theta, non_trainable, x, y, mask)
-        value = sums[0] / ops.maximum(sums[2], 1.0) + sums[4] / ops.maximum(ops.sum(mask), 1.0)
-        return value, sums
-
-    return training_loss
+def _training_values(sums, mask):
+    """(..., 5) batch sums -> what a Keras train step minimises: mean loss + regularizer."""
+    return sums[..., 0] / ops.maximum(sums[..., 2], 1.0) + sums[..., 4] / ops.maximum(
+        ops.sum(mask), 1.0
+    )
 
 
 def make_gradient_sums(model, layout: ParameterLayout, objective: Objective):
@@ -129,14 +126,44 @@ def make_gradient_sums(model, layout: ParameterLayout, objective: Objective):
     return gradient_sums
 
 
+def make_stacked_forward(model, layout: ParameterLayout):
+    """fn(thetas (K, P), nt, x) -> (predictions with a leading K axis, regularizer (K,)).
+
+    Layer by layer where the model's graph can be walked (`keras_landscape.stacked`: one
+    batched kernel per Dense/Conv layer for all beads), else the whole model mapped over
+    the beads.
+    """
+    call_kwargs = inference_kwargs(model)
+    forward = stacked.build_stacked_forward(model, layout, call_kwargs)
+    if forward is not None:
+        return forward
+
+    def mapped(thetas, non_trainable, x):
+        def one_bead(theta):
+            y_pred, _, losses = model.stateless_call(
+                split_theta(layout, theta), non_trainable, x, return_losses=True, **call_kwargs
+            )
+            return y_pred, _regularizer(losses)
+
+        return backend.map_beads(one_bead, thetas)
+
+    return mapped
+
+
 def make_stacked_batch_sums(model, layout: ParameterLayout, objective: Objective):
     """fn(thetas (K, P), nt, x, y, mask) -> (K, 5) batch sums, one compiled call."""
-    batch_sums = make_batch_sums(model, layout, objective)
+    forward = make_stacked_forward(model, layout)
 
-    def stacked(thetas, non_trainable, x, y, mask):
-        return backend.map_thetas(lambda t: batch_sums(t, non_trainable, x, y, mask), thetas)
+    def stacked_sums(thetas, non_trainable, x, y, mask):
+        predictions, regularizers = forward(thetas, non_trainable, x)
+        # Data carries no gradient (see stacked._no_gradient: no backward pass into it).
+        y, mask = ops.stop_gradient(y), ops.stop_gradient(mask)
+        return backend.map_beads(
+            lambda bead: _sums_of_predictions(objective, y, bead[0], mask, bead[1]),
+            (predictions, regularizers),
+        )
 
-    return stacked
+    return stacked_sums
 
 
 __all__ = [
@@ -144,9 +171,10 @@ __all__ = [
     "SUMS",
     "split_theta",
     "make_batch_sums",
-    "make_training_objective",
     "make_gradient_sums",
+    "make_stacked_forward",
     "make_stacked_batch_sums",
+    "make_projection",
 ]
 
 
@@ -166,8 +194,13 @@ def make_projection(model, layout: ParameterLayout, objective: Objective, *, ful
             full_batch, where every step uses all of x, y).
         hyper: [learning_rate, beta_1, beta_2, epsilon, use_adam (1.0) or plain SGD (0.0)].
     """
-    training_loss = make_training_objective(model, layout, objective)
-    vg = backend.value_and_grad(training_loss)
+    stacked_sums = make_stacked_batch_sums(model, layout, objective)
+
+    def total_training_loss(thetas, non_trainable, x, y, mask):
+        values = _training_values(stacked_sums(thetas, non_trainable, x, y, mask), mask)
+        return ops.sum(values), values  # beads are independent: d(sum)/d(theta_k) is bead k's
+
+    vg = backend.value_and_grad(total_training_loss)
 
     def project(thetas, m, v, t, active, normals, non_trainable, x, y, indices, hyper):
         lr, beta_1, beta_2, epsilon, use_adam = (hyper[i] for i in range(5))
@@ -181,12 +214,7 @@ def make_projection(model, layout: ParameterLayout, objective: Objective, *, ful
             else:
                 xb, yb = ops.take(x, indices[i], axis=0), ops.take(y, indices[i], axis=0)
             mask = ops.ones((ops.shape(xb)[0],), "float32")
-
-            def bead_value_and_grad(theta):
-                value, _, grad = vg(theta, non_trainable, xb, yb, mask)
-                return value, grad
-
-            values, grads = backend.map_thetas(bead_value_and_grad, thetas)
+            _, values, grads = vg(thetas, non_trainable, xb, yb, mask)
             t_new = t + active
             m_new = beta_1 * m + (1.0 - beta_1) * grads
             v_new = beta_2 * v + (1.0 - beta_2) * ops.square(grads)

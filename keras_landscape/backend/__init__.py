@@ -2,7 +2,7 @@
 
 The engine (`keras_landscape.engine`) is written once with `keras.ops`; the few primitives
 that differ between backends -- compiling a function, value-and-gradient, mapping a function
-over a stack of parameter vectors, the float32 precision policy -- come from here, chosen by
+over a stack of beads, a (grouped) convolution, the float32 precision policy -- come from here, chosen by
 `keras.backend.backend()` (the `KERAS_BACKEND` environment variable).
 """
 
@@ -26,7 +26,8 @@ else:  # pragma: no cover - depends on the environment
 
 compile_function = _impl.compile_function
 value_and_grad = _impl.value_and_grad
-map_thetas = _impl.map_thetas
+map_beads = _impl.map_beads
+convolution = _impl.convolution
 set_fast_float32 = _impl.set_fast_float32
 exact_float32 = _impl.exact_float32
 framework_versions = _impl.framework_versions
@@ -36,7 +37,8 @@ __all__ = [
     "name",
     "compile_function",
     "value_and_grad",
-    "map_thetas",
+    "map_beads",
+    "convolution",
     "set_fast_float32",
     "exact_float32",
     "framework_versions",

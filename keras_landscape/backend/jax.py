@@ -26,9 +26,17 @@ def value_and_grad(fn):
     return wrapped
 
 
-def map_thetas(fn, thetas):
-    """Apply fn(theta) -> array to every row of `thetas` (K, P), vectorised with jax.vmap."""
-    return jax.vmap(fn)(thetas)
+def map_beads(fn, elems):
+    """Apply fn to every bead of `elems` (array or pytree, leading axis K) with jax.vmap."""
+    return jax.vmap(fn)(elems)
+
+
+def convolution(inputs, kernel, *, strides, padding, dilation_rate):
+    """Channels-last convolution; grouped when the input has a multiple of the kernel's
+    input channels (`keras.ops.conv` sets XLA's feature_group_count)."""
+    from keras import ops
+
+    return ops.conv(inputs, kernel, strides=strides, padding=padding, dilation_rate=dilation_rate)
 
 
 def set_fast_float32(enabled: bool) -> None:

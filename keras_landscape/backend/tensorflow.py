@@ -63,29 +63,101 @@ def value_and_grad(fn):
 _warned_loop: set[str] = set()
 
 
-def map_thetas(fn, thetas):
-    """Apply fn(theta) -> tensor(s) to every row of `thetas` (K, P), stacking the results.
-
-    Vectorised with tf.vectorized_map where every op has a batched form (Dense, most
-    elementwise work): one batched kernel for all K. Where an op has none (Conv2D with
-    per-bead filters, some recurrent kernels), pfor would silently fall back to a loop; we
-    refuse that fallback, say so once, and use a graph while-loop with parallel iterations.
-    """
+def _vectorized(fn, elems):
+    """tf.vectorized_map without pfor's silent loop fallback; None where an op can't batch."""
     tf_log = logging.getLogger("tensorflow")
     previous = tf_log.level
     tf_log.setLevel(logging.CRITICAL)  # pfor logs each unconvertible op as an ERROR
     try:
-        return tf.vectorized_map(fn, thetas, fallback_to_while_loop=False)
+        return tf.vectorized_map(fn, elems, fallback_to_while_loop=False)
     except (ValueError, NotImplementedError, TypeError) as error:
         label = getattr(fn, "__qualname__", "function")
         if label not in _warned_loop:
             _warned_loop.add(label)
-            log.info("Beads are mapped with a graph loop, not vectorised (%s).", str(error).splitlines()[0][:160])
+            log.info(
+                "Beads are mapped with a graph loop, not vectorised (%s).",
+                str(error).splitlines()[0][:160],
+            )
+        return None
     finally:
         tf_log.setLevel(previous)
+
+
+def _looped(fn, elems):
     # Traced once for its output structure; the unused copy is pruned from the graph.
-    signature = tf.nest.map_structure(tf.TensorSpec.from_tensor, fn(thetas[0]))
-    return tf.map_fn(fn, thetas, fn_output_signature=signature, parallel_iterations=16)
+    first = tf.nest.map_structure(lambda e: e[0], elems)
+    signature = tf.nest.map_structure(tf.TensorSpec.from_tensor, fn(first))
+    return tf.map_fn(fn, elems, fn_output_signature=signature, parallel_iterations=16)
+
+
+def map_beads(fn, elems):
+    """Apply fn to every bead of `elems` (a tensor or nested structure, leading axis K).
+
+    fn receives one bead's slice of `elems` (same structure) and returns tensor(s); the
+    results are stacked along a new leading axis K. fn must not capture tensors that need
+    gradients: everything bead-dependent comes in through `elems`.
+
+    Vectorised with tf.vectorized_map where every op has a batched form (Dense, most
+    elementwise work): one batched kernel for all K. Where an op has none (some recurrent
+    kernels), pfor would silently fall back to a loop; we refuse that fallback, say so once
+    (-v), and use a graph while-loop with parallel iterations.
+
+    The vectorised map carries its own gradient: each bead's vector-Jacobian product, itself
+    vectorised. Differentiating through pfor directly would put gathers with data-dependent
+    sizes at a function boundary, which XLA recompiles for on every call.
+    """
+    flat = tf.nest.flatten(elems)
+    if _vectorized(fn, elems) is None:
+        return _looped(fn, elems)
+
+    @tf.custom_gradient
+    def mapped(*flat_elems):
+        bead_elems = tf.nest.pack_sequence_as(elems, list(flat_elems))
+        outputs = _vectorized(fn, bead_elems)
+
+        def backward(*upstream):
+            def bead_vjp(pair):
+                bead, cotangent = pair
+                leaves = tf.nest.flatten(bead)
+                with tf.GradientTape() as tape:
+                    tape.watch([x for x in leaves if x.dtype.is_floating])
+                    out = fn(tf.nest.pack_sequence_as(elems, leaves))
+                sources = [x for x in leaves if x.dtype.is_floating]
+                targets = [
+                    (o, c) for o, c in zip(tf.nest.flatten(out), cotangent) if o.dtype.is_floating
+                ]
+                grads = iter(
+                    tape.gradient(
+                        [o for o, _ in targets],
+                        sources,
+                        output_gradients=[c for _, c in targets],
+                        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                    )
+                )
+                return [next(grads) if x.dtype.is_floating else tf.zeros_like(x) for x in leaves]
+
+            flat_outputs = tf.nest.flatten(outputs)
+            upstream = [
+                tf.zeros_like(o) if u is None else u for u, o in zip(upstream, flat_outputs)
+            ]
+            pair = (list(flat_elems), upstream)
+            grads = _vectorized(bead_vjp, pair)
+            if grads is None:
+                grads = _looped(bead_vjp, pair)
+            return [g if x.dtype.is_floating else None for g, x in zip(grads, flat_elems)]
+
+        return outputs, backward
+
+    return mapped(*flat)
+
+
+def convolution(inputs, kernel, *, strides, padding, dilation_rate):
+    """Channels-last convolution; grouped when the input has a multiple of the kernel's
+    input channels (TensorFlow runs grouped convolutions on CPU without XLA, unlike
+    `keras.ops.conv`, which forces XLA for them)."""
+    return tf.nn.convolution(
+        inputs, kernel, strides=strides, padding=padding.upper(), dilations=dilation_rate
+    )
 
 
 def set_fast_float32(enabled: bool) -> None:

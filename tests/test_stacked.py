@@ -1,0 +1,193 @@
+"""The bead-stacked forward equals K separate Keras calls, on a zoo of architectures."""
+
+import numpy as np
+import pytest
+
+K = 3
+
+
+def _zoo(name: str):
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(1)
+    l2 = keras.regularizers.L2(0.03)
+    if name == "mlp_regularized_dropout":
+        model = keras.Sequential([
+            keras.Input((7,)),
+            layers.Dense(5, activation="relu", kernel_regularizer=l2, bias_regularizer=l2),
+            layers.Dropout(0.5),
+            layers.Dense(3, activation="softmax"),
+        ])
+        x = np.random.default_rng(0).normal(size=(6, 7))
+    elif name == "cnn_bn_pool":
+        model = keras.Sequential([
+            keras.Input((9, 9, 2)),
+            layers.Conv2D(4, 3, activation="relu", kernel_regularizer=l2),
+            layers.BatchNormalization(),
+            layers.MaxPooling2D(),
+            layers.Conv2D(5, 2, strides=2, padding="same", use_bias=False),
+            layers.Conv2D(3, 2, dilation_rate=1, padding="valid", activation="tanh"),
+            layers.Flatten(),
+            layers.Dense(4),
+        ])
+        x = np.random.default_rng(0).normal(size=(5, 9, 9, 2))
+    elif name == "conv1d_causal_global_pool":
+        model = keras.Sequential([
+            keras.Input((12, 3)),
+            layers.Conv1D(4, 3, padding="causal", activation="relu"),
+            layers.Conv1D(6, 2, dilation_rate=2, activation="relu"),
+            layers.GlobalAveragePooling1D(),
+            layers.Dense(2),
+        ])
+        x = np.random.default_rng(0).normal(size=(4, 12, 3))
+    elif name == "functional_branches_shared_layer":
+        inputs = keras.Input((6,))
+        shared = layers.Dense(4, activation="tanh", kernel_regularizer=l2)
+        a = shared(inputs)
+        b = shared(layers.Dense(6)(inputs))
+        c = layers.Dense(4, activity_regularizer=keras.regularizers.L1(0.1))(inputs)
+        merged = layers.Concatenate()([layers.Add()([a, b]), c * 2.0])
+        outputs = layers.Dense(2)(keras.ops.relu(merged))
+        model = keras.Model(inputs, outputs)
+        x = np.random.default_rng(0).normal(size=(5, 6))
+    elif name == "embedding_lstm":
+        model = keras.Sequential([
+            keras.Input((5,), dtype="int32"),
+            layers.Embedding(11, 4),
+            layers.LSTM(3, return_sequences=True),
+            layers.Dense(11),
+        ])
+        x = np.random.default_rng(0).integers(0, 11, size=(4, 5))
+    elif name == "masked_embedding_gru":
+        model = keras.Sequential([
+            keras.Input((5,), dtype="int32"),
+            layers.Embedding(11, 4, mask_zero=True),
+            layers.GRU(3),
+            layers.Dense(2),
+        ])
+        x = np.random.default_rng(0).integers(0, 11, size=(4, 5))
+    elif name == "custom_add_loss_frozen":
+        class Scale(layers.Layer):
+            def build(self, shape):
+                self.w = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+            def call(self, inputs):
+                self.add_loss(0.5 * keras.ops.sum(keras.ops.square(self.w)))
+                return inputs * self.w
+
+        frozen = layers.Dense(4)
+        model = keras.Sequential([keras.Input((3,)), frozen, Scale(), layers.Dense(2)])
+        frozen.trainable = False
+        x = np.random.default_rng(0).normal(size=(4, 3))
+    elif name == "subclassed":
+        class Net(keras.Model):
+            def __init__(self):
+                super().__init__()
+                self.a = layers.Dense(4, activation="relu")
+                self.b = layers.Dense(2)
+
+            def call(self, inputs):
+                return self.b(self.a(inputs))
+
+        model = Net()
+        model(np.zeros((1, 3), "float32"))
+        x = np.random.default_rng(0).normal(size=(4, 3))
+    else:
+        raise KeyError(name)
+    if any(isinstance(layer, layers.BatchNormalization) for layer in model.layers):
+        bn = next(layer for layer in model.layers if isinstance(layer, layers.BatchNormalization))
+        bn.moving_mean.assign(np.linspace(-0.5, 0.5, bn.moving_mean.shape[0]))
+        bn.moving_variance.assign(np.linspace(0.5, 2.0, bn.moving_variance.shape[0]))
+    return model, x.astype("int32" if x.dtype.kind == "i" else "float32")
+
+
+ZOO = [
+    "mlp_regularized_dropout",
+    "cnn_bn_pool",
+    "conv1d_causal_global_pool",
+    "functional_branches_shared_layer",
+    "embedding_lstm",
+    "masked_embedding_gru",
+    "custom_add_loss_frozen",
+    "subclassed",
+]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_stacked_forward_equals_separate_keras_calls(name):
+    from keras import ops
+
+    from keras_landscape import engine
+    from keras_landscape.params import ParameterLayout, non_trainable_state
+
+    model, x = _zoo(name)
+    layout = ParameterLayout.from_model(model)
+    theta0 = layout.theta_of(model)
+    rng = np.random.default_rng(2)
+    thetas = np.stack([theta0 + 0.3 * rng.normal(size=theta0.shape) for _ in range(K)])
+    thetas = thetas.astype("float32")
+    nt = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
+    forward = engine.make_stacked_forward(model, layout)
+    predictions, regularizers = forward(ops.convert_to_tensor(thetas), nt, ops.convert_to_tensor(x))
+    predictions = ops.convert_to_numpy(predictions)
+    regularizers = ops.convert_to_numpy(regularizers)
+    assert predictions.shape[0] == K and regularizers.shape == (K,)
+    for k in range(K):
+        layout.assign(model, thetas[k])
+        expected = ops.convert_to_numpy(model(x, **engine.inference_kwargs(model)))
+        np.testing.assert_allclose(predictions[k], expected, rtol=2e-5, atol=2e-5)
+        y_pred, _, losses = model.stateless_call(
+            [ops.convert_to_tensor(w) for w in layout.unflatten(thetas[k])], nt, x,
+            return_losses=True, **engine.inference_kwargs(model),
+        )
+        expected_reg = float(sum(ops.convert_to_numpy(v) for v in losses)) if losses else 0.0
+        np.testing.assert_allclose(regularizers[k], expected_reg, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cnn_bn_pool", "mlp_regularized_dropout"])
+def test_stacked_gradients_equal_per_bead_gradients(name):
+    """d(sum of K bead losses)/d(thetas) row k is bead k's own gradient (Keras's, one model)."""
+    import keras
+    from keras import ops
+
+    from keras_landscape import backend, engine
+    from keras_landscape.params import ParameterLayout, non_trainable_state
+
+    model, x = _zoo(name)
+    layout = ParameterLayout.from_model(model)
+    theta0 = layout.theta_of(model)
+    rng = np.random.default_rng(3)
+    thetas = (theta0 + 0.2 * rng.normal(size=(K,) + theta0.shape)).astype("float32")
+    nt = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
+    forward = engine.make_stacked_forward(model, layout)
+
+    def total(thetas_t):
+        predictions, regularizers = forward(thetas_t, nt, ops.convert_to_tensor(x))
+        values = ops.mean(ops.square(predictions), axis=tuple(range(1, len(predictions.shape))))
+        return ops.sum(values + regularizers), values
+
+    _, _, grads = backend.value_and_grad(total)(ops.convert_to_tensor(thetas))
+    grads = ops.convert_to_numpy(grads)
+
+    def single(theta_t):
+        weights = engine.split_theta(layout, theta_t)
+        y_pred, _, losses = model.stateless_call(weights, nt, x, return_losses=True, training=False)
+        return ops.mean(ops.square(y_pred)) + sum(losses), None
+
+    for k in range(K):
+        _, _, expected = backend.value_and_grad(single)(ops.convert_to_tensor(thetas[k]))
+        np.testing.assert_allclose(grads[k], ops.convert_to_numpy(expected), rtol=1e-4, atol=1e-5)
+    del keras
+
+
+def test_walk_is_used_for_graph_models_and_not_for_masking_or_subclassed():
+    from keras_landscape import engine, stacked
+    from keras_landscape.params import ParameterLayout
+
+    for name, walked in [("cnn_bn_pool", True), ("masked_embedding_gru", False),
+                         ("subclassed", False)]:
+        model, _ = _zoo(name)
+        built = stacked.build_stacked_forward(model, ParameterLayout.from_model(model),
+                                              engine.inference_kwargs(model))
+        assert (built is not None) is walked, name
