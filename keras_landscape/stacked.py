@@ -75,14 +75,28 @@ def _plain(layer) -> bool:
     )
 
 
+def _state_free(layer) -> bool:
+    """No non-trainable state other than random seeds (unused at inference)."""
+    seeds = {
+        id(generator.state)
+        for sub in layer._flatten_layers(include_self=True)
+        for generator in getattr(sub, "_seed_generators", [])
+    }
+    return all(id(v) in seeds for v in layer.non_trainable_variables)
+
+
+def _all_trainable(layer) -> bool:
+    return _plain(layer) and bool(layer.trainable_variables) and _state_free(layer)
+
+
 def _dense_rule(layer) -> bool:
-    return type(layer) is keras.layers.Dense and _plain(layer)
+    return type(layer) is keras.layers.Dense and _all_trainable(layer)
 
 
 def _conv_rule(layer) -> bool:
     return (
         type(layer) in (keras.layers.Conv1D, keras.layers.Conv2D)
-        and _plain(layer)
+        and _all_trainable(layer)
         and layer.groups == 1
         and layer.data_format == "channels_last"
         and layer.padding in ("valid", "same")
@@ -121,27 +135,107 @@ def _bias_and_activation(layer, outputs, bias):
     return layer.activation(outputs) if layer.activation is not None else outputs
 
 
-def _dense(layer, weights, inputs):
-    kernel = weights[0]
-    bias = weights[1] if layer.use_bias else None
-    k = ops.shape(kernel)[0]
+def _matmul(inputs, kernel):
+    """inputs (K, ..., D) stacked or (..., D) shared, kernel (K, D, O) -> (K, ..., O)."""
+    k, units = ops.shape(kernel)[0], ops.shape(kernel)[-1]
     if isinstance(inputs, _Stacked):
         x = inputs.value
         shape = ops.shape(x)
-        flat = ops.reshape(x, (shape[0], -1, shape[-1]))
-        out = ops.matmul(flat, kernel)
-        out = ops.reshape(out, tuple(shape[:-1]) + (layer.units,))
+        out = ops.matmul(ops.reshape(x, (shape[0], -1, shape[-1])), kernel)
+        return ops.reshape(out, tuple(shape[:-1]) + (units,))
+    shape = ops.shape(inputs)
+    flat = ops.reshape(inputs, (-1, shape[-1]))
+    out = _split_beads(ops.matmul(flat, _side_by_side(kernel)), k)
+    return ops.reshape(out, (k,) + tuple(shape[:-1]) + (units,))
+
+
+def _dense(layer, value, inputs):
+    bias = value(layer.bias) if layer.use_bias else None
+    return _bias_and_activation(layer, _matmul(inputs, value(layer.kernel)), bias)
+
+
+MAX_UNROLLED_STEPS = 256
+
+
+def _recurrent_rule(layer) -> bool:
+    """LSTM/GRU over a short static sequence: unrolled, every step batched over beads."""
+    return (
+        type(layer) in (keras.layers.LSTM, keras.layers.GRU)
+        and _all_trainable(layer)
+        and not layer.stateful
+        and not layer.return_state
+    )
+
+
+def _lstm_step(cell, recurrent, x_t, state):
+    h, c = state
+    z = ops.split(x_t + ops.matmul(h, recurrent), 4, axis=-1)
+    c = cell.recurrent_activation(z[1]) * c + cell.recurrent_activation(z[0]) * cell.activation(z[2])
+    h = cell.recurrent_activation(z[3]) * cell.activation(c)
+    return h, (h, c)
+
+
+def _gru_step(cell, recurrent, recurrent_bias, x_t, state):
+    (h,) = state
+    units = cell.units
+    x_z, x_r, x_h = x_t[..., :units], x_t[..., units : 2 * units], x_t[..., 2 * units :]
+    inner = ops.matmul(h, recurrent[..., : 2 * units])
+    if recurrent_bias is not None:
+        inner = inner + recurrent_bias[..., : 2 * units]
+    z = cell.recurrent_activation(x_z + inner[..., :units])
+    r = cell.recurrent_activation(x_r + inner[..., units:])
+    if cell.reset_after:
+        candidate = ops.matmul(h, recurrent[..., 2 * units :])
+        if recurrent_bias is not None:
+            candidate = candidate + recurrent_bias[..., 2 * units :]
+        candidate = r * candidate
     else:
-        shape = ops.shape(inputs)
-        flat = ops.reshape(inputs, (-1, shape[-1]))
-        out = _split_beads(ops.matmul(flat, _side_by_side(kernel)), k)
-        out = ops.reshape(out, (k,) + tuple(shape[:-1]) + (layer.units,))
-    return _bias_and_activation(layer, out, bias)
+        candidate = ops.matmul(r * h, recurrent[..., 2 * units :])
+    h = z * h + (1.0 - z) * cell.activation(x_h + candidate)
+    return h, (h,)
 
 
-def _conv(layer, weights, inputs):
-    kernel = weights[0]
-    bias = weights[1] if layer.use_bias else None
+def _recurrent(layer, value, inputs):
+    """Keras's LSTM/GRU equations (zero initial state, inference), all beads per step.
+
+    None (the layer's own call is mapped instead) when the sequence length is not static
+    or longer than MAX_UNROLLED_STEPS.
+    """
+    x = inputs.value if isinstance(inputs, _Stacked) else inputs
+    steps = x.shape[-2]
+    if len(x.shape) != (4 if isinstance(inputs, _Stacked) else 3) or not isinstance(
+        steps, int
+    ) or steps > MAX_UNROLLED_STEPS:
+        return None
+    cell = layer.cell
+    kernel, recurrent = value(cell.kernel), value(cell.recurrent_kernel)
+    bias = value(cell.bias) if cell.use_bias else None
+    k = ops.shape(kernel)[0]
+    input_bias, recurrent_bias = bias, None
+    if bias is not None and len(bias.shape) == 3:  # GRU reset_after: (K, 2, 3U)
+        input_bias, recurrent_bias = bias[:, 0], ops.expand_dims(bias[:, 1], 1)
+    projected = _matmul(inputs, kernel)  # (K, B, T, G*U): the input term of every step
+    if input_bias is not None:
+        projected = projected + ops.reshape(input_bias, (k, 1, 1, -1))
+    batch = ops.shape(projected)[1]
+    h0 = ops.zeros((k, batch, cell.units), projected.dtype)
+    if isinstance(layer, keras.layers.LSTM):
+        state = (h0, h0)
+        step = lambda x_t, st: _lstm_step(cell, recurrent, x_t, st)  # noqa: E731
+    else:
+        state = (h0,)
+        step = lambda x_t, st: _gru_step(cell, recurrent, recurrent_bias, x_t, st)  # noqa: E731
+    order = range(steps - 1, -1, -1) if layer.go_backwards else range(steps)
+    outputs = []
+    for t in order:
+        h, state = step(projected[:, :, t], state)
+        outputs.append(h)
+    return ops.stack(outputs, axis=2) if layer.return_sequences else outputs[-1]
+
+
+def _conv(layer, value, inputs):
+    kernel = value(layer.kernel)
+    bias = value(layer.bias) if layer.use_bias else None
     k = ops.shape(kernel)[0]
     if isinstance(inputs, _Stacked):
         x = inputs.value  # (K, B, *spatial, C)
@@ -161,17 +255,89 @@ def _conv(layer, weights, inputs):
     return _bias_and_activation(layer, _split_beads(out, k), bias)
 
 
-RULES = ((_dense_rule, _dense), (_conv_rule, _conv))
+def _batch_norm_rule(layer) -> bool:
+    return (
+        type(layer) is keras.layers.BatchNormalization
+        and _plain(layer)
+        and bool(layer.trainable_variables)
+        and not getattr(layer, "renorm", False)
+    )
+
+
+def _batch_norm(layer, value, inputs):
+    """Inference batch normalisation: moving statistics shared, gamma/beta per bead."""
+    x = inputs.value if isinstance(inputs, _Stacked) else inputs
+    rank = len(x.shape) - (1 if isinstance(inputs, _Stacked) else 0)
+    if layer.axis not in (-1, rank - 1):
+        return None
+    inverse = ops.rsqrt(value(layer.moving_variance) + layer.epsilon)
+    mean = value(layer.moving_mean)
+    k = None
+    if layer.scale:
+        inverse = inverse * value(layer.gamma)  # (K, C)
+        k = ops.shape(inverse)[0]
+    offset = -mean * inverse
+    if layer.center:
+        offset = offset + value(layer.beta)
+        k = ops.shape(offset)[0]
+    per_bead = (k,) + (1,) * (rank - 1) + (-1,)
+    inverse = ops.reshape(inverse, per_bead) if len(inverse.shape) == 2 else inverse
+    offset = ops.reshape(offset, per_bead) if len(offset.shape) == 2 else offset
+    return ops.cast(x, "float32") * inverse + offset
+
+
+_PER_SAMPLE = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax",
+        "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+        "GaussianNoise", "GaussianDropout", "AlphaDropout",
+        "Flatten", "Reshape", "Permute", "RepeatVector", "Identity",
+        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+        "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+        "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+        "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+        "Cropping1D", "Cropping2D", "Cropping3D",
+        "UpSampling1D", "UpSampling2D", "UpSampling3D",
+    )
+    if hasattr(keras.layers, name)
+)
+
+
+def _per_sample_rule(layer) -> bool:
+    """Built-in layers without weights that treat every sample on its own."""
+    return (
+        type(layer) in _PER_SAMPLE
+        and not layer.trainable_variables
+        and _state_free(layer)
+        and _plain(layer)
+    )
+
+
+def _beads_into_batch(layer, inputs, kwargs):
+    """(K, B, ...) -> the layer on (K*B, ...) -> (K, B, ...): one call for all beads."""
+    x = inputs.value
+    k = ops.shape(x)[0]
+    merged = ops.reshape(x, (-1,) + tuple(ops.shape(x)[2:]))
+    outputs, _ = _scoped_call(layer, [], [], (merged,), kwargs)
+    return ops.reshape(outputs, (k, -1) + tuple(ops.shape(outputs)[1:]))
+
+
+RULES = (
+    ("batched matmul", _dense_rule, _dense),
+    ("grouped convolution", _conv_rule, _conv),
+    ("unrolled recurrence", _recurrent_rule, _recurrent),
+    ("batched normalisation", _batch_norm_rule, _batch_norm),
+)
 
 
 class _Walk:
     """The per-model tables the stacked forward needs (built once, used at trace time)."""
 
     def __init__(self, model, layout: ParameterLayout):
-        self.model = model
         self.layout = layout
-        position = {id(v): i for i, v in enumerate(model.trainable_variables)}
-        self.position = position
+        self.position = {id(v): i for i, v in enumerate(model.trainable_variables)}
         self.non_trainable_position = {
             id(v): i for i, v in enumerate(model.non_trainable_variables)
         }
@@ -181,17 +347,23 @@ class _Walk:
             if getattr(v, "regularizer", None) is not None
         ]
 
+    def slice(self, i: int, thetas):
+        """Trainable variable i as a (K, *shape) slice of thetas."""
+        o, n, shape = self.layout.offsets[i], self.layout.sizes[i], self.layout.shapes[i]
+        return ops.reshape(thetas[:, o : o + n], (-1,) + tuple(shape))
+
     def weights_of(self, layer, thetas):
         """The layer's trainable variables as (K, *shape) slices of thetas."""
-        out = []
-        for v in getattr(layer, "trainable_variables", []):
-            i = self.position[id(v)]
-            o, n, s = self.layout.offsets[i], self.layout.sizes[i], self.layout.shapes[i]
-            out.append(ops.reshape(thetas[:, o : o + n], (-1,) + tuple(s)))
-        return out
+        return [
+            self.slice(self.position[id(v)], thetas)
+            for v in getattr(layer, "trainable_variables", [])
+        ]
 
     def non_trainable_of(self, layer, non_trainable):
-        return [non_trainable[self.non_trainable_position[id(v)]] for v in layer.non_trainable_variables]
+        return [
+            non_trainable[self.non_trainable_position[id(v)]]
+            for v in getattr(layer, "non_trainable_variables", [])
+        ]
 
 
 def _scoped_call(operation, trainable, non_trainable, args, kwargs):
@@ -209,68 +381,41 @@ def _scoped_call(operation, trainable, non_trainable, args, kwargs):
     return outputs, total
 
 
-def build_stacked_forward(model, layout: ParameterLayout, call_kwargs: dict):
-    """fn(thetas (K, P), non_trainable, x) -> (outputs, regularizer (K,)), or None.
+class StackedForward:
+    """fn(thetas (K, P), non_trainable, x) -> (outputs, regularizer (K,)).
 
     `outputs` has the model's output structure, each leaf with a leading bead axis K;
     `regularizer` is each bead's sum of model losses (weight and activity regularizers,
     add_loss), as `model.stateless_call(..., return_losses=True)` would give it.
+    `plan` maps each layer to how its beads were evaluated at the last trace.
     """
-    graph = _graph_of(model)
-    if graph is None:
-        return None
-    masking = _masking_layer(model)
-    if masking is not None:
-        log.info("Beads map the whole model: layer %r produces masks.", masking)
-        return None
-    walk = _Walk(model, layout)
 
-    def forward(thetas, non_trainable, x):
+    def __init__(self, model, graph, layout: ParameterLayout, call_kwargs: dict):
+        self.model = model
+        self.graph = graph
+        self.layout = layout
+        self.call_kwargs = call_kwargs
+        self.walk = _Walk(model, layout)
+        self.plan: dict[str, str] = {}
+
+    def __call__(self, thetas, non_trainable, x):
         k = ops.shape(thetas)[0]
         node_losses = []
 
         def operation_fn(operation):
             def call(*args, **kwargs):
-                if "training" in getattr(operation, "_call_context_args", {}) and call_kwargs:
-                    kwargs = {**kwargs, **call_kwargs}
-                return _apply(operation, args, kwargs)
+                if "training" in getattr(operation, "_call_context_args", {}) and self.call_kwargs:
+                    kwargs = {**kwargs, **self.call_kwargs}
+                how, outputs, loss = self._apply(operation, args, kwargs, thetas, non_trainable)
+                self.plan[operation.name] = how
+                if loss is not None:
+                    node_losses.append(ops.broadcast_to(loss, (k,)))
+                return outputs
 
             return call
 
-        def _apply(operation, args, kwargs):
-            flat = keras.tree.flatten((args, kwargs))
-            stacked_in = any(isinstance(a, _Stacked) for a in flat)
-            trainable = list(getattr(operation, "trainable_variables", []))
-            nt = walk.non_trainable_of(operation, non_trainable) if isinstance(operation, keras.layers.Layer) else []
-            if not trainable and not stacked_in:
-                outputs, loss = _scoped_call(operation, [], nt, args, kwargs)
-                node_losses.append(ops.broadcast_to(loss, (k,)))
-                return outputs
-            weights = walk.weights_of(operation, thetas)
-            context = getattr(operation, "_call_context_args", set())
-            single_input = len(args) == 1 and all(name in context for name in kwargs)
-            for applies, rule in RULES:
-                if single_input and applies(operation):
-                    return _Stacked(rule(operation, weights, args[0]))
-            # Everything else: the layer's own call, mapped over the beads. Shared values do
-            # not depend on thetas: cutting their gradient keeps the map's backward pass from
-            # differentiating into the data (a gather whose size XLA would recompile for).
-            flat = [a if isinstance(a, _Stacked) else _no_gradient(a) for a in flat]
-            stacked_leaves = [a.value for a in flat if isinstance(a, _Stacked)]
-
-            def one_bead(elems):
-                bead_weights, bead_leaves = elems
-                leaves = iter(bead_leaves)
-                bead_flat = [next(leaves) if isinstance(a, _Stacked) else a for a in flat]
-                bead_args, bead_kwargs = keras.tree.pack_sequence_as((args, kwargs), bead_flat)
-                return _scoped_call(operation, bead_weights, nt, bead_args, bead_kwargs)
-
-            outputs, loss = backend.map_beads(one_bead, (weights, stacked_leaves))
-            node_losses.append(loss)
-            return keras.tree.map_structure(_Stacked, outputs)
-
-        inputs = graph._standardize_inputs(x)
-        outputs = graph._run_through_graph(inputs, operation_fn=operation_fn)
+        inputs = self.graph._standardize_inputs(x)
+        outputs = self.graph._run_through_graph(inputs, operation_fn=operation_fn)
         outputs = keras.tree.map_structure(
             lambda o: o.value
             if isinstance(o, _Stacked)
@@ -282,12 +427,67 @@ def build_stacked_forward(model, layout: ParameterLayout, call_kwargs: dict):
         regularizer = ops.zeros((k,), "float32")
         for loss in node_losses:
             regularizer = regularizer + loss
-        for i, regularize in walk.regularized:
-            o, n, s = layout.offsets[i], layout.sizes[i], layout.shapes[i]
-            values = ops.reshape(thetas[:, o : o + n], (-1,) + tuple(s))
+        for i, regularize in self.walk.regularized:
+            values = self.walk.slice(i, thetas)
             regularizer = regularizer + backend.map_beads(
                 lambda w, regularize=regularize: ops.cast(regularize(w), "float32"), values
             )
         return outputs, regularizer
 
-    return forward
+    def _apply(self, operation, args, kwargs, thetas, non_trainable):
+        """(how, outputs, summed losses or None) of one graph node."""
+        flat = keras.tree.flatten((args, kwargs))
+        stacked_in = any(isinstance(a, _Stacked) for a in flat)
+        trainable = list(getattr(operation, "trainable_variables", []))
+        nt = self.walk.non_trainable_of(operation, non_trainable)
+        if not trainable and not stacked_in:
+            outputs, loss = _scoped_call(operation, [], nt, args, kwargs)
+            return "shared", outputs, loss
+        weights = self.walk.weights_of(operation, thetas)
+        values = {
+            id(v): w
+            for v, w in zip(
+                list(getattr(operation, "trainable_variables", []))
+                + list(getattr(operation, "non_trainable_variables", [])),
+                weights + nt,
+            )
+        }
+        context = getattr(operation, "_call_context_args", set())
+        single_input = len(args) == 1 and all(
+            name in context or value is None for name, value in kwargs.items()
+        )
+        if single_input:
+            for how, applies, rule in RULES:
+                if applies(operation):
+                    result = rule(operation, lambda v: values[id(v)], args[0])
+                    if result is not None:
+                        return how, _Stacked(result), None
+            if stacked_in and _per_sample_rule(operation):
+                return "beads into batch", _Stacked(_beads_into_batch(operation, args[0], kwargs)), None
+        # Everything else: the layer's own call, mapped over the beads. Shared values do not
+        # depend on thetas: cutting their gradient keeps the map's backward pass from
+        # differentiating into the data (a gather whose size XLA would recompile for).
+        flat = [a if isinstance(a, _Stacked) else _no_gradient(a) for a in flat]
+        stacked_leaves = [a.value for a in flat if isinstance(a, _Stacked)]
+
+        def one_bead(elems):
+            bead_weights, bead_leaves = elems
+            leaves = iter(bead_leaves)
+            bead_flat = [next(leaves) if isinstance(a, _Stacked) else a for a in flat]
+            bead_args, bead_kwargs = keras.tree.pack_sequence_as((args, kwargs), bead_flat)
+            return _scoped_call(operation, bead_weights, nt, bead_args, bead_kwargs)
+
+        outputs, loss = backend.map_beads(one_bead, (weights, stacked_leaves))
+        return "mapped", keras.tree.map_structure(_Stacked, outputs), loss
+
+
+def build_stacked_forward(model, layout: ParameterLayout, call_kwargs: dict):
+    """A StackedForward for `model`, or None where its graph cannot be walked."""
+    graph = _graph_of(model)
+    if graph is None:
+        return None
+    masking = _masking_layer(model)
+    if masking is not None:
+        log.info("Beads map the whole model: layer %r produces masks.", masking)
+        return None
+    return StackedForward(model, graph, layout, call_kwargs)

@@ -22,6 +22,7 @@ CORE = [
     "test_store.py",
     "test_registry.py",
     "test_models.py",
+    "test_stacked.py",
 ]
 
 

@@ -59,6 +59,14 @@ def _zoo(name: str):
             layers.Dense(11),
         ])
         x = np.random.default_rng(0).integers(0, 11, size=(4, 5))
+    elif name == "gru_variants_backwards":
+        inputs = keras.Input((6, 3))
+        a = layers.GRU(4, return_sequences=True, go_backwards=True)(inputs)
+        b = layers.GRU(2, reset_after=False, activation="relu")(a)
+        c = layers.LSTM(3, use_bias=False, go_backwards=True)(inputs)
+        outputs = layers.Dense(2)(layers.Concatenate()([b, c]))
+        model = keras.Model(inputs, outputs)
+        x = np.random.default_rng(0).normal(size=(4, 6, 3))
     elif name == "masked_embedding_gru":
         model = keras.Sequential([
             keras.Input((5,), dtype="int32"),
@@ -76,9 +84,12 @@ def _zoo(name: str):
                 self.add_loss(0.5 * keras.ops.sum(keras.ops.square(self.w)))
                 return inputs * self.w
 
-        frozen = layers.Dense(4)
-        model = keras.Sequential([keras.Input((3,)), frozen, Scale(), layers.Dense(2)])
+        frozen, frozen_conv = layers.Dense(4), layers.Conv1D(2, 1)
+        model = keras.Sequential([keras.Input((3,)), frozen, Scale(), layers.Dense(6),
+                                  layers.Reshape((3, 2)), frozen_conv, layers.Flatten(),
+                                  layers.Dense(2)])
         frozen.trainable = False
+        frozen_conv.trainable = False
         x = np.random.default_rng(0).normal(size=(4, 3))
     elif name == "subclassed":
         class Net(keras.Model):
@@ -108,6 +119,7 @@ ZOO = [
     "conv1d_causal_global_pool",
     "functional_branches_shared_layer",
     "embedding_lstm",
+    "gru_variants_backwards",
     "masked_embedding_gru",
     "custom_add_loss_frozen",
     "subclassed",
@@ -191,3 +203,34 @@ def test_walk_is_used_for_graph_models_and_not_for_masking_or_subclassed():
         built = stacked.build_stacked_forward(model, ParameterLayout.from_model(model),
                                               engine.inference_kwargs(model))
         assert (built is not None) is walked, name
+
+
+def test_plan_names_how_each_layer_is_batched():
+    """Dense, Conv, LSTM/GRU and pooling use batched kernels; a custom layer is mapped."""
+    from keras import ops
+
+    from keras_landscape import engine, stacked
+    from keras_landscape.params import ParameterLayout, non_trainable_state
+
+    expectations = {
+        "cnn_bn_pool": {"Conv2D": "grouped convolution", "MaxPooling2D": "beads into batch",
+                        "Flatten": "beads into batch", "Dense": "batched matmul",
+                        "BatchNormalization": "batched normalisation"},
+        "gru_variants_backwards": {"GRU": "unrolled recurrence", "LSTM": "unrolled recurrence"},
+        "embedding_lstm": {"Embedding": "mapped", "LSTM": "unrolled recurrence"},
+        "custom_add_loss_frozen": {"Scale": "mapped", "Dense": "batched matmul"},
+        "mlp_regularized_dropout": {"Dropout": "beads into batch"},
+    }
+    for name, expected in expectations.items():
+        model, x = _zoo(name)
+        layout = ParameterLayout.from_model(model)
+        forward = stacked.build_stacked_forward(model, layout, engine.inference_kwargs(model))
+        thetas = ops.convert_to_tensor(np.stack([layout.theta_of(model)] * 2))
+        nt = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
+        forward(thetas, nt, ops.convert_to_tensor(x))
+        kinds = {}
+        for layer in model._flatten_layers(include_self=False):
+            if layer.name in forward.plan:
+                kinds.setdefault(type(layer).__name__, set()).add(forward.plan[layer.name])
+        for kind, how in expected.items():
+            assert how in kinds[kind], (name, kind, kinds)
