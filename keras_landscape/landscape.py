@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from keras import ops
 
-from keras_landscape import backend, engine
+from keras_landscape import backend, engine, stacked
 from keras_landscape.data import Dataset, adapt_to_model
 from keras_landscape.errors import UserError
 from keras_landscape.objectives import ResolvedObjective, resolve_objective
@@ -31,6 +31,9 @@ from keras_landscape.params import ParameterLayout, non_trainable_state
 log = logging.getLogger("keras_landscape")
 
 DEFAULT_EVAL_BATCH = 1024
+# Activation memory one stacked evaluation call may use (thetas x batch x layer outputs);
+# more thetas than fit are evaluated in several calls.
+STACK_ACTIVATION_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -275,15 +278,32 @@ class Landscape:
         thetas = np.asarray(thetas, np.float32)
         if thetas.ndim != 2 or thetas.shape[1] != self.size:
             raise ValueError(f"thetas must have shape (K, {self.size}), got {thetas.shape}")
-        count = len(thetas)
-        stacked = ops.convert_to_tensor(pad_rows(thetas))
-        total = np.zeros((padded_count(count), len(engine.SUMS)), np.float64)
-        with backend.exact_float32():
-            for x, y, mask in self._batches[split].batches:
-                total += np.asarray(
-                    self._stacked_sums(stacked, self.non_trainable, x, y, mask), np.float64
-                )
-        return [Evaluation(*self._finalize(row, split)) for row in total[:count]]
+        results = []
+        for start in range(0, len(thetas), self.max_stack):
+            chunk = thetas[start : start + self.max_stack]
+            stacked = ops.convert_to_tensor(pad_rows(chunk))
+            total = np.zeros((padded_count(len(chunk)), len(engine.SUMS)), np.float64)
+            with backend.exact_float32():
+                for x, y, mask in self._batches[split].batches:
+                    total += np.asarray(
+                        self._stacked_sums(stacked, self.non_trainable, x, y, mask), np.float64
+                    )
+            results.extend(Evaluation(*self._finalize(row, split)) for row in total[: len(chunk)])
+        return results
+
+    @property
+    def max_stack(self) -> int:
+        """Most parameter vectors one evaluation call takes: a power of two whose activations
+        (vectors x evaluation batch x every layer's output) fit STACK_ACTIVATION_BYTES."""
+        if not hasattr(self, "_max_stack"):
+            x = self.dataset.split(self.split)[0]
+            batch = max(b.batch_size for b in self._batches.values())
+            per_theta = 4 * batch * stacked.activation_elements(
+                self.model, tuple(x.shape[1:])
+            )
+            fits = max(1, STACK_ACTIVATION_BYTES // max(1, per_theta))
+            self._max_stack = 1 << (int(fits).bit_length() - 1)
+        return self._max_stack
 
     def levels(self, thetas: np.ndarray) -> np.ndarray:
         """The level function for each row of `thetas` (K, P) on the evaluation split."""

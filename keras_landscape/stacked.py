@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_landscape import backend
@@ -379,6 +380,25 @@ def _scoped_call(operation, trainable, non_trainable, args, kwargs):
         losses = list(scope.losses)
     total = ops.cast(sum(ops.sum(loss) for loss in losses) if losses else 0.0, "float32")
     return outputs, total
+
+
+def activation_elements(model, sample_shape: tuple) -> int:
+    """Elements of every layer output for one sample: what each extra bead costs in memory.
+
+    From the graph's symbolic shapes (unknown lengths taken as the longest input axis);
+    for models without a graph, a generous multiple of the input size.
+    """
+    longest = max([int(d) for d in sample_shape if d] or [1])
+    graph = _graph_of(model)
+    if graph is None:
+        return 64 * max(1, int(np.prod(sample_shape, dtype=np.int64)))
+    total = 0
+    for nodes in graph._nodes_by_depth.values():
+        for node in nodes:
+            for tensor in node.outputs:
+                dims = [longest if d is None else int(d) for d in tuple(tensor.shape)[1:]]
+                total += int(np.prod(dims, dtype=np.int64))
+    return max(1, total)
 
 
 class StackedForward:
