@@ -115,8 +115,15 @@ def _beads_first(value, axis: int):
     return ops.transpose(value, order)
 
 
+def _single_bead(value) -> bool:
+    """The stack holds one bead (statically): moving the bead axis is then a reshape."""
+    return value.shape[0] == 1
+
+
 def _side_by_side(kernel):
     """(K, ..., I, O) per-bead kernels -> (..., I, K*O), bead-major along the last axis."""
+    if _single_bead(kernel):
+        return kernel[0]
     rank = len(kernel.shape)
     moved = ops.transpose(kernel, list(range(1, rank - 1)) + [0, rank - 1])
     shape = ops.shape(moved)
@@ -125,6 +132,8 @@ def _side_by_side(kernel):
 
 def _split_beads(outputs, k: int):
     """(..., K*O) -> (K, ..., O)."""
+    if isinstance(k, int) and k == 1:
+        return ops.expand_dims(outputs, 0)
     shape = ops.shape(outputs)
     split = ops.reshape(outputs, tuple(shape[:-1]) + (k, shape[-1] // k))
     return _beads_first(split, len(split.shape) - 2)
@@ -240,10 +249,13 @@ def _conv(layer, value, inputs):
     k = ops.shape(kernel)[0]
     if isinstance(inputs, _Stacked):
         x = inputs.value  # (K, B, *spatial, C)
-        rank = len(x.shape)
-        x = ops.transpose(x, list(range(1, rank - 1)) + [0, rank - 1])
-        shape = ops.shape(x)
-        x = ops.reshape(x, tuple(shape[:-2]) + (shape[-2] * shape[-1],))
+        if _single_bead(x):
+            x = x[0]
+        else:
+            rank = len(x.shape)
+            x = ops.transpose(x, list(range(1, rank - 1)) + [0, rank - 1])
+            shape = ops.shape(x)
+            x = ops.reshape(x, tuple(shape[:-2]) + (shape[-2] * shape[-1],))
     else:
         x = inputs
     out = backend.convolution(
@@ -285,6 +297,22 @@ def _batch_norm(layer, value, inputs):
     inverse = ops.reshape(inverse, per_bead) if len(inverse.shape) == 2 else inverse
     offset = ops.reshape(offset, per_bead) if len(offset.shape) == 2 else offset
     return ops.cast(x, "float32") * inverse + offset
+
+
+def _embedding_rule(layer) -> bool:
+    return type(layer) is keras.layers.Embedding and _all_trainable(layer)
+
+
+def _embedding(layer, value, inputs):
+    """Shared ids into K tables at once: one gather from the tables stacked end to end."""
+    if isinstance(inputs, _Stacked):
+        return None
+    table = value(layer.embeddings)  # (K, V, D)
+    k, vocabulary = ops.shape(table)[0], ops.shape(table)[1]
+    ids = ops.cast(inputs, "int32")
+    offsets = ops.reshape(ops.arange(k, dtype="int32") * vocabulary, (k,) + (1,) * len(ids.shape))
+    flat = ops.reshape(table, (-1, ops.shape(table)[-1]))
+    return ops.take(flat, ops.expand_dims(ids, 0) + offsets, axis=0)
 
 
 _PER_SAMPLE = tuple(
@@ -330,6 +358,7 @@ RULES = (
     ("grouped convolution", _conv_rule, _conv),
     ("unrolled recurrence", _recurrent_rule, _recurrent),
     ("batched normalisation", _batch_norm_rule, _batch_norm),
+    ("stacked lookup", _embedding_rule, _embedding),
 )
 
 

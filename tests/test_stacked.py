@@ -126,8 +126,9 @@ ZOO = [
 ]
 
 
+@pytest.mark.parametrize("beads", [1, K])
 @pytest.mark.parametrize("name", ZOO)
-def test_stacked_forward_equals_separate_keras_calls(name):
+def test_stacked_forward_equals_separate_keras_calls(name, beads):
     from keras import ops
 
     from keras_landscape import engine
@@ -137,15 +138,15 @@ def test_stacked_forward_equals_separate_keras_calls(name):
     layout = ParameterLayout.from_model(model)
     theta0 = layout.theta_of(model)
     rng = np.random.default_rng(2)
-    thetas = np.stack([theta0 + 0.3 * rng.normal(size=theta0.shape) for _ in range(K)])
+    thetas = np.stack([theta0 + 0.3 * rng.normal(size=theta0.shape) for _ in range(beads)])
     thetas = thetas.astype("float32")
     nt = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
     forward = engine.make_stacked_forward(model, layout)
     predictions, regularizers = forward(ops.convert_to_tensor(thetas), nt, ops.convert_to_tensor(x))
     predictions = ops.convert_to_numpy(predictions)
     regularizers = ops.convert_to_numpy(regularizers)
-    assert predictions.shape[0] == K and regularizers.shape == (K,)
-    for k in range(K):
+    assert predictions.shape[0] == beads and regularizers.shape == (beads,)
+    for k in range(beads):
         layout.assign(model, thetas[k])
         expected = ops.convert_to_numpy(model(x, **engine.inference_kwargs(model)))
         np.testing.assert_allclose(predictions[k], expected, rtol=2e-5, atol=2e-5)
@@ -217,7 +218,7 @@ def test_plan_names_how_each_layer_is_batched():
                         "Flatten": "beads into batch", "Dense": "batched matmul",
                         "BatchNormalization": "batched normalisation"},
         "gru_variants_backwards": {"GRU": "unrolled recurrence", "LSTM": "unrolled recurrence"},
-        "embedding_lstm": {"Embedding": "mapped", "LSTM": "unrolled recurrence"},
+        "embedding_lstm": {"Embedding": "stacked lookup", "LSTM": "unrolled recurrence"},
         "custom_add_loss_frozen": {"Scale": "mapped", "Dense": "batched matmul"},
         "mlp_regularized_dropout": {"Dropout": "beads into batch"},
     }
