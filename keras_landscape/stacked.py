@@ -424,6 +424,8 @@ def activation_elements(model, sample_shape: tuple) -> int:
     total = 0
     for nodes in graph._nodes_by_depth.values():
         for node in nodes:
+            if node.is_input:
+                continue  # the data is shared by all thetas
             for tensor in node.outputs:
                 dims = [longest if d is None else int(d) for d in tuple(tensor.shape)[1:]]
                 total += int(np.prod(dims, dtype=np.int64))

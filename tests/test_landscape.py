@@ -149,6 +149,35 @@ def test_evaluate_many_equals_a_loop_of_evaluate(kind, landscapes):
         landscape.evaluate_many(theta)
 
 
+def test_evaluation_stacks_are_split_to_fit_the_activation_budget(monkeypatch, digits_data):
+    """A budget that fits two thetas: five thetas take three calls and give the same values."""
+    import keras
+
+    from keras_landscape import landscape as landscape_module
+    from keras_landscape import stacked
+    from keras_landscape.landscape import Landscape
+
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(7, activation="relu"),
+                              keras.layers.Dense(10)])
+    elements = stacked.activation_elements(model, (64,))
+    assert elements == 7 + 10  # every layer's output per sample (the input is not counted)
+    eval_batch = 100
+    monkeypatch.setattr(landscape_module, "STACK_ACTIVATION_BYTES", 4 * eval_batch * elements * 3)
+    landscape = Landscape(model, digits_data, loss="sparse_categorical_crossentropy:from_logits=true",
+                          eval_batch_size=eval_batch)
+    assert landscape.max_stack == 2
+    theta = landscape.initial_theta()
+    thetas = np.stack([theta * (1.0 - 0.1 * i) for i in range(5)])
+    calls = []
+    original = landscape._stacked_sums
+    monkeypatch.setattr(landscape, "_stacked_sums",
+                        lambda stack, *rest: calls.append(len(stack)) or original(stack, *rest))
+    levels = landscape.levels(thetas)
+    batches = len(landscape._batches[landscape.split].batches)
+    assert calls == [2] * batches + [2] * batches + [1] * batches
+    np.testing.assert_allclose(levels, [landscape.level(t) for t in thetas], rtol=1e-6)
+
+
 def _train_briefly(model, landscape):
     x, y = landscape.dataset.split("train")
     model.compile(optimizer=keras.optimizers.Adam(0.02), loss=model.loss, metrics=["accuracy"])
