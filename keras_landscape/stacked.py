@@ -7,21 +7,27 @@ not convolutions with per-bead filters: TensorFlow's pfor has no batched Conv2D 
 filters (it falls back to a loop), and even where a backend batches them it redoes the first
 layer's work on the shared input K times.
 
-`build_stacked_forward` walks the graph of a Functional or Sequential model instead, layer by
-layer, and keeps each intermediate value either *shared* (the same for every bead: the input,
-and anything computed from it without trainable weights) or *stacked* (a leading bead axis K):
+`StackedForward` walks the graph of a Functional or Sequential model instead, layer by layer,
+and keeps each intermediate value either *shared* (the same for every bead: the input, and
+anything computed from it without trainable weights) or *stacked* (a leading bead axis K).
+Each layer gets one of these plans (`StackedForward.plan` records which):
 
-- Dense on a shared input: one matrix product with the K kernels side by side (D, K*U);
-  on a stacked input: one batched matrix product.
-- Conv1D/Conv2D on a shared input: one convolution with the K filter banks stacked along the
-  output channels; on a stacked input: one grouped convolution (K groups), the beads' channels
-  side by side.
-- Any other layer: its own `call` mapped over the beads (`backend.map_beads`), so custom
-  layers, recurrent layers and everything else keep Keras's exact semantics.
+- `batched matmul` (Dense): a shared input meets the K kernels side by side (D, K*U) in one
+  GEMM; a stacked input, one batched matmul.
+- `grouped convolution` (Conv1D/Conv2D): a shared input meets the K filter banks stacked
+  along the output channels; a stacked input, one grouped convolution with K groups.
+- `unrolled recurrence` (LSTM/GRU over a static length): Keras's cell equations, every step
+  one batched matmul for all beads.
+- `batched normalisation` (BatchNormalization at inference), `stacked lookup` (Embedding).
+- `beads into batch`: built-in per-sample layers without weights (pooling, Flatten,
+  activations, ...) run once on the beads folded into the batch axis.
+- `mapped`: any other layer runs its own `call`, mapped over the beads with
+  `backend.map_beads`, so custom layers keep Keras's exact semantics.
 
-Models this walk cannot follow (subclassed models, masking) return None, and the engine maps
-the whole model over the beads instead. The result equals K separate `stateless_call`s
-(tests/test_stacked.py checks this against Keras on a zoo of models).
+Models this walk cannot follow (subclassed models, masks) get None from
+`build_stacked_forward`, and the engine maps the whole model over the beads instead. The
+result equals K separate `stateless_call`s (tests/test_stacked.py checks outputs, losses and
+gradients against Keras on a zoo of models).
 """
 
 from __future__ import annotations
@@ -58,8 +64,13 @@ def _graph_of(model):
 
 
 def _masking_layer(model) -> str | None:
+    """A layer that may attach a Keras mask to its output (the walk does not carry masks)."""
+    base = keras.layers.Layer.compute_mask
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False):
+            return layer.name
+        custom = not type(layer).__module__.startswith("keras.")
+        if custom and getattr(type(layer), "compute_mask", base) is not base:
             return layer.name
     return None
 
