@@ -53,6 +53,25 @@ class _Stacked:
         self.value = value
 
 
+class _Grouped(_Stacked):
+    """A bead-dependent value kept as (B, ..., K*C): the beads' channels side by side,
+    bead-major. Convolutions produce it and take it without moving the bead axis; layers
+    that work channel by channel pass it on; `value` gives the (K, B, ..., C) view."""
+
+    __slots__ = ("grouped", "k", "_value")
+
+    def __init__(self, grouped, k):
+        self.grouped = grouped
+        self.k = k
+        self._value = None
+
+    @property
+    def value(self):
+        if self._value is None:
+            self._value = _split_beads(self.grouped, self.k)
+        return self._value
+
+
 def _graph_of(model):
     """The Functional graph that runs `model`, or None when there is none to walk."""
     functional = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
@@ -148,6 +167,18 @@ def _split_beads(outputs, k: int):
     shape = ops.shape(outputs)
     split = ops.reshape(outputs, tuple(shape[:-1]) + (k, shape[-1] // k))
     return _beads_first(split, len(split.shape) - 2)
+
+
+_ELEMENTWISE = {
+    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish",
+    "sigmoid", "hard_sigmoid", "hard_silu", "hard_swish", "tanh", "softplus", "softsign",
+    "exponential", "mish", "log_sigmoid",
+}
+
+
+def _elementwise(activation) -> bool:
+    """An activation that acts on each element alone (softmax, for one, does not)."""
+    return activation is None or getattr(activation, "__name__", None) in _ELEMENTWISE
 
 
 def _bias_and_activation(layer, outputs, bias):
@@ -258,7 +289,9 @@ def _conv(layer, value, inputs):
     kernel = value(layer.kernel)
     bias = value(layer.bias) if layer.use_bias else None
     k = ops.shape(kernel)[0]
-    if isinstance(inputs, _Stacked):
+    if isinstance(inputs, _Grouped):
+        x = inputs.grouped
+    elif isinstance(inputs, _Stacked):
         x = inputs.value  # (K, B, *spatial, C)
         if _single_bead(x):
             x = x[0]
@@ -276,7 +309,11 @@ def _conv(layer, value, inputs):
         padding=layer.padding,
         dilation_rate=list(layer.dilation_rate),
     )
-    return _bias_and_activation(layer, _split_beads(out, k), bias)
+    if not _elementwise(layer.activation):
+        return _bias_and_activation(layer, _split_beads(out, k), bias)
+    if bias is not None:
+        out = out + ops.reshape(bias, (-1,))
+    return _Grouped(layer.activation(out) if layer.activation is not None else out, k)
 
 
 def _batch_norm_rule(layer) -> bool:
@@ -290,6 +327,19 @@ def _batch_norm_rule(layer) -> bool:
 
 def _batch_norm(layer, value, inputs):
     """Inference batch normalisation: moving statistics shared, gamma/beta per bead."""
+    if isinstance(inputs, _Grouped):
+        if layer.axis not in (-1, len(inputs.grouped.shape) - 1) or not (layer.scale or layer.center):
+            return None
+        variance, mean = value(layer.moving_variance), value(layer.moving_mean)
+        inverse = ops.rsqrt(variance + layer.epsilon)
+        inverse = inverse * value(layer.gamma) if layer.scale else ops.broadcast_to(
+            inverse, ops.shape(value(layer.beta))
+        )
+        offset = -mean * inverse
+        if layer.center:
+            offset = offset + value(layer.beta)
+        x = ops.cast(inputs.grouped, "float32")
+        return _Grouped(x * ops.reshape(inverse, (-1,)) + ops.reshape(offset, (-1,)), inputs.k)
     x = inputs.value if isinstance(inputs, _Stacked) else inputs
     rank = len(x.shape) - (1 if isinstance(inputs, _Stacked) else 0)
     if layer.axis not in (-1, rank - 1):
@@ -352,6 +402,34 @@ def _per_sample_rule(layer) -> bool:
         and not layer.trainable_variables
         and _state_free(layer)
         and _plain(layer)
+    )
+
+
+_CHANNELWISE = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "ReLU", "LeakyReLU", "ELU",
+        "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+        "GaussianNoise", "GaussianDropout", "AlphaDropout", "Identity",
+        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+        "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+        "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+        "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+        "Cropping1D", "Cropping2D", "Cropping3D",
+        "UpSampling1D", "UpSampling2D", "UpSampling3D",
+    )
+    if hasattr(keras.layers, name)
+)
+
+
+def _channelwise(layer) -> bool:
+    """Per-sample layers that also treat every channel on its own (channels last)."""
+    return (
+        type(layer) in _CHANNELWISE
+        and _per_sample_rule(layer)
+        and getattr(layer, "data_format", "channels_last") == "channels_last"
+        and not getattr(layer, "keepdims", False)
     )
 
 
@@ -523,7 +601,10 @@ class StackedForward:
                 if applies(operation):
                     result = rule(operation, lambda v: values[id(v)], args[0])
                     if result is not None:
-                        return how, _Stacked(result), None
+                        return how, result if isinstance(result, _Stacked) else _Stacked(result), None
+            if isinstance(args[0], _Grouped) and _channelwise(operation):
+                outputs, _ = _scoped_call(operation, [], [], (args[0].grouped,), kwargs)
+                return "beads as channel groups", _Grouped(outputs, args[0].k), None
             if stacked_in and _per_sample_rule(operation):
                 return "beads into batch", _Stacked(_beads_into_batch(operation, args[0], kwargs)), None
         # Everything else: the layer's own call, mapped over the beads. Shared values do not

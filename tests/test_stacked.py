@@ -32,6 +32,21 @@ def _zoo(name: str):
             layers.Dense(4),
         ])
         x = np.random.default_rng(0).normal(size=(5, 9, 9, 2))
+    elif name == "conv_channel_groups":
+        model = keras.Sequential([
+            keras.Input((8, 8, 2)),
+            layers.Conv2D(4, 3, activation="relu"),
+            layers.BatchNormalization(center=False),
+            layers.ReLU(max_value=1.5),
+            layers.ZeroPadding2D(1),
+            layers.AveragePooling2D(2),
+            layers.Conv2D(3, 1, activation="softmax"),
+            layers.Conv2D(5, 2),
+            layers.GlobalAveragePooling2D(keepdims=True),
+            layers.Flatten(),
+            layers.Dense(2),
+        ])
+        x = np.random.default_rng(0).normal(size=(5, 8, 8, 2))
     elif name == "conv1d_causal_global_pool":
         model = keras.Sequential([
             keras.Input((12, 3)),
@@ -116,6 +131,7 @@ def _zoo(name: str):
 ZOO = [
     "mlp_regularized_dropout",
     "cnn_bn_pool",
+    "conv_channel_groups",
     "conv1d_causal_global_pool",
     "functional_branches_shared_layer",
     "embedding_lstm",
@@ -214,9 +230,14 @@ def test_plan_names_how_each_layer_is_batched():
     from keras_landscape.params import ParameterLayout, non_trainable_state
 
     expectations = {
-        "cnn_bn_pool": {"Conv2D": "grouped convolution", "MaxPooling2D": "beads into batch",
+        "cnn_bn_pool": {"Conv2D": "grouped convolution", "MaxPooling2D": "beads as channel groups",
                         "Flatten": "beads into batch", "Dense": "batched matmul",
                         "BatchNormalization": "batched normalisation"},
+        "conv_channel_groups": {"ReLU": "beads as channel groups",
+                                "ZeroPadding2D": "beads as channel groups",
+                                "AveragePooling2D": "beads as channel groups",
+                                "GlobalAveragePooling2D": "beads into batch",
+                                "BatchNormalization": "batched normalisation"},
         "gru_variants_backwards": {"GRU": "unrolled recurrence", "LSTM": "unrolled recurrence"},
         "embedding_lstm": {"Embedding": "stacked lookup", "LSTM": "unrolled recurrence"},
         "custom_add_loss_frozen": {"Scale": "mapped", "Dense": "batched matmul"},
