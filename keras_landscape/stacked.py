@@ -19,6 +19,8 @@ Each layer gets one of these plans (`StackedForward.plan` records which):
 - `unrolled recurrence` (LSTM/GRU over a static length): Keras's cell equations, every step
   one batched matmul for all beads.
 - `batched normalisation` (BatchNormalization at inference), `stacked lookup` (Embedding).
+- `beads as channel groups`: pooling, padding and elementwise layers after a convolution run
+  once on its channel-grouped output (B, ..., K*C), which stays grouped.
 - `beads into batch`: built-in per-sample layers without weights (pooling, Flatten,
   activations, ...) run once on the beads folded into the batch axis.
 - `mapped`: any other layer runs its own `call`, mapped over the beads with
