@@ -378,22 +378,28 @@ def _embedding(layer, value, inputs):
     return ops.take(flat, ops.expand_dims(ids, 0) + offsets, axis=0)
 
 
-_PER_SAMPLE = tuple(
-    getattr(keras.layers, name)
-    for name in (
-        "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax",
-        "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-        "GaussianNoise", "GaussianDropout", "AlphaDropout",
-        "Flatten", "Reshape", "Permute", "RepeatVector", "Identity",
-        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
-        "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-        "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-        "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-        "Cropping1D", "Cropping2D", "Cropping3D",
-        "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    )
-    if hasattr(keras.layers, name)
+def _layer_types(names) -> tuple:
+    return tuple(getattr(keras.layers, name) for name in names if hasattr(keras.layers, name))
+
+
+# Built-in layers that treat every channel of every sample on its own (channels last)...
+_CHANNELWISE_NAMES = (
+    "ReLU", "LeakyReLU", "ELU",
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+    "GaussianNoise", "GaussianDropout", "AlphaDropout", "Identity",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "Cropping1D", "Cropping2D", "Cropping3D",
+    "UpSampling1D", "UpSampling2D", "UpSampling3D",
+)
+_CHANNELWISE = _layer_types(_CHANNELWISE_NAMES)
+# ...and those that treat every sample on its own.
+_PER_SAMPLE = _layer_types(
+    _CHANNELWISE_NAMES
+    + ("Activation", "PReLU", "Softmax", "Flatten", "Reshape", "Permute", "RepeatVector")
 )
 
 
@@ -405,24 +411,6 @@ def _per_sample_rule(layer) -> bool:
         and _state_free(layer)
         and _plain(layer)
     )
-
-
-_CHANNELWISE = tuple(
-    getattr(keras.layers, name)
-    for name in (
-        "ReLU", "LeakyReLU", "ELU",
-        "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-        "GaussianNoise", "GaussianDropout", "AlphaDropout", "Identity",
-        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
-        "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-        "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-        "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-        "Cropping1D", "Cropping2D", "Cropping3D",
-        "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    )
-    if hasattr(keras.layers, name)
-)
 
 
 def _channelwise(layer) -> bool:
