@@ -2,8 +2,7 @@
 
 Written once with `keras.ops` and `model.stateless_call`; `keras_landscape.backend` supplies
 compilation, gradients and mapping over beads; `keras_landscape.stacked` evaluates a model at
-many parameter vectors at once. The user's model is never
-mutated: weights go in as tensors.
+many parameter vectors at once. The user's model is never mutated: weights go in as tensors.
 
 Per batch a kernel returns *sums*, not means, so that the exact mean over a whole evaluation
 set can be assembled from mini-batches of any size (the last one padded and masked):

@@ -76,7 +76,9 @@ class _Grouped(_Stacked):
 
 def _graph_of(model):
     """The Functional graph that runs `model`, or None when there is none to walk."""
-    functional = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
+    functional = model
+    if isinstance(model, keras.Sequential):
+        functional = getattr(model, "_functional", None)
     if not isinstance(functional, keras.Model) or not hasattr(functional, "_run_through_graph"):
         return None
     if not hasattr(functional, "_nodes_by_depth") or not hasattr(functional, "_standardize_inputs"):
@@ -185,7 +187,8 @@ def _elementwise(activation) -> bool:
 
 def _bias_and_activation(layer, outputs, bias):
     if bias is not None:
-        outputs = outputs + ops.reshape(bias, (ops.shape(bias)[0],) + (1,) * (len(outputs.shape) - 2) + (ops.shape(bias)[-1],))
+        per_bead = (ops.shape(bias)[0],) + (1,) * (len(outputs.shape) - 2) + (ops.shape(bias)[-1],)
+        outputs = outputs + ops.reshape(bias, per_bead)
     return layer.activation(outputs) if layer.activation is not None else outputs
 
 
@@ -224,7 +227,8 @@ def _recurrent_rule(layer) -> bool:
 def _lstm_step(cell, recurrent, x_t, state):
     h, c = state
     z = ops.split(x_t + ops.matmul(h, recurrent), 4, axis=-1)
-    c = cell.recurrent_activation(z[1]) * c + cell.recurrent_activation(z[0]) * cell.activation(z[2])
+    gate = cell.recurrent_activation
+    c = gate(z[1]) * c + gate(z[0]) * cell.activation(z[2])
     h = cell.recurrent_activation(z[3]) * cell.activation(c)
     return h, (h, c)
 
@@ -330,7 +334,8 @@ def _batch_norm_rule(layer) -> bool:
 def _batch_norm(layer, value, inputs):
     """Inference batch normalisation: moving statistics shared, gamma/beta per bead."""
     if isinstance(inputs, _Grouped):
-        if layer.axis not in (-1, len(inputs.grouped.shape) - 1) or not (layer.scale or layer.center):
+        last_axis = layer.axis in (-1, len(inputs.grouped.shape) - 1)
+        if not last_axis or not (layer.scale or layer.center):
             return None
         variance, mean = value(layer.moving_variance), value(layer.moving_mean)
         inverse = ops.rsqrt(variance + layer.epsilon)
@@ -527,6 +532,7 @@ class StackedForward:
         self.call_kwargs = call_kwargs
         self.walk = _Walk(model, layout)
         self.plan: dict[str, str] = {}
+        self._logged = False
 
     def __call__(self, thetas, non_trainable, x):
         k = ops.shape(thetas)[0]
@@ -546,6 +552,10 @@ class StackedForward:
 
         inputs = self.graph._standardize_inputs(x)
         outputs = self.graph._run_through_graph(inputs, operation_fn=operation_fn)
+        if not self._logged:  # once per model, at the first trace (-v shows it)
+            self._logged = True
+            plan = "; ".join(f"{name}: {how}" for name, how in self.plan.items())
+            log.info("Beads through %s: %s.", getattr(self.model, "name", "model"), plan)
         outputs = keras.tree.map_structure(
             lambda o: o.value
             if isinstance(o, _Stacked)
@@ -591,12 +601,15 @@ class StackedForward:
                 if applies(operation):
                     result = rule(operation, lambda v: values[id(v)], args[0])
                     if result is not None:
-                        return how, result if isinstance(result, _Stacked) else _Stacked(result), None
+                        if not isinstance(result, _Stacked):
+                            result = _Stacked(result)
+                        return how, result, None
             if isinstance(args[0], _Grouped) and _channelwise(operation):
                 outputs, _ = _scoped_call(operation, [], [], (args[0].grouped,), kwargs)
                 return "beads as channel groups", _Grouped(outputs, args[0].k), None
             if stacked_in and _per_sample_rule(operation):
-                return "beads into batch", _Stacked(_beads_into_batch(operation, args[0], kwargs)), None
+                outputs = _beads_into_batch(operation, args[0], kwargs)
+                return "beads into batch", _Stacked(outputs), None
         # Everything else: the layer's own call, mapped over the beads. Shared values do not
         # depend on thetas: cutting their gradient keeps the map's backward pass from
         # differentiating into the data (a gather whose size XLA would recompile for).

@@ -2,8 +2,8 @@
 
 The engine (`keras_landscape.engine`) is written once with `keras.ops`; the few primitives
 that differ between backends -- compiling a function, value-and-gradient, mapping a function
-over a stack of beads, a (grouped) convolution, the float32 precision policy -- come from here, chosen by
-`keras.backend.backend()` (the `KERAS_BACKEND` environment variable).
+over a stack of beads, a (grouped) convolution, the float32 precision policy -- come from
+here, chosen by `keras.backend.backend()` (the `KERAS_BACKEND` environment variable).
 """
 
 from __future__ import annotations
