@@ -516,6 +516,9 @@ def activation_elements(model, sample_shape: tuple) -> int:
     return max(1, total)
 
 
+_logged_plans: set[tuple[int, str]] = set()
+
+
 class StackedForward:
     """fn(thetas (K, P), non_trainable, x) -> (outputs, regularizer (K,)).
 
@@ -532,7 +535,6 @@ class StackedForward:
         self.call_kwargs = call_kwargs
         self.walk = _Walk(model, layout)
         self.plan: dict[str, str] = {}
-        self._logged = False
 
     def __call__(self, thetas, non_trainable, x):
         k = ops.shape(thetas)[0]
@@ -552,9 +554,9 @@ class StackedForward:
 
         inputs = self.graph._standardize_inputs(x)
         outputs = self.graph._run_through_graph(inputs, operation_fn=operation_fn)
-        if not self._logged:  # once per model, at the first trace (-v shows it)
-            self._logged = True
-            plan = "; ".join(f"{name}: {how}" for name, how in self.plan.items())
+        plan = "; ".join(f"{name}: {how}" for name, how in self.plan.items())
+        if (id(self.model), plan) not in _logged_plans:  # once per model and plan (-v)
+            _logged_plans.add((id(self.model), plan))
             log.info("Beads through %s: %s.", getattr(self.model, "name", "model"), plan)
         outputs = keras.tree.map_structure(
             lambda o: o.value
