@@ -47,7 +47,9 @@ def quiet_frameworks(verbose: int) -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # force: a run in the same process after a -v run (tests, notebooks) must not keep its
+    # INFO level and handler.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
     for name in ("tensorflow", "absl", "h5py", "jax"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
