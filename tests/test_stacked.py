@@ -106,6 +106,15 @@ def _zoo(name: str):
         frozen.trainable = False
         frozen_conv.trainable = False
         x = np.random.default_rng(0).normal(size=(4, 3))
+    elif name == "nested_model_two_inputs":
+        inner = keras.Sequential([keras.Input((4,)), layers.Dense(3, activation="tanh"),
+                                  layers.Dense(3)], name="inner")
+        a, b = keras.Input((4,), name="a"), keras.Input((2,), name="b")
+        merged = layers.Concatenate()([inner(a), layers.Dense(3)(b)])
+        model = keras.Model([a, b], layers.Dense(2)(merged))
+        rng = np.random.default_rng(0)
+        x = [rng.normal(size=(4, 4)).astype("float32"), rng.normal(size=(4, 2)).astype("float32")]
+        return model, x
     elif name == "subclassed":
         class Net(keras.Model):
             def __init__(self):
@@ -138,6 +147,7 @@ ZOO = [
     "gru_variants_backwards",
     "masked_embedding_gru",
     "custom_add_loss_frozen",
+    "nested_model_two_inputs",
     "subclassed",
 ]
 
@@ -158,7 +168,8 @@ def test_stacked_forward_equals_separate_keras_calls(name, beads):
     thetas = thetas.astype("float32")
     nt = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
     forward = engine.make_stacked_forward(model, layout)
-    predictions, regularizers = forward(ops.convert_to_tensor(thetas), nt, ops.convert_to_tensor(x))
+    inputs = [ops.convert_to_tensor(v) for v in x] if isinstance(x, list) else ops.convert_to_tensor(x)
+    predictions, regularizers = forward(ops.convert_to_tensor(thetas), nt, inputs)
     predictions = ops.convert_to_numpy(predictions)
     regularizers = ops.convert_to_numpy(regularizers)
     assert predictions.shape[0] == beads and regularizers.shape == (beads,)
