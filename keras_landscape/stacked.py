@@ -333,38 +333,29 @@ def _batch_norm_rule(layer) -> bool:
 
 def _batch_norm(layer, value, inputs):
     """Inference batch normalisation: moving statistics shared, gamma/beta per bead."""
-    if isinstance(inputs, _Grouped):
-        last_axis = layer.axis in (-1, len(inputs.grouped.shape) - 1)
-        if not last_axis or not (layer.scale or layer.center):
-            return None
-        variance, mean = value(layer.moving_variance), value(layer.moving_mean)
-        inverse = ops.rsqrt(variance + layer.epsilon)
-        inverse = inverse * value(layer.gamma) if layer.scale else ops.broadcast_to(
-            inverse, ops.shape(value(layer.beta))
-        )
-        offset = -mean * inverse
-        if layer.center:
-            offset = offset + value(layer.beta)
-        x = ops.cast(inputs.grouped, "float32")
-        return _Grouped(x * ops.reshape(inverse, (-1,)) + ops.reshape(offset, (-1,)), inputs.k)
-    x = inputs.value if isinstance(inputs, _Stacked) else inputs
-    rank = len(x.shape) - (1 if isinstance(inputs, _Stacked) else 0)
+    grouped = isinstance(inputs, _Grouped)
+    if grouped:
+        x, rank = inputs.grouped, len(inputs.grouped.shape)
+    elif isinstance(inputs, _Stacked):
+        x, rank = inputs.value, len(inputs.value.shape) - 1
+    else:
+        x, rank = inputs, len(inputs.shape)
     if layer.axis not in (-1, rank - 1):
         return None
+    # Per-bead (K, C) scale and offset; the rule admits only layers with gamma or beta.
     inverse = ops.rsqrt(value(layer.moving_variance) + layer.epsilon)
-    mean = value(layer.moving_mean)
-    k = None
     if layer.scale:
-        inverse = inverse * value(layer.gamma)  # (K, C)
-        k = ops.shape(inverse)[0]
-    offset = -mean * inverse
+        inverse = inverse * value(layer.gamma)
+    else:
+        inverse = ops.broadcast_to(inverse, ops.shape(value(layer.beta)))
+    offset = -value(layer.moving_mean) * inverse
     if layer.center:
         offset = offset + value(layer.beta)
-        k = ops.shape(offset)[0]
-    per_bead = (k,) + (1,) * (rank - 1) + (-1,)
-    inverse = ops.reshape(inverse, per_bead) if len(inverse.shape) == 2 else inverse
-    offset = ops.reshape(offset, per_bead) if len(offset.shape) == 2 else offset
-    return ops.cast(x, "float32") * inverse + offset
+    x = ops.cast(x, "float32")
+    if grouped:
+        return _Grouped(x * ops.reshape(inverse, (-1,)) + ops.reshape(offset, (-1,)), inputs.k)
+    per_bead = (ops.shape(inverse)[0],) + (1,) * (rank - 1) + (-1,)
+    return x * ops.reshape(inverse, per_bead) + ops.reshape(offset, per_bead)
 
 
 def _embedding_rule(layer) -> bool:
@@ -531,7 +522,6 @@ class StackedForward:
     def __init__(self, model, graph, layout: ParameterLayout, call_kwargs: dict):
         self.model = model
         self.graph = graph
-        self.layout = layout
         self.call_kwargs = call_kwargs
         self.walk = _Walk(model, layout)
         self.plan: dict[str, str] = {}

@@ -15,7 +15,9 @@ def _zoo(name: str):
     if name == "mlp_regularized_dropout":
         model = keras.Sequential([
             keras.Input((7,)),
+            layers.BatchNormalization(),  # on the shared input
             layers.Dense(5, activation="relu", kernel_regularizer=l2, bias_regularizer=l2),
+            layers.BatchNormalization(scale=False),  # on a stacked value
             layers.Dropout(0.5),
             layers.Dense(3, activation="softmax"),
         ])
@@ -130,8 +132,7 @@ def _zoo(name: str):
         x = np.random.default_rng(0).normal(size=(4, 3))
     else:
         raise KeyError(name)
-    if any(isinstance(layer, layers.BatchNormalization) for layer in model.layers):
-        bn = next(layer for layer in model.layers if isinstance(layer, layers.BatchNormalization))
+    for bn in (layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)):
         bn.moving_mean.assign(np.linspace(-0.5, 0.5, bn.moving_mean.shape[0]))
         bn.moving_variance.assign(np.linspace(0.5, 2.0, bn.moving_variance.shape[0]))
     return model, x.astype("int32" if x.dtype.kind == "i" else "float32")
@@ -252,7 +253,8 @@ def test_plan_names_how_each_layer_is_batched():
         "gru_variants_backwards": {"GRU": "unrolled recurrence", "LSTM": "unrolled recurrence"},
         "embedding_lstm": {"Embedding": "stacked lookup", "LSTM": "unrolled recurrence"},
         "custom_add_loss_frozen": {"Scale": "mapped", "Dense": "batched matmul"},
-        "mlp_regularized_dropout": {"Dropout": "beads into batch"},
+        "mlp_regularized_dropout": {"Dropout": "beads into batch",
+                                    "BatchNormalization": "batched normalisation"},
     }
     for name, expected in expectations.items():
         model, x = _zoo(name)
