@@ -15,6 +15,7 @@ import warnings
 import click
 
 from keras_landscape._version import __version__
+from keras_landscape.state import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -167,11 +168,20 @@ def probes_command(as_json: bool, markdown: bool) -> None:
 @click.option("--xla", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="XLA compilation: auto = on for GPU/TPU and for CPU models without convolutions.")
 @click.option("--tf32", is_flag=True, help="Projections may use TF32 matmuls on GPUs (checks stay float32).")
+@click.option("--bn-stats", type=click.Choice(BN_MODES), default=BN_MODES[0],
+              show_default=True, help="BatchNorm statistics at points between models: "
+              "re-estimated from training data at each point, or interpolated like the weights.")
+@click.option("--bn-batches", type=click.IntRange(min=1), default=DEFAULT_BN_BATCHES, show_default=True,
+              help="Training batches BatchNorm statistics are recomputed on.")
+@click.option("--bn-batch-size", type=click.IntRange(min=1), default=DEFAULT_BN_BATCH_SIZE,
+              show_default=True,
+              help="Samples per batch when recomputing BatchNorm statistics.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verbosity_options
 def probe_command(models, data, probes, loss, level_fn, split, level, levels, partners,
                   retrain_endpoints, settings, out, resume,
-                  overwrite, seed, custom_objects, eval_batch_size, xla, tf32, as_json) -> None:
+                  overwrite, seed, custom_objects, eval_batch_size, xla, tf32, bn_stats,
+                  bn_batches, bn_batch_size, as_json) -> None:
     """Run probes on MODEL files (.keras or .h5) over the data SPEC."""
     from keras_landscape.runner import RunSpec, execute
 
@@ -196,6 +206,9 @@ def probe_command(models, data, probes, loss, level_fn, split, level, levels, pa
         xla={"auto": "auto", "on": True, "off": False}[xla],
         eval_batch_size=eval_batch_size,
         fast_float32=tf32,
+        bn_stats=bn_stats,
+        bn_batches=bn_batches,
+        bn_batch_size=bn_batch_size,
         command=_command_line(),
     )
     document = execute(spec, _progress())

@@ -445,3 +445,17 @@ def weight_matching(
         distance_before=float(np.linalg.norm(diff_before)),
         distance_after=float(np.linalg.norm(theta.astype(np.float64) - theta_a)),
     )
+
+
+def aligned_state(landscape, state, permutations: dict[str, list[int]]):
+    """A state vector s (see `keras_landscape.state`) permuted with B's hidden units, so that
+    the aligned model computes B's function with B's own BatchNorm statistics; None stays
+    None (the landscape model's state is used)."""
+    if state is None:
+        return None
+    layout = landscape.state_layout
+    template = [np.asarray(v) for v in landscape.non_trainable]
+    values = permute_non_trainable(
+        landscape.model, layout.non_trainable_values(state, template), permutations
+    )
+    return layout.state_of_values(values)

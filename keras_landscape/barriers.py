@@ -59,9 +59,13 @@ class BisectionOptions:
             raise UserError(f"Unknown relax {self.relax!r}: use one of {RELAXATIONS}.")
 
 
-def linear_profile(landscape, theta_a, theta_b, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """(t, level) on `grid` + 1 evenly spaced points of the straight segment A-B."""
-    check = check_segments(landscape, [(np.asarray(theta_a), np.asarray(theta_b))], grid)[0]
+def linear_profile(
+    landscape, theta_a, theta_b, grid: int, state_a=None, state_b=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(t, level) on `grid` + 1 evenly spaced points of the straight segment A-B (states
+    interpolated alongside, BatchNorm statistics recomputed under bn_stats='recompute')."""
+    segment = (np.asarray(theta_a), np.asarray(theta_b), state_a, state_b)
+    check = check_segments(landscape, [segment], grid)[0]
     return check.ts, check.levels
 
 
@@ -95,7 +99,10 @@ def saddle_bracket(
     if run.has(f"{prefix}/linear_level"):
         ts, levels = run.read(f"{prefix}/linear_t"), run.read(f"{prefix}/linear_level")
     else:
-        ts, levels = linear_profile(landscape, a.theta, b.theta, config.grid)
+        ts, levels = linear_profile(
+            landscape, a.theta, b.theta, config.grid, getattr(a, "state", None),
+            getattr(b, "state", None),
+        )
         run.write(f"{prefix}/linear_t", ts)
         run.write(f"{prefix}/linear_level", levels)
     ends = [float(levels[0]), float(levels[-1])]
@@ -151,8 +158,9 @@ def saddle_bracket(
     }
 
 
-def _path_maximum(landscape, thetas: np.ndarray, points: int) -> float:
-    pairs = list(zip(thetas[:-1].astype(np.float32), thetas[1:].astype(np.float32)))
+def _path_maximum(landscape, thetas: np.ndarray, states: np.ndarray, points: int) -> float:
+    thetas = thetas.astype(np.float32)
+    pairs = list(zip(thetas[:-1], thetas[1:], states[:-1], states[1:]))
     return max(c.maximum for c in check_segments(landscape, pairs, points))
 
 
@@ -162,7 +170,8 @@ def relax_path(landscape, run, path_prefix: str, config) -> dict | None:
     The band moves each interior bead along minus the gradient of the training loss with its
     component along the path tangent removed, plus a spring force along the tangent that
     keeps beads spread. The relaxed string is re-checked with `config.points` points per
-    segment; it is stored under `<path_prefix>_relaxed` only if its maximum is lower.
+    segment; it is stored under `<path_prefix>_relaxed` only if its maximum is lower. Each
+    bead keeps its state (BatchNorm statistics recomputed as it moves under 'recompute').
     """
     record = StringRecord(run, path_prefix)
     loaded = record.load()
@@ -170,13 +179,18 @@ def relax_path(landscape, run, path_prefix: str, config) -> dict | None:
         return None
     string = loaded[0]
     thetas = np.stack([b.theta for b in string]).astype(np.float64)
-    before = _path_maximum(landscape, thetas, config.points)
+    states = np.stack(
+        [landscape.fill_states(None if b.state is None else b.state[None], 1)[0] for b in string]
+    )
+    before = _path_maximum(landscape, thetas, states, config.points)
     for _ in range(config.relax_steps):
         moved = thetas.copy()
         for i in range(1, len(thetas) - 1):
             tangent = thetas[i + 1] - thetas[i - 1]
             tangent /= max(np.linalg.norm(tangent), 1e-12)
-            _, grad = landscape.loss_and_grad(thetas[i].astype(np.float32))
+            _, grad = landscape.loss_and_grad(
+                thetas[i].astype(np.float32), state=states[i], recompute=landscape.recomputes
+            )
             grad = grad.astype(np.float64)
             perpendicular = grad - np.dot(grad, tangent) * tangent
             spring = config.spring * (
@@ -184,10 +198,13 @@ def relax_path(landscape, run, path_prefix: str, config) -> dict | None:
             ) * tangent
             moved[i] = thetas[i] - config.relax_learning_rate * perpendicular + config.relax_learning_rate * spring
         thetas = moved
-    after = _path_maximum(landscape, thetas, config.points)
+    after = _path_maximum(landscape, thetas, states, config.points)
     if not after < before:
         return {"relaxed_max": None, "path_max_before": before, "kept": False}
+    levels, used = landscape.levels_and_states(thetas.astype(np.float32), states)
     run.write(f"{path_prefix}_relaxed/beads", thetas.astype(np.float32))
-    run.write(f"{path_prefix}_relaxed/bead_level", landscape.levels(thetas.astype(np.float32)))
+    run.write(f"{path_prefix}_relaxed/bead_level", levels)
+    if used.shape[1]:
+        run.write(f"{path_prefix}_relaxed/bead_state", used)
     run.write(f"{path_prefix}_relaxed/order", np.arange(len(thetas), dtype=np.int64))
     return {"relaxed_max": float(after), "path_max_before": float(before), "kept": True}

@@ -47,10 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from keras_landscape.errors import UserError
+from keras_landscape.state import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
 
 TOP_KEYS = ("description", "models", "model", "data", "loss", "level_fn", "split", "probes",
             "options", "seed", "out", "xla", "tf32", "eval_batch_size", "custom_objects",
-            "plots", "scales")
+            "bn_stats", "bn_batches", "bn_batch_size", "plots", "scales")
 BUILDERS = {
     "mlp": ("input", "layers", "activation", "output", "output_activation", "dropout"),
     "cnn": ("input", "filters", "kernel_size", "pool", "layers", "activation", "output",
@@ -632,6 +633,13 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
     tf32 = document.get("tf32", False)
     if not isinstance(tf32, bool):
         _fail("tf32", f"expected true or false, got {tf32!r}")
+    bn_stats = document.get("bn_stats", BN_MODES[0])
+    if bn_stats not in BN_MODES:
+        _fail("bn_stats", f"expected one of {', '.join(BN_MODES)}, got {bn_stats!r}")
+    bn_batches = _integer(document.get("bn_batches", DEFAULT_BN_BATCHES), "bn_batches", 1)
+    bn_batch_size = _integer(
+        document.get("bn_batch_size", DEFAULT_BN_BATCH_SIZE), "bn_batch_size", 1
+    )
     spec = RunSpec(
         models=models,
         data=data_choices[0],
@@ -647,6 +655,9 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
         xla=_xla(document.get("xla")),
         fast_float32=tf32,
         eval_batch_size=eval_batch,
+        bn_stats=bn_stats,
+        bn_batches=bn_batches,
+        bn_batch_size=bn_batch_size,
         command=command,
     )
     return RunConfig(source, scale, spec, recipe, data_choices, _plots(document.get("plots")),

@@ -92,13 +92,15 @@ class DSSConfig(ProjectionConfig):
 
 @dataclass
 class Bead:
-    """A point of the string: its row in the store, parameters and level."""
+    """A point of the string: its row in the store, parameters, level, and the state (S,)
+    (BatchNorm statistics, see `keras_landscape.state`) its level was evaluated with."""
 
     row: int
     theta: np.ndarray
     level: float
     depth: int = 0
     steps: int = 0
+    state: np.ndarray | None = None
 
 
 @dataclass
@@ -136,9 +138,14 @@ class Connection:
     endpoint_levels: list[float]
     worst_segment: dict | None = None
     string: list[np.ndarray] = field(default_factory=list, repr=False)
+    string_states: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "string"}
+        d = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("string", "string_states")
+        }
         d["explanation"] = REASONS[self.reason]
         return d
 
@@ -147,7 +154,8 @@ class StringRecord:
     """Streams a string's beads and segment curves into a store run under `prefix`.
 
     Datasets: beads (n, P), bead_level, bead_depth, bead_steps (rows in acceptance order,
-    rows 0 and 1 are A and B), order (the string as bead rows, rewritten after each depth),
+    rows 0 and 1 are A and B), bead_state (n, S) when the model has non-trainable float
+    state (the BatchNorm statistics each bead's level was evaluated with), order (the string as bead rows, rewritten after each depth),
     curves (checked segment levels, R + 1 per row) with curve_segments (left row, right row,
     depth). Attributes on the prefix group: depth_done, verdict (JSON, when finished).
     A run interrupted mid-depth resumes from the last completed depth.
@@ -159,10 +167,12 @@ class StringRecord:
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
-    def add_bead(self, theta, level, depth, steps) -> int:
+    def add_bead(self, theta, level, depth, steps, state=None) -> int:
         self.run.append(self.key("bead_level"), np.float64(level))
         self.run.append(self.key("bead_depth"), np.int32(depth))
         self.run.append(self.key("bead_steps"), np.int64(steps))
+        if state is not None and np.size(state):
+            self.run.append(self.key("bead_state"), np.asarray(state, np.float32))
         return self.run.append(self.key("beads"), np.asarray(theta, np.float32)) - 1
 
     def add_curve(self, left: int, right: int, depth: int, check: SegmentCheck) -> None:
@@ -192,8 +202,8 @@ class StringRecord:
         depth_done = int(self.run.get_attrs(self.prefix or None).get("depth_done", 0))
         order = self.run.read(self.key("order"))
         committed = int(max(order)) + 1
-        for name in ("beads", "bead_level", "bead_depth", "bead_steps"):
-            if self.run.length(self.key(name)) > committed:
+        for name in ("beads", "bead_level", "bead_depth", "bead_steps", "bead_state"):
+            if self.run.has(self.key(name)) and self.run.length(self.key(name)) > committed:
                 self.run.truncate(self.key(name), committed)
         curves = min(self.run.length(self.key("curves")), self.run.length(self.key("curve_segments")))
         for name in ("curves", "curve_segments"):
@@ -203,8 +213,13 @@ class StringRecord:
         levels = self.run.read(self.key("bead_level"))
         depths = self.run.read(self.key("bead_depth"))
         steps = self.run.read(self.key("bead_steps"))
+        states = self.run.read(self.key("bead_state")) if self.run.has(self.key("bead_state")) else None
         string = [
-            Bead(int(r), thetas[r], float(levels[r]), int(depths[r]), int(steps[r])) for r in order
+            Bead(
+                int(r), thetas[r], float(levels[r]), int(depths[r]), int(steps[r]),
+                None if states is None else states[r],
+            )
+            for r in order
         ]
         checked = {}
         if curves:
@@ -215,21 +230,35 @@ class StringRecord:
         return string, depth_done, checked
 
 
-def check_segments(landscape, pairs: list[tuple[np.ndarray, np.ndarray]], points: int):
-    """Level curves of many segments, evaluated in as few batched calls as memory allows."""
+def _interpolate(ts: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(len(ts), D) points (1 - t) p + t q (float32)."""
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+    return ((1.0 - ts)[:, None] * p[None, :] + ts[:, None] * q[None, :]).astype(np.float32)
+
+
+def check_segments(landscape, pairs: list[tuple], points: int):
+    """Level curves of many segments, evaluated in as few batched calls as memory allows.
+
+    `pairs` holds (theta_p, theta_q) or (theta_p, theta_q, state_p, state_q): the state of a
+    point between p and q is interpolated like its weights (then BatchNorm statistics are
+    recomputed at each point when the landscape's bn_stats is 'recompute').
+    """
     ts = np.linspace(0.0, 1.0, points + 1, dtype=np.float64)
     per_call = max(points + 1, _SEGMENT_BATCH_BYTES // max(1, 4 * landscape.size))
     segments_per_call = max(1, per_call // (points + 1))
     checks = []
     for start in range(0, len(pairs), segments_per_call):
         chunk = pairs[start : start + segments_per_call]
-        thetas = np.concatenate(
+        thetas = np.concatenate([_interpolate(ts, pair[0], pair[1]) for pair in chunk])
+        states = np.concatenate(
             [
-                ((1.0 - ts)[:, None] * p[None, :] + ts[:, None] * q[None, :]).astype(np.float32)
-                for p, q in chunk
+                _interpolate(ts, pair[2], pair[3])
+                if len(pair) > 2 and pair[2] is not None
+                else landscape.fill_states(None, points + 1)
+                for pair in chunk
             ]
         )
-        levels = landscape.levels(thetas).reshape(len(chunk), points + 1)
+        levels = landscape.levels(thetas, states).reshape(len(chunk), points + 1)
         checks.extend(SegmentCheck(ts, row) for row in levels)
     return checks
 
@@ -256,6 +285,8 @@ def connect(
     seed: int | None = None,
     record: StringRecord | None = None,
     progress=None,
+    state_a: np.ndarray | None = None,
+    state_b: np.ndarray | None = None,
 ) -> Connection:
     """Dynamic String Sampling between A and B at level u.
 
@@ -268,6 +299,9 @@ def connect(
             None uses config.seed.
         record: where beads and curves are streamed; an existing record resumes.
         progress: a TaskHandle (advance/update) or None.
+        state_a, state_b: the endpoints' states (S,) (None: the landscape model's own). A
+            new bead starts with the state interpolated at its insertion point and keeps it
+            while it is trained (re-estimated at every point under bn_stats='recompute').
 
     Returns:
         A Connection with the verdict, bead count (endpoints included), lengths and levels.
@@ -281,18 +315,24 @@ def connect(
     projection = config.projection()
     loaded = record.load() if record is not None else None
     checked: dict[tuple[int, int], SegmentCheck] = {}
+    own = landscape.fill_states(None, 1)[0]
     if loaded is not None:
         string, depth, checked = loaded
         checked = {k: c for k, c in checked.items() if len(c.levels) == config.points + 1}
+        for bead in string:  # stores without bead states: models without float state
+            bead.state = own if bead.state is None else bead.state
     else:
-        ends = landscape.levels(np.stack([theta_a, theta_b]).astype(np.float32))
+        end_states = np.stack([own if s is None else s for s in (state_a, state_b)])
+        ends, used = landscape.levels_and_states(
+            np.stack([theta_a, theta_b]).astype(np.float32), end_states
+        )
         string = [
-            Bead(0, np.asarray(theta_a, np.float32), float(ends[0])),
-            Bead(1, np.asarray(theta_b, np.float32), float(ends[1])),
+            Bead(0, np.asarray(theta_a, np.float32), float(ends[0]), state=used[0]),
+            Bead(1, np.asarray(theta_b, np.float32), float(ends[1]), state=used[1]),
         ]
         if record is not None:
             for bead in string:
-                bead.row = record.add_bead(bead.theta, bead.level, 0, 0)
+                bead.row = record.add_bead(bead.theta, bead.level, 0, 0, bead.state)
             record.commit_depth(string, 0)
         depth = 0
     endpoint_levels = [string[0].level, string[-1].level]
@@ -317,6 +357,7 @@ def connect(
             endpoint_levels=endpoint_levels,
             worst_segment=worst,
             string=[b.theta for b in string],
+            string_states=[b.state for b in string],
         )
         if record is not None:
             record.finish(connection)
@@ -330,7 +371,8 @@ def connect(
 
     while True:
         todo = [(a, b) for a, b in zip(string, string[1:]) if (a.row, b.row) not in checked]
-        for (a, b), check in zip(todo, check_segments(landscape, [(a.theta, b.theta) for a, b in todo], config.points)):
+        segment_ends = [(a.theta, b.theta, a.state, b.state) for a, b in todo]
+        for (a, b), check in zip(todo, check_segments(landscape, segment_ends, config.points)):
             checked[(a.row, b.row)] = check
             if record is not None:
                 record.add_curve(a.row, b.row, depth, check)
@@ -353,12 +395,13 @@ def connect(
         if depth >= config.max_depth:
             return finish(False, "depth_limit")
         depth += 1
-        starts, normals = [], []
+        starts, start_states, normals = [], [], []
         for i in failing:
             a, b = segments[i]
             t = 0.5 if config.insertion == "midpoint" else checked[(a.row, b.row)].argmax_t
             t = min(max(t, 1.0 / config.points), 1.0 - 1.0 / config.points)
             starts.append((1.0 - t) * a.theta + t * b.theta)
+            start_states.append(_interpolate(np.array([t]), a.state, b.state)[0])
             direction = (b.theta - a.theta).astype(np.float64)
             norm = np.linalg.norm(direction)
             normals.append(direction / norm if config.projection_mode == "hyperplane" and norm > 0 else np.zeros_like(direction))
@@ -369,17 +412,20 @@ def connect(
             projection,
             seed=seed * 1_000_003 + depth,
             normals=np.stack(normals).astype(np.float32),
+            states=np.stack(start_states),
         )
         new_string = list(string)
-        for offset, (i, theta, bead_level, steps) in enumerate(
-            zip(failing, result.thetas, result.levels, result.steps)
+        for offset, (i, theta, bead_level, steps, state) in enumerate(
+            zip(failing, result.thetas, result.levels, result.steps, result.states)
         ):
             row = (
-                record.add_bead(theta, bead_level, depth, steps)
+                record.add_bead(theta, bead_level, depth, steps, state)
                 if record is not None
                 else max(b.row for b in new_string) + 1
             )
-            new_string.insert(i + 1 + offset, Bead(row, theta, float(bead_level), depth, int(steps)))
+            new_string.insert(
+                i + 1 + offset, Bead(row, theta, float(bead_level), depth, int(steps), state)
+            )
         if not result.reached.all():
             failed_steps = int(result.steps.sum())
             missed = int(np.argmin(result.reached))

@@ -16,10 +16,12 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 from keras import ops
 
 from keras_landscape import backend, stacked
 from keras_landscape.params import ParameterLayout
+from keras_landscape.state import StateLayout, batch_norm_layers
 
 SUMS = ("loss_sum", "level_sum", "loss_count", "level_count", "regularizer_sum")
 
@@ -63,13 +65,28 @@ def _masked_sum_and_count(values, mask):
     return ops.sum(ops.where(m > 0, values, 0.0)), ops.sum(m)
 
 
-def inference_kwargs(model) -> dict:
-    """{'training': False} when the model's call takes it (subclassed calls may not)."""
+def mode_kwargs(model, training: bool = False) -> dict:
+    """{'training': training} when the model's call takes it (subclassed calls may not)."""
     parameters = inspect.signature(model.call).parameters
     takes = "training" in parameters or any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
     )
-    return {"training": False} if takes else {}
+    return {"training": bool(training)} if takes else {}
+
+
+def inference_kwargs(model) -> dict:
+    """{'training': False} when the model's call takes it."""
+    return mode_kwargs(model, training=False)
+
+
+def merge_state(state_layout: StateLayout, state, non_trainable) -> list:
+    """The full non-trainable list: float entries sliced from `state` (S,) or (K, S), the
+    others (seed counters) from `non_trainable` (the landscape model's own values)."""
+    values = list(non_trainable)
+    lead = tuple(state.shape[:-1])
+    for position, offset, size, shape in state_layout.entries():
+        values[position] = ops.reshape(state[..., offset : offset + size], lead + tuple(shape))
+    return values
 
 
 def _sums_of_predictions(objective: Objective, y, y_pred, mask, regularizer):
@@ -84,13 +101,19 @@ def _regularizer(losses):
     return ops.cast(sum(losses) if losses else 0.0, "float32")
 
 
-def make_batch_sums(model, layout: ParameterLayout, objective: Objective):
-    """fn(theta, non_trainable, x, y, mask) -> the five sums of one batch (float32)."""
+def make_batch_sums(
+    model, layout: ParameterLayout, state_layout: StateLayout, objective: Objective
+):
+    """fn(theta, state, non_trainable, x, y, mask) -> the five sums of one batch (float32)."""
     call_kwargs = inference_kwargs(model)
 
-    def batch_sums(theta, non_trainable, x, y, mask):
+    def batch_sums(theta, state, non_trainable, x, y, mask):
         y_pred, _, losses = model.stateless_call(
-            split_theta(layout, theta), non_trainable, x, return_losses=True, **call_kwargs
+            split_theta(layout, theta),
+            merge_state(state_layout, state, non_trainable),
+            x,
+            return_losses=True,
+            **call_kwargs,
         )
         return _sums_of_predictions(objective, y, y_pred, mask, _regularizer(losses))
 
@@ -104,57 +127,120 @@ def _training_values(sums, mask):
     )
 
 
-def make_gradient_sums(model, layout: ParameterLayout, objective: Objective):
-    """fn(theta, nt, x, y, mask, loss_weight, reg_weight) -> (sums, d(weighted sums)/dtheta).
+def make_gradient_sums(
+    model, layout: ParameterLayout, state_layout: StateLayout, objective: Objective
+):
+    """fn(theta, state, nt, x, y, mask, loss_weight, reg_weight) -> (sums, d(weighted)/dtheta).
 
     The weights turn batch sums into a share of the full-set mean: loss_weight = 1 / total
-    loss elements, reg_weight = 1 / total samples.
+    loss elements, reg_weight = 1 / total samples. The state is held fixed.
     """
-    batch_sums = make_batch_sums(model, layout, objective)
+    batch_sums = make_batch_sums(model, layout, state_layout, objective)
 
-    def weighted(theta, non_trainable, x, y, mask, loss_weight, reg_weight):
-        sums = batch_sums(theta, non_trainable, x, y, mask)
+    def weighted(theta, state, non_trainable, x, y, mask, loss_weight, reg_weight):
+        sums = batch_sums(theta, state, non_trainable, x, y, mask)
         return sums[0] * loss_weight + sums[4] * reg_weight, sums
 
     vg = backend.value_and_grad(weighted)
 
-    def gradient_sums(theta, non_trainable, x, y, mask, loss_weight, reg_weight):
-        _, sums, grad = vg(theta, non_trainable, x, y, mask, loss_weight, reg_weight)
+    def gradient_sums(theta, state, non_trainable, x, y, mask, loss_weight, reg_weight):
+        _, sums, grad = vg(theta, state, non_trainable, x, y, mask, loss_weight, reg_weight)
         return sums, grad
 
     return gradient_sums
 
 
-def make_stacked_forward(model, layout: ParameterLayout):
-    """fn(thetas (K, P), nt, x) -> (predictions with a leading K axis, regularizer (K,)).
+def _map_model(model, layout: ParameterLayout, state_layout: StateLayout, call_kwargs, fn):
+    """fn(y_pred, new non-trainable values, losses) of the whole model, mapped over the beads:
+    (thetas, states, nt, x) -> fn's outputs with a leading K axis."""
 
-    Layer by layer where the model's graph can be walked (`keras_landscape.stacked`: one
-    batched kernel per Dense/Conv layer for all beads), else the whole model mapped over
-    the beads.
-    """
-    call_kwargs = inference_kwargs(model)
-    forward = stacked.build_stacked_forward(model, layout, call_kwargs)
-    if forward is not None:
-        return forward
-
-    def mapped(thetas, non_trainable, x):
-        def one_bead(theta):
-            y_pred, _, losses = model.stateless_call(
-                split_theta(layout, theta), non_trainable, x, return_losses=True, **call_kwargs
+    def mapped(thetas, states, non_trainable, x):
+        def one_bead(elems):
+            theta, state = elems
+            y_pred, new_values, losses = model.stateless_call(
+                split_theta(layout, theta),
+                merge_state(state_layout, state, non_trainable),
+                x,
+                return_losses=True,
+                **call_kwargs,
             )
-            return y_pred, _regularizer(losses)
+            return fn(y_pred, new_values, losses)
 
-        return backend.map_beads(one_bead, thetas)
+        return backend.map_beads(one_bead, (thetas, states))
 
     return mapped
 
 
-def make_stacked_batch_sums(model, layout: ParameterLayout, objective: Objective):
-    """fn(thetas (K, P), nt, x, y, mask) -> (K, 5) batch sums, one compiled call."""
-    forward = make_stacked_forward(model, layout)
+def make_stacked_forward(
+    model, layout: ParameterLayout, state_layout: StateLayout, training: bool = False
+):
+    """fn(thetas (K, P), states (K, S), nt, x) -> (predictions (K, ...), regularizer (K,)).
 
-    def stacked_sums(thetas, non_trainable, x, y, mask):
-        predictions, regularizers = forward(thetas, non_trainable, x)
+    Layer by layer where the model's graph can be walked (`keras_landscape.stacked`: one
+    batched kernel per Dense/Conv layer for all beads), else the whole model mapped over
+    the beads. `training` runs the layers in train mode (BatchNorm on batch statistics).
+    """
+    call_kwargs = mode_kwargs(model, training)
+    forward = stacked.build_stacked_forward(model, layout, state_layout, call_kwargs)
+    if forward is not None:
+        return forward
+    return _map_model(
+        model, layout, state_layout, call_kwargs,
+        lambda y_pred, _, losses: (y_pred, _regularizer(losses)),
+    )
+
+
+def make_batch_moments(model, layout: ParameterLayout, state_layout: StateLayout):
+    """fn(thetas (K, P), states (K, S), nt, x) -> (K, S): every BatchNorm layer's batch mean
+    and (biased) batch variance on x in train mode, in the slots of its moving statistics
+    (`state_layout.bn_mean` / `bn_var`); other slots are zero.
+
+    The stacked walk records the moments where it normalises with batch statistics itself;
+    otherwise (BatchNorm nested in layers the walk maps, subclassed models) the whole model
+    runs in train mode with zero moving statistics, which Keras's update leaves as
+    (1 - momentum) * batch moment.
+    """
+    call_kwargs = mode_kwargs(model, training=True)
+    forward = stacked.build_stacked_forward(model, layout, state_layout, call_kwargs)
+    expected = {id(layer) for layer in batch_norm_layers(model)}
+    mean_index, var_index = state_layout.bn_mean, state_layout.bn_var
+    zeroed = np.ones(state_layout.size, np.float32)
+    zeroed[mean_index] = 0.0
+    zeroed[var_index] = 0.0
+    scale = np.zeros(state_layout.size, np.float32)
+    scale[mean_index] = 1.0 / (1.0 - state_layout.bn_momentum)
+    scale[var_index] = 1.0 / (1.0 - state_layout.bn_momentum)
+
+    def from_update(_, new_values, __):
+        updated = [new_values[p] for p in state_layout.positions]
+        return ops.concatenate([ops.reshape(v, (-1,)) for v in updated]) * scale
+
+    mapped = _map_model(model, layout, state_layout, call_kwargs, from_update)
+
+    def moments(thetas, states, non_trainable, x):
+        if forward is not None:
+            forward.moments.clear()
+            forward(thetas, states, non_trainable, x)
+            if set(forward.moments) == expected:
+                return ops.stop_gradient(forward.moments_as_state(ops.shape(thetas)[0]))
+            stacked.log_once(model, "BatchNorm statistics: the whole model maps over the beads.")
+        return ops.stop_gradient(mapped(thetas, states * zeroed, non_trainable, x))
+
+    return moments
+
+
+def make_stacked_batch_sums(
+    model,
+    layout: ParameterLayout,
+    state_layout: StateLayout,
+    objective: Objective,
+    training: bool = False,
+):
+    """fn(thetas (K, P), states (K, S), nt, x, y, mask) -> (K, 5) batch sums, one call."""
+    forward = make_stacked_forward(model, layout, state_layout, training)
+
+    def stacked_sums(thetas, states, non_trainable, x, y, mask):
+        predictions, regularizers = forward(thetas, states, non_trainable, x)
         # Data carries no gradient (see stacked._no_gradient: no backward pass into it).
         y, mask = ops.stop_gradient(y), ops.stop_gradient(mask)
         return backend.map_beads(
@@ -173,14 +259,28 @@ __all__ = [
     "make_gradient_sums",
     "make_stacked_forward",
     "make_stacked_batch_sums",
+    "make_batch_moments",
     "make_projection",
+    "merge_state",
 ]
 
 
-def make_projection(model, layout: ParameterLayout, objective: Objective, *, full_batch: bool):
+def make_projection(
+    model,
+    layout: ParameterLayout,
+    state_layout: StateLayout,
+    objective: Objective,
+    *,
+    full_batch: bool,
+    training: bool = False,
+):
     """A compiled-ready projection of K beads: `steps` optimiser steps inside one loop.
 
-    fn(thetas, m, v, t, active, normals, nt, x, y, indices, hyper) -> (thetas, m, v, t, loss)
+    fn(thetas, m, v, t, active, normals, states, nt, x, y, indices, hyper)
+        -> (thetas, m, v, t, loss)
+
+    With `training` the model runs in train mode, as Keras's fit trains it (BatchNorm on
+    batch statistics); the states (K, S) then matter only for state other than BatchNorm's.
 
     Args (tensors):
         thetas: (K, P) starting points; m, v: (K, P) Adam moments; t: (K,) step counters.
@@ -193,15 +293,15 @@ def make_projection(model, layout: ParameterLayout, objective: Objective, *, ful
             full_batch, where every step uses all of x, y).
         hyper: [learning_rate, beta_1, beta_2, epsilon, use_adam (1.0) or plain SGD (0.0)].
     """
-    stacked_sums = make_stacked_batch_sums(model, layout, objective)
+    stacked_sums = make_stacked_batch_sums(model, layout, state_layout, objective, training)
 
-    def total_training_loss(thetas, non_trainable, x, y, mask):
-        values = _training_values(stacked_sums(thetas, non_trainable, x, y, mask), mask)
+    def total_training_loss(thetas, states, non_trainable, x, y, mask):
+        values = _training_values(stacked_sums(thetas, states, non_trainable, x, y, mask), mask)
         return ops.sum(values), values  # beads are independent: d(sum)/d(theta_k) is bead k's
 
     vg = backend.value_and_grad(total_training_loss)
 
-    def project(thetas, m, v, t, active, normals, non_trainable, x, y, indices, hyper):
+    def project(thetas, m, v, t, active, normals, states, non_trainable, x, y, indices, hyper):
         lr, beta_1, beta_2, epsilon, use_adam = (hyper[i] for i in range(5))
         steps = ops.shape(indices)[0]
         gate = ops.expand_dims(active, 1)
@@ -213,7 +313,7 @@ def make_projection(model, layout: ParameterLayout, objective: Objective, *, ful
             else:
                 xb, yb = ops.take(x, indices[i], axis=0), ops.take(y, indices[i], axis=0)
             mask = ops.ones((ops.shape(xb)[0],), "float32")
-            _, values, grads = vg(thetas, non_trainable, xb, yb, mask)
+            _, values, grads = vg(thetas, states, non_trainable, xb, yb, mask)
             t_new = t + active
             m_new = beta_1 * m + (1.0 - beta_1) * grads
             v_new = beta_2 * v + (1.0 - beta_2) * ops.square(grads)

@@ -10,6 +10,7 @@ import numpy as np
 from keras_landscape.errors import UserError
 from keras_landscape.models import load_custom_objects, load_model
 from keras_landscape.params import ParameterLayout
+from keras_landscape.state import StateLayout
 from keras_landscape.store import Store
 
 
@@ -40,11 +41,15 @@ def _architecture(store: Store, custom_objects: dict):
 
 
 def stored_theta(store: Store, run: str | None, bead: int | None, string: str | None, model: str | None):
-    """(theta, description) for a bead of a run's string, or a stored model."""
+    """(theta, non-trainable state, description) for a bead of a run's string, or a stored
+    model. The state is the bead's own (the BatchNorm statistics its stored level was
+    evaluated with: a (S,) vector, see `keras_landscape.state`) or the model's own list of
+    non-trainable arrays; None when the store holds none for it."""
     if model is not None:
         if model not in store.model_names():
             raise UserError(f"No model {model!r} in the store; it has {', '.join(store.model_names())}.")
-        return store.read_model(model)["theta"], f"model {model}"
+        entry = store.read_model(model)
+        return entry["theta"], entry["non_trainable"] or None, f"model {model}"
     if run is None or bead is None:
         raise UserError("Say what to export: --run R --bead I (a bead of a string) or --model NAME.")
     record = store.run(run)
@@ -61,7 +66,9 @@ def stored_theta(store: Store, run: str | None, bead: int | None, string: str | 
     order = record.read(f"{string}/order")
     if not -len(order) <= bead < len(order):
         raise UserError(f"String {string!r} has {len(order)} beads (0 = A, {len(order) - 1} = B); got --bead {bead}.")
-    return record.read(f"{string}/beads")[int(order[bead])], f"bead {bead} of {run}/{string}"
+    row = int(order[bead])
+    state = record.read(f"{string}/bead_state")[row] if record.has(f"{string}/bead_state") else None
+    return record.read(f"{string}/beads")[row], state, f"bead {bead} of {run}/{string}"
 
 
 def export(store_path: str, out: str, *, run=None, bead=None, string=None, model=None,
@@ -71,16 +78,23 @@ def export(store_path: str, out: str, *, run=None, bead=None, string=None, model
         raise UserError(f"Export to a .keras or .h5 file, not {out!r}.")
     custom = load_custom_objects(custom_objects)
     with Store.open(store_path, "r") as store:
-        theta, what = stored_theta(store, run, bead, string, model)
+        theta, state, what = stored_theta(store, run, bead, string, model)
         target = _architecture(store, custom)
         first = store.read_model(store.model_names()[0]) if store.model_names() else None
     layout = ParameterLayout.from_model(target)
     if layout.size != theta.size:
         raise UserError(f"The stored theta has {theta.size} parameters, the architecture {layout.size}.")
     layout.assign(target, np.asarray(theta, np.float32))
-    if first is not None and len(first["non_trainable"]) == len(target.non_trainable_variables):
-        for variable, value in zip(target.non_trainable_variables, first["non_trainable"]):
-            variable.assign(value)
+    # Seed counters and anything the point has no own value for: the first model's.
+    template = first["non_trainable"] if first is not None else []
+    if len(template) != len(target.non_trainable_variables):
+        template = [v.numpy() for v in target.non_trainable_variables]
+    if isinstance(state, np.ndarray):
+        values = StateLayout.from_model(target).non_trainable_values(state, template)
+    else:
+        values = state if state is not None else template
+    for variable, value in zip(target.non_trainable_variables, values):
+        variable.assign(value)
     try:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         target.save(out)

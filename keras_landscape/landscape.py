@@ -27,10 +27,20 @@ from keras_landscape.data import Dataset, adapt_to_model
 from keras_landscape.errors import UserError
 from keras_landscape.objectives import ResolvedObjective, resolve_objective
 from keras_landscape.params import ParameterLayout, non_trainable_state
+from keras_landscape.state import (
+    BN_MODES,
+    DEFAULT_BN_BATCH_SIZE,
+    DEFAULT_BN_BATCHES,
+    StateLayout,
+    pooled_moments,
+)
 
 log = logging.getLogger("keras_landscape")
 
 DEFAULT_EVAL_BATCH = 1024
+# Recomputed BatchNorm statistics use a fixed, seeded choice of training samples, the same
+# at every point, so that E stays one function of theta.
+_BN_SAMPLE_SEED = 20170424
 # Activation memory one stacked evaluation call may use (thetas x batch x layer outputs);
 # more thetas than fit are evaluated in several calls.
 STACK_ACTIVATION_BYTES = 1 << 30
@@ -139,6 +149,23 @@ class Landscape:
             GPUs that have them (faster, ~1e-3 relative precision). Every value that decides
             "below level u" (levels, segment checks, loss and gradient reports) is computed in
             true float32 regardless, so a verdict does not depend on the card.
+        bn_stats: the BatchNorm statistics of points between models (beads, segment
+            checks, interpolations): 'recompute' (default; at every evaluated point the
+            statistics are the exact mean and variance of the train-mode activations over
+            `bn_batches` x `bn_batch_size` training samples, so E is one function of theta)
+            or 'interpolate' (the state is carried along the path like the weights). Models
+            without BatchNorm are unaffected.
+        bn_batches, bn_batch_size: the training samples statistics are recomputed on
+            (the same fixed, seeded samples at every point; all of them when the training
+            split is smaller).
+
+    Every point has a state vector s (see `keras_landscape.state`): evaluation methods take
+    `states` (K, S) beside `thetas`; None uses the landscape model's own state.
+    `evaluate`, `evaluate_many`, `loss` and `loss_and_grad` evaluate at (theta, s) as given,
+    as Keras's evaluate does for a model file (`recompute=True` re-estimates first).
+    `levels` and `levels_and_states` are the path view every probe uses for points on or
+    between paths: under 'recompute' the BatchNorm entries of s are re-estimated at each
+    theta, under 'interpolate' s is used as given.
     """
 
     def __init__(
@@ -152,7 +179,16 @@ class Landscape:
         eval_batch_size: int = DEFAULT_EVAL_BATCH,
         xla: bool | str = "auto",
         fast_float32: bool = False,
+        bn_stats: str = "recompute",
+        bn_batches: int = DEFAULT_BN_BATCHES,
+        bn_batch_size: int = DEFAULT_BN_BATCH_SIZE,
     ):
+        if bn_stats not in BN_MODES:
+            raise UserError(f"Unknown bn_stats {bn_stats!r}: use one of {', '.join(BN_MODES)}.")
+        if int(bn_batches) < 1 or int(bn_batch_size) < 1:
+            raise UserError(
+                f"bn_batches and bn_batch_size must be >= 1 (got {bn_batches}, {bn_batch_size})."
+            )
         self.model = model
         self.layout = ParameterLayout.from_model(model)
         self.objective: ResolvedObjective = resolve_objective(model, loss, level_fn)
@@ -174,6 +210,10 @@ class Landscape:
         self.fast_float32 = bool(fast_float32)
         backend.set_fast_float32(self.fast_float32)
         self.non_trainable = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
+        self.state_layout = StateLayout.from_model(model)
+        self.reference_state = self.state_layout.state_of(model)
+        self.bn_stats = bn_stats
+        self.bn_batches, self.bn_batch_size = int(bn_batches), int(bn_batch_size)
         self._batches = {
             name: _Batches(*self.dataset.split(name), eval_batch_size)
             for name in ("train", "test")
@@ -181,21 +221,32 @@ class Landscape:
         }
         self._check_runs()
         label = getattr(model, "name", "model")
+        objective = self.objective.objective
         self._sums = backend.compile_function(
-            engine.make_batch_sums(model, self.layout, self.objective.objective),
+            engine.make_batch_sums(model, self.layout, self.state_layout, objective),
             xla=self.xla,
             label=f"{label} evaluation",
         )
         self._stacked_sums = backend.compile_function(
-            engine.make_stacked_batch_sums(model, self.layout, self.objective.objective),
+            engine.make_stacked_batch_sums(model, self.layout, self.state_layout, objective),
             xla=self.xla,
             label=f"{label} batched evaluation",
         )
         self._gradient_sums = backend.compile_function(
-            engine.make_gradient_sums(model, self.layout, self.objective.objective),
+            engine.make_gradient_sums(model, self.layout, self.state_layout, objective),
             xla=self.xla,
             label=f"{label} gradient",
         )
+        if self.has_batch_norm:
+            log.info(
+                "%s has BatchNorm: statistics of points between models are %s%s; projections "
+                "train in train mode.",
+                label,
+                bn_stats,
+                f" ({self.bn_batches} batches of {self.bn_batch_size} training samples)"
+                if bn_stats == "recompute"
+                else "d",
+            )
 
     # ----------------------------------------------------------------- set-up checks
     def _probe_output_shape(self, dataset: Dataset, input_shape: tuple) -> tuple:
@@ -240,6 +291,111 @@ class Landscape:
         """theta of the landscape's own model."""
         return self.theta_of(self.model)
 
+    # ----------------------------------------------------------------- state
+    @property
+    def state_size(self) -> int:
+        """S, the number of float non-trainable values (BatchNorm statistics, frozen weights)."""
+        return self.state_layout.size
+
+    @property
+    def has_batch_norm(self) -> bool:
+        """The model has BatchNorm layers whose statistics training updates."""
+        return self.state_layout.has_batch_norm
+
+    @property
+    def recomputes(self) -> bool:
+        """Points' BatchNorm statistics are re-estimated at theta (bn_stats='recompute')."""
+        return self.has_batch_norm and self.bn_stats == "recompute"
+
+    @property
+    def trains_in_train_mode(self) -> bool:
+        """Projections run the model in train mode (as Keras's fit) when it has BatchNorm."""
+        return self.has_batch_norm
+
+    def state_of(self, model) -> np.ndarray:
+        """s of `model` (its own non-trainable state, float32 (S,))."""
+        other = StateLayout.from_model(model)
+        if other.shapes != self.state_layout.shapes:
+            raise UserError(
+                f"Model {getattr(model, 'name', '')!r} has non-trainable variables of shapes "
+                f"{list(other.shapes)}, the landscape's model {list(self.state_layout.shapes)}: "
+                "the models do not share an architecture (BatchNorm layers or frozen layers "
+                "differ)."
+            )
+        return other.state_of(model)
+
+    def fill_states(self, states, k: int) -> np.ndarray:
+        """(K, S) float32 states; None: the landscape model's own state for every row."""
+        if states is None:
+            return np.repeat(self.reference_state[None, :], k, axis=0)
+        states = np.asarray(states, np.float32).reshape(k, self.state_size)
+        return states
+
+    def point_states(self, thetas: np.ndarray, states=None) -> np.ndarray:
+        """The states points are evaluated with: `states` (None: the landscape model's), with
+        BatchNorm statistics recomputed at each theta when bn_stats='recompute'."""
+        thetas = np.asarray(thetas, np.float32)
+        states = self.fill_states(states, len(thetas))
+        return self.recompute_states(thetas, states) if self.recomputes else states
+
+    def recompute_states(self, thetas: np.ndarray, states=None) -> np.ndarray:
+        """`states` with every BatchNorm moving mean and variance replaced by the exact mean
+        and (biased) variance of that layer's train-mode activations over the fixed
+        statistics samples (`bn_batches` batches of `bn_batch_size`), at each theta.
+
+        Per-batch moments are pooled by the law of total variance, so with batches covering
+        the training set the result is the population statistics of the whole set.
+        """
+        thetas = np.asarray(thetas, np.float32)
+        states = np.array(self.fill_states(states, len(thetas)), copy=True)
+        if not self.has_batch_norm or len(thetas) == 0:
+            return states
+        kernel = self._moments_kernel()
+        mean_index, var_index = self.state_layout.bn_mean, self.state_layout.bn_var
+        step = self.max_stack_for(self.bn_batch_size)
+        for start in range(0, len(thetas), step):
+            chunk = slice(start, start + step)
+            stacked_thetas = ops.convert_to_tensor(pad_rows(thetas[chunk]))
+            stacked_states = ops.convert_to_tensor(pad_rows(states[chunk]))
+            k = len(thetas[chunk])
+            moments = np.stack(
+                [
+                    np.asarray(kernel(stacked_thetas, stacked_states, self.non_trainable, x))[:k]
+                    for x in self._statistics_batches()
+                ]
+            ).astype(np.float64)
+            mean, variance = pooled_moments(moments[..., mean_index], moments[..., var_index])
+            states[chunk, mean_index] = mean
+            states[chunk, var_index] = np.maximum(variance, 0.0)
+        return states
+
+    def _moments_kernel(self):
+        if not hasattr(self, "_moments"):
+            self._moments = backend.compile_function(
+                engine.make_batch_moments(self.model, self.layout, self.state_layout),
+                xla=self.xla,
+                label=f"{getattr(self.model, 'name', 'model')} BatchNorm statistics",
+            )
+        return self._moments
+
+    def _statistics_batches(self) -> list:
+        """The fixed training batches statistics are recomputed on (x only, equal sizes)."""
+        if not hasattr(self, "_bn_inputs"):
+            x = self.dataset.split("train")[0]
+            n = len(x)
+            size = min(self.bn_batch_size, n)
+            count = max(1, min(self.bn_batches, n // size))
+            order = np.random.default_rng(_BN_SAMPLE_SEED).permutation(n)[: count * size]
+            self._bn_inputs = [
+                ops.convert_to_tensor(x[order[i * size : (i + 1) * size]]) for i in range(count)
+            ]
+            self.statistics_samples = count * size
+        return self._bn_inputs
+
+    def _evaluation_states(self, thetas, states, recompute: bool) -> np.ndarray:
+        states = self.fill_states(states, len(thetas))
+        return self.recompute_states(thetas, states) if recompute else states
+
     # ----------------------------------------------------------------- evaluation
     def _finalize(self, sums: np.ndarray, split: str) -> tuple[float, float]:
         n = self._batches[split].n
@@ -251,42 +407,67 @@ class Landscape:
             mean_level += regularizer
         return float(loss), self.objective.finalize_level(mean_level)
 
-    def _split_sums(self, theta: np.ndarray, split: str) -> np.ndarray:
-        theta_t = ops.convert_to_tensor(np.asarray(theta, np.float32))
+    def evaluate(
+        self, theta: np.ndarray, split: str | None = None, state=None, recompute: bool = False
+    ) -> Evaluation:
+        """E(theta) and the level function on `split` (default: the evaluation split).
+
+        Args:
+            state: the point's state s (S,); None: the landscape model's own.
+            recompute: re-estimate BatchNorm statistics at theta first; False (default):
+                evaluate with `state` as given, as Keras's evaluate does for a model file.
+        """
+        split = split or self.split
+        theta = np.asarray(theta, np.float32)
+        state_t = ops.convert_to_tensor(self._state_row(theta, state, recompute))
+        theta_t = ops.convert_to_tensor(theta)
         total = np.zeros(len(engine.SUMS), np.float64)
         with backend.exact_float32():
             for x, y, mask in self._batches[split].batches:
-                total += np.asarray(self._sums(theta_t, self.non_trainable, x, y, mask), np.float64)
-        return total
+                sums = self._sums(theta_t, state_t, self.non_trainable, x, y, mask)
+                total += np.asarray(sums, np.float64)
+        return Evaluation(*self._finalize(total, split))
 
-    def evaluate(self, theta: np.ndarray, split: str | None = None) -> Evaluation:
-        """E(theta) and the level function on `split` (default: the evaluation split)."""
-        split = split or self.split
-        return Evaluation(*self._finalize(self._split_sums(theta, split), split))
+    def _state_row(self, theta, state, recompute) -> np.ndarray:
+        """The (S,) state one theta is evaluated with (see `evaluate`)."""
+        row = None if state is None else np.asarray(state, np.float32)[None, :]
+        return self._evaluation_states(theta[None, :], row, recompute)[0]
 
-    def loss(self, theta: np.ndarray, split: str = "train") -> float:
+    def loss(self, theta: np.ndarray, split: str = "train", state=None) -> float:
         """E(theta): exact mean training loss (+ regularisers) over `split`, loss units."""
-        return self.evaluate(theta, split).loss
+        return self.evaluate(theta, split, state).loss
 
-    def level(self, theta: np.ndarray) -> float:
+    def level(self, theta: np.ndarray, state=None) -> float:
         """The level function at theta on the evaluation split (its own units)."""
-        return self.evaluate(theta, self.split).level
+        return self.evaluate(theta, self.split, state).level
 
-    def evaluate_many(self, thetas: np.ndarray, split: str | None = None) -> list[Evaluation]:
-        """E and level for each row of `thetas` (K, P), one compiled call per data batch."""
+    def evaluate_many(
+        self,
+        thetas: np.ndarray,
+        split: str | None = None,
+        states=None,
+        recompute: bool = False,
+    ) -> list[Evaluation]:
+        """E and level for each row of `thetas` (K, P) with its row of `states` (K, S), one
+        compiled call per data batch (see `evaluate` for `states` and `recompute`)."""
         split = split or self.split
         thetas = np.asarray(thetas, np.float32)
         if thetas.ndim != 2 or thetas.shape[1] != self.size:
             raise ValueError(f"thetas must have shape (K, {self.size}), got {thetas.shape}")
+        states = self._evaluation_states(thetas, states, recompute)
         results = []
         for start in range(0, len(thetas), self.max_stack):
             chunk = thetas[start : start + self.max_stack]
-            stacked = ops.convert_to_tensor(pad_rows(chunk))
+            stacked_thetas = ops.convert_to_tensor(pad_rows(chunk))
+            stacked_states = ops.convert_to_tensor(pad_rows(states[start : start + self.max_stack]))
             total = np.zeros((padded_count(len(chunk)), len(engine.SUMS)), np.float64)
             with backend.exact_float32():
                 for x, y, mask in self._batches[split].batches:
                     total += np.asarray(
-                        self._stacked_sums(stacked, self.non_trainable, x, y, mask), np.float64
+                        self._stacked_sums(
+                            stacked_thetas, stacked_states, self.non_trainable, x, y, mask
+                        ),
+                        np.float64,
                     )
             results.extend(Evaluation(*self._finalize(row, split)) for row in total[: len(chunk)])
         return results
@@ -295,24 +476,48 @@ class Landscape:
     def max_stack(self) -> int:
         """Most parameter vectors one evaluation call takes: a power of two whose activations
         (vectors x evaluation batch x every layer's output) fit STACK_ACTIVATION_BYTES."""
-        if not hasattr(self, "_max_stack"):
+        return self.max_stack_for(max(b.batch_size for b in self._batches.values()))
+
+    def max_stack_for(self, batch: int) -> int:
+        """Most parameter vectors one call on `batch` samples takes (see max_stack)."""
+        cache = self.__dict__.setdefault("_max_stacks", {})
+        if batch not in cache:
             x = self.dataset.split(self.split)[0]
-            batch = max(b.batch_size for b in self._batches.values())
-            per_theta = 4 * batch * stacked.activation_elements(
-                self.model, tuple(x.shape[1:])
-            )
+            per_theta = 4 * batch * stacked.activation_elements(self.model, tuple(x.shape[1:]))
             fits = max(1, STACK_ACTIVATION_BYTES // max(1, per_theta))
-            self._max_stack = 1 << (int(fits).bit_length() - 1)
-        return self._max_stack
+            cache[batch] = 1 << (int(fits).bit_length() - 1)
+        return cache[batch]
 
-    def levels(self, thetas: np.ndarray) -> np.ndarray:
+    def levels(self, thetas: np.ndarray, states=None) -> np.ndarray:
         """The level function for each row of `thetas` (K, P) on the evaluation split."""
-        return np.array([e.level for e in self.evaluate_many(thetas)])
+        return self.levels_and_states(thetas, states)[0]
 
-    def loss_and_grad(self, theta: np.ndarray, split: str = "train") -> tuple[float, np.ndarray]:
-        """E(theta) and grad E(theta) over the whole split (exact, streamed), float32 grad."""
+    def levels_and_states(
+        self, thetas: np.ndarray, states=None, recompute: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(levels (K,), the states (K, S) they were evaluated with): the path's view of
+        points, BatchNorm statistics recomputed when bn_stats='recompute' (or when
+        `recompute` says so: projections re-estimate them at every trained bead)."""
+        thetas = np.asarray(thetas, np.float32)
+        if recompute is None:
+            used = self.point_states(thetas, states)
+        else:
+            used = self._evaluation_states(thetas, states, recompute and self.has_batch_norm)
+        levels = np.array([e.level for e in self.evaluate_many(thetas, None, used, False)])
+        return levels, used
+
+    def loss_and_grad(
+        self, theta: np.ndarray, split: str = "train", state=None, recompute: bool = False
+    ) -> tuple[float, np.ndarray]:
+        """E(theta) and grad E(theta) over the whole split (exact, streamed), float32 grad.
+
+        The gradient is taken at fixed state (statistics recomputed first when `recompute`,
+        see `evaluate`, and then held constant).
+        """
         batches = self._batches[split]
-        theta_t = ops.convert_to_tensor(np.asarray(theta, np.float32))
+        theta = np.asarray(theta, np.float32)
+        state_t = ops.convert_to_tensor(self._state_row(theta, state, recompute))
+        theta_t = ops.convert_to_tensor(theta)
         sums = np.zeros(len(engine.SUMS), np.float64)
         grad = np.zeros(self.size, np.float64)
         loss_weight = ops.convert_to_tensor(np.float32(1.0 / self._loss_elements(split)))
@@ -320,7 +525,7 @@ class Landscape:
         with backend.exact_float32():
             for x, y, mask in batches.batches:
                 s, g = self._gradient_sums(
-                    theta_t, self.non_trainable, x, y, mask, loss_weight, reg_weight
+                    theta_t, state_t, self.non_trainable, x, y, mask, loss_weight, reg_weight
                 )
                 sums += np.asarray(s, np.float64)
                 grad += np.asarray(g, np.float64)
@@ -332,7 +537,8 @@ class Landscape:
         if not hasattr(self, key):
             x, y, mask = self._batches[split].batches[0]
             theta = ops.convert_to_tensor(self.initial_theta())
-            sums = np.asarray(self._sums(theta, self.non_trainable, x, y, mask))
+            state = ops.convert_to_tensor(self.reference_state)
+            sums = np.asarray(self._sums(theta, state, self.non_trainable, x, y, mask))
             per_sample = float(sums[2]) / float(np.sum(np.asarray(mask)))
             setattr(self, key, per_sample * self._batches[split].n)
         return getattr(self, key)
@@ -355,7 +561,12 @@ class Landscape:
         if full_batch not in cache:
             cache[full_batch] = backend.compile_function(
                 engine.make_projection(
-                    self.model, self.layout, self.objective.objective, full_batch=full_batch
+                    self.model,
+                    self.layout,
+                    self.state_layout,
+                    self.objective.objective,
+                    full_batch=full_batch,
+                    training=self.trains_in_train_mode,
                 ),
                 xla=self.xla,
                 label=f"{getattr(self.model, 'name', 'model')} projection",
@@ -373,4 +584,10 @@ class Landscape:
             "split": self.split,
             "parameters": self.size,
             "backend": backend.name,
+            "state_size": self.state_size,
+            "batch_norm": self.has_batch_norm,
+            "bn_stats": self.bn_stats if self.has_batch_norm else None,
+            "bn_batches": self.bn_batches if self.recomputes else None,
+            "bn_batch_size": self.bn_batch_size if self.recomputes else None,
+            "projection_mode": "train" if self.trains_in_train_mode else "inference",
         }

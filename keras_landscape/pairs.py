@@ -57,9 +57,13 @@ def with_partners(landscape, minima: list, config, run, progress) -> tuple[list,
     if config.partners < 1:
         raise UserError("One model and partners=0: give two models or set partners >= 1.")
     model = minima[0]
-    target = float(landscape.level(model.theta))
+    target = float(landscape.levels(model.theta[None, :], states_of([model], landscape))[0])
     stored = run.length("partners/theta") if run.has("partners/theta") else 0
     thetas = [run.read("partners/theta")[i] for i in range(stored)]
+    stored_states = run.read("partners/state") if run.has("partners/state") else None
+    partner_states = [
+        None if stored_states is None else stored_states[i] for i in range(stored)
+    ]
     missing = config.partners - stored
     if missing > 0:
         task = progress.task(f"training {missing} partner(s) to level {target:.4g}", total=missing)
@@ -77,6 +81,7 @@ def with_partners(landscape, minima: list, config, run, progress) -> tuple[list,
             }
         )
         result = project(landscape, starts, target, projection, seed=seed_for(config.seed, 7907))
+        states = result.states  # BatchNorm statistics estimated at the partner's weights
         for i in np.flatnonzero(~result.reached):
             progress.note(
                 f"partner {stored + i} reached level {result.levels[i]:.4g}, not the model's "
@@ -84,17 +89,31 @@ def with_partners(landscape, minima: list, config, run, progress) -> tuple[list,
                 "is (raise partner_steps or partner_learning_rate)"
             )
         for i, theta in enumerate(result.thetas):
+            if states.shape[1]:
+                run.append("partners/state", states[i])
             run.append("partners/theta", theta)
             run.append("partners/level", np.float64(result.levels[i]))
             run.append("partners/steps", np.int64(result.steps[i]))
             thetas.append(theta)
+            partner_states.append(states[i] if states.shape[1] else None)
             task.advance()
         task.close()
     partners = [
-        Minimum(f"{model.name}_partner{i}", np.asarray(t, np.float32), f"trained:partner {i} of {model.name}")
-        for i, t in enumerate(thetas[: config.partners])
+        Minimum(
+            f"{model.name}_partner{i}",
+            np.asarray(t, np.float32),
+            f"trained:partner {i} of {model.name}",
+            state=s,
+        )
+        for i, (t, s) in enumerate(zip(thetas[: config.partners], partner_states))
     ]
     return [model] + partners, [(0, k) for k in range(1, len(partners) + 1)]
+
+
+def states_of(minima: list, landscape) -> np.ndarray:
+    """(K, S) the minima's own states (the landscape model's where a minimum has none)."""
+    own = landscape.fill_states(None, 1)[0]
+    return np.stack([own if getattr(m, "state", None) is None else m.state for m in minima])
 
 
 def default_level(endpoint_levels, margin: float) -> float:
@@ -110,7 +129,8 @@ def connect_pair(landscape, a, b, level, config: DSSConfig, run, prefix: str, se
     if verdict is not None:
         return verdict
     connection: Connection = connect(
-        landscape, a.theta, b.theta, level, config, seed=seed, record=record, progress=progress
+        landscape, a.theta, b.theta, level, config, seed=seed, record=record, progress=progress,
+        state_a=getattr(a, "state", None), state_b=getattr(b, "state", None),
     )
     result = connection.to_dict()
     result.update({"a": a.name, "b": b.name, "prefix": prefix})

@@ -71,12 +71,15 @@ class ProjectionResult:
         levels: (K,) level function at the final parameters (true float32).
         steps: (K,) optimiser steps each bead took.
         reached: (K,) whether each bead is at or below the target.
+        states: (K, S) the state each level was evaluated with (the starts' states, with
+            BatchNorm statistics re-estimated at the final theta for models with BatchNorm).
     """
 
     thetas: np.ndarray
     levels: np.ndarray
     steps: np.ndarray
     reached: np.ndarray
+    states: np.ndarray | None = None
 
 
 def project(
@@ -87,6 +90,7 @@ def project(
     seed: int,
     normals: np.ndarray | None = None,
     on_check=None,
+    states: np.ndarray | None = None,
 ) -> ProjectionResult:
     """Train the rows of `starts` until each one's level is <= target or its budget runs out.
 
@@ -99,6 +103,9 @@ def project(
         normals: optional (K, P) hyperplane normals (unit or zero rows); see
             `engine.make_projection`.
         on_check: optional callback(levels, steps) after every level check (progress).
+        states: optional (K, S) states of the starts (None: the landscape model's). Beads
+            keep them, except that a model with BatchNorm trains in train mode (batch
+            statistics, as fit) and its beads' statistics are re-estimated at their weights.
 
     Returns:
         A ProjectionResult.
@@ -107,7 +114,12 @@ def project(
     thetas = np.array(starts, np.float32, copy=True)
     k, p = thetas.shape
     normals = np.zeros((k, p), np.float32) if normals is None else np.asarray(normals, np.float32)
-    levels = landscape.levels(thetas)
+    starts_states = landscape.fill_states(states, k)
+    # Beads train in train mode, as fit trains a model: their BatchNorm statistics are
+    # then estimated at their weights (in both bn_stats modes), so a level is always that
+    # of the function the bead would be as a saved model.
+    recompute = landscape.trains_in_train_mode
+    levels, used = landscape.levels_and_states(thetas, starts_states, recompute)
     steps = np.zeros(k, np.int64)
     n = landscape.train_size
     full_batch = config.batch_size is None or config.batch_size >= n
@@ -133,6 +145,7 @@ def project(
     t = ops.zeros((width,), "float32")
     state = ops.convert_to_tensor(pad_rows(thetas, k))
     normals_t = ops.convert_to_tensor(pad_rows(normals, k))
+    states_t = ops.convert_to_tensor(pad_rows(starts_states, k))
     while True:
         active = ~(levels <= target) & (steps < config.max_steps) & np.isfinite(levels)
         if not active.any():
@@ -151,6 +164,7 @@ def project(
             t,
             ops.convert_to_tensor(gate),
             normals_t,
+            states_t,
             landscape.non_trainable,
             x,
             y,
@@ -159,11 +173,13 @@ def project(
         )
         steps[active] += chunk
         thetas = np.asarray(state)[:k]
-        levels = levels.copy()
-        levels[active] = landscape.levels(thetas[active])
+        levels, used = levels.copy(), used.copy()
+        levels[active], used[active] = landscape.levels_and_states(
+            thetas[active], starts_states[active], recompute
+        )
         if on_check is not None:
             on_check(levels, steps)
-    return ProjectionResult(thetas, levels, steps, levels <= target)
+    return ProjectionResult(thetas, levels, steps, levels <= target, used)
 
 
 __all__ = ["ProjectionConfig", "ProjectionResult", "project"]

@@ -25,6 +25,7 @@ from keras_landscape.landscape import DEFAULT_EVAL_BATCH, Landscape
 from keras_landscape.models import check_same_architecture, load_custom_objects, load_model
 from keras_landscape.params import non_trainable_state
 from keras_landscape.progress import NullProgress, Progress
+from keras_landscape.state import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
 from keras_landscape.store import Store, to_json
 
 log = logging.getLogger("keras_landscape")
@@ -39,12 +40,15 @@ class Minimum:
         theta: flat trainable parameters (float32, the landscape's layout).
         source: a file path, or 'trained:<how>' for partners trained by a probe.
         model: the Keras model object (never mutated).
+        state: its own non-trainable state s (S,): BatchNorm statistics and other float
+            non-trainable variables (see `keras_landscape.state`); None: the landscape's.
     """
 
     name: str
     theta: np.ndarray
     source: str
     model: Any = None
+    state: np.ndarray | None = None
 
 
 @dataclass
@@ -67,6 +71,9 @@ class RunSpec:
     xla: bool | str = "auto"
     fast_float32: bool = False
     eval_batch_size: int = DEFAULT_EVAL_BATCH
+    bn_stats: str = BN_MODES[0]
+    bn_batches: int = DEFAULT_BN_BATCHES
+    bn_batch_size: int = DEFAULT_BN_BATCH_SIZE
     command: str = ""
 
 
@@ -188,7 +195,12 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
         eval_batch_size=spec.eval_batch_size,
         xla=spec.xla,
         fast_float32=spec.fast_float32,
+        bn_stats=spec.bn_stats,
+        bn_batches=spec.bn_batches,
+        bn_batch_size=spec.bn_batch_size,
     )
+    for minimum in minima:  # every model keeps its own BatchNorm statistics
+        minimum.state = landscape.state_of(minimum.model)
     results = {}
     with open_store(spec, landscape) as store:
         for minimum in minima:

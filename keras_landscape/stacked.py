@@ -42,6 +42,7 @@ from keras import ops
 
 from keras_landscape import backend
 from keras_landscape.params import ParameterLayout
+from keras_landscape.state import StateLayout
 
 log = logging.getLogger("keras_landscape")
 
@@ -332,7 +333,7 @@ def _batch_norm_rule(layer) -> bool:
 
 
 def _batch_norm(layer, value, inputs):
-    """Inference batch normalisation: moving statistics shared, gamma/beta per bead."""
+    """Inference batch normalisation: moving statistics and gamma/beta per bead (or shared)."""
     grouped = isinstance(inputs, _Grouped)
     if grouped:
         x, rank = inputs.grouped, len(inputs.grouped.shape)
@@ -356,6 +357,51 @@ def _batch_norm(layer, value, inputs):
         return _Grouped(x * ops.reshape(inverse, (-1,)) + ops.reshape(offset, (-1,)), inputs.k)
     per_bead = (ops.shape(inverse)[0],) + (1,) * (rank - 1) + (-1,)
     return x * ops.reshape(inverse, per_bead) + ops.reshape(offset, per_bead)
+
+
+def _batch_norm_train(layer, value, inputs, record):
+    """Train-mode batch normalisation (Keras's: biased batch moments over every axis but the
+    channels), each bead on its own batch moments; `record(layer, mean, variance)` receives
+    the (K, C) moments, or (C,) for a shared input."""
+    grouped = isinstance(inputs, _Grouped)
+    if grouped:
+        x = inputs.grouped
+        rank = len(x.shape)
+        axes = list(range(rank - 1))
+    elif isinstance(inputs, _Stacked):
+        x = inputs.value
+        rank = len(x.shape) - 1
+        axes = list(range(1, rank))
+    else:
+        x = inputs
+        rank = len(x.shape)
+        axes = list(range(rank - 1))
+    if layer.axis not in (-1, rank - 1):
+        return None
+    x = ops.cast(x, "float32")
+    mean, variance = ops.moments(x, axes)
+    gamma = value(layer.gamma) if layer.scale else None
+    beta = value(layer.beta) if layer.center else None
+    inverse = ops.rsqrt(variance + layer.epsilon)
+    if grouped:
+        record(layer, ops.reshape(mean, (inputs.k, -1)), ops.reshape(variance, (inputs.k, -1)))
+        scale = inverse * ops.reshape(gamma, (-1,)) if gamma is not None else inverse
+        out = (x - mean) * scale
+        if beta is not None:
+            out = out + ops.reshape(beta, (-1,))
+        return _Grouped(out, inputs.k)
+    record(layer, mean, variance)
+    k = ops.shape(gamma if gamma is not None else beta)[0]
+    per_bead = (k,) + (1,) * (rank - 1) + (-1,)
+    if isinstance(inputs, _Stacked):
+        normalized = (x - ops.expand_dims(mean, 1)) * ops.expand_dims(inverse, 1)
+    else:
+        normalized = ops.expand_dims((x - mean) * inverse, 0)
+    if gamma is not None:
+        normalized = normalized * ops.reshape(gamma, per_bead)
+    if beta is not None:
+        normalized = normalized + ops.reshape(beta, per_bead)
+    return normalized
 
 
 def _embedding_rule(layer) -> bool:
@@ -440,11 +486,16 @@ RULES = (
 class _Walk:
     """The per-model tables the stacked forward needs (built once, used at trace time)."""
 
-    def __init__(self, model, layout: ParameterLayout):
+    def __init__(self, model, layout: ParameterLayout, state_layout: StateLayout):
         self.layout = layout
+        self.state_layout = state_layout
         self.position = {id(v): i for i, v in enumerate(model.trainable_variables)}
         self.non_trainable_position = {
             id(v): i for i, v in enumerate(model.non_trainable_variables)
+        }
+        variables = list(model.non_trainable_variables)
+        self.state_slot = {
+            id(variables[p]): (o, n, shape) for p, o, n, shape in state_layout.entries()
         }
         self.regularized = [
             (i, v.regularizer)
@@ -464,11 +515,19 @@ class _Walk:
             for v in getattr(layer, "trainable_variables", [])
         ]
 
-    def non_trainable_of(self, layer, non_trainable):
-        return [
-            non_trainable[self.non_trainable_position[id(v)]]
-            for v in getattr(layer, "non_trainable_variables", [])
-        ]
+    def non_trainable_of(self, layer, states, non_trainable):
+        """(values, per_bead): the layer's non-trainable variables, float ones as (K, *shape)
+        slices of the states (per bead), the others (seed counters) shared."""
+        values, per_bead = [], []
+        for v in getattr(layer, "non_trainable_variables", []):
+            if id(v) in self.state_slot:
+                o, n, shape = self.state_slot[id(v)]
+                values.append(ops.reshape(states[:, o : o + n], (-1,) + tuple(shape)))
+                per_bead.append(True)
+            else:
+                values.append(non_trainable[self.non_trainable_position[id(v)]])
+                per_bead.append(False)
+        return values, per_bead
 
 
 def _scoped_call(operation, trainable, non_trainable, args, kwargs):
@@ -507,26 +566,82 @@ def activation_elements(model, sample_shape: tuple) -> int:
     return max(1, total)
 
 
-_logged_plans: set[tuple[int, str]] = set()
+_logged: set[tuple[int, str]] = set()
+
+
+def log_once(model, message: str) -> None:
+    """Log `message` (INFO, -v) once per model."""
+    if (id(model), message) not in _logged:
+        _logged.add((id(model), message))
+        log.info(message)
+
+
+def _no_dropout(layer) -> bool:
+    cell = getattr(layer, "cell", None)
+    return not (getattr(cell, "dropout", 0) or getattr(cell, "recurrent_dropout", 0))
 
 
 class StackedForward:
-    """fn(thetas (K, P), non_trainable, x) -> (outputs, regularizer (K,)).
+    """fn(thetas (K, P), states (K, S), non_trainable, x) -> (outputs, regularizer (K,)).
 
     `outputs` has the model's output structure, each leaf with a leading bead axis K;
     `regularizer` is each bead's sum of model losses (weight and activity regularizers,
-    add_loss), as `model.stateless_call(..., return_losses=True)` would give it.
-    `plan` maps each layer to how its beads were evaluated at the last trace.
+    add_loss), as `model.stateless_call(..., return_losses=True)` would give it. Each bead
+    uses its own row of `states` for its float non-trainable variables (BatchNorm
+    statistics); `non_trainable` supplies the others (seed counters).
+    `plan` maps each layer to how its beads were evaluated at the last trace. In train mode
+    (`call_kwargs` training=True) `moments` receives each BatchNorm layer's batch moments.
     """
 
-    def __init__(self, model, graph, layout: ParameterLayout, call_kwargs: dict):
+    def __init__(
+        self, model, graph, layout: ParameterLayout, state_layout: StateLayout, call_kwargs: dict
+    ):
         self.model = model
         self.graph = graph
         self.call_kwargs = call_kwargs
-        self.walk = _Walk(model, layout)
+        self.training = bool(call_kwargs.get("training", False))
+        self.walk = _Walk(model, layout, state_layout)
         self.plan: dict[str, str] = {}
+        self.moments: dict[int, tuple] = {}
+        self._layers: dict[int, object] = {}
+        if self.training:
+            self.rules = tuple(
+                ("batch statistics", _batch_norm_rule, self._batch_norm_train)
+                if how == "batched normalisation"
+                else (how, (lambda layer, applies=applies: applies(layer) and _no_dropout(layer)), rule)
+                for how, applies, rule in RULES
+            )
+        else:
+            self.rules = RULES
 
-    def __call__(self, thetas, non_trainable, x):
+    def _batch_norm_train(self, layer, value, inputs):
+        def record(layer, mean, variance):
+            self.moments[id(layer)] = (mean, variance)
+            self._layers[id(layer)] = layer
+
+        return _batch_norm_train(layer, value, inputs, record)
+
+    def moments_as_state(self, k):
+        """(K, S): the recorded batch moments in their moving statistics' slots, zeros
+        elsewhere (the layout of `engine.make_batch_moments`)."""
+        slots = {}
+        for key, (mean, variance) in self.moments.items():
+            layer = self._layers[key]
+            slots[id(layer.moving_mean)] = mean
+            slots[id(layer.moving_variance)] = variance
+        pieces = []
+        for variable in self.model.non_trainable_variables:
+            if id(variable) not in self.walk.state_slot:
+                continue
+            _, n, _ = self.walk.state_slot[id(variable)]
+            value = slots.get(id(variable))
+            if value is None:
+                pieces.append(ops.zeros((k, n), "float32"))
+            else:
+                pieces.append(ops.broadcast_to(ops.reshape(value, (-1, n)), (k, n)))
+        return ops.concatenate(pieces, axis=1)
+
+    def __call__(self, thetas, states, non_trainable, x):
         k = ops.shape(thetas)[0]
         node_losses = []
 
@@ -534,7 +649,9 @@ class StackedForward:
             def call(*args, **kwargs):
                 if "training" in getattr(operation, "_call_context_args", {}) and self.call_kwargs:
                     kwargs = {**kwargs, **self.call_kwargs}
-                how, outputs, loss = self._apply(operation, args, kwargs, thetas, non_trainable)
+                how, outputs, loss = self._apply(
+                    operation, args, kwargs, thetas, states, non_trainable
+                )
                 self.plan[operation.name] = how
                 if loss is not None:
                     node_losses.append(ops.broadcast_to(loss, (k,)))
@@ -545,9 +662,8 @@ class StackedForward:
         inputs = self.graph._standardize_inputs(x)
         outputs = self.graph._run_through_graph(inputs, operation_fn=operation_fn)
         plan = "; ".join(f"{name}: {how}" for name, how in self.plan.items())
-        if (id(self.model), plan) not in _logged_plans:  # once per model and plan (-v)
-            _logged_plans.add((id(self.model), plan))
-            log.info("Beads through %s: %s.", getattr(self.model, "name", "model"), plan)
+        mode = "train mode" if self.training else "inference"
+        log_once(self.model, f"Beads through {getattr(self.model, 'name', 'model')} ({mode}): {plan}.")
         outputs = keras.tree.map_structure(
             lambda o: o.value
             if isinstance(o, _Stacked)
@@ -566,13 +682,13 @@ class StackedForward:
             )
         return outputs, regularizer
 
-    def _apply(self, operation, args, kwargs, thetas, non_trainable):
+    def _apply(self, operation, args, kwargs, thetas, states, non_trainable):
         """(how, outputs, summed losses or None) of one graph node."""
         flat = keras.tree.flatten((args, kwargs))
         stacked_in = any(isinstance(a, _Stacked) for a in flat)
         trainable = list(getattr(operation, "trainable_variables", []))
-        nt = self.walk.non_trainable_of(operation, non_trainable)
-        if not trainable and not stacked_in:
+        nt, per_bead = self.walk.non_trainable_of(operation, states, non_trainable)
+        if not trainable and not stacked_in and not any(per_bead):
             outputs, loss = _scoped_call(operation, [], nt, args, kwargs)
             return "shared", outputs, loss
         weights = self.walk.weights_of(operation, thetas)
@@ -589,7 +705,7 @@ class StackedForward:
             name in context or value is None for name, value in kwargs.items()
         )
         if single_input:
-            for how, applies, rule in RULES:
+            for how, applies, rule in self.rules:
                 if applies(operation):
                     result = rule(operation, lambda v: values[id(v)], args[0])
                     if result is not None:
@@ -607,19 +723,23 @@ class StackedForward:
         # differentiating into the data (a gather whose size XLA would recompile for).
         flat = [a if isinstance(a, _Stacked) else _no_gradient(a) for a in flat]
         stacked_leaves = [a.value for a in flat if isinstance(a, _Stacked)]
+        bead_state = [v for v, b in zip(nt, per_bead) if b]
 
         def one_bead(elems):
-            bead_weights, bead_leaves = elems
-            leaves = iter(bead_leaves)
+            bead_weights, bead_nt, bead_leaves = elems
+            leaves, states_of_bead = iter(bead_leaves), iter(bead_nt)
             bead_flat = [next(leaves) if isinstance(a, _Stacked) else a for a in flat]
             bead_args, bead_kwargs = keras.tree.pack_sequence_as((args, kwargs), bead_flat)
-            return _scoped_call(operation, bead_weights, nt, bead_args, bead_kwargs)
+            own_nt = [next(states_of_bead) if b else v for v, b in zip(nt, per_bead)]
+            return _scoped_call(operation, bead_weights, own_nt, bead_args, bead_kwargs)
 
-        outputs, loss = backend.map_beads(one_bead, (weights, stacked_leaves))
+        outputs, loss = backend.map_beads(one_bead, (weights, bead_state, stacked_leaves))
         return "mapped", keras.tree.map_structure(_Stacked, outputs), loss
 
 
-def build_stacked_forward(model, layout: ParameterLayout, call_kwargs: dict):
+def build_stacked_forward(
+    model, layout: ParameterLayout, state_layout: StateLayout, call_kwargs: dict
+):
     """A StackedForward for `model`, or None where its graph cannot be walked."""
     graph = _graph_of(model)
     if graph is None:
@@ -628,4 +748,4 @@ def build_stacked_forward(model, layout: ParameterLayout, call_kwargs: dict):
     if masking is not None:
         log.info("Beads map the whole model: layer %r produces masks.", masking)
         return None
-    return StackedForward(model, graph, layout, call_kwargs)
+    return StackedForward(model, graph, layout, state_layout, call_kwargs)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.align import aligned_state, weight_matching
 from keras_landscape.barriers import BisectionOptions, relax_path, saddle_bracket
 from keras_landscape.dss import DSSConfig
 from keras_landscape.errors import UserError
@@ -87,12 +89,15 @@ class BarrierProbe(PairProbe):
         return result
 
     def _align(self, landscape, a, b):
-        from keras_landscape.align import weight_matching
-
         return weight_matching(landscape.model, a.theta, b.theta, seed=self.config.seed)
 
     def _aligned(self, landscape, a, b, alignment, store, prefix, index, task) -> dict:
-        aligned_b = type(b)(f"{b.name}_aligned", alignment.theta.astype(np.float32), b.source)
+        aligned_b = dataclasses.replace(
+            b,
+            name=f"{b.name}_aligned",
+            theta=alignment.theta.astype(np.float32),
+            state=aligned_state(landscape, b.state, alignment.permutations),
+        )
         result = self._estimate(
             landscape, a, aligned_b, store, f"{prefix}/aligned", seed_for(self.config.seed, index, 1), task
         )

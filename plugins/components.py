@@ -10,7 +10,7 @@ import numpy as np
 from keras_landscape.barriers import BisectionOptions, linear_profile, saddle_bracket
 from keras_landscape.components import bottleneck_levels, count_components, merge_tree
 from keras_landscape.dss import DSSConfig
-from keras_landscape.pairs import PairOptions, PairProbe, parse_levels, seed_for
+from keras_landscape.pairs import PairOptions, PairProbe, parse_levels, seed_for, states_of
 from keras_landscape.registry import register_probe
 
 DEFAULT_GRID = 25
@@ -59,12 +59,18 @@ class ComponentsProbe(PairProbe):
         for i, j in pairs:
             key = f"pair_{i}_{j}"
             if not store.has(f"{key}/linear_level"):
-                ts, levels = linear_profile(landscape, minima[i].theta, minima[j].theta, config.grid)
+                ts, levels = linear_profile(
+                    landscape, minima[i].theta, minima[j].theta, config.grid,
+                    minima[i].state, minima[j].state,
+                )
                 store.write(f"{key}/linear_t", ts)
                 store.write(f"{key}/linear_level", levels)
             levels = store.read(f"{key}/linear_level")
             linear[(i, j)] = float(np.max(levels)) if np.all(np.isfinite(levels)) else math.inf
-        minimum_levels = [float(v) for v in landscape.levels(np.stack([m.theta for m in minima]))]
+        minimum_levels = [
+            float(v)
+            for v in landscape.levels(np.stack([m.theta for m in minima]), states_of(minima, landscape))
+        ]
         saddle = np.full((k, k), math.inf)
         np.fill_diagonal(saddle, minimum_levels)
         task = progress.task("components", total=len(pairs))

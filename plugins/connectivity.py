@@ -7,7 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_landscape.dss import DSSConfig
-from keras_landscape.pairs import PairOptions, PairProbe, connect_pair, default_level, seed_for
+from keras_landscape.pairs import (
+    PairOptions,
+    PairProbe,
+    connect_pair,
+    default_level,
+    seed_for,
+    states_of,
+)
 from keras_landscape.registry import register_probe
 
 
@@ -51,7 +58,7 @@ class ConnectivityProbe(PairProbe):
             a, b = minima[i], minima[j]
             level = config.level
             if level is None:
-                ends = landscape.levels(np.stack([a.theta, b.theta]))
+                ends = landscape.levels(np.stack([a.theta, b.theta]), states_of([a, b], landscape))
                 level = default_level(ends, config.margin)
             results.append(
                 connect_pair(

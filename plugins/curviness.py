@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from keras_landscape.pairs import (
     default_level,
     parse_levels,
     seed_for,
+    states_of,
     summarize,
 )
 from keras_landscape.projection import project
@@ -59,7 +61,8 @@ class CurvinessProbe(PairProbe):
         config = self.config
         minima, pairs = self.pairs(landscape, models, store, progress)
         thetas = np.stack([m.theta for m in minima])
-        endpoint_levels = landscape.levels(thetas)
+        states = states_of(minima, landscape)
+        endpoint_levels = landscape.levels(thetas, states)
         levels = parse_levels(config.levels) if config.levels else [
             default_level(endpoint_levels, config.margin) * f for f in DEFAULT_FRACTIONS
         ]
@@ -68,11 +71,13 @@ class CurvinessProbe(PairProbe):
         per_level = []
         for k, level in enumerate(levels):
             if config.retrain_endpoints:
-                thetas, endpoint_levels = self._retrain(landscape, thetas, endpoint_levels, level, store, k)
+                thetas, states, endpoint_levels = self._retrain(
+                    landscape, thetas, states, endpoint_levels, level, store, k
+                )
             results = []
             for index, (i, j) in enumerate(pairs):
                 a, b = (
-                    type(minima[n])(minima[n].name, thetas[n], minima[n].source) for n in (i, j)
+                    dataclasses.replace(minima[n], theta=thetas[n], state=states[n]) for n in (i, j)
                 )
                 result = connect_pair(
                     landscape, a, b, level, config, store, f"level_{k}/pair_{i}_{j}",
@@ -87,21 +92,28 @@ class CurvinessProbe(PairProbe):
         task.close()
         return self._table(levels, per_level, landscape)
 
-    def _retrain(self, landscape, thetas, endpoint_levels, level, store, k):
+    def _retrain(self, landscape, thetas, states, endpoint_levels, level, store, k):
+        """Endpoints above `level` trained down to alpha * level (stored, reused on resume).
+        A retrained endpoint's BatchNorm statistics are re-estimated at its new weights."""
         key = f"level_{k}/endpoints"
         if store.has(f"{key}/theta"):
             stored = store.read(f"{key}/theta")
-            return stored, landscape.levels(stored)
+            if store.has(f"{key}/state"):
+                states = store.read(f"{key}/state")
+            return stored, states, landscape.levels(stored, states)
         above = np.flatnonzero(~(endpoint_levels <= level))
-        thetas = thetas.copy()
+        thetas, states = thetas.copy(), states.copy()
         if len(above):
             result = project(
                 landscape, thetas[above], self.config.alpha * level, self.config.projection(),
-                seed=seed_for(self.config.seed, 104729, k),
+                seed=seed_for(self.config.seed, 104729, k), states=states[above],
             )
             thetas[above] = result.thetas
+            states[above] = result.states
         store.write(f"{key}/theta", thetas)
-        return thetas, landscape.levels(thetas)
+        if states.shape[1]:
+            store.write(f"{key}/state", states)
+        return thetas, states, landscape.levels(thetas, states)
 
     @staticmethod
     def _table(levels, per_level, landscape) -> dict:

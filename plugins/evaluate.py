@@ -20,7 +20,10 @@ class EvaluateProbe:
     result_fields = {
         "models": "one row per model: model, source, loss (mean training loss + regularisers "
         "on the training split), level (level function there), level_fn, split, grad_norm "
-        "(||grad E|| of the training loss on the training split), parameters",
+        "(||grad E|| of the training loss on the training split), parameters; all with the "
+        "model's own non-trainable state, as Keras's evaluate. BatchNorm models under "
+        "bn_stats=recompute add level_recomputed (the level the path probes see at this "
+        "model: statistics re-estimated at its weights) and recomputed_minus_own",
     }
 
     @dataclass
@@ -40,8 +43,9 @@ class EvaluateProbe:
         task = progress.task("evaluate", total=len(models))
         rows = []
         for minimum in models:
-            loss, grad = landscape.loss_and_grad(minimum.theta)
-            evaluation = landscape.evaluate(minimum.theta)
+            # The model's own state: what Keras's evaluate gives for the model file.
+            loss, grad = landscape.loss_and_grad(minimum.theta, state=minimum.state)
+            evaluation = landscape.evaluate(minimum.theta, state=minimum.state)
             grad_norm = float(np.linalg.norm(grad.astype(np.float64)))
             if not self.config.allow_nonfinite and not all(
                 math.isfinite(v) for v in (loss, evaluation.level, grad_norm)
@@ -63,6 +67,11 @@ class EvaluateProbe:
                 "grad_norm": grad_norm,
                 "parameters": landscape.size,
             }
+            if landscape.recomputes:
+                # What the path probes see at this model: statistics recomputed at theta.
+                path_level = landscape.evaluate(minimum.theta, state=minimum.state, recompute=True).level
+                row["level_recomputed"] = path_level
+                row["recomputed_minus_own"] = path_level - evaluation.level
             rows.append(row)
             store.append("loss", np.float64(loss))
             store.append("level", np.float64(evaluation.level))
