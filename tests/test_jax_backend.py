@@ -23,6 +23,7 @@ CORE = [
     "test_registry.py",
     "test_models.py",
     "test_stacked.py",
+    "test_batchnorm.py",
 ]
 
 

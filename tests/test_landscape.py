@@ -142,8 +142,11 @@ def test_evaluate_many_equals_a_loop_of_evaluate(kind, landscapes):
             assert row.loss == pytest.approx(single.loss, rel=1e-6)
             assert row.level == pytest.approx(single.level, rel=1e-6)
         assert many[0].loss != pytest.approx(many[1].loss, rel=1e-3)  # rows really differ
+    # The path view: BatchNorm statistics re-estimated at each theta (bn_stats=recompute).
+    states = landscape.recompute_states(thetas)
     np.testing.assert_allclose(
-        landscape.levels(thetas), [landscape.level(t) for t in thetas], rtol=1e-6
+        landscape.levels(thetas), [landscape.level(t, s) for t, s in zip(thetas, states)],
+        rtol=1e-6,
     )
     with pytest.raises(ValueError, match="thetas must have shape"):
         landscape.evaluate_many(theta)

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from keras_landscape.state import StateLayout
+
 K = 3
 
 
@@ -168,20 +170,29 @@ def test_stacked_forward_equals_separate_keras_calls(name, beads):
     thetas = np.stack([theta0 + 0.3 * rng.normal(size=theta0.shape) for _ in range(beads)])
     thetas = thetas.astype("float32")
     nt = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
-    forward = engine.make_stacked_forward(model, layout)
+    # Every bead has its own state (BatchNorm statistics, frozen weights), scaled apart.
+    state_layout = StateLayout.from_model(model)
+    states = np.stack([state_layout.state_of(model) * (1.0 + 0.2 * k) for k in range(beads)])
+    forward = engine.make_stacked_forward(model, layout, state_layout)
     inputs = [ops.convert_to_tensor(v) for v in x] if isinstance(x, list) else ops.convert_to_tensor(x)
-    predictions, regularizers = forward(ops.convert_to_tensor(thetas), nt, inputs)
+    predictions, regularizers = forward(
+        ops.convert_to_tensor(thetas), ops.convert_to_tensor(states), nt, inputs
+    )
     predictions = ops.convert_to_numpy(predictions)
     regularizers = ops.convert_to_numpy(regularizers)
     assert predictions.shape[0] == beads and regularizers.shape == (beads,)
     for k in range(beads):
-        layout.assign(model, thetas[k])
-        expected = ops.convert_to_numpy(model(x, **engine.inference_kwargs(model)))
-        np.testing.assert_allclose(predictions[k], expected, rtol=2e-5, atol=2e-5)
+        bead_nt = state_layout.non_trainable_values(states[k], non_trainable_state(model))
         y_pred, _, losses = model.stateless_call(
-            [ops.convert_to_tensor(w) for w in layout.unflatten(thetas[k])], nt, x,
+            [ops.convert_to_tensor(w) for w in layout.unflatten(thetas[k])], bead_nt, x,
             return_losses=True, **engine.inference_kwargs(model),
         )
+        np.testing.assert_allclose(predictions[k], ops.convert_to_numpy(y_pred), rtol=2e-5,
+                                   atol=2e-5)
+        if k == 0:  # bead 0 has the model's own state: Keras's own call agrees
+            layout.assign(model, thetas[k])
+            expected = ops.convert_to_numpy(model(x, **engine.inference_kwargs(model)))
+            np.testing.assert_allclose(predictions[k], expected, rtol=2e-5, atol=2e-5)
         expected_reg = float(sum(ops.convert_to_numpy(v) for v in losses)) if losses else 0.0
         np.testing.assert_allclose(regularizers[k], expected_reg, rtol=2e-5, atol=1e-6)
 
@@ -201,10 +212,12 @@ def test_stacked_gradients_equal_per_bead_gradients(name):
     rng = np.random.default_rng(3)
     thetas = (theta0 + 0.2 * rng.normal(size=(K,) + theta0.shape)).astype("float32")
     nt = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
-    forward = engine.make_stacked_forward(model, layout)
+    state_layout = StateLayout.from_model(model)
+    states = ops.convert_to_tensor(np.stack([state_layout.state_of(model)] * K))
+    forward = engine.make_stacked_forward(model, layout, state_layout)
 
     def total(thetas_t):
-        predictions, regularizers = forward(thetas_t, nt, ops.convert_to_tensor(x))
+        predictions, regularizers = forward(thetas_t, states, nt, ops.convert_to_tensor(x))
         values = ops.mean(ops.square(predictions), axis=tuple(range(1, len(predictions.shape))))
         return ops.sum(values + regularizers), values
 
@@ -230,6 +243,7 @@ def test_walk_is_used_for_graph_models_and_not_for_masking_or_subclassed():
                          ("subclassed", False)]:
         model, _ = _zoo(name)
         built = stacked.build_stacked_forward(model, ParameterLayout.from_model(model),
+                                              StateLayout.from_model(model),
                                               engine.inference_kwargs(model))
         assert (built is not None) is walked, name
 
@@ -259,10 +273,13 @@ def test_plan_names_how_each_layer_is_batched():
     for name, expected in expectations.items():
         model, x = _zoo(name)
         layout = ParameterLayout.from_model(model)
-        forward = stacked.build_stacked_forward(model, layout, engine.inference_kwargs(model))
+        state_layout = StateLayout.from_model(model)
+        forward = stacked.build_stacked_forward(model, layout, state_layout,
+                                                engine.inference_kwargs(model))
         thetas = ops.convert_to_tensor(np.stack([layout.theta_of(model)] * 2))
+        states = ops.convert_to_tensor(np.stack([state_layout.state_of(model)] * 2))
         nt = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
-        forward(thetas, nt, ops.convert_to_tensor(x))
+        forward(thetas, states, nt, ops.convert_to_tensor(x))
         kinds = {}
         for layer in model._flatten_layers(include_self=False):
             if layer.name in forward.plan:
