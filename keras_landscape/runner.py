@@ -155,6 +155,42 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
     return store
 
 
+# What a store's results depend on besides the probe options: a resume must match them.
+IDENTITY_KEYS = ("spec", "loss", "loss_config", "level_fn", "split", "backend", "bn_stats",
+                 "bn_batches", "bn_batch_size")
+
+
+def check_same_run(store: Store, landscape: Landscape, minima: list[Minimum]) -> None:
+    """Refuse to resume a store written with other data, loss, level function, BatchNorm
+    statistics mode, or other models (their names, order, weights and statistics)."""
+    stored, now = store.read_data_info(), _jsonish(landscape.describe())
+    changed = [k for k in IDENTITY_KEYS if k in stored and stored[k] != now.get(k)]
+    reasons = [f"{k} (stored {stored[k]!r}, now {now.get(k)!r})" for k in changed]
+    inputs = {n: store.read_model(n)["attrs"] for n in store.model_names()}
+    inputs = {n: a for n, a in inputs.items() if a.get("role") == "input"}
+    # Pair labels (pair_i_j) are positions: the models' order is part of the run.
+    names = sorted(inputs, key=lambda n: (int(inputs[n].get("index", 0)), n))
+    now = [m.name for m in minima]
+    ordered = all("index" in a for a in inputs.values())  # stores of 0.1 kept no order
+    if names and (names != now if ordered else sorted(names) != sorted(now)):
+        reasons.append(f"models (stored {', '.join(names)}, now {', '.join(m.name for m in minima)})")
+    for minimum in minima:
+        if minimum.name not in names:
+            continue
+        entry = store.read_model(minimum.name)
+        same_state = minimum.state is None or not entry["non_trainable"] or np.array_equal(
+            landscape.state_layout.state_of_values(entry["non_trainable"]), minimum.state
+        )
+        if not np.array_equal(entry["theta"], minimum.theta) or not same_state:
+            reasons.append(f"the weights of model {minimum.name!r} ({minimum.source})")
+    if reasons:
+        raise UserError(
+            f"Cannot resume {store.path!r}: it was written with other settings: "
+            f"{'; '.join(reasons)}. Resume with the same models, data and options, or write a "
+            "new store (--out) or --overwrite."
+        )
+
+
 def _model_config_json(model) -> str:
     try:
         return model.to_json()
@@ -203,7 +239,9 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
         minimum.state = landscape.state_of(minimum.model)
     results = {}
     with open_store(spec, landscape) as store:
-        for minimum in minima:
+        if spec.resume:
+            check_same_run(store, landscape, minima)
+        for index, minimum in enumerate(minima):
             if minimum.name not in store.model_names():
                 store.add_model(
                     minimum.name,
@@ -211,6 +249,7 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
                     source=minimum.source,
                     role="input",
                     non_trainable=non_trainable_state(minimum.model),
+                    index=index,
                 )
         try:
             for probe in probes:

@@ -349,3 +349,28 @@ def test_config_validates_bn_stats(tmp_path):
     path.write_text("models: []\ndata: digits\nbn_stats: ema\n")
     with pytest.raises(UserError, match="bn_stats"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"bn_stats": "interpolate"}, "bn_stats"),
+        ({"level_fn": "loss"}, "level_fn"),
+        ({"reverse": True}, "models"),
+    ],
+)
+def test_resume_refuses_other_statistics_settings_or_models(change, message, bn_files, tmp_path):
+    from keras_landscape.errors import UserError
+    from keras_landscape.runner import RunSpec, execute
+
+    out = str(tmp_path / "r.h5")
+    files = list(bn_files[:2])
+    execute(RunSpec(models=files, data="digits", level_fn="error", out=out))
+    settings = {"level_fn": "error", "bn_stats": "recompute", **change}
+    if settings.pop("reverse", False):
+        files = files[::-1]
+    with pytest.raises(UserError, match=message):
+        execute(RunSpec(models=files, data="digits", out=out, resume=True, **settings))
+    # The same settings resume (the evaluate run is reused).
+    execute(RunSpec(models=list(bn_files[:2]), data="digits", level_fn="error", out=out,
+                    resume=True))
