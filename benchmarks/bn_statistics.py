@@ -2,9 +2,10 @@
 versus interpolated statistics (docs/science.md, "BatchNorm along paths").
 
 Trains two BatchNorm CNNs on an MNIST subset (different seeds), then evaluates the straight
-segment between them with both `--bn-stats` modes, and each end's own level (Keras's
+segment between them with both `--bn-stats` modes, before and after weight matching (B's
+units permuted to A's, its statistics with them), and each end's own level (Keras's
 evaluate) against its level with recomputed statistics. Writes JSON (and, with --figure, a
-PNG of the two profiles).
+PNG of the profiles).
 
     python benchmarks/bn_statistics.py --mnist ../shared/data/mnist.npz \\
         --out benchmarks/results/bn_statistics.json --figure docs/figures/bn_linear_barrier.png
@@ -65,6 +66,7 @@ def main() -> None:
 
     import keras
 
+    from keras_landscape.align import aligned_state, weight_matching
     from keras_landscape.barriers import linear_profile
     from keras_landscape.data import Dataset
     from keras_landscape.landscape import Landscape
@@ -93,18 +95,23 @@ def main() -> None:
         landscape = Landscape(models[0], data, level_fn="error", bn_stats=mode)
         thetas = [landscape.theta_of(m) for m in models]
         states = [landscape.state_of(m) for m in models]
-        started = time.perf_counter()
-        ts, levels = linear_profile(landscape, *thetas, args.grid, *states)
+        alignment = weight_matching(models[0], *thetas)
+        aligned_b = (alignment.theta, aligned_state(landscape, states[1], alignment.permutations))
+        for label, (theta_b, state_b) in (("raw", (thetas[1], states[1])),
+                                          ("aligned", aligned_b)):
+            started = time.perf_counter()
+            ts, levels = linear_profile(landscape, thetas[0], theta_b, args.grid, states[0],
+                                        state_b)
+            result["modes"][f"{mode}, {label}"] = {
+                "t": ts.tolist(),
+                "test_error": levels.tolist(),
+                "linear_max": float(levels.max()),
+                "linear_barrier": float(levels.max() - max(levels[0], levels[-1])),
+                "seconds": time.perf_counter() - started,
+            }
         own = [landscape.evaluate(t, state=s).level for t, s in zip(thetas, states)]
         recomputed = [landscape.evaluate(t, state=s, recompute=True).level
                       for t, s in zip(thetas, states)]
-        result["modes"][mode] = {
-            "t": ts.tolist(),
-            "test_error": levels.tolist(),
-            "linear_max": float(levels.max()),
-            "linear_barrier": float(levels.max() - max(levels[0], levels[-1])),
-            "seconds": time.perf_counter() - started,
-        }
         keras_errors = [
             100.0 * (1.0 - m.evaluate(x_test, y_test, verbose=0, batch_size=1000)[1])
             for m in models
@@ -126,10 +133,9 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5.5, 3.4))
-        for mode, style in (("recompute", "-o"), ("interpolate", "--s")):
-            r = result["modes"][mode]
-            ax.plot(r["t"], r["test_error"], style, ms=3, label=f"--bn-stats {mode}")
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for (name, r), style in zip(result["modes"].items(), ("-o", "--s", "-^", "--v")):
+            ax.plot(r["t"], r["test_error"], style, ms=3, label=name)
         ax.set_xlabel("t  (theta = (1 - t) A + t B)")
         ax.set_ylabel("test error (%)")
         ax.set_title("Linear path between two BatchNorm CNNs (MNIST)")

@@ -164,7 +164,8 @@ def store_tables(summary: dict) -> None:
     data = summary.get("data") or {}
     out.print(
         escape(f"data: {data.get('spec')}  loss: {data.get('loss')}  level: {data.get('level_fn')} "
-               f"on {data.get('split')}  parameters: {summary.get('parameters')}"),
+               f"on {data.get('split')}  parameters: {summary.get('parameters')}"
+               + (f"  BatchNorm statistics: {data.get('bn_stats')}" if data.get("bn_stats") else "")),
         highlight=False,
     )
     models = Table(title="Models", title_justify="left")

@@ -16,8 +16,29 @@ import numpy as np
 from keras_landscape.errors import UserError
 
 
+class FlatLayout:
+    """Arrays of `shapes` laid end to end in one flat vector (C order)."""
+
+    shapes: tuple[tuple[int, ...], ...]
+
+    @staticmethod
+    def offsets_of(shapes) -> tuple[int, ...]:
+        """Start index of each array of `shapes` in the flat vector."""
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+        return tuple(int(o) for o in np.concatenate([[0], np.cumsum(sizes)[:-1]])) if sizes else ()
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
+
+    @property
+    def size(self) -> int:
+        """The flat vector's length."""
+        return int(sum(self.sizes))
+
+
 @dataclass(frozen=True)
-class ParameterLayout:
+class ParameterLayout(FlatLayout):
     """Where each trainable variable lives inside theta.
 
     Attributes:
@@ -42,23 +63,12 @@ class ParameterLayout:
                 "(call it on an input) or load a trained model; there is no landscape to probe."
             )
         shapes = tuple(tuple(int(d) for d in v.shape) for v in variables)
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-        offsets = tuple(int(o) for o in np.concatenate([[0], np.cumsum(sizes)[:-1]]))
         return cls(
             paths=tuple(v.path for v in variables),
             shapes=shapes,
-            offsets=offsets,
+            offsets=cls.offsets_of(shapes),
             dtypes=tuple(str(v.dtype) for v in variables),
         )
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return tuple(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
-
-    @property
-    def size(self) -> int:
-        """P, the number of trainable parameters."""
-        return int(sum(self.sizes))
 
     def flatten(self, weights) -> np.ndarray:
         """Concatenate per-variable arrays (in layout order) into a float32 theta."""

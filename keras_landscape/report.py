@@ -176,11 +176,18 @@ def _evaluate(name: str, result: dict) -> list[dict]:
         return _generic(name, result)
     first = rows[0]
     level = f"level ({first.get('level_fn', '?')}, {first.get('split', '?')})"
-    table = _table(name, ["model", "loss (train)", level, "|grad| (train)", "parameters"],
-                   [[r.get("model"), r.get("loss"), r.get("level"), r.get("grad_norm"),
-                     r.get("parameters")] for r in rows],
-                   ["loss: mean training loss + regularisers on the training split; "
-                    "|grad|: its gradient norm"])
+    columns = ["model", "loss (train)", level, "|grad| (train)", "parameters"]
+    keys = ["loss", "level", "grad_norm", "parameters"]
+    notes = ["loss: mean training loss + regularisers on the training split; "
+             "|grad|: its gradient norm; all with each model's own statistics (Keras's "
+             "evaluate)"]
+    if any("level_recomputed" in r for r in rows):
+        columns.insert(3, "level, recomputed BN stats")
+        keys.insert(2, "level_recomputed")
+        notes.append("level, recomputed BN stats: the level the path probes see at the model "
+                     "(--bn-stats recompute)")
+    table = _table(name, columns, [[r.get("model")] + [r.get(k) for k in keys] for r in rows],
+                   notes)
     return [table]
 
 

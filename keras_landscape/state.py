@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.params import FlatLayout
+
 BN_MODES = ("recompute", "interpolate")
 # Recomputed statistics: 32 batches of 128 training samples in train mode (4,096 samples:
 # the standard error of a recomputed mean is ~1.6% of the activation's standard deviation).
@@ -43,8 +45,9 @@ def batch_norm_layers(model) -> list:
 
 
 @dataclass(frozen=True)
-class StateLayout:
-    """Where each float non-trainable variable lives inside a state vector s.
+class StateLayout(FlatLayout):
+    """Where each float non-trainable variable lives inside a state vector s (its `size`
+    is S, the number of float non-trainable values).
 
     Attributes:
         paths: variable paths, in s order (a subsequence of `model.non_trainable_variables`).
@@ -70,8 +73,7 @@ class StateLayout:
         variables = list(model.non_trainable_variables)
         positions = [i for i, v in enumerate(variables) if _is_float(v)]
         shapes = tuple(tuple(int(d) for d in variables[i].shape) for i in positions)
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-        offsets = tuple(int(o) for o in np.concatenate([[0], np.cumsum(sizes)[:-1]])) if sizes else ()
+        offsets, sizes = cls.offsets_of(shapes), [int(np.prod(s, dtype=np.int64)) for s in shapes]
         slot = {id(variables[i]): (o, n) for i, o, n in zip(positions, offsets, sizes)}
         means, variances, momenta = [], [], []
         for layer in batch_norm_layers(model):
@@ -92,15 +94,6 @@ class StateLayout:
             bn_var=np.asarray(variances, np.int64),
             bn_momentum=np.asarray(momenta, np.float64),
         )
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return tuple(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
-
-    @property
-    def size(self) -> int:
-        """S, the number of float non-trainable values."""
-        return int(sum(self.sizes))
 
     @property
     def has_batch_norm(self) -> bool:
