@@ -177,12 +177,16 @@ def cubic(quick: bool) -> dict:
 def bead_plan(landscape) -> dict:
     """How the engine batches beads through each layer (keras_landscape.stacked's plans)."""
     model = landscape.model
-    forward = stacked.build_stacked_forward(model, landscape.layout, engine.inference_kwargs(model))
+    forward = stacked.build_stacked_forward(
+        model, landscape.layout, landscape.state_layout, engine.inference_kwargs(model)
+    )
     if forward is None:
         return {model.name: "whole model mapped"}
     x = landscape.dataset.split("train")[0][:2]
     thetas = np.repeat(landscape.initial_theta()[None], 2, axis=0)
-    forward(keras.ops.convert_to_tensor(thetas), landscape.non_trainable, keras.ops.convert_to_tensor(x))
+    states = landscape.fill_states(None, 2)
+    forward(keras.ops.convert_to_tensor(thetas), keras.ops.convert_to_tensor(states),
+            landscape.non_trainable, keras.ops.convert_to_tensor(x))
     return dict(forward.plan)
 
 

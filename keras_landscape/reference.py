@@ -14,6 +14,13 @@ HEADER = """# Probes
 Generated from the registry by `klandscape probes --markdown > docs/probes.md`; a test fails
 when this file and the code disagree. Options are set with `--set key=value` (and the
 dedicated flags `--level`, `--levels`, `--partners`, `--retrain-endpoints`, `--seed`).
+
+Models with BatchNorm: every probe evaluates each input model with its own statistics where
+it reports that model alone (`evaluate`), and every point on or between paths with
+statistics set by `--bn-stats` (`recompute`, the default: re-estimated from training data
+at each point; `interpolate`: carried along segments like the weights), for every probe
+alike. Beads train in train mode and their statistics are stored with them (`bead_state`).
+See [science.md](science.md#batchnorm-along-paths).
 """
 
 
