@@ -716,13 +716,19 @@ def prepare(config: RunConfig, progress=None, *, resume: bool = False,
     An existing store without resume or overwrite is refused before any training.
     """
     out = Path(config.spec.out)
+    if resume and overwrite:
+        raise UserError(
+            "--resume continues the work in a store and --overwrite replaces it: give one of them."
+        )
     if out.exists() and not (resume or overwrite):
         raise UserError(
             f"The store {str(out)!r} already exists. Use --resume to continue the work in it, "
             "--overwrite to replace it, or another --out."
         )
-    spec = dataclasses.replace(config.spec, data=choose_data(config, progress), resume=resume,
-                               overwrite=overwrite)
+    # A config run interrupted before its store was written (while training replicas)
+    # resumes by reusing the trained models and starting the store.
+    spec = dataclasses.replace(config.spec, data=choose_data(config, progress),
+                               resume=resume and out.exists(), overwrite=overwrite)
     if config.recipe is not None and resume and out.exists():
         from keras_landscape.replicas import read_stamp, stamp
 

@@ -127,7 +127,18 @@ def _model_names(paths: list[str]) -> list[str]:
 def open_store(spec: RunSpec, landscape: Landscape) -> Store:
     """A new store for this run, or the existing one when resuming (layouts must match)."""
     path = spec.out or default_store_path()
-    if spec.resume and Path(path).exists():
+    if spec.resume and spec.overwrite:
+        raise UserError(
+            "--resume continues the work in a store and --overwrite replaces it: give one of them."
+        )
+    if Path(path).is_dir():
+        raise UserError(f"--out {path!r} is a directory; give a file path such as {path.rstrip('/')}/run.h5.")
+    if spec.resume and not Path(path).exists():
+        raise UserError(
+            f"Nothing to resume: there is no store {path!r}. Run the same command without "
+            "--resume to start, or give the --out of the interrupted run."
+        )
+    if spec.resume:
         store = Store.open(path, "a")
         stored = store.read_layout()
         if [list(s) for s in stored["shapes"]] != [list(s) for s in landscape.layout.shapes]:

@@ -42,6 +42,90 @@ _CHUNK_BYTES = 1 << 20
 _STR = h5py.string_dtype("utf-8")
 
 
+# --------------------------------------------------------------------------- replacing files
+
+
+def _claim_for_replacement(path: str):
+    """Check that `path` is a keras-landscape store no process is writing, and lock it.
+
+    Returns an open descriptor holding an exclusive lock on the old file (HDF5 locks files
+    with flock too, so a running writer makes this fail), or None where the platform has no
+    flock. Anything that is not a store we wrote is refused: --overwrite never deletes a
+    model, a text file or a damaged file.
+    """
+    refuse = (
+        f"--overwrite replaces only keras-landscape stores, and {path!r} is not one"
+    )
+    try:
+        is_h5 = h5py.is_hdf5(path)
+    except OSError:
+        is_h5 = False
+    if not is_h5:
+        raise UserError(
+            f"{refuse}: it is not an HDF5 file. Remove it yourself if it is not needed, or "
+            "choose another --out."
+        )
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = _plain(f.attrs.get("format"))
+    except OSError as exc:
+        if "lock" in str(exc).lower():
+            raise UserError(_in_use(path)) from None
+        raise UserError(
+            f"{refuse}: it cannot be read ({str(exc).splitlines()[0][:200]}); a damaged store "
+            "is not replaced automatically. Remove it yourself or choose another --out."
+        ) from None
+    if fmt != FORMAT_NAME:
+        raise UserError(
+            f"{refuse}: it is an HDF5 file without keras-landscape's format attribute (a Keras "
+            "model file?). Choose another --out."
+        )
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock on this platform
+        return None
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise UserError(_in_use(path)) from None
+    return descriptor
+
+
+def _in_use(path: str) -> str:
+    return (
+        f"The store {path!r} is open in another process (a run is writing it): it was left "
+        "untouched. Wait for that run to finish, or choose another --out."
+    )
+
+
+def _release(descriptor) -> None:
+    if descriptor is not None:
+        os.close(descriptor)
+
+
+def _move_into_place(temporary: str, path: str, *, replace: bool) -> None:
+    """Rename `temporary` to `path`: over the old file when replacing (its lock is ours),
+    else only if `path` still does not exist (an atomic hard link)."""
+    if replace:
+        os.replace(temporary, path)
+        return
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise UserError(
+            f"The output file {path!r} appeared while the store was being created (another "
+            "run?); it was left untouched. Choose another --out."
+        ) from None
+    except OSError:  # a file system without hard links
+        if os.path.lexists(path):
+            raise UserError(f"The output file {path!r} already exists; choose another --out.") from None
+        os.replace(temporary, path)
+        return
+    os.unlink(temporary)
+
+
 # --------------------------------------------------------------------------- JSON helpers
 
 
@@ -304,7 +388,8 @@ class Store:
         path = os.fspath(path)
         if os.path.isdir(path):
             raise UserError(f"Cannot create the store {path!r}: it is a directory. Give a file path such as run.h5.")
-        if os.path.exists(path) and not overwrite:
+        exists = os.path.lexists(path)
+        if exists and not overwrite:
             raise UserError(
                 f"The output file {path!r} already exists. Choose another file name, remove "
                 "it, or ask to overwrite it (--overwrite); to continue an interrupted run in "
@@ -313,8 +398,17 @@ class Store:
         parent = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(parent, exist_ok=True)
-            f = h5py.File(path, "w")
         except OSError as exc:
+            raise UserError(f"Cannot create the store {path!r}: {exc}.") from exc
+        # The new store is written beside the target and moved into place whole: an
+        # existing store is replaced only while we hold its lock (no run is writing it),
+        # and nothing is truncated in place.
+        claim = _claim_for_replacement(path) if exists else None
+        temporary = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+        try:
+            f = h5py.File(temporary, "w")
+        except OSError as exc:
+            _release(claim)
             raise UserError(f"Cannot create the store {path!r}: {exc}.") from exc
         store = cls(f, path, "a")
         try:
@@ -346,6 +440,15 @@ class Store:
         f.require_group("models")
         f.require_group("runs")
         f.flush()
+        try:
+            _move_into_place(temporary, path, replace=exists)
+        except BaseException:
+            f.close()
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
+        finally:
+            _release(claim)
         return store
 
     @classmethod
