@@ -75,6 +75,65 @@ class RichProgress:
             self._started = False
 
 
+class _PlainTask:
+    def __init__(self, owner: "PlainProgress", description: str, total: float | None):
+        self._owner, self.description, self.total = owner, description, total
+        self.done, self.started, self.status = 0.0, time.monotonic(), ""
+        self._said = self.started
+
+    def advance(self, amount: float = 1) -> None:
+        self.done += amount
+        self._maybe_say()
+
+    def update(self, *, total: float | None = None, status: str | None = None) -> None:
+        if total is not None:
+            self.total = total
+        if status is not None:
+            self.status = status
+        self._maybe_say()
+
+    def _maybe_say(self) -> None:
+        now = time.monotonic()
+        if now - self._said >= self._owner.interval:
+            self._said = now
+            self._owner.say(f"{self.description}: {self._count()}{self._status()}")
+
+    def _count(self) -> str:
+        total = f"/{self.total:g}" if self.total else ""
+        return f"{self.done:g}{total}, {time.monotonic() - self.started:.0f} s"
+
+    def _status(self) -> str:
+        return f", {self.status}" if self.status else ""
+
+    def close(self) -> None:
+        self._owner.say(f"{self.description}: done ({self._count()})")
+
+
+class PlainProgress:
+    """Progress for logs and pipes (stderr not a terminal): one line when a stage starts, one
+    when it ends, and a status line at most every `interval` seconds in between."""
+
+    def __init__(self, interval: float = 30.0):
+        self.interval = interval
+
+    @staticmethod
+    def say(message: str) -> None:
+        err.print(f"{time.strftime('%H:%M:%S')} {message}", highlight=False, markup=False,
+                  soft_wrap=True)
+
+    def task(self, description: str, total: float | None = None) -> _PlainTask:
+        self.say(f"{description}: started")
+        return _PlainTask(self, description, total)
+
+    def note(self, message: str) -> None:
+        self.say(message)
+
+
+def progress_display():
+    """A live display on a terminal, plain lines anywhere else (CI logs, pipes)."""
+    return RichProgress() if err.is_terminal else PlainProgress()
+
+
 def probes_table(entries, broken) -> None:
     table = Table(title="Probes")
     table.add_column("name", style="bold")

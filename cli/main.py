@@ -6,9 +6,11 @@ Exit codes: 0 ok, 2 bad input (one paragraph on stderr, no traceback), 1 interna
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import signal
 import sys
 import warnings
 
@@ -46,6 +48,11 @@ def quiet_frameworks(verbose: int) -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if "MPLCONFIGDIR" not in os.environ and not os.access(os.path.expanduser("~"), os.W_OK):
+        # matplotlib would warn (twice, past -q) that it cannot write its cache under HOME
+        import tempfile
+
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="klandscape-matplotlib-")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore")
     # force: a run in the same process after a -v run (tests, notebooks) must not keep its
@@ -53,6 +60,25 @@ def quiet_frameworks(verbose: int) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
     for name in ("tensorflow", "absl", "h5py", "jax"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _deferred_interrupts():
+    """Hold Ctrl-C while the frameworks import: a KeyboardInterrupt raised inside
+    TensorFlow's start-up is sometimes swallowed by it (the run went on) or aborts it in
+    native code (no message). A Ctrl-C there is delivered right after the import instead."""
+    pending = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: pending.append(True))
+    except ValueError:  # not the main thread: nothing to defer
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def _parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
@@ -95,9 +121,9 @@ def _progress():
         from keras_landscape.progress import NullProgress
 
         return NullProgress()
-    from keras_landscape.cli.display import RichProgress
+    from keras_landscape.cli.display import progress_display
 
-    return RichProgress()
+    return progress_display()
 
 
 def _emit_json(document) -> None:
@@ -156,7 +182,7 @@ def probes_command(as_json: bool, markdown: bool) -> None:
 @click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Split for the level function (default: test if present).")
 @click.option("--level", type=float, default=None, help="Level u for probes that take one.")
 @click.option("--levels", default=None, help="Levels for curviness: '0.3,0.2,0.1' or 'start:stop:count'.")
-@click.option("--partners", type=int, default=None, help="With one model: fresh partners to train and connect.")
+@click.option("--partners", type=click.IntRange(min=0), default=None, help="With one model: fresh partners to train and connect.")
 @click.option("--retrain-endpoints", is_flag=True, default=None, help="Curviness: train endpoints down to lower levels.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Probe option (repeatable), e.g. --set alpha=0.95.")
 @click.option("--out", default=None, help="HDF5 store to write (default: klandscape-runs/run-<time>.h5).")
@@ -164,7 +190,10 @@ def probes_command(as_json: bool, markdown: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out store.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--custom-objects", default=None, help="A .py file or module defining custom layers/losses.")
-@click.option("--eval-batch-size", type=int, default=1024, show_default=True)
+@click.option("--unsafe", is_flag=True, help="Allow model files with Lambda layers (Keras safe_mode off: "
+              "loading can run any code in the file; only for files you trust).")
+@click.option("--eval-batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Samples per compiled evaluation call.")
 @click.option("--xla", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="XLA compilation: auto = on for GPU/TPU and for CPU models without convolutions.")
 @click.option("--tf32", is_flag=True, help="Projections may use TF32 matmuls on GPUs (checks stay float32).")
@@ -180,10 +209,15 @@ def probes_command(as_json: bool, markdown: bool) -> None:
 @verbosity_options
 def probe_command(models, data, probes, loss, level_fn, split, level, levels, partners,
                   retrain_endpoints, settings, out, resume,
-                  overwrite, seed, custom_objects, eval_batch_size, xla, tf32, bn_stats,
+                  overwrite, seed, custom_objects, unsafe, eval_batch_size, xla, tf32, bn_stats,
                   bn_batches, bn_batch_size, as_json) -> None:
     """Run probes on MODEL files (.keras or .h5) over the data SPEC."""
-    from keras_landscape.runner import RunSpec, execute
+    from keras_landscape.inputs import check_model_file
+
+    for path in models:  # before the frameworks load: a missing file is reported at once
+        check_model_file(path)
+    with _deferred_interrupts():
+        from keras_landscape.runner import RunSpec, execute
 
     options = _parse_assignments(settings, "--set option")
     for key, value in (("level", level), ("levels", levels), ("partners", partners),
@@ -201,6 +235,7 @@ def probe_command(models, data, probes, loss, level_fn, split, level, levels, pa
         out=out,
         seed=seed,
         custom_objects=custom_objects,
+        unsafe=unsafe,
         resume=resume,
         overwrite=overwrite,
         xla={"auto": "auto", "on": True, "off": False}[xla],
@@ -278,23 +313,26 @@ def plot_command(store, out_dir, fmt, runs, paths, as_json) -> None:
 @click.option("--resume", is_flag=True, help="Continue the runs in an existing store.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--no-plots", is_flag=True, help="Do not draw figures.")
+@click.option("--unsafe", is_flag=True, help="Allow model files with Lambda layers (as `unsafe: true`).")
 @click.option("--dry-run", is_flag=True, help="Validate and print the resolved settings as JSON; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verbosity_options
 def run_command(config_file, scale, out, seed, settings, level, levels, resume, overwrite,
-                no_plots, dry_run, as_json) -> None:
+                no_plots, unsafe, dry_run, as_json) -> None:
     """Run the experiment described by a YAML config (see configs/)."""
     from keras_landscape.config import describe, load_config, parse_value, prepare
 
     overrides = [(k, parse_value(v)) for k, v in _parse_assignments(settings, "--set option").items()]
-    for key, value in (("out", out), ("seed", seed), ("level", level), ("levels", levels)):
+    for key, value in (("out", out), ("seed", seed), ("level", level), ("levels", levels),
+                       ("unsafe", unsafe or None)):
         if value is not None:
             overrides.append((key, value))
     config = load_config(config_file, scale=scale, overrides=overrides, command=_command_line())
     if dry_run:
         _emit_json(describe(config))
         return
-    from keras_landscape.runner import execute
+    with _deferred_interrupts():
+        from keras_landscape.runner import execute
 
     progress = _progress()
     spec = prepare(config, progress, resume=resume, overwrite=overwrite)
@@ -344,6 +382,10 @@ def _silence_native_stderr(argv: list[str]) -> None:
     os.dup2(devnull, 2)
     os.close(devnull)
     sys.stderr = os.fdopen(real, "w", buffering=1, encoding="utf-8", errors="replace")
+    # A native crash (segfault, abort) would otherwise die silently with fd 2 closed.
+    import faulthandler
+
+    faulthandler.enable(file=sys.stderr)
 
 
 @cli.command("demo")
@@ -356,7 +398,8 @@ def _silence_native_stderr(argv: list[str]) -> None:
 @verbosity_options
 def demo_command(out_dir, models, epochs, seed, resume, as_json) -> None:
     """The first run: train small MLPs on the embedded digits data, probe them, draw figures."""
-    from keras_landscape.demo import run_demo, summary_lines
+    with _deferred_interrupts():
+        from keras_landscape.demo import run_demo, summary_lines
 
     document = run_demo(out_dir, models=models, epochs=epochs, seed=seed, progress=_progress(),
                         resume=resume, command=_command_line())
@@ -375,13 +418,25 @@ def demo_command(out_dir, models, epochs, seed, resume, as_json) -> None:
 @click.option("--model", default=None, help="Export a stored model instead of a bead.")
 @click.option("-o", "--output", required=True, help="Output .keras or .h5 file.")
 @click.option("--custom-objects", default=None, help="A .py file or module defining custom layers.")
+@click.option("--unsafe", is_flag=True, help="Allow Lambda layers (Keras safe_mode off; trusted files only).")
 @verbosity_options
-def export_command(store, run_name, bead, string, model, output, custom_objects) -> None:
+def export_command(store, run_name, bead, string, model, output, custom_objects, unsafe) -> None:
     """Write a bead of a stored string (or a stored model) back as a Keras model."""
-    from keras_landscape.export import export
+    with _deferred_interrupts():
+        from keras_landscape.export import export
 
     click.echo(export(store, output, run=run_name, bead=bead, string=string, model=model,
-                      custom_objects=custom_objects), err=True)
+                      custom_objects=custom_objects, unsafe=unsafe), err=True)
+
+
+def _failed(code: int, kind: str, message: str, store: str | None = None) -> int:
+    """Say why on stderr and, under --json, as one JSON document on stdout: a script gets
+    a parseable outcome for every exit code."""
+    click.echo(message, err=True)
+    if "--json" in STATE.argv:
+        _emit_json({"error": {"kind": kind, "message": message, "exit_code": code,
+                              "store": store}})
+    return code
 
 
 def _interrupted(store: str | None) -> int:
@@ -390,8 +445,7 @@ def _interrupted(store: str | None) -> int:
                    f"--resume --out {store} to continue.")
     else:
         message = "Interrupted before any store was written."
-    click.echo(message, err=True)
-    return EXIT_INTERRUPTED
+    return _failed(EXIT_INTERRUPTED, "interrupted", message, store)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,21 +464,22 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted(getattr(interrupt, "store", None))
     except click.ClickException as error:
         error.show()
+        if "--json" in STATE.argv:
+            _emit_json({"error": {"kind": "bad_input", "message": error.format_message(),
+                                  "exit_code": EXIT_BAD_INPUT, "store": None}})
         return EXIT_BAD_INPUT
     except UserError as error:
-        click.echo(f"Error: {error}", err=True)
-        return EXIT_BAD_INPUT
+        return _failed(EXIT_BAD_INPUT, "bad_input", f"Error: {error}")
     except KeyboardInterrupt as error:
         return _interrupted(getattr(error, "store", None))
     except Exception as error:  # internal error: short message, traceback only with -v
         if STATE.verbose:
             raise
-        click.echo(
+        return _failed(
+            EXIT_INTERNAL, "internal",
             f"Internal error: {type(error).__name__}: {error}. Rerun with -v for the traceback "
             "and report it.",
-            err=True,
         )
-        return EXIT_INTERNAL
     return 0
 
 

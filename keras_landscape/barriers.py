@@ -50,13 +50,18 @@ class BisectionOptions:
     spring: float = 1.0
 
     def validate_bisection(self) -> None:
-        if self.grid < 2 or self.max_bisections < 0 or self.tolerance <= 0:
+        if self.grid < 2 or self.max_bisections < 0 or not self.tolerance > 0:
             raise UserError(
                 f"Barrier options need grid >= 2, max_bisections >= 0 and tolerance > 0 "
                 f"(got {self.grid}, {self.max_bisections}, {self.tolerance})."
             )
         if self.relax not in RELAXATIONS:
             raise UserError(f"Unknown relax {self.relax!r}: use one of {RELAXATIONS}.")
+        if self.relax_steps < 0 or not self.relax_learning_rate > 0 or not self.spring >= 0:
+            raise UserError(
+                "The elastic band needs relax_steps >= 0, relax_learning_rate > 0 and spring "
+                f">= 0 (got {self.relax_steps}, {self.relax_learning_rate}, {self.spring})."
+            )
 
 
 def linear_profile(

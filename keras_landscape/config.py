@@ -51,7 +51,7 @@ from keras_landscape.state import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BA
 
 TOP_KEYS = ("description", "models", "model", "data", "loss", "level_fn", "split", "probes",
             "options", "seed", "out", "xla", "tf32", "eval_batch_size", "custom_objects",
-            "bn_stats", "bn_batches", "bn_batch_size", "plots", "scales")
+            "bn_stats", "bn_batches", "bn_batch_size", "unsafe", "plots", "scales")
 BUILDERS = {
     "mlp": ("input", "layers", "activation", "output", "output_activation", "dropout"),
     "cnn": ("input", "filters", "kernel_size", "pool", "layers", "activation", "output",
@@ -135,10 +135,18 @@ def read_yaml(path: str) -> dict:
     import yaml
 
     file = Path(path)
+    if file.is_dir():
+        raise UserError(f"The config file {path!r} is a directory; give a YAML file such as "
+                        "configs/cubic.yaml.")
     if not file.is_file():
         raise UserError(f"The config file {path!r} does not exist.")
     try:
         document = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"The config file {path!r} is not a text file (it is not valid UTF-8); "
+                        "give a YAML run config.") from None
+    except OSError as error:
+        raise UserError(f"Cannot read the config file {path!r}: {error.strerror or error}.") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -633,6 +641,9 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
     tf32 = document.get("tf32", False)
     if not isinstance(tf32, bool):
         _fail("tf32", f"expected true or false, got {tf32!r}")
+    unsafe = document.get("unsafe", False)
+    if not isinstance(unsafe, bool):
+        _fail("unsafe", f"expected true or false, got {unsafe!r}")
     bn_stats = document.get("bn_stats", BN_MODES[0])
     if bn_stats not in BN_MODES:
         _fail("bn_stats", f"expected one of {', '.join(BN_MODES)}, got {bn_stats!r}")
@@ -655,6 +666,7 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
         xla=_xla(document.get("xla")),
         fast_float32=tf32,
         eval_batch_size=eval_batch,
+        unsafe=unsafe,
         bn_stats=bn_stats,
         bn_batches=bn_batches,
         bn_batch_size=bn_batch_size,

@@ -333,6 +333,15 @@ def _existing(spec: str, path: str, what: str) -> Path:
 
 def _load_npz(spec: str, positionals: list[str], opts: _Options, seed: int) -> Dataset:
     path = _existing(spec, positionals[0], "file")
+    with open(path, "rb") as handle:
+        head = handle.read(6)
+    if not (head.startswith(b"PK") or head.startswith(b"\x93NUMPY")):
+        raise UserError(
+            f"Data spec {spec!r}: {str(path)!r} is not an .npz archive (it is neither a zip "
+            "archive nor a .npy file: a text or other file?). Save arrays with "
+            "numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...) or "
+            "numpy.savez(path, x=..., y=...)."
+        )
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as error:  # numpy raises several types for non-npz content

@@ -73,7 +73,7 @@ class DSSConfig(ProjectionConfig):
         super().validate()
         if not 0 < self.alpha <= 1:
             raise UserError(f"alpha must be in (0, 1], got {self.alpha}.")
-        if self.slack < 0:
+        if not self.slack >= 0:
             raise UserError(f"slack must be >= 0, got {self.slack}.")
         if self.points < 2 or self.max_depth < 0:
             raise UserError(f"points must be >= 2 and max_depth >= 0 (got {self.points}, {self.max_depth}).")

@@ -8,10 +8,10 @@ import keras
 import numpy as np
 
 from keras_landscape.errors import UserError
-from keras_landscape.models import load_custom_objects, load_model
+from keras_landscape.models import allow_unsafe_deserialization, load_custom_objects, load_model
 from keras_landscape.params import ParameterLayout
 from keras_landscape.state import StateLayout
-from keras_landscape.store import Store
+from keras_landscape.store import Store, reading
 
 
 def string_prefixes(run) -> list[str]:
@@ -72,12 +72,15 @@ def stored_theta(store: Store, run: str | None, bead: int | None, string: str | 
 
 
 def export(store_path: str, out: str, *, run=None, bead=None, string=None, model=None,
-           custom_objects: str | None = None) -> str:
-    """Write a stored bead or model as a Keras model file (.keras or .h5); returns a summary."""
+           custom_objects: str | None = None, unsafe: bool = False) -> str:
+    """Write a stored bead or model as a Keras model file (.keras or .h5); returns a summary.
+    `unsafe` lets Keras rebuild Lambda layers (see `models.allow_unsafe_deserialization`)."""
     if Path(out).suffix.lower() not in (".keras", ".h5"):
         raise UserError(f"Export to a .keras or .h5 file, not {out!r}.")
     custom = load_custom_objects(custom_objects)
-    with Store.open(store_path, "r") as store:
+    if unsafe:
+        allow_unsafe_deserialization()
+    with reading(store_path), Store.open(store_path, "r") as store:
         theta, state, what = stored_theta(store, run, bead, string, model)
         target = _architecture(store, custom)
         first = store.read_model(store.model_names()[0]) if store.model_names() else None

@@ -196,6 +196,12 @@ class Landscape:
         if output_shape is None:
             output_shape = self._probe_output_shape(dataset, input_shape)
         self.dataset = adapt_to_model(dataset, input_shape, output_shape, self.objective.loss_name)
+        if self.objective.level_fn == "error" and self.dataset.task == "regression":
+            raise UserError(
+                f"--level-fn error counts misclassified samples, but {dataset.spec!r} has "
+                "real-valued (regression) targets. Use a regression level function such as "
+                "mae or loss."
+            )
         if split is None:
             split = "test" if self.dataset.has_split("test") else "train"
         if split not in ("train", "test"):

@@ -13,19 +13,17 @@ import inspect
 import logging
 import os
 import sys
-import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from keras_landscape.errors import UserError
+from keras_landscape.inputs import SUPPORTED, check_model_file
 from keras_landscape.params import ParameterLayout
 
 log = logging.getLogger("keras_landscape")
 
-SUPPORTED = ".keras (Keras 3) and legacy .h5/.hdf5 files"
-_H5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def load_custom_objects(spec: str | None) -> dict:
@@ -83,32 +81,7 @@ def load_model(path: str | os.PathLike, custom_objects: dict | None = None):
     Returns:
         The Keras model.
     """
-    path = Path(path)
-    if path.is_dir():
-        if (path / "saved_model.pb").exists():
-            raise UserError(
-                f"{str(path)!r} is a TensorFlow SavedModel directory. keras-landscape needs the "
-                "model's Keras architecture: save it as a .keras file "
-                "(model.save('model.keras')), or load it with tf.keras and re-save it."
-            )
-        raise UserError(f"{str(path)!r} is a directory, not a model file ({SUPPORTED}).")
-    if not path.exists():
-        raise UserError(f"Model file {str(path)!r} does not exist.")
-    suffix = path.suffix.lower()
-    if suffix not in (".keras", ".h5", ".hdf5"):
-        raise UserError(
-            f"Cannot load {str(path)!r}: unknown extension {suffix or '(none)'!r}. "
-            f"Supported: {SUPPORTED}."
-        )
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if suffix == ".keras" and not zipfile.is_zipfile(path):
-        raise UserError(
-            f"{str(path)!r} is not a valid .keras archive (a .keras file is a zip archive); the "
-            "file is corrupt or was saved in another format."
-        )
-    if suffix in (".h5", ".hdf5") and head != _H5_MAGIC:
-        raise UserError(f"{str(path)!r} is not an HDF5 file; the file is corrupt or mislabelled.")
+    path = check_model_file(path)
     custom_objects = custom_objects or {}
     try:
         model = keras.saving.load_model(path, custom_objects=custom_objects, compile=True)
@@ -129,9 +102,22 @@ def load_model(path: str | os.PathLike, custom_objects: dict | None = None):
     return model
 
 
+def allow_unsafe_deserialization() -> None:
+    """Let Keras deserialize Lambda layers and other arbitrary Python code in model files
+    (`--unsafe`: only for files you trust; loading such a file can run any code)."""
+    keras.config.enable_unsafe_deserialization()
+
+
 def _load_failure_message(path: Path, error: Exception) -> str:
     full = str(error).strip()
     text = full.splitlines()[0] if full else type(error).__name__
+    if "safe_mode" in full or "unsafe" in full.lower():
+        return (
+            f"Could not load {str(path)!r}: the model holds a Lambda layer or other Python code "
+            "that Keras will not run from a file unless told to (safe mode). If you trust the "
+            "file (loading it can run any code), rerun with --unsafe; otherwise rebuild the "
+            "layer as a registered custom layer and pass --custom-objects."
+        )
     if "Unknown" in full or "custom" in full.lower() or "Could not locate" in full:
         return (
             f"Could not load {str(path)!r}: {text[:300]}. The model uses a custom layer, loss "

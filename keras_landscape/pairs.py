@@ -34,6 +34,19 @@ class PairOptions:
     partner_learning_rate: float | None = None
     margin: float = 0.05
 
+    def validate_pairs(self) -> None:
+        if self.partners < 0 or self.partner_steps < 1:
+            raise UserError(
+                f"partners must be >= 0 and partner_steps >= 1 (got {self.partners}, "
+                f"{self.partner_steps})."
+            )
+        if self.partner_learning_rate is not None and not self.partner_learning_rate > 0:
+            raise UserError(
+                f"partner_learning_rate must be positive, got {self.partner_learning_rate}."
+            )
+        if not self.margin >= 0:
+            raise UserError(f"margin must be >= 0, got {self.margin}.")
+
 
 def seed_for(seed: int, *parts: int) -> int:
     """A distinct, reproducible seed for one unit of work (pair, level, ...)."""
@@ -138,18 +151,43 @@ def connect_pair(landscape, a, b, level, config: DSSConfig, run, prefix: str, se
     return result
 
 
+def check_level(value, what: str = "level") -> float:
+    """A level u as a float; UserError unless it is finite and positive (DSS trains beads to
+    alpha * u and checks segments against u: both need u > 0)."""
+    try:
+        level = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number in level-function units, got {value!r}.") from None
+    if not (math.isfinite(level) and level > 0):
+        raise UserError(
+            f"{what} must be a positive, finite number in level-function units, got {value!r}: "
+            "beads are trained to alpha x level and segments checked against it."
+        )
+    return level
+
+
 def parse_levels(text: str) -> list[float]:
-    """'0.3,0.2,0.1' (a list) or '0.3:0.05:6' (6 evenly spaced levels from 0.3 to 0.05)."""
+    """'0.3,0.2,0.1' (a list) or '0.3:0.05:6' (6 evenly spaced levels from 0.3 to 0.05).
+
+    Every level must be positive and finite; empty items and empty ranges are refused.
+    """
     text = str(text).strip()
+    usage = "give a list '0.3,0.2,0.1' or a range 'start:stop:count' (count >= 1)"
     try:
         if ":" in text:
             start, stop, count = text.split(":")
-            return [float(v) for v in np.linspace(float(start), float(stop), int(count))]
-        return [float(v) for v in text.split(",") if v.strip()]
+            count = int(count)
+            if count < 1:
+                raise UserError(f"Bad levels {text!r}: the range has {count} levels; {usage}.")
+            levels = [float(v) for v in np.linspace(float(start), float(stop), count)]
+        else:
+            items = text.split(",")
+            if any(not item.strip() for item in items):
+                raise UserError(f"Bad levels {text!r}: an item is empty; {usage}.")
+            levels = [float(v) for v in items]
     except ValueError:
-        raise UserError(
-            f"Bad levels {text!r}: give a list '0.3,0.2,0.1' or a range 'start:stop:count'."
-        ) from None
+        raise UserError(f"Bad levels {text!r}: {usage}.") from None
+    return [check_level(v, f"Every level in {text!r}") for v in levels]
 
 
 def summarize(values: list[float]) -> tuple[float | None, float | None]:
@@ -160,6 +198,19 @@ def summarize(values: list[float]) -> tuple[float | None, float | None]:
     return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
 
 
+def check_pair_config(config) -> None:
+    """Every check a pair probe's config mixes in: DSS and projection knobs, pair options,
+    bisection options, and the `level` / `levels` fields where the config has them."""
+    config.validate()
+    config.validate_pairs()
+    if hasattr(config, "validate_bisection"):
+        config.validate_bisection()
+    if getattr(config, "level", None) is not None:
+        check_level(config.level)
+    if getattr(config, "levels", ""):
+        parse_levels(config.levels)
+
+
 class PairProbe:
     """Base of probes that measure pairs of minima: config handling and the pair list."""
 
@@ -168,7 +219,11 @@ class PairProbe:
     def __init__(self, config=None):
         self.config = config or self.Config()
 
+    def validate_config(self) -> None:
+        """Every option checked (called before any model or data is loaded)."""
+        check_pair_config(self.config)
+
     def pairs(self, landscape, models, store, progress):
         """Validate the config, train partners if needed; (minima, index pairs)."""
-        self.config.validate()
+        self.validate_config()
         return with_partners(landscape, models, self.config, store, progress)

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from keras_landscape.errors import UserError
-from keras_landscape.store import Run, Store
+from keras_landscape.store import Run, Store, reading
 
 FORMATS = ("png", "svg", "pdf")
 PATH_CHOICES = ("best", "all", "none")
@@ -592,7 +592,7 @@ def plot_store(
         raise UserError(f"Unknown paths choice {paths!r}: use one of {', '.join(PATH_CHOICES)}.")
     directory = directory or default_directory(store_path)
     report = PlotReport(store=str(store_path), directory=str(directory), format=fmt)
-    with Store.open(store_path, "r") as store:
+    with reading(store_path), Store.open(store_path, "r") as store:
         data = store.read_data_info()
         names = store.run_names()
         unknown = [r for r in runs or [] if r not in names]

@@ -53,13 +53,18 @@ class ProjectionConfig:
             raise UserError(
                 f"Unknown optimizer {self.optimizer!r} for projections: use one of {OPTIMIZERS}."
             )
-        if self.learning_rate <= 0 or self.max_steps < 1 or self.check_every < 1:
+        if not (0 < self.learning_rate < float("inf")) or self.max_steps < 1 or self.check_every < 1:
             raise UserError(
                 "Projection needs learning_rate > 0, max_steps >= 1 and check_every >= 1 "
                 f"(got {self.learning_rate}, {self.max_steps}, {self.check_every})."
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise UserError(f"batch_size must be positive or None, got {self.batch_size}.")
+        if not (0 <= self.beta_1 < 1 and 0 <= self.beta_2 < 1 and self.epsilon > 0):
+            raise UserError(
+                "Adam needs 0 <= beta_1, beta_2 < 1 and epsilon > 0 (got "
+                f"{self.beta_1}, {self.beta_2}, {self.epsilon})."
+            )
 
 
 @dataclass

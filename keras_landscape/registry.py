@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -161,6 +162,14 @@ def config_fields(cls) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls.Config))
 
 
+def check_config(probe) -> None:
+    """The probe's own option checks, before any model or data is loaded: its
+    `validate_config()` method, else its config's `validate()`, where it has one."""
+    check = getattr(probe, "validate_config", None) or getattr(probe.config, "validate", None)
+    if callable(check):
+        check()
+
+
 def make_config(cls, options: dict[str, Any]):
     """cls.Config from string or typed options; UserError naming an unknown key or bad value."""
     fields = {f.name: f for f in config_fields(cls)}
@@ -173,7 +182,13 @@ def make_config(cls, options: dict[str, Any]):
                 f"Unknown option {key!r} for probe {cls.name!r}. Its options: "
                 f"{', '.join(fields) or '(none)'}."
             )
-        values[name] = coerce(raw, hints.get(name, str), f"{cls.name}.{name}")
+        value = coerce(raw, hints.get(name, str), f"{cls.name}.{name}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(
+                f"Option {cls.name}.{name} must be a finite number, got {raw!r} (NaN and "
+                "infinity are never meaningful settings)."
+            )
+        values[name] = value
     return cls.Config(**values)
 
 

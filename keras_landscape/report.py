@@ -13,7 +13,7 @@ import math
 import re
 import shlex
 
-from keras_landscape.store import Run, Store
+from keras_landscape.store import Run, Store, reading
 
 #: Curviness measures 3 levels when `levels` is empty (plugins/curviness.py DEFAULT_FRACTIONS).
 _DEFAULT_CURVINESS_LEVELS = 3
@@ -350,7 +350,7 @@ def summarize_store(path: str) -> dict:
     complete, how much of it is stored (rows per dataset, strings finished or in progress)
     and what is missing, instead of a result.
     """
-    with Store.open(path, "r") as store:
+    with reading(path), Store.open(path, "r") as store:
         layout = store.read_layout() if store.has_layout() else None
         models = []
         for name in store.model_names():

@@ -22,7 +22,12 @@ from keras_landscape import __version__, backend, registry
 from keras_landscape.data import load_data
 from keras_landscape.errors import Interrupted, UserError
 from keras_landscape.landscape import DEFAULT_EVAL_BATCH, Landscape
-from keras_landscape.models import check_same_architecture, load_custom_objects, load_model
+from keras_landscape.models import (
+    allow_unsafe_deserialization,
+    check_same_architecture,
+    load_custom_objects,
+    load_model,
+)
 from keras_landscape.params import non_trainable_state
 from keras_landscape.progress import NullProgress, Progress
 from keras_landscape.state import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
@@ -66,6 +71,7 @@ class RunSpec:
     out: str | None = None
     seed: int = 0
     custom_objects: str | None = None
+    unsafe: bool = False
     resume: bool = False
     overwrite: bool = False
     xla: bool | str = "auto"
@@ -105,7 +111,9 @@ def build_probes(spec: RunSpec) -> list:
         options.update(spec.probe_options.get(entry.name, {}))
         if "seed" in names and "seed" not in options:
             options["seed"] = spec.seed
-        instances.append(entry.cls(registry.make_config(entry.cls, options)))
+        instance = entry.cls(registry.make_config(entry.cls, options))
+        registry.check_config(instance)
+        instances.append(instance)
     if unused:
         known = sorted({f.name for e in entries for f in registry.config_fields(e.cls)})
         raise UserError(
@@ -214,6 +222,8 @@ def load_minima(spec: RunSpec) -> list[Minimum]:
     if not spec.models:
         raise UserError("Give at least one model file (.keras or .h5).")
     custom = load_custom_objects(spec.custom_objects)
+    if spec.unsafe:
+        allow_unsafe_deserialization()
     models = [load_model(path, custom) for path in spec.models]
     names = _model_names(spec.models)
     layout = check_same_architecture(models, names)

@@ -15,6 +15,7 @@ become lists, and non-finite floats (NaN, +-inf) become ``null``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -36,8 +37,11 @@ RUN_STATUSES = ("running", "complete", "failed", "interrupted")
 #: JSON text. It is itself a JSON list of attribute names.
 JSON_ATTRS = "json_attrs"
 
-# Target size of one chunk of a resizable run dataset.
+# Chunks of resizable run datasets: rows up to _CHUNK_BYTES are kept whole, at most
+# _CHUNK_ROWS of them in about _SMALL_CHUNK_BYTES.
 _CHUNK_BYTES = 1 << 20
+_SMALL_CHUNK_BYTES = 64 << 10
+_CHUNK_ROWS = 64
 
 _STR = h5py.string_dtype("utf-8")
 
@@ -69,7 +73,7 @@ def _claim_for_replacement(path: str):
         with h5py.File(path, "r") as f:
             fmt = _plain(f.attrs.get("format"))
     except OSError as exc:
-        if "lock" in str(exc).lower():
+        if _locked(str(exc)):
             raise UserError(_in_use(path)) from None
         raise UserError(
             f"{refuse}: it cannot be read ({str(exc).splitlines()[0][:200]}); a damaged store "
@@ -91,6 +95,12 @@ def _claim_for_replacement(path: str):
         os.close(descriptor)
         raise UserError(_in_use(path)) from None
     return descriptor
+
+
+def _locked(message: str) -> bool:
+    """h5py's error for a file another process holds (HDF5 file locking)."""
+    text = message.lower()
+    return "unable to lock" in text or "lock file" in text or "file locking" in text
 
 
 def _in_use(path: str) -> str:
@@ -291,8 +301,29 @@ def _get_attr(obj, key: str, default: Any = None) -> Any:
         try:
             return from_json(value)
         except ValueError:
-            return value
+            raise UserError(
+                f"The attribute {key!r} of {obj.name!r} in the store {obj.file.filename!r} is "
+                "not valid JSON: the store is damaged (edited or partly overwritten). Rerun the "
+                "probe into a new store (--out) to get it back."
+            ) from None
     return value
+
+
+@contextlib.contextmanager
+def reading(path: str):
+    """Turn what h5py raises on a damaged file (garbled or truncated data) into one clear
+    UserError, for the commands that read a store back (show, plot, export)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError) as error:
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"The store {path!r} is damaged and cannot be read back ({first}): it was cut, "
+            "edited or overwritten while being written. Rerun the probe into a new store "
+            "(--out); a run that was merely interrupted resumes with --resume instead."
+        ) from None
 
 
 # ---------------------------------------------------------------------- name helpers
@@ -322,12 +353,14 @@ def _check_key(key: str) -> str:
 
 
 def _chunks_for(row_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    """Chunk shape for a dataset of rows of ``row_shape``: about 1 MiB per chunk, whole rows
-    where a row fits (so appending and reading a row touch few chunks)."""
+    """Chunk shape for a dataset of rows of ``row_shape``: whole rows where a row fits in
+    1 MiB (so appending and reading a row touch few chunks), at most 64 rows and about
+    64 KiB per chunk, so that the many short datasets of a store (a few beads, a level per
+    bead) do not each allocate a large chunk."""
     dims = [max(1, int(d)) for d in row_shape]
     row_bytes = max(1, itemsize) * int(np.prod(dims, dtype=np.int64))
     if row_bytes <= _CHUNK_BYTES:
-        rows = int(max(1, min(4096, _CHUNK_BYTES // row_bytes)))
+        rows = int(max(1, min(_CHUNK_ROWS, _SMALL_CHUNK_BYTES // row_bytes)))
         return (rows, *dims)
     # One row is bigger than the target: split its leading dimensions.
     budget = max(1, _CHUNK_BYTES // max(1, itemsize))
@@ -476,10 +509,16 @@ class Store:
         try:
             f = h5py.File(path, mode)
         except OSError as exc:
-            hint = ""
-            if "lock" in str(exc).lower():
-                hint = " Another process may have it open for writing; wait for it to finish."
-            raise UserError(f"Cannot open the store {path!r} (mode {mode!r}): {exc}.{hint}") from exc
+            text = str(exc)
+            if _locked(text):
+                raise UserError(_in_use(path)) from None
+            if "truncated file" in text:
+                raise UserError(
+                    f"The store {path!r} is truncated (the file is shorter than its own header "
+                    "says): it was cut while being copied or written, and cannot be read. Rerun "
+                    "the probe into a new store (--out)."
+                ) from None
+            raise UserError(f"Cannot open the store {path!r} (mode {mode!r}): {exc}.") from None
         fmt = _plain(f.attrs.get("format"))
         if fmt != FORMAT_NAME:
             f.close()

@@ -49,7 +49,6 @@ class BarrierProbe(PairProbe):
 
     def run(self, landscape, models, store, progress) -> dict:
         config = self.config
-        config.validate_bisection()
         if config.align not in ALIGNMENTS:
             raise UserError(f"Unknown align {config.align!r}: use one of {ALIGNMENTS}.")
         minima, pairs = self.pairs(landscape, models, store, progress)

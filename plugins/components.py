@@ -51,7 +51,6 @@ class ComponentsProbe(PairProbe):
 
     def run(self, landscape, models, store, progress) -> dict:
         config = self.config
-        config.validate_bisection()
         minima, _ = self.pairs(landscape, models, store, progress)
         k = len(minima)
         pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
