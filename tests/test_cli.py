@@ -176,7 +176,10 @@ def test_bad_input_exits_2_with_one_message(case, capsys, tmp_path, model_files)
     out_args = [] if "--out" in args else ["--out", str(tmp_path / "new.h5")]
     code, out, err = run_cli(capsys, "probe", *args, *out_args, "--json")
     assert code == EXIT_BAD_INPUT
-    assert out == ""  # nothing on stdout: no half JSON document
+    # stdout holds exactly one JSON document, the error (no half result document)
+    error = json.loads(out)["error"]
+    assert error["kind"] == "bad_input" and error["exit_code"] == EXIT_BAD_INPUT
+    assert error["message"] == err.strip()
     assert err.startswith("Error: ")
     assert "Traceback" not in err
     assert re.search(message, err, re.S), err
@@ -193,7 +196,7 @@ def test_click_usage_errors_exit_2(capsys):
 
 def test_show_missing_store_exits_2(capsys, tmp_path):
     code, out, err = run_cli(capsys, "show", str(tmp_path / "absent.h5"), "--json")
-    assert code == EXIT_BAD_INPUT and out == ""
+    assert code == EXIT_BAD_INPUT and json.loads(out)["error"]["kind"] == "bad_input"
     assert err.startswith("Error: ") and "Traceback" not in err
 
 
@@ -216,9 +219,10 @@ def test_console_script_json_has_no_framework_noise(tmp_path, model_files):
              if line.startswith(("I0000", "W0000", "E0000"))
              or any(word in line for word in ("oneDNN", "cuda", "absl::InitializeLog"))]
     assert noise == [], result.stderr
-    # A bad input from the console script: exit 2, one message, no traceback, stdout empty.
+    # A bad input from the console script: exit 2, one message, no traceback, and without
+    # --json nothing on stdout.
     bad = subprocess.run(
-        [*command, "show", str(tmp_path / "absent.h5"), "--json"],
+        [*command, "show", str(tmp_path / "absent.h5")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert bad.returncode == 2 and bad.stdout == ""
@@ -231,7 +235,7 @@ def test_resume_with_other_options_exits_2_naming_the_option(capsys, tmp_path, m
     code, _, _ = run_cli(capsys, *base, "--set", "allow_nonfinite=false")
     assert code == 0
     code, stdout, stderr = run_cli(capsys, *base, "--resume", "--set", "allow_nonfinite=true")
-    assert code == EXIT_BAD_INPUT and stdout == ""
+    assert code == EXIT_BAD_INPUT and stdout == ""  # no --json: stdout stays empty
     assert "allow_nonfinite" in stderr and "Traceback" not in stderr
     code, _, _ = run_cli(capsys, *base, "--resume", "--set", "allow_nonfinite=false")
     assert code == 0

@@ -1,0 +1,91 @@
+"""SIGKILL a run at a random moment, resume it: the store ends identical to an uninterrupted
+run's (strings bit for bit, verdicts equal), and is never left unreadable."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from keras_landscape.store import Store
+
+STRING_DATASETS = ("beads", "bead_level", "bead_depth", "bead_steps", "order", "curves")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, digits_classifier, digits_data, full_batch_fit):
+    """Two briefly trained digits MLPs and a level that needs beads between them."""
+    folder = tmp_path_factory.mktemp("kill")
+    paths = []
+    for seed in (0, 1):
+        model = digits_classifier("dense", seed=seed)
+        full_batch_fit(model, digits_data.x_train, digits_data.y_train, 150, 0.02)
+        path = folder / f"m{seed}.keras"
+        model.save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _command(pair, out, resume=False):
+    return [sys.executable, "-m", "keras_landscape.cli.main", "probe", *pair, "--data", "digits",
+            "--probe", "connectivity", "--set", "max_depth=4", "--set", "points=10",
+            "--set", "max_steps=1000", "--set", "learning_rate=0.01", "--out", str(out), "-q", "--json"] + (
+                ["--resume"] if resume else [])
+
+
+def _strings(path):
+    with Store.open(path) as store:
+        run = store.run("connectivity")
+        result = run.result
+        arrays = {name: run.read(f"pair_0_1/{name}") for name in STRING_DATASETS
+                  if run.has(f"pair_0_1/{name}")}
+    return result, arrays
+
+
+@pytest.fixture(scope="module")
+def reference(pair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "ref.h5"
+    started = time.perf_counter()
+    done = subprocess.run(_command(pair, out), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result, arrays = _strings(out)
+    assert result["beads"] > 2, result  # there is a string to interrupt
+    return time.perf_counter() - started, result, arrays
+
+
+def _trial(seed, pair, reference, tmp_path):
+    seconds, expected, arrays = reference
+    out = tmp_path / f"trial{seed}.h5"
+    process = subprocess.Popen(_command(pair, out), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    time.sleep(np.random.default_rng(seed).uniform(0.3, 1.0) * seconds)
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    resume = out.exists()
+    done = subprocess.run(_command(pair, out, resume=resume), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["results"]["connectivity"]["connected"] == expected["connected"]
+    result, got = _strings(out)
+    for key in ("connected", "reason", "beads", "depth", "projection_steps", "max_loss"):
+        assert result[key] == expected[key], key
+    assert result["normalized_length"] == pytest.approx(expected["normalized_length"], rel=1e-9)
+    assert set(got) == set(arrays)
+    for name, values in arrays.items():
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_killed_runs_resume_to_the_uninterrupted_store(seed, pair, reference, tmp_path):
+    _trial(seed, pair, reference, tmp_path)
+
+
+@pytest.mark.slow
+def test_twenty_random_kills_all_resume_exactly(pair, reference, tmp_path):
+    for seed in range(100, 120):
+        _trial(seed, pair, reference, tmp_path)
