@@ -89,3 +89,21 @@ def test_killed_runs_resume_to_the_uninterrupted_store(seed, pair, reference, tm
 def test_twenty_random_kills_all_resume_exactly(pair, reference, tmp_path):
     for seed in range(100, 120):
         _trial(seed, pair, reference, tmp_path)
+
+
+@pytest.mark.parametrize("delay", [0.5, 3.0])
+def test_ctrl_c_early_always_stops_with_130_and_a_message(delay, pair, tmp_path):
+    """Ctrl-C in the first seconds (while the frameworks import, or the models load) ends
+    the run with exit code 130 and one line, never carries on, never crashes silently."""
+    out = tmp_path / "early.h5"
+    command = [c for c in _command(pair, out) if c != "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, (process.returncode, stderr[-2000:])
+    assert "Interrupted" in stderr and "Traceback" not in stderr
+    assert json.loads(stdout)["error"]["kind"] == "interrupted"
+    if out.exists():  # what was written is readable
+        with Store.open(out) as store:
+            assert store.model_names()
