@@ -364,12 +364,15 @@ class Landscape:
             stacked_thetas = ops.convert_to_tensor(pad_rows(thetas[chunk]))
             stacked_states = ops.convert_to_tensor(pad_rows(states[chunk]))
             k = len(thetas[chunk])
-            moments = np.stack(
-                [
-                    np.asarray(kernel(stacked_thetas, stacked_states, self.non_trainable, x))[:k]
-                    for x in self._statistics_batches()
-                ]
-            ).astype(np.float64)
+            with backend.exact_float32():  # statistics decide levels: no TF32
+                moments = np.stack(
+                    [
+                        np.asarray(
+                            kernel(stacked_thetas, stacked_states, self.non_trainable, x)
+                        )[:k]
+                        for x in self._statistics_batches()
+                    ]
+                ).astype(np.float64)
             mean, variance = pooled_moments(moments[..., mean_index], moments[..., var_index])
             states[chunk, mean_index] = mean
             states[chunk, var_index] = np.maximum(variance, 0.0)
@@ -395,8 +398,13 @@ class Landscape:
             self._bn_inputs = [
                 ops.convert_to_tensor(x[order[i * size : (i + 1) * size]]) for i in range(count)
             ]
-            self.statistics_samples = count * size
         return self._bn_inputs
+
+    @property
+    def statistics_samples(self) -> int:
+        """How many training samples recomputed BatchNorm statistics average over."""
+        batches = self._statistics_batches()
+        return len(batches) * int(batches[0].shape[0])
 
     def _evaluation_states(self, thetas, states, recompute: bool) -> np.ndarray:
         states = self.fill_states(states, len(thetas))
@@ -595,5 +603,6 @@ class Landscape:
             "bn_stats": self.bn_stats if self.has_batch_norm else None,
             "bn_batches": self.bn_batches if self.recomputes else None,
             "bn_batch_size": self.bn_batch_size if self.recomputes else None,
+            "bn_samples": self.statistics_samples if self.recomputes else None,
             "projection_mode": "train" if self.trains_in_train_mode else "inference",
         }

@@ -166,10 +166,12 @@ def check_level(value, what: str = "level") -> float:
     return level
 
 
-def parse_levels(text: str) -> list[float]:
+def parse_levels(text: str, targets: bool = True) -> list[float]:
     """'0.3,0.2,0.1' (a list) or '0.3:0.05:6' (6 evenly spaced levels from 0.3 to 0.05).
 
-    Every level must be positive and finite; empty items and empty ranges are refused.
+    Every level must be finite, and positive where the levels are DSS targets (`targets`;
+    a grid of levels to count components at may hold any finite value); empty items and
+    empty ranges are refused.
     """
     text = str(text).strip()
     usage = "give a list '0.3,0.2,0.1' or a range 'start:stop:count' (count >= 1)"
@@ -187,6 +189,10 @@ def parse_levels(text: str) -> list[float]:
             levels = [float(v) for v in items]
     except ValueError:
         raise UserError(f"Bad levels {text!r}: {usage}.") from None
+    if not targets:
+        if not all(math.isfinite(v) for v in levels):
+            raise UserError(f"Bad levels {text!r}: every level must be a finite number.")
+        return levels
     return [check_level(v, f"Every level in {text!r}") for v in levels]
 
 
@@ -198,9 +204,10 @@ def summarize(values: list[float]) -> tuple[float | None, float | None]:
     return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
 
 
-def check_pair_config(config) -> None:
+def check_pair_config(config, level_targets: bool = True) -> None:
     """Every check a pair probe's config mixes in: DSS and projection knobs, pair options,
-    bisection options, and the `level` / `levels` fields where the config has them."""
+    bisection options, and the `level` / `levels` fields where the config has them
+    (`level_targets`: its levels are DSS targets, see `parse_levels`)."""
     config.validate()
     config.validate_pairs()
     if hasattr(config, "validate_bisection"):
@@ -208,7 +215,7 @@ def check_pair_config(config) -> None:
     if getattr(config, "level", None) is not None:
         check_level(config.level)
     if getattr(config, "levels", ""):
-        parse_levels(config.levels)
+        parse_levels(config.levels, level_targets)
 
 
 class PairProbe:
@@ -219,9 +226,12 @@ class PairProbe:
     def __init__(self, config=None):
         self.config = config or self.Config()
 
+    #: whether the config's `levels` are DSS targets (positive) or a grid to count at
+    level_targets = True
+
     def validate_config(self) -> None:
         """Every option checked (called before any model or data is loaded)."""
-        check_pair_config(self.config)
+        check_pair_config(self.config, self.level_targets)
 
     def pairs(self, landscape, models, store, progress):
         """Validate the config, train partners if needed; (minima, index pairs)."""

@@ -21,6 +21,7 @@ class ComponentsProbe(PairProbe):
     """Pairwise saddle levels over K minima, single linkage, N_u on a level grid."""
 
     name = "components"
+    level_targets = False  # `levels` is the grid N_u is counted on, any finite values
     summary = "Connected components N_u of sublevel sets over many minima; merge tree (DSS)."
     result_fields = {
         "minima": "names of the K minima (files, or a model and its trained replicas)",
@@ -99,7 +100,7 @@ class ComponentsProbe(PairProbe):
         merge_levels = [m[0] for m in merges] + [None] * (k - 1 - len(merges))
         finite = [m[0] for m in merges]
         top = max(finite) if finite else max(minimum_levels)
-        grid = parse_levels(config.levels) if config.levels else [
+        grid = parse_levels(config.levels, targets=False) if config.levels else [
             float(v) for v in np.linspace(min(minimum_levels), top + 0.1 * max(abs(top), 1e-12), DEFAULT_GRID)
         ]
         return {

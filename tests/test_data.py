@@ -207,7 +207,7 @@ def test_npz_errors(tmp_path):
         load_data(f"npz:{half}")
     corrupt = tmp_path / "corrupt.npz"
     corrupt.write_bytes(b"this is not an archive")
-    with pytest.raises(UserError, match="not a readable .npz"):
+    with pytest.raises(UserError, match="not an .npz archive"):
         load_data(f"npz:{corrupt}")
     single = tmp_path / "single.npy"
     np.save(single, np.zeros(3))
