@@ -52,7 +52,9 @@ def quiet_frameworks(verbose: int) -> None:
         # matplotlib would warn (twice, past -q) that it cannot write its cache under HOME
         import tempfile
 
-        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="klandscape-matplotlib-")
+        cache = os.path.join(tempfile.gettempdir(), f"klandscape-matplotlib-{os.getuid()}")
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+        os.environ["MPLCONFIGDIR"] = cache
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore")
     # force: a run in the same process after a -v run (tests, notebooks) must not keep its

@@ -23,7 +23,14 @@ CORE = [
     "test_registry.py",
     "test_models.py",
     "test_stacked.py",
-    "test_batchnorm.py",
+    # BatchNorm on JAX: the engine's known answers and one exported path (the CLI, store and
+    # resume plumbing around them is backend-neutral and runs on TensorFlow only).
+    "test_batchnorm.py::test_recomputed_statistics_of_input_features_are_the_data_moments",
+    "test_batchnorm.py::test_batch_moments_match_a_train_mode_forward_by_hand",
+    "test_batchnorm.py::test_train_mode_stacked_forward_equals_keras_training_calls",
+    "test_batchnorm.py::test_weight_matching_permutes_the_statistics",
+    "test_batchnorm.py::test_models_without_batch_norm_are_unaffected",
+    "test_batchnorm.py::test_exported_beads_evaluate_in_keras_to_their_stored_level[recompute]",
 ]
 
 
@@ -32,7 +39,7 @@ def test_core_suite_passes_on_jax_without_tensorflow():
     if os.environ.get("KERAS_BACKEND") == "jax":
         pytest.skip("already running on the JAX backend")
     here = Path(__file__).parent
-    files = [str(here / name) for name in CORE if (here / name).exists()]
+    files = [str(here / name) for name in CORE if (here / name.split("::")[0]).exists()]
     env = {**os.environ, "KERAS_BACKEND": "jax", "KLANDSCAPE_BLOCK_TENSORFLOW": "1"}
     completed = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files],
