@@ -218,6 +218,20 @@ class Landscape:
         self.non_trainable = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
         self.state_layout = StateLayout.from_model(model)
         self.reference_state = self.state_layout.state_of(model)
+        # A subclassed model whose call() takes no `training` cannot run in train mode.
+        self._train_mode = bool(engine.mode_kwargs(model, training=True))
+        if self.state_layout.has_batch_norm and not self._train_mode:
+            if bn_stats == "recompute":
+                raise UserError(
+                    f"The model {getattr(model, 'name', '')!r} has BatchNorm layers, but its "
+                    "call() takes no `training` argument, so they cannot run in train mode to "
+                    "recompute their statistics. Add `training=None` to call() and pass it on "
+                    "to the layers, or use --bn-stats interpolate."
+                )
+            log.warning(
+                "%s: call() takes no `training` argument: beads are trained in inference mode "
+                "(BatchNorm on the carried statistics).", getattr(model, "name", "model")
+            )
         self.bn_stats = bn_stats
         self.bn_batches, self.bn_batch_size = int(bn_batches), int(bn_batch_size)
         self._batches = {
@@ -315,8 +329,9 @@ class Landscape:
 
     @property
     def trains_in_train_mode(self) -> bool:
-        """Projections run the model in train mode (as Keras's fit) when it has BatchNorm."""
-        return self.has_batch_norm
+        """Projections run the model in train mode (as Keras's fit) when it has BatchNorm
+        (and its call() takes `training`)."""
+        return self.has_batch_norm and self._train_mode
 
     def state_of(self, model) -> np.ndarray:
         """s of `model` (its own non-trainable state, float32 (S,))."""

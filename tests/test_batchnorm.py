@@ -380,3 +380,24 @@ def test_resume_refuses_other_statistics_settings_or_models(change, message, bn_
     # The same settings resume (the evaluate run is reused).
     execute(RunSpec(models=list(bn_files[:2]), data="digits", level_fn="error", out=out,
                     resume=True))
+
+
+def test_a_model_that_cannot_train_its_batch_norm_is_refused_recompute(digits_data):
+    class NoTraining(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.norm = keras.layers.BatchNormalization()
+            self.out = keras.layers.Dense(10)
+
+        def call(self, inputs):  # no `training`: BatchNorm can never run in train mode
+            return self.out(self.norm(inputs))
+
+    from keras_landscape.errors import UserError
+
+    model = NoTraining()
+    model(np.zeros((1, 64), np.float32))
+    model.compile(loss=LOGITS)
+    with pytest.raises(UserError, match="training=None"):
+        Landscape(model, digits_data, level_fn="error")
+    landscape = Landscape(model, digits_data, level_fn="error", bn_stats="interpolate")
+    assert landscape.has_batch_norm and not landscape.trains_in_train_mode
