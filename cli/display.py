@@ -224,7 +224,7 @@ def store_tables(summary: dict) -> None:
     out.print(
         escape(f"data: {data.get('spec')}  loss: {data.get('loss')}  level: {data.get('level_fn')} "
                f"on {data.get('split')}  parameters: {summary.get('parameters')}"
-               + (f"  BatchNorm statistics: {data.get('bn_stats')}" if data.get("bn_stats") else "")),
+               + (f"  BatchNorm statistics: {data['bn_stats']}" if data.get("bn_stats") else "")),
         highlight=False,
     )
     models = Table(title="Models", title_justify="left")

@@ -146,7 +146,8 @@ def read_yaml(path: str) -> dict:
         raise UserError(f"The config file {path!r} is not a text file (it is not valid UTF-8); "
                         "give a YAML run config.") from None
     except OSError as error:
-        raise UserError(f"Cannot read the config file {path!r}: {error.strerror or error}.") from None
+        reason = error.strerror or error
+        raise UserError(f"Cannot read the config file {path!r}: {reason}.") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -155,7 +155,8 @@ class StringRecord:
 
     Datasets: beads (n, P), bead_level, bead_depth, bead_steps (rows in acceptance order,
     rows 0 and 1 are A and B), bead_state (n, S) when the model has non-trainable float
-    state (the BatchNorm statistics each bead's level was evaluated with), order (the string as bead rows, rewritten after each depth),
+    state (the BatchNorm statistics each bead's level was evaluated with), order (the
+    string as bead rows, rewritten after each depth),
     curves (checked segment levels, R + 1 per row) with curve_segments (left row, right row,
     depth). Attributes on the prefix group: depth_done, verdict (JSON, when finished).
     A run interrupted mid-depth resumes from the last completed depth.
@@ -213,7 +214,8 @@ class StringRecord:
         levels = self.run.read(self.key("bead_level"))
         depths = self.run.read(self.key("bead_depth"))
         steps = self.run.read(self.key("bead_steps"))
-        states = self.run.read(self.key("bead_state")) if self.run.has(self.key("bead_state")) else None
+        has_states = self.run.has(self.key("bead_state"))
+        states = self.run.read(self.key("bead_state")) if has_states else None
         string = [
             Bead(
                 int(r), thetas[r], float(levels[r]), int(depths[r]), int(steps[r]),

@@ -40,7 +40,8 @@ def check_model_file(path: str | os.PathLike) -> Path:
         with open(path, "rb") as handle:
             head = handle.read(8)
     except OSError as error:
-        raise UserError(f"Cannot read the model file {str(path)!r}: {error.strerror or error}.") from None
+        reason = error.strerror or error
+        raise UserError(f"Cannot read the model file {str(path)!r}: {reason}.") from None
     if suffix == ".keras" and not zipfile.is_zipfile(path):
         raise UserError(
             f"{str(path)!r} is not a valid .keras archive (a .keras file is a zip archive); the "

@@ -157,7 +157,9 @@ def check_level(value, what: str = "level") -> float:
     try:
         level = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{what} must be a number in level-function units, got {value!r}.") from None
+        raise UserError(
+            f"{what} must be a number in level-function units, got {value!r}."
+        ) from None
     if not (math.isfinite(level) and level > 0):
         raise UserError(
             f"{what} must be a positive, finite number in level-function units, got {value!r}: "

@@ -53,7 +53,8 @@ class ProjectionConfig:
             raise UserError(
                 f"Unknown optimizer {self.optimizer!r} for projections: use one of {OPTIMIZERS}."
             )
-        if not (0 < self.learning_rate < float("inf")) or self.max_steps < 1 or self.check_every < 1:
+        finite_rate = 0 < self.learning_rate < float("inf")
+        if not finite_rate or self.max_steps < 1 or self.check_every < 1:
             raise UserError(
                 "Projection needs learning_rate > 0, max_steps >= 1 and check_every >= 1 "
                 f"(got {self.learning_rate}, {self.max_steps}, {self.check_every})."

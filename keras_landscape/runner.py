@@ -140,7 +140,9 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
             "--resume continues the work in a store and --overwrite replaces it: give one of them."
         )
     if Path(path).is_dir():
-        raise UserError(f"--out {path!r} is a directory; give a file path such as {path.rstrip('/')}/run.h5.")
+        raise UserError(
+            f"--out {path!r} is a directory; give a file path such as {path.rstrip('/')}/run.h5."
+        )
     if spec.resume and not Path(path).exists():
         raise UserError(
             f"Nothing to resume: there is no store {path!r}. Run the same command without "
@@ -182,17 +184,17 @@ IDENTITY_KEYS = ("spec", "loss", "loss_config", "level_fn", "split", "backend", 
 def check_same_run(store: Store, landscape: Landscape, minima: list[Minimum]) -> None:
     """Refuse to resume a store written with other data, loss, level function, BatchNorm
     statistics mode, or other models (their names, order, weights and statistics)."""
-    stored, now = store.read_data_info(), _jsonish(landscape.describe())
-    changed = [k for k in IDENTITY_KEYS if k in stored and stored[k] != now.get(k)]
-    reasons = [f"{k} (stored {stored[k]!r}, now {now.get(k)!r})" for k in changed]
+    stored, current = store.read_data_info(), _jsonish(landscape.describe())
+    changed = [k for k in IDENTITY_KEYS if k in stored and stored[k] != current.get(k)]
+    reasons = [f"{k} (stored {stored[k]!r}, now {current.get(k)!r})" for k in changed]
     inputs = {n: store.read_model(n)["attrs"] for n in store.model_names()}
     inputs = {n: a for n, a in inputs.items() if a.get("role") == "input"}
     # Pair labels (pair_i_j) are positions: the models' order is part of the run.
     names = sorted(inputs, key=lambda n: (int(inputs[n].get("index", 0)), n))
-    now = [m.name for m in minima]
+    given = [m.name for m in minima]
     ordered = all("index" in a for a in inputs.values())  # stores of 0.1 kept no order
-    if names and (names != now if ordered else sorted(names) != sorted(now)):
-        reasons.append(f"models (stored {', '.join(names)}, now {', '.join(m.name for m in minima)})")
+    if names and (names != given if ordered else sorted(names) != sorted(given)):
+        reasons.append(f"models (stored {', '.join(names)}, now {', '.join(given)})")
     for minimum in minima:
         if minimum.name not in names:
             continue

@@ -604,15 +604,20 @@ class StackedForward:
         self.plan: dict[str, str] = {}
         self.moments: dict[int, tuple] = {}
         self._layers: dict[int, object] = {}
-        if self.training:
-            self.rules = tuple(
-                ("batch statistics", _batch_norm_rule, self._batch_norm_train)
-                if how == "batched normalisation"
-                else (how, (lambda layer, applies=applies: applies(layer) and _no_dropout(layer)), rule)
-                for how, applies, rule in RULES
-            )
-        else:
-            self.rules = RULES
+        self.rules = self._train_rules() if self.training else RULES
+
+    def _train_rules(self) -> tuple:
+        """RULES for train mode: BatchNorm on batch moments (recorded), and recurrent layers
+        with dropout left to their own call (the unrolled equations have none)."""
+        rules = []
+        for how, applies, rule in RULES:
+            if how == "batched normalisation":
+                rules.append(("batch statistics", applies, self._batch_norm_train))
+            elif how == "unrolled recurrence":
+                rules.append((how, lambda layer, a=applies: a(layer) and _no_dropout(layer), rule))
+            else:
+                rules.append((how, applies, rule))
+        return tuple(rules)
 
     def _batch_norm_train(self, layer, value, inputs):
         def record(layer, mean, variance):
@@ -663,7 +668,8 @@ class StackedForward:
         outputs = self.graph._run_through_graph(inputs, operation_fn=operation_fn)
         plan = "; ".join(f"{name}: {how}" for name, how in self.plan.items())
         mode = "train mode" if self.training else "inference"
-        log_once(self.model, f"Beads through {getattr(self.model, 'name', 'model')} ({mode}): {plan}.")
+        name = getattr(self.model, "name", "model")
+        log_once(self.model, f"Beads through {name} ({mode}): {plan}.")
         outputs = keras.tree.map_structure(
             lambda o: o.value
             if isinstance(o, _Stacked)

@@ -119,7 +119,9 @@ class StateLayout(FlatLayout):
         values = [np.array(v) for v in template]
         state = np.asarray(state, np.float32)
         for position, offset, size, shape in self.entries():
-            values[position] = state[offset : offset + size].reshape(shape).astype(values[position].dtype)
+            values[position] = (
+                state[offset : offset + size].reshape(shape).astype(values[position].dtype)
+            )
         return values
 
     def to_dict(self) -> dict:

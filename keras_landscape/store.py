@@ -57,14 +57,8 @@ def _claim_for_replacement(path: str):
     flock. Anything that is not a store we wrote is refused: --overwrite never deletes a
     model, a text file or a damaged file.
     """
-    refuse = (
-        f"--overwrite replaces only keras-landscape stores, and {path!r} is not one"
-    )
-    try:
-        is_h5 = h5py.is_hdf5(path)
-    except OSError:
-        is_h5 = False
-    if not is_h5:
+    refuse = f"--overwrite replaces only keras-landscape stores, and {path!r} is not one"
+    if not _is_hdf5(path):
         raise UserError(
             f"{refuse}: it is not an HDF5 file. Remove it yourself if it is not needed, or "
             "choose another --out."
@@ -95,6 +89,13 @@ def _claim_for_replacement(path: str):
         os.close(descriptor)
         raise UserError(_in_use(path)) from None
     return descriptor
+
+
+def _is_hdf5(path: str) -> bool:
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return False
 
 
 def _locked(message: str) -> bool:
@@ -130,7 +131,9 @@ def _move_into_place(temporary: str, path: str, *, replace: bool) -> None:
         ) from None
     except OSError:  # a file system without hard links
         if os.path.lexists(path):
-            raise UserError(f"The output file {path!r} already exists; choose another --out.") from None
+            raise UserError(
+                f"The output file {path!r} already exists; choose another --out."
+            ) from None
         os.replace(temporary, path)
         return
     os.unlink(temporary)
@@ -318,7 +321,8 @@ def reading(path: str):
     except UserError:
         raise
     except (OSError, RuntimeError, KeyError, ValueError) as error:
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        first = text.splitlines()[0][:200] if text else type(error).__name__
         raise UserError(
             f"The store {path!r} is damaged and cannot be read back ({first}): it was cut, "
             "edited or overwritten while being written. Rerun the probe into a new store "
@@ -497,11 +501,7 @@ class Store:
             )
         if os.path.isdir(path):
             raise UserError(f"The store {path!r} is a directory, not a keras-landscape HDF5 file.")
-        try:
-            is_h5 = h5py.is_hdf5(path)
-        except OSError:
-            is_h5 = False
-        if not is_h5:
+        if not _is_hdf5(path):
             raise UserError(
                 f"The file {path!r} is not an HDF5 file, so it cannot be a keras-landscape "
                 "store. Give the .h5 file that klandscape wrote (--out)."

@@ -69,7 +69,9 @@ class ComponentsProbe(PairProbe):
             linear[(i, j)] = float(np.max(levels)) if np.all(np.isfinite(levels)) else math.inf
         minimum_levels = [
             float(v)
-            for v in landscape.levels(np.stack([m.theta for m in minima]), states_of(minima, landscape))
+            for v in landscape.levels(
+                np.stack([m.theta for m in minima]), states_of(minima, landscape)
+            )
         ]
         saddle = np.full((k, k), math.inf)
         np.fill_diagonal(saddle, minimum_levels)

@@ -69,7 +69,9 @@ class EvaluateProbe:
             }
             if landscape.recomputes:
                 # What the path probes see at this model: statistics recomputed at theta.
-                path_level = landscape.evaluate(minimum.theta, state=minimum.state, recompute=True).level
+                path_level = landscape.evaluate(
+                    minimum.theta, state=minimum.state, recompute=True
+                ).level
                 row["level_recomputed"] = path_level
                 row["recomputed_minus_own"] = path_level - evaluation.level
             rows.append(row)
