@@ -79,6 +79,17 @@ def inference_kwargs(model) -> dict:
     return mode_kwargs(model, training=False)
 
 
+def seed_positions(model) -> list[int]:
+    """Positions in `model.non_trainable_variables` of the random-seed generators' states
+    (Dropout, GaussianNoise, ...)."""
+    states = {
+        id(generator.state)
+        for layer in model._flatten_layers(include_self=True)
+        for generator in getattr(layer, "_seed_generators", [])
+    }
+    return [i for i, v in enumerate(model.non_trainable_variables) if id(v) in states]
+
+
 def merge_state(state_layout: StateLayout, state, non_trainable) -> list:
     """The full non-trainable list: float entries sliced from `state` (S,) or (K, S), the
     others (seed counters) from `non_trainable` (the landscape model's own values)."""
@@ -294,6 +305,15 @@ def make_projection(
         hyper: [learning_rate, beta_1, beta_2, epsilon, use_adam (1.0) or plain SGD (0.0)].
     """
     stacked_sums = make_stacked_batch_sums(model, layout, state_layout, objective, training)
+    seeds = seed_positions(model) if training else []
+
+    def with_step_seeds(non_trainable, step):
+        """Seed-generator states advanced by the step, so that dropout draws new masks at
+        every step, as in fit (a stateless call never advances them itself)."""
+        values = list(non_trainable)
+        for position in seeds:
+            values[position] = values[position] + ops.cast(step, values[position].dtype)
+        return values
 
     def total_training_loss(thetas, states, non_trainable, x, y, mask):
         values = _training_values(stacked_sums(thetas, states, non_trainable, x, y, mask), mask)
@@ -313,7 +333,9 @@ def make_projection(
             else:
                 xb, yb = ops.take(x, indices[i], axis=0), ops.take(y, indices[i], axis=0)
             mask = ops.ones((ops.shape(xb)[0],), "float32")
-            _, values, grads = vg(thetas, states, non_trainable, xb, yb, mask)
+            step = i + ops.cast(ops.max(t), "int32")  # steps taken so far, across chunks
+            nt = with_step_seeds(non_trainable, step) if seeds else non_trainable
+            _, values, grads = vg(thetas, states, nt, xb, yb, mask)
             t_new = t + active
             m_new = beta_1 * m + (1.0 - beta_1) * grads
             v_new = beta_2 * v + (1.0 - beta_2) * ops.square(grads)

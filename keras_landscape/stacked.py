@@ -465,12 +465,13 @@ def _channelwise(layer) -> bool:
     )
 
 
-def _beads_into_batch(layer, inputs, kwargs):
-    """(K, B, ...) -> the layer on (K*B, ...) -> (K, B, ...): one call for all beads."""
+def _beads_into_batch(layer, inputs, kwargs, seeds):
+    """(K, B, ...) -> the layer on (K*B, ...) -> (K, B, ...): one call for all beads.
+    `seeds`: the layer's seed-generator states (Dropout in train mode draws from them)."""
     x = inputs.value
     k = ops.shape(x)[0]
     merged = ops.reshape(x, (-1,) + tuple(ops.shape(x)[2:]))
-    outputs, _ = _scoped_call(layer, [], [], (merged,), kwargs)
+    outputs, _ = _scoped_call(layer, [], seeds, (merged,), kwargs)
     return ops.reshape(outputs, (k, -1) + tuple(ops.shape(outputs)[1:]))
 
 
@@ -718,11 +719,12 @@ class StackedForward:
                         if not isinstance(result, _Stacked):
                             result = _Stacked(result)
                         return how, result, None
+            # These layers hold no state but seed-generator states (shared by the beads).
             if isinstance(args[0], _Grouped) and _channelwise(operation):
-                outputs, _ = _scoped_call(operation, [], [], (args[0].grouped,), kwargs)
+                outputs, _ = _scoped_call(operation, [], nt, (args[0].grouped,), kwargs)
                 return "beads as channel groups", _Grouped(outputs, args[0].k), None
             if stacked_in and _per_sample_rule(operation):
-                outputs = _beads_into_batch(operation, args[0], kwargs)
+                outputs = _beads_into_batch(operation, args[0], kwargs, nt)
                 return "beads into batch", _Stacked(outputs), None
         # Everything else: the layer's own call, mapped over the beads. Shared values do not
         # depend on thetas: cutting their gradient keeps the map's backward pass from

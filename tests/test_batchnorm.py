@@ -401,3 +401,28 @@ def test_a_model_that_cannot_train_its_batch_norm_is_refused_recompute(digits_da
         Landscape(model, digits_data, level_fn="error")
     landscape = Landscape(model, digits_data, level_fn="error", bn_stats="interpolate")
     assert landscape.has_batch_norm and not landscape.trains_in_train_mode
+
+
+def test_train_mode_projection_draws_new_dropout_masks_every_step(digits_data):
+    """BN + Dropout trains as fit does: the seed state advances, so masks change per step."""
+    from keras import ops
+
+    keras.utils.set_random_seed(6)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(12),
+                              keras.layers.BatchNormalization(), keras.layers.Dropout(0.5),
+                              keras.layers.Dense(10)])
+    layout, state_layout = ParameterLayout.from_model(model), StateLayout.from_model(model)
+    positions = engine.seed_positions(model)
+    assert len(positions) == 1
+    forward = engine.make_stacked_forward(model, layout, state_layout, training=True)
+    thetas = ops.convert_to_tensor(layout.theta_of(model)[None])
+    states = ops.convert_to_tensor(state_layout.state_of(model)[None])
+    x = ops.convert_to_tensor(digits_data.x_train[:16])
+    nt = [ops.convert_to_tensor(v.numpy()) for v in model.non_trainable_variables]
+    first, _ = forward(thetas, states, nt, x)
+    again, _ = forward(thetas, states, nt, x)
+    advanced = list(nt)
+    advanced[positions[0]] = advanced[positions[0]] + ops.cast(1, advanced[positions[0]].dtype)
+    other, _ = forward(thetas, states, advanced, x)
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(again))  # seeded: repeatable
+    assert not np.allclose(np.asarray(first), np.asarray(other))  # a new step, a new mask
