@@ -63,7 +63,8 @@ def _trial(seed, pair, reference, tmp_path):
     process = subprocess.Popen(_command(pair, out), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     time.sleep(np.random.default_rng(seed).uniform(0.3, 1.0) * seconds)
-    if process.poll() is None:
+    killed = process.poll() is None
+    if killed:
         os.kill(process.pid, signal.SIGKILL)
     process.wait()
     resume = out.exists()
@@ -78,6 +79,7 @@ def _trial(seed, pair, reference, tmp_path):
     assert set(got) == set(arrays)
     for name, values in arrays.items():
         np.testing.assert_array_equal(got[name], values, err_msg=name)
+    return killed and resume
 
 
 @pytest.mark.parametrize("seed", [0])
@@ -87,8 +89,9 @@ def test_killed_runs_resume_to_the_uninterrupted_store(seed, pair, reference, tm
 
 @pytest.mark.slow
 def test_twenty_random_kills_all_resume_exactly(pair, reference, tmp_path):
-    for seed in range(100, 120):
-        _trial(seed, pair, reference, tmp_path)
+    resumed = sum(_trial(seed, pair, reference, tmp_path) for seed in range(100, 120))
+    print(f"{resumed} of 20 kills landed in a written store and were resumed")
+    assert resumed >= 10  # most kills land mid-run, not before the store or after the end
 
 
 @pytest.mark.parametrize("delay", [1.5])
