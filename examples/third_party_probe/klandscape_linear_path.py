@@ -50,7 +50,11 @@ class LinearPathProbe:
         for i, j in pairs:
             a, b = models[i].theta, models[j].theta
             thetas = ((1.0 - ts)[:, None] * a[None, :] + ts[:, None] * b[None, :]).astype(np.float32)
-            levels = landscape.levels(thetas)        # one batched call per data batch
+            # Each model's own state (BatchNorm statistics; empty for most models) goes along
+            # the line like its weights; under --bn-stats recompute `levels` re-estimates it.
+            sa, sb = models[i].state, models[j].state
+            states = ((1.0 - ts)[:, None] * sa[None, :] + ts[:, None] * sb[None, :]).astype(np.float32)
+            levels = landscape.levels(thetas, states)  # one batched call per data batch
             store.write(f"pair_{i}_{j}/levels", levels)  # streamed into /runs/linear_path
             top = float(np.max(levels))
             rows.append({
