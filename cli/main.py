@@ -431,14 +431,19 @@ def export_command(store, run_name, bead, string, model, output, custom_objects,
                       custom_objects=custom_objects, unsafe=unsafe), err=True)
 
 
-def _failed(code: int, kind: str, message: str, store: str | None = None) -> int:
-    """Say why on stderr and, under --json, as one JSON document on stdout: a script gets
-    a parseable outcome for every exit code."""
-    click.echo(message, err=True)
+def _json_error(code: int, kind: str, message: str, store: str | None = None) -> int:
+    """Under --json, the outcome as one JSON document on stdout: a script gets a parseable
+    document for every exit code."""
     if "--json" in STATE.argv:
         _emit_json({"error": {"kind": kind, "message": message, "exit_code": code,
                               "store": store}})
     return code
+
+
+def _failed(code: int, kind: str, message: str, store: str | None = None) -> int:
+    """Say why on stderr (and as JSON under --json)."""
+    click.echo(message, err=True)
+    return _json_error(code, kind, message, store)
 
 
 def _interrupted(store: str | None) -> int:
@@ -466,10 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted(getattr(interrupt, "store", None))
     except click.ClickException as error:
         error.show()
-        if "--json" in STATE.argv:
-            _emit_json({"error": {"kind": "bad_input", "message": error.format_message(),
-                                  "exit_code": EXIT_BAD_INPUT, "store": None}})
-        return EXIT_BAD_INPUT
+        return _json_error(EXIT_BAD_INPUT, "bad_input", error.format_message())
     except UserError as error:
         return _failed(EXIT_BAD_INPUT, "bad_input", f"Error: {error}")
     except KeyboardInterrupt as error:

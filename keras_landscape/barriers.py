@@ -184,9 +184,7 @@ def relax_path(landscape, run, path_prefix: str, config) -> dict | None:
         return None
     string = loaded[0]
     thetas = np.stack([b.theta for b in string]).astype(np.float64)
-    states = np.stack(
-        [landscape.fill_states(None if b.state is None else b.state[None], 1)[0] for b in string]
-    )
+    states = np.stack([landscape.state_or_own(b.state) for b in string])
     before = _path_maximum(landscape, thetas, states, config.points)
     for _ in range(config.relax_steps):
         moved = thetas.copy()

@@ -317,14 +317,13 @@ def connect(
     projection = config.projection()
     loaded = record.load() if record is not None else None
     checked: dict[tuple[int, int], SegmentCheck] = {}
-    own = landscape.fill_states(None, 1)[0]
     if loaded is not None:
         string, depth, checked = loaded
         checked = {k: c for k, c in checked.items() if len(c.levels) == config.points + 1}
         for bead in string:  # stores without bead states: models without float state
-            bead.state = own if bead.state is None else bead.state
+            bead.state = landscape.state_or_own(bead.state)
     else:
-        end_states = np.stack([own if s is None else s for s in (state_a, state_b)])
+        end_states = np.stack([landscape.state_or_own(s) for s in (state_a, state_b)])
         ends, used = landscape.levels_and_states(
             np.stack([theta_a, theta_b]).astype(np.float32), end_states
         )

@@ -349,15 +349,11 @@ class Landscape:
         """(K, S) float32 states; None: the landscape model's own state for every row."""
         if states is None:
             return np.repeat(self.reference_state[None, :], k, axis=0)
-        states = np.asarray(states, np.float32).reshape(k, self.state_size)
-        return states
+        return np.asarray(states, np.float32).reshape(k, self.state_size)
 
-    def point_states(self, thetas: np.ndarray, states=None) -> np.ndarray:
-        """The states points are evaluated with: `states` (None: the landscape model's), with
-        BatchNorm statistics recomputed at each theta when bn_stats='recompute'."""
-        thetas = np.asarray(thetas, np.float32)
-        states = self.fill_states(states, len(thetas))
-        return self.recompute_states(thetas, states) if self.recomputes else states
+    def state_or_own(self, state) -> np.ndarray:
+        """One point's state (S,): `state`, or the landscape model's own where it is None."""
+        return self.fill_states(None if state is None else np.asarray(state)[None, :], 1)[0]
 
     def recompute_states(self, thetas: np.ndarray, states=None) -> np.ndarray:
         """`states` with every BatchNorm moving mean and variance replaced by the exact mean
@@ -528,10 +524,8 @@ class Landscape:
         points, BatchNorm statistics recomputed when bn_stats='recompute' (or when
         `recompute` says so: projections re-estimate them at every trained bead)."""
         thetas = np.asarray(thetas, np.float32)
-        if recompute is None:
-            used = self.point_states(thetas, states)
-        else:
-            used = self._evaluation_states(thetas, states, recompute and self.has_batch_norm)
+        recompute = self.recomputes if recompute is None else recompute
+        used = self._evaluation_states(thetas, states, recompute)
         levels = np.array([e.level for e in self.evaluate_many(thetas, None, used, False)])
         return levels, used
 

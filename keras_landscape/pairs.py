@@ -125,8 +125,7 @@ def with_partners(landscape, minima: list, config, run, progress) -> tuple[list,
 
 def states_of(minima: list, landscape) -> np.ndarray:
     """(K, S) the minima's own states (the landscape model's where a minimum has none)."""
-    own = landscape.fill_states(None, 1)[0]
-    return np.stack([own if getattr(m, "state", None) is None else m.state for m in minima])
+    return np.stack([landscape.state_or_own(getattr(m, "state", None)) for m in minima])
 
 
 def default_level(endpoint_levels, margin: float) -> float:

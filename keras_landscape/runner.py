@@ -187,8 +187,8 @@ def check_same_run(store: Store, landscape: Landscape, minima: list[Minimum]) ->
     stored, current = store.read_data_info(), _jsonish(landscape.describe())
     changed = [k for k in IDENTITY_KEYS if k in stored and stored[k] != current.get(k)]
     reasons = [f"{k} (stored {stored[k]!r}, now {current.get(k)!r})" for k in changed]
-    inputs = {n: store.read_model(n)["attrs"] for n in store.model_names()}
-    inputs = {n: a for n, a in inputs.items() if a.get("role") == "input"}
+    entries = {n: store.read_model(n) for n in store.model_names()}
+    inputs = {n: e["attrs"] for n, e in entries.items() if e["attrs"].get("role") == "input"}
     # Pair labels (pair_i_j) are positions: the models' order is part of the run.
     names = sorted(inputs, key=lambda n: (int(inputs[n].get("index", 0)), n))
     given = [m.name for m in minima]
@@ -198,7 +198,7 @@ def check_same_run(store: Store, landscape: Landscape, minima: list[Minimum]) ->
     for minimum in minima:
         if minimum.name not in names:
             continue
-        entry = store.read_model(minimum.name)
+        entry = entries[minimum.name]
         same_state = minimum.state is None or not entry["non_trainable"] or np.array_equal(
             landscape.state_layout.state_of_values(entry["non_trainable"]), minimum.state
         )

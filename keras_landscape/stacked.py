@@ -489,7 +489,6 @@ class _Walk:
 
     def __init__(self, model, layout: ParameterLayout, state_layout: StateLayout):
         self.layout = layout
-        self.state_layout = state_layout
         self.position = {id(v): i for i, v in enumerate(model.trainable_variables)}
         self.non_trainable_position = {
             id(v): i for i, v in enumerate(model.non_trainable_variables)
