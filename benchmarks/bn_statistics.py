@@ -66,10 +66,10 @@ def main() -> None:
 
     import keras
 
-    from keras_landscape.align import aligned_state, weight_matching
-    from keras_landscape.barriers import linear_profile
-    from keras_landscape.data import Dataset
-    from keras_landscape.landscape import Landscape
+    from keras_landscape.models.align import aligned_state, weight_matching
+    from keras_landscape.science.barriers import linear_profile
+    from keras_landscape.data.specs import Dataset
+    from keras_landscape.engine.landscape import Landscape
 
     with np.load(args.mnist) as f:
         x_train = (f["x_train"][: args.train] / 255.0).astype("float32")[..., None]

@@ -21,9 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
-from keras_landscape import backend  # noqa: E402
-from keras_landscape.data import load_data  # noqa: E402
-from keras_landscape.runner import RunSpec, execute  # noqa: E402
+from keras_landscape.engine import backend  # noqa: E402
+from keras_landscape.data.specs import load_data  # noqa: E402
+from keras_landscape.experiment.runner import RunSpec, execute  # noqa: E402
 
 
 def mnist_cnn(seed: int) -> keras.Model:

@@ -16,7 +16,7 @@ a small CNN on 28x28 images, a small LSTM on token sequences; two batch sizes ea
 - batched_step_speedup: the same for the in-loop step alone (8 x one bead's step / the
   8-bead step): where one bead's step already keeps the cores busy, this stays near 1;
 - segment_eval_speedup: R=32 points of a segment in one batched call vs a loop of calls;
-- plan: how the engine batches the beads through each layer (see keras_landscape.stacked);
+- plan: how the engine batches the beads through each layer (see keras_landscape.engine.stacked);
 - peak_rss_mb: the process's peak resident memory after the case.
 Plus `cubic`: DSS between two trained 1-4-4-1 sigmoid MLPs on the cubic regression (MAE)
 at one level. Not a test: the numbers describe the machine. See docs/performance.md.
@@ -50,11 +50,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_landscape import backend, engine, stacked  # noqa: E402
-from keras_landscape.data import Dataset, load_data  # noqa: E402
-from keras_landscape.dss import DSSConfig, check_segments, connect  # noqa: E402
-from keras_landscape.landscape import Landscape  # noqa: E402
-from keras_landscape.projection import ProjectionConfig, project  # noqa: E402
+from keras_landscape.engine import backend
+from keras_landscape.engine import kernels as engine
+from keras_landscape.engine import stacked  # noqa: E402
+from keras_landscape.data.specs import Dataset, load_data  # noqa: E402
+from keras_landscape.science.dss import DSSConfig, check_segments, connect  # noqa: E402
+from keras_landscape.engine.landscape import Landscape  # noqa: E402
+from keras_landscape.engine.projection import ProjectionConfig, project  # noqa: E402
 
 LOGITS = "sparse_categorical_crossentropy:from_logits=true"
 # Step timings are the best of this many runs (the least disturbed by other work).
@@ -175,7 +177,7 @@ def cubic(quick: bool) -> dict:
 
 
 def bead_plan(landscape) -> dict:
-    """How the engine batches beads through each layer (keras_landscape.stacked's plans)."""
+    """How the engine batches beads through each layer (keras_landscape.engine.stacked's plans)."""
     model = landscape.model
     forward = stacked.build_stacked_forward(
         model, landscape.layout, landscape.state_layout, engine.inference_kwargs(model)

@@ -147,7 +147,7 @@ def probes_table(entries, broken) -> None:
 
 
 def print_tables(tables: list[dict]) -> None:
-    """Tables from keras_landscape.report.result_tables, with their notes below them."""
+    """Tables from keras_landscape.report.tables.result_tables, with their notes below them."""
     for spec in tables:
         table = Table(title=spec["title"], title_justify="left")
         for column in spec["columns"]:
@@ -161,7 +161,7 @@ def print_tables(tables: list[dict]) -> None:
 
 def results_summary(document: dict, probes: dict | None = None) -> None:
     """The results of a `probe`/`run`/`demo` document: compact tables, then the store."""
-    from keras_landscape.report import result_tables
+    from keras_landscape.report.tables import result_tables
 
     for name, result in document["results"].items():
         print_tables(result_tables(name, (probes or {}).get(name, name), result))
@@ -209,7 +209,7 @@ def _unfinished(run: dict, summary: dict) -> None:
 
 
 def store_tables(summary: dict) -> None:
-    from keras_landscape.report import result_tables
+    from keras_landscape.report.tables import result_tables
 
     attrs = summary["attrs"]
     out.print(

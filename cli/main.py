@@ -17,7 +17,7 @@ import warnings
 import click
 
 from keras_landscape._version import __version__
-from keras_landscape.state import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
+from keras_landscape.engine.options import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -129,7 +129,7 @@ def _progress():
 
 
 def _emit_json(document) -> None:
-    from keras_landscape.store import to_json
+    from keras_landscape.store.hdf5 import to_json
 
     click.echo(to_json(document))
 
@@ -154,7 +154,7 @@ def probes_command(as_json: bool, markdown: bool) -> None:
     from keras_landscape.cli.display import probes_table
 
     if markdown:
-        from keras_landscape.reference import probes_markdown
+        from keras_landscape.report.reference import probes_markdown
 
         click.echo(probes_markdown(), nl=False)
         return
@@ -214,12 +214,12 @@ def probe_command(models, data, probes, loss, level_fn, split, level, levels, pa
                   overwrite, seed, custom_objects, unsafe, eval_batch_size, xla, tf32, bn_stats,
                   bn_batches, bn_batch_size, as_json) -> None:
     """Run probes on MODEL files (.keras or .h5) over the data SPEC."""
-    from keras_landscape.inputs import check_model_file
+    from keras_landscape.models.files import check_model_file
 
     for path in models:  # before the frameworks load: a missing file is reported at once
         check_model_file(path)
     with _deferred_interrupts():
-        from keras_landscape.runner import RunSpec, execute
+        from keras_landscape.experiment.runner import RunSpec, execute
 
     options = _parse_assignments(settings, "--set option")
     for key, value in (("level", level), ("levels", levels), ("partners", partners),
@@ -264,7 +264,7 @@ def probe_command(models, data, probes, loss, level_fn, split, level, levels, pa
 def show_command(store: str, as_json: bool) -> None:
     """Show the models, runs, options, status and results in a store (what is missing, for
     an interrupted run)."""
-    from keras_landscape.report import summarize_store
+    from keras_landscape.report.tables import summarize_store
 
     summary = summarize_store(store)
     if as_json:
@@ -289,7 +289,7 @@ def show_command(store: str, as_json: bool) -> None:
 @verbosity_options
 def plot_command(store, out_dir, fmt, runs, paths, as_json) -> None:
     """Draw the figures of a store: paths, curviness, barriers, components."""
-    from keras_landscape.plots import plot_store
+    from keras_landscape.report.plots import plot_store
 
     report = plot_store(store, out_dir, fmt=fmt, runs=list(runs) or None, paths=paths).to_dict()
     if as_json:
@@ -322,7 +322,7 @@ def plot_command(store, out_dir, fmt, runs, paths, as_json) -> None:
 def run_command(config_file, scale, out, seed, settings, level, levels, resume, overwrite,
                 no_plots, unsafe, dry_run, as_json) -> None:
     """Run the experiment described by a YAML config (see configs/)."""
-    from keras_landscape.config import describe, load_config, parse_value, prepare
+    from keras_landscape.experiment.config import describe, load_config, parse_value, prepare
 
     overrides = [(k, parse_value(v)) for k, v in _parse_assignments(settings, "--set option").items()]
     for key, value in (("out", out), ("seed", seed), ("level", level), ("levels", levels),
@@ -334,7 +334,7 @@ def run_command(config_file, scale, out, seed, settings, level, levels, resume, 
         _emit_json(describe(config))
         return
     with _deferred_interrupts():
-        from keras_landscape.runner import execute
+        from keras_landscape.experiment.runner import execute
 
     progress = _progress()
     spec = prepare(config, progress, resume=resume, overwrite=overwrite)
@@ -342,7 +342,7 @@ def run_command(config_file, scale, out, seed, settings, level, levels, resume, 
     document.update({"config": config_file, "scale": scale, "figures": []})
     if config.plots is not None and not no_plots:
         from keras_landscape.errors import Interrupted
-        from keras_landscape.plots import plot_store
+        from keras_landscape.report.plots import plot_store
 
         try:
             report = plot_store(document["store"], config.plots["dir"],
@@ -401,7 +401,7 @@ def _silence_native_stderr(argv: list[str]) -> None:
 def demo_command(out_dir, models, epochs, seed, resume, as_json) -> None:
     """The first run: train small MLPs on the embedded digits data, probe them, draw figures."""
     with _deferred_interrupts():
-        from keras_landscape.demo import run_demo, summary_lines
+        from keras_landscape.experiment.demo import run_demo, summary_lines
 
     document = run_demo(out_dir, models=models, epochs=epochs, seed=seed, progress=_progress(),
                         resume=resume, command=_command_line())
@@ -425,7 +425,7 @@ def demo_command(out_dir, models, epochs, seed, resume, as_json) -> None:
 def export_command(store, run_name, bead, string, model, output, custom_objects, unsafe) -> None:
     """Write a bead of a stored string (or a stored model) back as a Keras model."""
     with _deferred_interrupts():
-        from keras_landscape.export import export
+        from keras_landscape.models.export import export
 
     click.echo(export(store, output, run=run_name, bead=bead, string=string, model=model,
                       custom_objects=custom_objects, unsafe=unsafe), err=True)

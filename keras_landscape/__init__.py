@@ -15,18 +15,18 @@ from importlib import import_module
 from keras_landscape._version import __version__
 
 _EXPORTS = {
-    "Landscape": "keras_landscape.landscape",
-    "load_data": "keras_landscape.data",
-    "Dataset": "keras_landscape.data",
-    "ParameterLayout": "keras_landscape.params",
-    "connect": "keras_landscape.dss",
-    "DSSConfig": "keras_landscape.dss",
-    "Connection": "keras_landscape.dss",
-    "project": "keras_landscape.projection",
-    "ProjectionConfig": "keras_landscape.projection",
-    "load_model": "keras_landscape.models",
+    "Landscape": "keras_landscape.engine.landscape",
+    "load_data": "keras_landscape.data.specs",
+    "Dataset": "keras_landscape.data.specs",
+    "ParameterLayout": "keras_landscape.engine.params",
+    "connect": "keras_landscape.science.dss",
+    "DSSConfig": "keras_landscape.science.dss",
+    "Connection": "keras_landscape.science.dss",
+    "project": "keras_landscape.engine.projection",
+    "ProjectionConfig": "keras_landscape.engine.projection",
+    "load_model": "keras_landscape.models.loading",
     "register_probe": "keras_landscape.registry",
-    "Store": "keras_landscape.store",
+    "Store": "keras_landscape.store.hdf5",
     "UserError": "keras_landscape.errors",
 }
 

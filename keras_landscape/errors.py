@@ -10,6 +10,10 @@ class UserError(Exception):
     """Bad input, explained in one paragraph that says what is wrong and what is accepted."""
 
 
+class ConfigError(UserError):
+    """A bad key or value in a run config; the message starts with its key path."""
+
+
 class NonFiniteLossError(UserError):
     """The loss evaluated to NaN or infinity where a finite value was required."""
 

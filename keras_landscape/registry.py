@@ -1,26 +1,28 @@
-"""The probe registry: a Probe protocol, `@register_probe`, and entry-point discovery.
+"""The probe registry: the Probe protocol, `ProbeBase`, and entry-point discovery.
 
 A probe is a class with a `name`, a one-line `summary`, a `Config` dataclass whose fields all
 have defaults, and `run(landscape, models, store, progress) -> dict` (JSON-serialisable).
-Built-in probes live in `keras_landscape.plugins` and are registered exactly as a third
-party's are: through the `keras_landscape.probes` entry-point group (setup.cfg). A plugin that
-fails to import is reported and skipped.
+It owns its output too: `tables` (what `klandscape show` prints), `figures` (what
+`klandscape plot` draws), `expected_strings` / `string_level` (what an interrupted run still
+lacks); `ProbeBase` gives every hook a default, so a probe defines only what it has.
+
+Registration has one path: the `keras_landscape.probes` entry-point group. Built-in probes
+(in `keras_landscape.plugins`) are listed there in setup.cfg exactly as a third party lists
+its own. A plugin that fails to import is reported and skipped. Importing a probe module
+must not import Keras or a framework (import them inside `run`): `klandscape probes`,
+`show` and `plot` load every probe class.
 
 Example (a third-party package):
     from dataclasses import dataclass
-    from keras_landscape.registry import register_probe
+    from keras_landscape.registry import ProbeBase
 
-    @register_probe
-    class Sharpness:
+    class Sharpness(ProbeBase):
         name = "sharpness"
         summary = "Largest Hessian eigenvalue by power iteration."
 
         @dataclass
         class Config:
             iterations: int = 20
-
-        def __init__(self, config=None):
-            self.config = config or self.Config()
 
         def run(self, landscape, models, store, progress):
             ...
@@ -36,7 +38,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 from keras_landscape.errors import UserError
 
@@ -48,7 +50,7 @@ _OWN_DISTRIBUTION = "keras-landscape"
 
 @runtime_checkable
 class Probe(Protocol):
-    """What every probe provides."""
+    """What every probe provides (see `ProbeBase` for the optional output hooks)."""
 
     name: str
     summary: str
@@ -56,7 +58,65 @@ class Probe(Protocol):
 
     def __init__(self, config: Any = None) -> None: ...
 
-    def run(self, landscape, models, store, progress) -> dict: ...
+    def run(self, landscape: Any, models: list, store: Any, progress: Any) -> dict: ...
+
+
+#: A table for `klandscape show`: {"title", "columns", "rows" (strings), "notes"}.
+Table = dict
+#: draw(result, run_name, level_label) -> (matplotlib Figure, one-line caption); raise
+#: `keras_landscape.report.plots.NoFigure(reason)` when a result cannot be drawn.
+DrawFunction = Callable[[dict, str, str], tuple]
+
+
+class ProbeBase:
+    """Defaults for a probe's output hooks; subclass it and override what the probe has.
+
+    Attributes:
+        name: the probe's registered name (`--probe NAME`).
+        summary: one line for `klandscape probes`.
+        Config: a dataclass of options, every field with a default.
+        result_fields: result key -> meaning (docs/probes.md and `probes --json`).
+        figures: kind -> draw function: the summary figures `klandscape plot` draws from a
+            finished result (DSS strings the probe stores are drawn for every probe).
+        no_figure: why a result has no figure, when `figures` is empty.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type]
+    result_fields: ClassVar[dict[str, str]] = {}
+    figures: ClassVar[dict[str, DrawFunction]] = {}
+    no_figure: ClassVar[str | None] = None
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def run(self, landscape: Any, models: list, store: Any, progress: Any) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def tables(cls, run_name: str, result: dict) -> list[Table] | None:
+        """Compact tables of a result for `klandscape show` (None: a generic table)."""
+        return None
+
+    @classmethod
+    def expected_strings(cls, config: dict, inputs: int) -> list[str] | None:
+        """The DSS strings (store prefixes) a finished run of this config holds, for
+        `inputs` input models (None: unknown; `show` then lists only what is stored)."""
+        return None
+
+    @classmethod
+    def expected_partners(cls, config: dict, inputs: int) -> int:
+        """How many partner models a run of this config trains (0: none)."""
+        return 0
+
+    @classmethod
+    def string_level(cls, config: dict, prefix: str) -> float | None:
+        """The level u the string at `prefix` was started at, from the run's options (for
+        strings that have no verdict yet)."""
+        level = config.get("level")
+        is_number = isinstance(level, (int, float)) and not isinstance(level, bool)
+        return float(level) if is_number else None
 
 
 @dataclass
@@ -145,6 +205,13 @@ def probes() -> dict[str, ProbeEntry]:
 def broken_plugins() -> list[BrokenPlugin]:
     discover()
     return list(_REGISTRY.broken)
+
+
+def probe_class(name: str) -> type | None:
+    """The class of the probe registered as `name`, or None (a store written by a probe
+    that is not installed here can still be shown and drawn)."""
+    entry = probes().get(name)
+    return entry.cls if entry is not None else None
 
 
 def get_probe(name: str) -> ProbeEntry:

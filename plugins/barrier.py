@@ -7,17 +7,116 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.align import aligned_state, weight_matching
-from keras_landscape.barriers import BisectionOptions, relax_path, saddle_bracket
-from keras_landscape.dss import DSSConfig
+from keras_landscape.models.align import aligned_state, weight_matching
+from keras_landscape.science.barriers import BisectionOptions, relax_path, saddle_bracket
+from keras_landscape.science.dss import DSSConfig
 from keras_landscape.errors import UserError
-from keras_landscape.pairs import PairOptions, PairProbe, seed_for
-from keras_landscape.registry import register_probe
+from keras_landscape.plugins.pairs import PairOptions, PairProbe
+from keras_landscape.seeds import derive_seed
+from keras_landscape.report.plots import NoFigure, new_figure
+from keras_landscape.report.tables import fmt, table
 
 ALIGNMENTS = ("none", "weight-matching")
 
 
-@register_probe
+def _bracket(saddle) -> str:
+    if not isinstance(saddle, dict):
+        return fmt(saddle)
+    return f"[{fmt(saddle.get('lower'))}, {fmt(saddle.get('upper'))}]"
+
+
+def barrier_tables(name: str, result: dict) -> list[dict]:
+    pairs = [p for p in result.get("pairs") or [] if isinstance(p, dict)] or [result]
+    rows, aligned_rows, notes = [], [], []
+    for p in pairs:
+        label = f"{p.get('a', 'A')} - {p.get('b', 'B')}"
+        ends = [v for v in p.get("endpoint_levels") or [] if v is not None]
+        rows.append([label, max(ends) if ends else None, p.get("linear_max"),
+                     _bracket(p.get("saddle_level")), p.get("barrier"), p.get("relaxed_max")])
+        aligned = p.get("aligned")
+        if isinstance(aligned, dict):
+            aligned_rows.append([label, f"{fmt(p.get('distance'))} -> {fmt(aligned.get('distance'))}",
+                                 aligned.get("linear_max"), _bracket(aligned.get("saddle_level")),
+                                 aligned.get("barrier")])
+        estimators = p.get("estimators")
+        if isinstance(estimators, dict):
+            notes.append(f"{label}: upper bound from {estimators.get('upper')}, lower from "
+                         f"{estimators.get('lower')}")
+    notes.insert(0, "barrier = saddle level (upper) - higher minimum, in level-function units "
+                    f"({result.get('level_fn', '?')}); the saddle bracket bounds it")
+    tables = [table(name, ["pair", "higher minimum", "linear max", "saddle [lower, upper]",
+                            "barrier", "relaxed max"], rows, notes)]
+    if aligned_rows:
+        tables.append(table(f"{name}: after weight matching", [
+            "pair", "distance raw -> aligned", "linear max", "saddle [lower, upper]", "barrier"],
+            aligned_rows))
+    return tables
+
+
+
+def _pair_label(pair: dict, index: int) -> str:
+    if pair.get("a") is not None and pair.get("b") is not None:
+        return f"{pair['a']}-{pair['b']}"
+    return str(pair.get("prefix") or f"pair {index}")
+
+
+def _above(value, floor) -> float | None:
+    if value is None or floor is None:
+        return None
+    return float(value) - float(floor)
+
+
+def draw_barrier(result: dict, run_name: str, ylabel: str):
+    """Grouped bars per pair: linear, DSS (bracket as error bar), relaxed, aligned."""
+    pairs = [p for p in (result.get("pairs") or [result]) if isinstance(p, dict)]
+    if not pairs or not any("barrier" in p or "linear_max" in p for p in pairs):
+        raise NoFigure("the result has no barrier pairs")
+    series: dict[str, list] = {}
+
+    def put(name: str, index: int, value, bracket=None):
+        series.setdefault(name, [None] * len(pairs))[index] = (value, bracket)
+
+    for i, pair in enumerate(pairs):
+        ends = [v for v in (pair.get("endpoint_levels") or []) if v is not None]
+        floor = max(ends) if ends else None
+        linear = pair.get("linear_barrier", _above(pair.get("linear_max"), floor))
+        put("linear (straight line)", i, linear)
+        put("DSS bisection (bracket)", i, pair.get("barrier"), pair.get("barrier_bracket"))
+        if pair.get("relaxed_max") is not None:
+            put("relaxed path", i, _above(pair["relaxed_max"], floor))
+        aligned = pair.get("aligned")
+        if isinstance(aligned, dict):
+            a_ends = [v for v in (aligned.get("endpoint_levels") or []) if v is not None]
+            a_floor = max(a_ends) if a_ends else floor
+            put("aligned linear", i, aligned.get("linear_barrier",
+                                                   _above(aligned.get("linear_max"), a_floor)))
+            put("aligned DSS bisection", i, aligned.get("barrier"), aligned.get("barrier_bracket"))
+    names = [n for n, vals in series.items() if any(v is not None and v[0] is not None for v in vals)]
+    figure, ax = new_figure(max(6.0, 1.2 + 1.1 * len(pairs) * max(1, len(names)) * 0.5), 4.2)
+    width = 0.8 / max(1, len(names))
+    x = np.arange(len(pairs))
+    for k, name in enumerate(names):
+        heights, lower, upper = [], [], []
+        for entry in series[name]:
+            value, bracket = entry if entry is not None else (None, None)
+            heights.append(np.nan if value is None else float(value))
+            lo, hi = (list(bracket) + [None, None])[:2] if bracket else (None, None)
+            lower.append(0.0 if value is None or lo is None else max(0.0, float(value) - float(lo)))
+            upper.append(0.0 if value is None or hi is None else max(0.0, float(hi) - float(value)))
+        has_bracket = any(lower) or any(upper)
+        ax.bar(x + (k - (len(names) - 1) / 2) * width, heights, width, label=name, color=f"C{k}",
+               yerr=np.array([lower, upper]) if has_bracket else None, capsize=4 if has_bracket else 0)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, [_pair_label(p, i) for i, p in enumerate(pairs)],
+                  rotation=30 if len(pairs) > 4 else 0)
+    ax.set_ylabel(f"barrier above the higher minimum\n({ylabel})")
+    ax.set_title(f"{run_name}: energy barriers (error bar: bisection bracket)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return figure, f"barriers of {len(pairs)} pair(s): {'; '.join(names)}"
+
+
+
 class BarrierProbe(PairProbe):
     """Saddle level s(A, B) bracketed by bisection on u with DSS, and the barrier above A, B."""
 
@@ -47,6 +146,12 @@ class BarrierProbe(PairProbe):
 
         align: str = "none"
 
+    figures = {"barrier": draw_barrier}
+
+    @classmethod
+    def tables(cls, run_name: str, result: dict) -> list[dict]:
+        return barrier_tables(run_name, result)
+
     def run(self, landscape, models, store, progress) -> dict:
         config = self.config
         if config.align not in ALIGNMENTS:
@@ -59,7 +164,7 @@ class BarrierProbe(PairProbe):
             prefix = f"pair_{i}_{j}"
             # Align first: an unsupported architecture is reported before any long work.
             alignment = self._align(landscape, a, b) if config.align == "weight-matching" else None
-            result = self._estimate(landscape, a, b, store, prefix, seed_for(config.seed, index), task)
+            result = self._estimate(landscape, a, b, store, prefix, derive_seed(config.seed, index), task)
             result["distance"] = float(np.linalg.norm(a.theta.astype(np.float64) - b.theta))
             result["aligned"] = (
                 self._aligned(landscape, a, b, alignment, store, prefix, index, task)
@@ -98,7 +203,7 @@ class BarrierProbe(PairProbe):
             state=aligned_state(landscape, b.state, alignment.permutations),
         )
         result = self._estimate(
-            landscape, a, aligned_b, store, f"{prefix}/aligned", seed_for(self.config.seed, index, 1), task
+            landscape, a, aligned_b, store, f"{prefix}/aligned", derive_seed(self.config.seed, index, 1), task
         )
         result["distance"] = alignment.distance_after
         result["distance_raw"] = alignment.distance_before

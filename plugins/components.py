@@ -7,16 +7,170 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.barriers import BisectionOptions, linear_profile, saddle_bracket
-from keras_landscape.components import bottleneck_levels, count_components, merge_tree
-from keras_landscape.dss import DSSConfig
-from keras_landscape.pairs import PairOptions, PairProbe, parse_levels, seed_for, states_of
-from keras_landscape.registry import register_probe
+from keras_landscape.science.barriers import BisectionOptions, linear_profile, saddle_bracket
+from keras_landscape.science.merge_tree import bottleneck_levels, count_components, merge_tree
+from keras_landscape.science.dss import DSSConfig
+from keras_landscape.plugins.pairs import PairOptions, PairProbe, parse_levels
+from keras_landscape.science.pairs import states_of
+from keras_landscape.seeds import derive_seed
+from keras_landscape.report.plots import NoFigure, new_figure, values
+from keras_landscape.report.tables import fmt, table
 
 DEFAULT_GRID = 25
 
 
-@register_probe
+def components_tables(name: str, result: dict) -> list[dict]:
+    minima = result.get("minima") or []
+    levels = result.get("minimum_levels") or []
+    tables = [table(f"{name}: minima", ["minimum", "level"],
+                     [[m, levels[i] if i < len(levels) else None] for i, m in enumerate(minima)])]
+    grid = [(u, n) for u, n in zip(result.get("levels") or [], result.get("n_components") or [])
+            if u is not None]
+    grid.sort()
+    runs: list[list] = []
+    for u, n in grid:  # consecutive levels with the same N_u share a row
+        if runs and runs[-1][2] == n:
+            runs[-1][1] = u
+        else:
+            runs.append([u, u, n])
+    tables.append(table(f"{name}: N_u", ["levels from", "to", "N_u"], runs,
+                         [f"{len(grid)} measured levels; N_u counts components holding a sampled minimum"]))
+    members = {i: [m] for i, m in enumerate(minima)}
+    merges = []
+    for level, a, b, new in result.get("merge_tree") or []:
+        left, right = members.get(int(a), [str(a)]), members.get(int(b), [str(b)])
+        members[int(new)] = left + right
+        merges.append([level, " ".join(left), " ".join(right)])
+    unmerged = sum(1 for m in result.get("merge_levels") or [] if m is None)
+    notes = [f"highest merge level {fmt(result.get('highest_merge_level'))} (above it all "
+             "sampled minima are in one component)"]
+    if unmerged:
+        notes.append(f"{unmerged} merge(s) not found at any measured level")
+    decided = {}
+    for record in (result.get("pairs") or {}).values() if isinstance(result.get("pairs"), dict) else []:
+        decided[record.get("decided_by")] = decided.get(record.get("decided_by"), 0) + 1
+    if decided:
+        notes.append("pairs decided by " + ", ".join(f"{k} {v}" for k, v in decided.items()))
+    tables.append(table(f"{name}: merges", ["level", "joins", "with"], merges, notes))
+    return tables
+
+
+
+def draw_components(result: dict, run_name: str, xlabel: str):
+    """N_u vs level as a step plot, merge levels marked."""
+    levels, counts = values(result.get("levels")), result.get("n_components") or []
+    points = sorted((u, int(n)) for u, n in zip(levels, counts) if u is not None and n is not None)
+    if not points:
+        raise NoFigure("the result has no levels / n_components")
+    from matplotlib.ticker import MaxNLocator
+
+    figure, ax = new_figure()
+    us, ns = zip(*points)
+    ax.step(us, ns, where="post", color="C0", linewidth=1.8, label="N_u (measured levels)")
+    ax.plot(us, ns, "o", color="C0", markersize=3)
+    merges = [m for m in values(result.get("merge_levels")) if m is not None]
+    for k, m in enumerate(merges):
+        ax.axvline(m, color="0.6", linestyle=":", linewidth=1,
+                   label="merge levels" if k == 0 else None)
+    top = result.get("highest_merge_level")
+    if top is not None:
+        ax.axvline(top, color="C3", linestyle="--", linewidth=1.2,
+                   label=f"highest merge level {top:.4g}")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, max(ns) + 0.5)
+    ax.set_xlabel(f"level u: {xlabel}")
+    ax.set_ylabel("N_u: components holding a sampled minimum")
+    k = len(result.get("minima") or [])
+    ax.set_title(f"{run_name}: connected components of the sublevel set ({k} minima)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return figure, f"N_u at {len(points)} levels"
+
+
+def tree_layout(minimum_levels: list, merge_tree: list) -> dict:
+    """Positions for a disconnectivity graph.
+
+    Returns {"x": {node: x}, "y": {node: level}, "parent": {node: parent}, "roots": [...],
+    "leaves": [leaf order]}: leaves 0..K-1 at their minimum levels, merged clusters K, K+1,
+    ... at their merge levels, x chosen so that no branches cross.
+    """
+    k = len(minimum_levels)
+    children, y, parent = {}, {}, {}
+    for i, level in enumerate(minimum_levels):
+        y[i] = np.nan if level is None else float(level)
+    for level, a, b, new in merge_tree:
+        if level is None:
+            continue
+        a, b, new = int(a), int(b), int(new)
+        children[new] = (a, b)
+        y[new] = float(level)
+        parent[a] = parent[b] = new
+    roots = sorted((n for n in y if n not in parent), key=lambda n: (-_height(n, children), n))
+    x, leaves = {}, []
+
+    def place(node: int) -> float:
+        if node in children:
+            a, b = children[node]
+            x[node] = 0.5 * (place(a) + place(b))
+        else:
+            x[node] = float(len(leaves))
+            leaves.append(node)
+        return x[node]
+
+    for root in roots:
+        place(root)
+    return {"x": x, "y": y, "parent": parent, "roots": roots, "leaves": leaves, "k": k}
+
+
+def _height(node: int, children: dict) -> int:
+    return 0 if node not in children else 1 + max(_height(c, children) for c in children[node])
+
+
+def draw_disconnectivity(result: dict, run_name: str, ylabel: str):
+    """The merge tree: leaves at their minimum levels, branches joined at merge levels."""
+    minimum_levels = values(result.get("minimum_levels"))
+    if not minimum_levels:
+        raise NoFigure("the result has no minimum_levels")
+    names = list(result.get("minima") or [str(i) for i in range(len(minimum_levels))])
+    layout = tree_layout(minimum_levels, result.get("merge_tree") or [])
+    x, y, parent = layout["x"], layout["y"], layout["parent"]
+    known = [v for v in y.values() if np.isfinite(v)]
+    span = (max(known) - min(known)) if known else 1.0
+    top = (max(known) if known else 1.0) + 0.15 * (span or 1.0)
+    figure, ax = new_figure(max(5.0, 1.5 + 0.6 * len(minimum_levels)), 4.8)
+    for node, yn in y.items():
+        if not np.isfinite(yn):
+            continue
+        up = y[parent[node]] if node in parent else top
+        style = "-" if node in parent or len(layout["roots"]) == 1 else "--"
+        ax.plot([x[node], x[node]], [yn, up], style, color="C0", linewidth=1.6)
+    for node, (level, a, b, new) in ((int(m[3]), m) for m in result.get("merge_tree") or []
+                                     if m[0] is not None):
+        ax.plot([x[int(a)], x[int(b)]], [level, level], "-", color="C0", linewidth=1.6)
+        ax.plot([x[node]], [level], "o", color="C0", markersize=3)
+    leaf_x = [x[i] for i in range(len(minimum_levels)) if i in x]
+    leaf_y = [y[i] for i in range(len(minimum_levels)) if i in x]
+    ax.plot(leaf_x, leaf_y, "v", color="C1", markersize=7, markeredgecolor="black",
+            markeredgewidth=0.5, label="minima (at their levels)", zorder=3)
+    highest = result.get("highest_merge_level")
+    if highest is not None:
+        ax.axhline(highest, color="C3", linestyle=":", linewidth=1.2,
+                   label=f"highest merge level {highest:.4g}")
+    if len(layout["roots"]) > 1:
+        ax.plot([], [], "--", color="C0", label="not merged at any measured level")
+    order = layout["leaves"]
+    ax.set_xticks([x[i] for i in order], [names[i] if i < len(names) else str(i) for i in order],
+                  rotation=45 if len(order) > 6 else 0, ha="right" if len(order) > 6 else "center")
+    ax.set_xlim(-0.7, max(len(order) - 0.3, 0.7))
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("minima (branches join at the saddle level that connects them)")
+    ax.set_title(f"{run_name}: disconnectivity graph", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(alpha=0.3, axis="y")
+    return figure, f"merge tree of {len(minimum_levels)} minima"
+
+
+
 class ComponentsProbe(PairProbe):
     """Pairwise saddle levels over K minima, single linkage, N_u on a level grid."""
 
@@ -49,6 +203,12 @@ class ComponentsProbe(PairProbe):
 
         partners: int = 4
         levels: str = ""
+
+    figures = {"components": draw_components, "disconnectivity": draw_disconnectivity}
+
+    @classmethod
+    def tables(cls, run_name: str, result: dict) -> list[dict]:
+        return components_tables(run_name, result)
 
     def run(self, landscape, models, store, progress) -> dict:
         config = self.config
@@ -83,7 +243,7 @@ class ComponentsProbe(PairProbe):
             bound = chain if math.isfinite(chain) else None
             result = saddle_bracket(
                 landscape, minima[i], minima[j], config, store, f"pair_{i}_{j}",
-                seed_for(config.seed, i, j), task, upper_bound=bound,
+                derive_seed(config.seed, i, j), task, upper_bound=bound,
             )
             decided_by = "dss-bisection" if result["bisections"] else (
                 "union-find" if bound is not None and bound < linear[(i, j)] else "linear"

@@ -6,19 +6,40 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.dss import DSSConfig
-from keras_landscape.pairs import (
-    PairOptions,
-    PairProbe,
-    connect_pair,
-    default_level,
-    seed_for,
-    states_of,
-)
-from keras_landscape.registry import register_probe
+from keras_landscape.science.dss import DSSConfig
+from keras_landscape.plugins.pairs import PairOptions, PairProbe
+from keras_landscape.science.pairs import connect_pair, default_level, states_of
+from keras_landscape.seeds import derive_seed
+from keras_landscape.report.tables import fmt, table
 
 
-@register_probe
+def connectivity_tables(name: str, result: dict) -> list[dict]:
+    pairs = [p for p in result.get("pairs") or [] if isinstance(p, dict)] or [result]
+    rows, notes = [], []
+    for p in pairs:
+        verdict = "connected" if p.get("connected") else p.get("reason", "not connected")
+        rows.append([f"{p.get('a', 'A')} - {p.get('b', 'B')}", p.get("level"), verdict,
+                     p.get("beads"), p.get("normalized_length"), p.get("max_loss"),
+                     p.get("depth"), p.get("projection_steps")])
+        if not p.get("connected") and p.get("reason"):
+            worst = p.get("worst_segment") or {}
+            detail = f"{p.get('a', 'A')} - {p.get('b', 'B')}: {p.get('explanation') or p['reason']}"
+            if worst.get("index") is not None:
+                detail += (f"; worst segment {worst['index']} reaches {fmt(worst.get('max_loss'))}"
+                           f" at t = {fmt(worst.get('t'), 2)}")
+            if worst.get("bead_level") is not None:
+                detail += (f"; its bead stopped at {fmt(worst['bead_level'])} "
+                           f"(target {fmt(worst.get('target'))})")
+            notes.append(detail)
+    connected = sum(bool(p.get("connected")) for p in pairs)
+    notes.insert(0, f"{connected} of {len(pairs)} pair(s) connected; level function "
+                    f"{result.get('level_fn', '?')}; beads include both endpoints"
+                 + (f"; {fmt(result['seconds'], 3)} s" if result.get("seconds") is not None else ""))
+    return [table(name, ["pair", "level u", "verdict", "beads", "norm. length", "max level",
+                          "depth", "steps"], rows, notes)]
+
+
+
 class ConnectivityProbe(PairProbe):
     """Dynamic String Sampling between each pair of models at one level."""
 
@@ -49,6 +70,14 @@ class ConnectivityProbe(PairProbe):
 
         level: float | None = None
 
+    @classmethod
+    def tables(cls, run_name: str, result: dict) -> list[dict]:
+        return connectivity_tables(run_name, result)
+
+    @classmethod
+    def expected_strings(cls, config: dict, inputs: int) -> list[str] | None:
+        return cls.pair_prefixes(config, inputs)
+
     def run(self, landscape, models, store, progress) -> dict:
         config = self.config
         minima, pairs = self.pairs(landscape, models, store, progress)
@@ -63,7 +92,7 @@ class ConnectivityProbe(PairProbe):
             results.append(
                 connect_pair(
                     landscape, a, b, level, config, store, f"pair_{i}_{j}",
-                    seed_for(config.seed, index), task,
+                    derive_seed(config.seed, index), task,
                 )
             )
             task.advance()

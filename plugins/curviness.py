@@ -3,28 +3,88 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.dss import REASONS, DSSConfig
-from keras_landscape.pairs import (
-    PairOptions,
-    PairProbe,
-    connect_pair,
-    default_level,
-    parse_levels,
-    seed_for,
-    states_of,
-    summarize,
-)
-from keras_landscape.projection import project
-from keras_landscape.registry import register_probe
+from keras_landscape.science.dss import REASONS, DSSConfig
+from keras_landscape.plugins.pairs import PairOptions, PairProbe, parse_levels
+from keras_landscape.science.pairs import connect_pair, default_level, states_of, summarize
+from keras_landscape.seeds import derive_seed
+from keras_landscape.report.plots import NoFigure, new_figure, values
+from keras_landscape.report.tables import fmt, mean_sd, table
 
 DEFAULT_FRACTIONS = (1.0, 0.75, 0.5)
 
 
-@register_probe
+def curviness_tables(name: str, result: dict) -> list[dict]:
+    levels = result.get("levels") or []
+
+    def column(key):
+        values = result.get(key) or []
+        return [values[i] if i < len(values) else None for i in range(len(levels))]
+
+    length, length_sd = column("normalized_length"), column("normalized_length_sd")
+    beads, beads_sd = column("beads"), column("beads_sd")
+    good, failed, reasons = column("pairs"), column("failed"), column("reasons")
+    rows = []
+    for i, level in enumerate(levels):
+        total = (good[i] or 0) + (failed[i] or 0)
+        why = ", ".join(f"{k} {v}" for k, v in (reasons[i] or {}).items()) or "-"
+        rows.append([level, f"{good[i] or 0}/{total}", mean_sd(length[i], length_sd[i]),
+                     mean_sd(beads[i], beads_sd[i]), why])
+    notes = [f"mean ± sample sd over the connected pairs; level function "
+             f"{result.get('level_fn', '?')}; beads include both endpoints"
+             + (f"; {fmt(result['seconds'], 3)} s" if result.get("seconds") is not None else "")]
+    return [table(name, ["level u", "connected", "norm. length", "beads", "failures"], rows, notes)]
+
+
+
+def draw_curviness(result: dict, run_name: str, xlabel: str):
+    """Normalized length and beads vs level, with error bars over connected pairs."""
+    levels = values(result.get("levels"))
+    if not levels:
+        raise NoFigure("the result has no levels")
+    figure, (left, right) = new_figure(10.0, 4.2, ncols=2)
+    pairs = list(result.get("pairs") or [0] * len(levels))
+    failed = list(result.get("failed") or [0] * len(levels))
+    panels = (
+        (left, "normalized_length", "normalized geodesic length (1 = straight)"),
+        (right, "beads", "beads per string (endpoints included)"),
+    )
+    for ax, key, ylabel in panels:
+        means, sds = values(result.get(key)), values(result.get(f"{key}_sd"))
+        keep = [i for i, m in enumerate(means) if m is not None and i < len(levels)]
+        if keep:
+            ax.errorbar([levels[i] for i in keep], [means[i] for i in keep],
+                        yerr=[(sds[i] if i < len(sds) and sds[i] is not None else 0.0) for i in keep],
+                        fmt="o-", capsize=4, color="C0", label="mean +- sd over connected pairs")
+        for i, level in enumerate(levels):
+            total = (pairs[i] if i < len(pairs) else 0) + (failed[i] if i < len(failed) else 0)
+            text = f"{pairs[i]}/{total}" if i < len(pairs) else ""
+            y = means[i] if i < len(means) and means[i] is not None else None
+            if y is None:
+                ax.axvline(level, color="C3", linestyle=":", linewidth=1)
+                ax.annotate(f"none connected ({text})", (level, 0.05), xycoords=("data", "axes fraction"),
+                            rotation=90, fontsize=8, color="C3", ha="right")
+            else:
+                ax.annotate(text, (level, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        if key == "normalized_length":
+            ax.axhline(1.0, color="0.6", linestyle="--", linewidth=1, label="straight line")
+        ax.margins(x=0.08, y=0.15)
+        ax.set_xlabel(f"level u: {xlabel}  (right = lower = harder)")
+        ax.set_ylabel(ylabel)
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    figure.suptitle(f"{run_name}: normalized geodesic length and beads vs level "
+                    "(labels: connected/all pairs)", fontsize=10)
+    connected = sum(pairs) if pairs else 0
+    return figure, f"normalized length and beads vs {len(levels)} levels ({connected} connected strings)"
+
+
+
 class CurvinessProbe(PairProbe):
     """DSS over pairs at several levels: mean and spread of normalized length and beads."""
 
@@ -57,6 +117,35 @@ class CurvinessProbe(PairProbe):
         levels: str = ""
         retrain_endpoints: bool = False
 
+    figures = {"curviness": draw_curviness}
+
+    @classmethod
+    def tables(cls, run_name: str, result: dict) -> list[dict]:
+        return curviness_tables(run_name, result)
+
+    @staticmethod
+    def _levels(config: dict) -> list[float] | None:
+        """The configured levels, highest first (None: the defaults, known only at run time)."""
+        text = str(config.get("levels") or "").strip()
+        return sorted(parse_levels(text), reverse=True) if text else None
+
+    @classmethod
+    def expected_strings(cls, config: dict, inputs: int) -> list[str] | None:
+        names = cls.pair_prefixes(config, inputs)
+        if names is None:
+            return None
+        count = len(cls._levels(config) or DEFAULT_FRACTIONS)
+        return [f"level_{k}/{name}" for k in range(count) for name in names]
+
+    @classmethod
+    def string_level(cls, config: dict, prefix: str) -> float | None:
+        match = re.match(r"^level_(\d+)/", prefix)
+        levels = cls._levels(config) or []
+        if match is None:
+            return None
+        k = int(match.group(1))
+        return levels[k] if k < len(levels) else None
+
     def run(self, landscape, models, store, progress) -> dict:
         config = self.config
         minima, pairs = self.pairs(landscape, models, store, progress)
@@ -81,7 +170,7 @@ class CurvinessProbe(PairProbe):
                 )
                 result = connect_pair(
                     landscape, a, b, level, config, store, f"level_{k}/pair_{i}_{j}",
-                    seed_for(config.seed, k, index), task,
+                    derive_seed(config.seed, k, index), task,
                 )
                 if config.retrain_endpoints and result["reason"] == "endpoint_above_level":
                     result = {**result, "reason": "endpoint_not_retrained",
@@ -104,9 +193,9 @@ class CurvinessProbe(PairProbe):
         above = np.flatnonzero(~(endpoint_levels <= level))
         thetas, states = thetas.copy(), states.copy()
         if len(above):
-            result = project(
-                landscape, thetas[above], self.config.alpha * level, self.config.projection(),
-                seed=seed_for(self.config.seed, 104729, k), states=states[above],
+            result = landscape.project(
+                thetas[above], self.config.alpha * level, self.config.projection(),
+                seed=derive_seed(self.config.seed, 104729, k), states=states[above],
             )
             thetas[above] = result.thetas
             states[above] = result.states

@@ -8,11 +8,33 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_landscape.errors import NonFiniteLossError
-from keras_landscape.registry import register_probe
+from keras_landscape.registry import ProbeBase
+from keras_landscape.report.tables import table
 
 
-@register_probe
-class EvaluateProbe:
+def evaluate_tables(name: str, result: dict) -> list[dict] | None:
+    rows = [r for r in result.get("models") or [] if isinstance(r, dict)]
+    if not rows:
+        return None  # not the usual shape: a generic table
+    first = rows[0]
+    level = f"level ({first.get('level_fn', '?')}, {first.get('split', '?')})"
+    columns = ["model", "loss (train)", level, "|grad| (train)", "parameters"]
+    keys = ["loss", "level", "grad_norm", "parameters"]
+    notes = ["loss: mean training loss + regularisers on the training split; "
+             "|grad|: its gradient norm; all with each model's own statistics (Keras's "
+             "evaluate)"]
+    if any("level_recomputed" in r for r in rows):
+        columns.insert(3, "level, recomputed BN stats")
+        keys.insert(2, "level_recomputed")
+        notes.append("level, recomputed BN stats: the level the path probes see at the model "
+                     "(--bn-stats recompute)")
+    made = table(name, columns, [[r.get("model")] + [r.get(k) for k in keys] for r in rows],
+                   notes)
+    return [made]
+
+
+
+class EvaluateProbe(ProbeBase):
     """E(theta), the level function and ||grad E(theta)|| for every model given."""
 
     name = "evaluate"
@@ -36,8 +58,11 @@ class EvaluateProbe:
 
         allow_nonfinite: bool = False
 
-    def __init__(self, config: "EvaluateProbe.Config | None" = None):
-        self.config = config or self.Config()
+    no_figure = "a table of models (see klandscape show)"
+
+    @classmethod
+    def tables(cls, run_name: str, result: dict) -> list[dict] | None:
+        return evaluate_tables(run_name, result)
 
     def run(self, landscape, models, store, progress) -> dict:
         task = progress.task("evaluate", total=len(models))

@@ -116,7 +116,7 @@ DIGITS_KINDS = ("dense", "functional", "conv", "bn_dropout", "subclassed")
 @pytest.fixture(scope="session")
 def digits_data():
     """The digits Dataset (1437 train / 360 test, 64 features, 10 classes)."""
-    from keras_landscape.data import load_data
+    from keras_landscape.data.specs import load_data
 
     return load_data("digits")
 
@@ -223,7 +223,7 @@ class TwoValleyFiles:
     SADDLE = 0.5
 
     def __init__(self, folder):
-        from keras_landscape.models import load_custom_objects
+        from keras_landscape.models.loading import load_custom_objects
 
         self.folder = folder
         self.custom_objects = str(folder / "two_valley_layer.py")
@@ -260,8 +260,8 @@ class TwoValleyFiles:
         return str(path)
 
     def landscape(self, a=1.0, b=1.0):
-        from keras_landscape.data import load_data
-        from keras_landscape.landscape import Landscape
+        from keras_landscape.data.specs import load_data
+        from keras_landscape.engine.landscape import Landscape
 
         return Landscape(self.model((1.0, 0.0), a, b), load_data(self.data))
 

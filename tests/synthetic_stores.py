@@ -1,4 +1,4 @@
-"""Small stores written with keras_landscape.store alone (no model, no TensorFlow).
+"""Small stores written with keras_landscape.store.hdf5 alone (no model, no TensorFlow).
 
 Used by test_plots.py and test_show.py: every result kind the reports know (evaluate,
 connectivity, curviness, barrier, components), an unknown probe, and interrupted runs whose
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_landscape.store import Store
+from keras_landscape.store.hdf5 import Store
 
 P = 5  # parameters
 POINTS = 10  # a checked segment has POINTS + 1 values
@@ -192,7 +192,7 @@ def cubic_models() -> tuple[str, str]:
     import keras
 
     from conftest import fit_full_batch
-    from keras_landscape.data import load_data
+    from keras_landscape.data.specs import load_data
 
     folder = _scratch("klandscape-test-models-")
     data = load_data(CUBIC)
@@ -233,7 +233,7 @@ class _StopAt:
 def real_connectivity_stores() -> dict:
     """Connectivity stores made by runner.execute on the cubic models: a complete one and
     one interrupted at its second depth (status 'interrupted', partial datasets)."""
-    from keras_landscape.runner import RunSpec, execute
+    from keras_landscape.experiment.runner import RunSpec, execute
 
     a, b = cubic_models()
     folder = _scratch("klandscape-test-stores-")

@@ -1,4 +1,4 @@
-"""Weight matching (keras_landscape.align): exact recovery of permuted copies, exact symmetry."""
+"""Weight matching (keras_landscape.models.align): exact recovery of permuted copies, exact symmetry."""
 
 import numpy as np
 import pytest
@@ -87,7 +87,7 @@ BUILDERS = {"dense": _dense, "conv": _conv, "conv_pool": _conv_pool, "bn": _bn}
 def _reference_permuted(model, seed):
     """A clone of `model` whose hidden units are randomly permuted, via get/set_weights.
 
-    Written independently of keras_landscape.align: walks model.layers, permutes the output
+    Written independently of keras_landscape.models.align: walks model.layers, permutes the output
     axis of every hidden Dense/Conv2D (and the following BatchNorm's four arrays), and the input
     axis of the next Dense/Conv2D (after Flatten: rows p*C + c, channels-last).
 
@@ -134,7 +134,7 @@ def _reference_permuted(model, seed):
 def _outputs(model, theta, x, non_trainable=None):
     import keras
 
-    from keras_landscape.params import ParameterLayout
+    from keras_landscape.engine.params import ParameterLayout
 
     clone = keras.models.clone_model(model)
     ParameterLayout.from_model(clone).assign(clone, theta)
@@ -153,8 +153,8 @@ def _inputs(model, n=16, seed=3):
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
 @pytest.mark.parametrize("perm_seed", [1, 2, 3])
 def test_recovers_permuted_copy_exactly(kind, perm_seed, weights_unchanged):
-    from keras_landscape.align import weight_matching
-    from keras_landscape.params import ParameterLayout, non_trainable_state
+    from keras_landscape.models.align import weight_matching
+    from keras_landscape.engine.params import ParameterLayout, non_trainable_state
 
     model = BUILDERS[kind]()
     layout = ParameterLayout.from_model(model)
@@ -177,7 +177,7 @@ def test_recovers_permuted_copy_exactly(kind, perm_seed, weights_unchanged):
 
     x = _inputs(model)
     nt_b = non_trainable_state(clone)
-    from keras_landscape.align import permute_non_trainable
+    from keras_landscape.models.align import permute_non_trainable
 
     nt_aligned = permute_non_trainable(model, nt_b, result.permutations)
     for got, want in zip(nt_aligned, non_trainable_state(model)):
@@ -190,8 +190,8 @@ def test_recovers_permuted_copy_exactly(kind, perm_seed, weights_unchanged):
 
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
 def test_independent_models_function_preserved(kind):
-    from keras_landscape.align import permute_non_trainable, permute_theta, weight_matching
-    from keras_landscape.params import ParameterLayout, non_trainable_state
+    from keras_landscape.models.align import permute_non_trainable, permute_theta, weight_matching
+    from keras_landscape.engine.params import ParameterLayout, non_trainable_state
 
     model_a, model_b = BUILDERS[kind](seed=0), BUILDERS[kind](seed=1)
     layout = ParameterLayout.from_model(model_a)
@@ -260,8 +260,8 @@ def _dense_on_maps(seed=0, freeze_bn=False):
     ids=["nested", "dense_on_maps", "frozen_bn"],
 )
 def test_more_architectures_function_preserved(builder):
-    from keras_landscape.align import permute_non_trainable, weight_matching
-    from keras_landscape.params import ParameterLayout, non_trainable_state
+    from keras_landscape.models.align import permute_non_trainable, weight_matching
+    from keras_landscape.engine.params import ParameterLayout, non_trainable_state
 
     model_a, model_b = builder(seed=0), builder(seed=1)
     layout = ParameterLayout.from_model(model_a)
@@ -280,8 +280,8 @@ def test_more_architectures_function_preserved(builder):
 def test_deterministic_and_wider_layer_improves():
     import keras
 
-    from keras_landscape.align import weight_matching
-    from keras_landscape.params import ParameterLayout
+    from keras_landscape.models.align import weight_matching
+    from keras_landscape.engine.params import ParameterLayout
 
     def build(seed):
         keras.utils.set_random_seed(seed)
@@ -300,8 +300,8 @@ def test_deterministic_and_wider_layer_improves():
 def test_output_layer_only_model_is_identity():
     import keras
 
-    from keras_landscape.align import weight_matching
-    from keras_landscape.params import ParameterLayout
+    from keras_landscape.models.align import weight_matching
+    from keras_landscape.engine.params import ParameterLayout
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     layout = ParameterLayout.from_model(model)
@@ -381,8 +381,8 @@ def _raw_op():
     ],
 )
 def test_unsupported_architectures_raise_user_error(builder, name, cls):
-    from keras_landscape.align import weight_matching
-    from keras_landscape.params import ParameterLayout
+    from keras_landscape.models.align import weight_matching
+    from keras_landscape.engine.params import ParameterLayout
 
     model = builder()
     theta = ParameterLayout.from_model(model).theta_of(model)
@@ -393,8 +393,8 @@ def test_unsupported_architectures_raise_user_error(builder, name, cls):
 
 
 def test_frozen_hidden_layer_raises():
-    from keras_landscape.align import weight_matching
-    from keras_landscape.params import ParameterLayout
+    from keras_landscape.models.align import weight_matching
+    from keras_landscape.engine.params import ParameterLayout
 
     model = _dense()
     model.layers[0].trainable = False
@@ -404,8 +404,8 @@ def test_frozen_hidden_layer_raises():
 
 
 def test_subclassed_model_raises(digits_classifier):
-    from keras_landscape.align import weight_matching
-    from keras_landscape.params import ParameterLayout
+    from keras_landscape.models.align import weight_matching
+    from keras_landscape.engine.params import ParameterLayout
 
     model = digits_classifier("subclassed")
     theta = ParameterLayout.from_model(model).theta_of(model)
@@ -414,8 +414,8 @@ def test_subclassed_model_raises(digits_classifier):
 
 
 def test_bad_inputs_raise_user_error():
-    from keras_landscape.align import permute_non_trainable, weight_matching
-    from keras_landscape.params import ParameterLayout, non_trainable_state
+    from keras_landscape.models.align import permute_non_trainable, weight_matching
+    from keras_landscape.engine.params import ParameterLayout, non_trainable_state
 
     model = _bn()
     theta = ParameterLayout.from_model(model).theta_of(model)

@@ -24,15 +24,15 @@ import numpy as np
 import pytest
 
 from conftest import CountingProgress, fit_full_batch
-from keras_landscape.barriers import BisectionOptions, linear_profile, relax_path, saddle_bracket
-from keras_landscape.data import load_data
-from keras_landscape.dss import check_segments
+from keras_landscape.science.barriers import BisectionOptions, linear_profile, relax_path, saddle_bracket
+from keras_landscape.data.specs import load_data
+from keras_landscape.science.dss import check_segments
 from keras_landscape.errors import UserError
-from keras_landscape.landscape import Landscape
-from keras_landscape.models import load_model
+from keras_landscape.engine.landscape import Landscape
+from keras_landscape.models.loading import load_model
 from keras_landscape.progress import NullProgress
-from keras_landscape.runner import Minimum, RunSpec, execute
-from keras_landscape.store import Store
+from keras_landscape.experiment.runner import Minimum, RunSpec, execute
+from keras_landscape.store.hdf5 import Store
 
 VERSIONS = {"package_version": "test", "keras_version": keras.__version__,
             "tensorflow_version": "test", "backend": "tensorflow"}
@@ -226,7 +226,7 @@ def test_relaxation_never_goes_below_the_saddle(two_valley, valley_landscapes, t
     The string is laid by hand: A, a middle bead off the valley floor at (0, 0.5), where
     E = (1 + 0.25) / 2 = 0.625, and B.
     """
-    from keras_landscape.dss import StringRecord
+    from keras_landscape.store.strings import StringRecord
 
     landscape = valley_landscapes(1.0, 1.0)
     config = _barrier_config(relax="neb", relax_steps=100, relax_learning_rate=0.05)
@@ -234,11 +234,9 @@ def test_relaxation_never_goes_below_the_saddle(two_valley, valley_landscapes, t
     with store:
         run = store.begin_run("barrier", "barrier", {})
         record = StringRecord(run, "manual")
-        string = []
-        for w in ((-1.0, 0.0), (0.0, 0.5), (1.0, 0.0)):
-            theta = np.asarray(w, np.float32)
-            string.append(type("Bead", (), {"row": record.add_bead(theta, 0.0, 0, 0)})())
-        record.commit_depth(string, 1)
+        rows = [record.add_bead(np.asarray(w, np.float32), 0.0, 0, 0)
+                for w in ((-1.0, 0.0), (0.0, 0.5), (1.0, 0.0))]
+        record.commit_depth(rows, 1)
         relaxed = relax_path(landscape, run, "manual", config)
         assert relaxed is not None
         assert relaxed["path_max_before"] >= 0.625 - 1e-3  # the middle bead (or beside it)
@@ -354,7 +352,7 @@ def _mlp():
 @pytest.fixture(scope="module")
 def permuted_pair(tmp_path_factory):
     """A trained ReLU MLP A and B = A with its 8 hidden units permuted (the same function)."""
-    pytest.importorskip("keras_landscape.align")
+    pytest.importorskip("keras_landscape.models.align")
     tmp = tmp_path_factory.mktemp("permuted")
     spec = "teacher:d=4,h=3,n=200,n_test=100,seed=0"
     data = load_data(spec)
@@ -426,7 +424,7 @@ def lstm_pair(tmp_path_factory):
 
 
 def test_weight_matching_refuses_an_lstm(lstm_pair, tmp_path):
-    pytest.importorskip("keras_landscape.align")
+    pytest.importorskip("keras_landscape.models.align")
     spec = RunSpec(models=lstm_pair["paths"], data=lstm_pair["data"], probes=["barrier"],
                    options={"align": "weight-matching", "max_bisections": 0},
                    out=str(tmp_path / "lstm.h5"), xla=False)
@@ -438,7 +436,7 @@ def test_weight_matching_refuses_an_lstm(lstm_pair, tmp_path):
 
 
 def test_weight_matching_on_an_lstm_exits_2_from_the_cli(lstm_pair, tmp_path, capsys):
-    pytest.importorskip("keras_landscape.align")
+    pytest.importorskip("keras_landscape.models.align")
     from keras_landscape.cli.main import EXIT_BAD_INPUT, main
 
     capsys.readouterr()

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import fit_full_batch, run_cli
-from keras_landscape import engine
-from keras_landscape.landscape import Landscape
-from keras_landscape.params import ParameterLayout
-from keras_landscape.state import StateLayout, pooled_moments
+from keras_landscape.engine import kernels as engine
+from keras_landscape.engine.landscape import Landscape
+from keras_landscape.engine.params import ParameterLayout
+from keras_landscape.engine.state import StateLayout, pooled_moments
 
 LOGITS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -72,8 +72,8 @@ def _keras_error_and_loss(path, data):
 def test_each_model_is_evaluated_with_its_own_statistics_in_any_order(
     order, bn_files, digits_data, tmp_path
 ):
-    from keras_landscape.runner import RunSpec, execute
-    from keras_landscape.store import Store
+    from keras_landscape.experiment.runner import RunSpec, execute
+    from keras_landscape.store.hdf5 import Store
 
     files = [bn_files[i] for i in order]
     spec = RunSpec(models=files, data="digits", level_fn="error", out=str(tmp_path / "s.h5"))
@@ -218,9 +218,9 @@ def bn_pair(bn_files):
 def test_exported_beads_evaluate_in_keras_to_their_stored_level(
     mode, bn_pair, digits_data, tmp_path
 ):
-    from keras_landscape.export import export
-    from keras_landscape.runner import RunSpec, execute
-    from keras_landscape.store import Store
+    from keras_landscape.models.export import export
+    from keras_landscape.experiment.runner import RunSpec, execute
+    from keras_landscape.store.hdf5 import Store
 
     out = str(tmp_path / f"{mode}.h5")
     spec = RunSpec(
@@ -268,8 +268,8 @@ def test_interpolated_statistics_raise_the_aligned_linear_barrier(bn_pair, digit
     the interpolated weights' activations (variance collapse); recomputed ones do: the
     linear maximum is higher with 'interpolate'. The ends are the same in both modes when
     each end's statistics are its own recomputed ones."""
-    from keras_landscape.align import aligned_state, weight_matching
-    from keras_landscape.barriers import linear_profile
+    from keras_landscape.models.align import aligned_state, weight_matching
+    from keras_landscape.science.barriers import linear_profile
 
     models = [keras.models.load_model(p) for p in bn_pair]
     profiles = {}
@@ -285,8 +285,8 @@ def test_interpolated_statistics_raise_the_aligned_linear_barrier(bn_pair, digit
 
 
 def test_weight_matching_permutes_the_statistics(bn_pair, digits_data):
-    from keras_landscape.align import aligned_state, weight_matching
-    from keras_landscape.models import model_with_theta
+    from keras_landscape.models.align import aligned_state, weight_matching
+    from keras_landscape.models.loading import model_with_theta
 
     dense_bn = _deep_bn_model()
     other = keras.models.clone_model(dense_bn)
@@ -315,7 +315,7 @@ def test_weight_matching_permutes_the_statistics(bn_pair, digits_data):
 
 
 def test_models_without_batch_norm_are_unaffected(digits_data, digits_classifier):
-    from keras_landscape.projection import ProjectionConfig, project
+    from keras_landscape.engine.projection import ProjectionConfig, project
 
     model = digits_classifier("dense")
     results = {}
@@ -348,7 +348,7 @@ def test_cli_takes_bn_stats_and_refuses_unknown_modes(capsys, bn_pair, tmp_path)
 
 
 def test_config_validates_bn_stats(tmp_path):
-    from keras_landscape.config import load_config
+    from keras_landscape.experiment.config import load_config
     from keras_landscape.errors import UserError
 
     path = tmp_path / "c.yaml"
@@ -367,7 +367,7 @@ def test_config_validates_bn_stats(tmp_path):
 )
 def test_resume_refuses_other_statistics_settings_or_models(change, message, bn_files, tmp_path):
     from keras_landscape.errors import UserError
-    from keras_landscape.runner import RunSpec, execute
+    from keras_landscape.experiment.runner import RunSpec, execute
 
     out = str(tmp_path / "r.h5")
     files = list(bn_files[:2])

@@ -71,7 +71,7 @@ def test_probes_lists_evaluate(capsys):
 
 def _keras_reference(path):
     """(train loss, test loss, gradient norm on train) of a model file, by Keras itself."""
-    from keras_landscape.data import load_data
+    from keras_landscape.data.specs import load_data
 
     data = load_data("digits")
     model = keras.models.load_model(path)
@@ -129,7 +129,7 @@ def test_probe_level_error_and_resume(capsys, tmp_path, model_files):
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     [row] = json.loads(out)["results"]["evaluate"]["models"]
-    from keras_landscape.data import load_data
+    from keras_landscape.data.specs import load_data
 
     data = load_data("digits")
     model = keras.models.load_model(model_files["good"])

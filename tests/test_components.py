@@ -16,12 +16,12 @@ import math
 import numpy as np
 import pytest
 
-from keras_landscape.components import UnionFind, bottleneck_levels, count_components, merge_tree
-from keras_landscape.data import load_data
-from keras_landscape.landscape import Landscape
-from keras_landscape.models import load_model
-from keras_landscape.runner import RunSpec, execute
-from keras_landscape.store import Store
+from keras_landscape.science.merge_tree import UnionFind, bottleneck_levels, count_components, merge_tree
+from keras_landscape.data.specs import load_data
+from keras_landscape.engine.landscape import Landscape
+from keras_landscape.models.loading import load_model
+from keras_landscape.experiment.runner import RunSpec, execute
+from keras_landscape.store.hdf5 import Store
 
 TOL = 0.02
 INF = math.inf

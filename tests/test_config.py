@@ -1,4 +1,4 @@
-"""`klandscape run CONFIG.yaml` and keras_landscape.config: validation names the bad key,
+"""`klandscape run CONFIG.yaml` and keras_landscape.experiment.config: validation names the bad key,
 scales and command-line overrides apply, the shipped configs validate, a config runs."""
 
 import json
@@ -10,10 +10,10 @@ import yaml
 
 from conftest import run_cli
 from keras_landscape.cli.main import EXIT_BAD_INPUT
-from keras_landscape.config import ModelRecipe, choose_data, load_config
-from keras_landscape.demo import demo_config
-from keras_landscape.plots import is_png
-from keras_landscape.replicas import _steps_per_call, build_model
+from keras_landscape.experiment.config import ModelRecipe, choose_data, load_config
+from keras_landscape.experiment.demo import demo_config
+from keras_landscape.report.plots import is_png
+from keras_landscape.models.recipes import _steps_per_call, build_model
 from synthetic_stores import cubic_models
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,12 +11,12 @@ import pytest
 
 from conftest import CountingProgress
 from conftest import fit_full_batch
-from keras_landscape.data import load_data
-from keras_landscape.dss import check_segments
-from keras_landscape.landscape import Landscape
-from keras_landscape.models import load_model
-from keras_landscape.runner import RunSpec, execute
-from keras_landscape.store import Store
+from keras_landscape.data.specs import load_data
+from keras_landscape.science.dss import check_segments
+from keras_landscape.engine.landscape import Landscape
+from keras_landscape.models.loading import load_model
+from keras_landscape.experiment.runner import RunSpec, execute
+from keras_landscape.store.hdf5 import Store
 
 LEVEL = 0.05  # five times the noise floor (0.1^2) of the linear data
 POINTS = 20

@@ -1,4 +1,4 @@
-"""Tests of keras_landscape.data: spec parsing, every kind, and adapt_to_model."""
+"""Tests of keras_landscape.data.specs: spec parsing, every kind, and adapt_to_model."""
 
 import gzip
 import struct
@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from keras_landscape.data import KINDS, Dataset, Teacher, adapt_to_model, load_data, parse_spec
+from keras_landscape.data.specs import KINDS, Dataset, Teacher, adapt_to_model, load_data, parse_spec
 from keras_landscape.errors import UserError
 
 # ---------------------------------------------------------------- parse_spec / errors

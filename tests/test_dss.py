@@ -10,7 +10,7 @@
   DSS must connect with beads and a normalised length > 1.
 * DSS on Dense, Conv2D and LSTM models: the reported numbers are those of the returned string.
 
-Bead counts include both endpoints (see the module docstring of keras_landscape.dss).
+Bead counts include both endpoints (see the module docstring of keras_landscape.science.dss).
 """
 
 import math
@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 
 from conftest import fit_full_batch
-from keras_landscape import dss
-from keras_landscape.data import load_data
-from keras_landscape.dss import REASONS, Connection, DSSConfig, StringRecord, check_segments, connect
+from keras_landscape.science import dss
+from keras_landscape.data.specs import load_data
+from keras_landscape.science.dss import REASONS, Connection, DSSConfig, check_segments, connect
+from keras_landscape.store.strings import StringRecord
 from keras_landscape.errors import UserError
-from keras_landscape.landscape import Landscape
-from keras_landscape.store import Store
+from keras_landscape.engine.landscape import Landscape
+from keras_landscape.store.hdf5 import Store
 
 VERSIONS = {"package_version": "test", "keras_version": keras.__version__,
             "tensorflow_version": "test", "backend": "tensorflow"}

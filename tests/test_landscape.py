@@ -12,10 +12,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import DIGITS_KINDS
-from keras_landscape.data import Dataset, load_data
+from keras_landscape.data.specs import Dataset, load_data
 from keras_landscape.errors import UserError
-from keras_landscape.landscape import Landscape
-from keras_landscape.models import load_model
+from keras_landscape.engine.landscape import Landscape
+from keras_landscape.models.loading import load_model
 
 RTOL = 1e-5
 
@@ -156,9 +156,9 @@ def test_evaluation_stacks_are_split_to_fit_the_activation_budget(monkeypatch, d
     """A budget that fits two thetas: five thetas take three calls and give the same values."""
     import keras
 
-    from keras_landscape import landscape as landscape_module
-    from keras_landscape import stacked
-    from keras_landscape.landscape import Landscape
+    from keras_landscape.engine import landscape as landscape_module
+    from keras_landscape.engine import stacked
+    from keras_landscape.engine.landscape import Landscape
 
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(7, activation="relu"),
                               keras.layers.Dense(10)])
@@ -409,7 +409,7 @@ def test_subclassed_model_without_training_argument(digits_data):
 
 
 def test_xla_auto_is_off_for_convolutions_on_cpu_and_on_for_dense():
-    from keras_landscape.landscape import resolve_xla
+    from keras_landscape.engine.landscape import resolve_xla
 
     conv = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
                              keras.layers.Dense(3)])
@@ -420,7 +420,7 @@ def test_xla_auto_is_off_for_convolutions_on_cpu_and_on_for_dense():
 
 
 def test_loss_name_with_options_keeps_its_name_and_allows_perplexity():
-    from keras_landscape.objectives import resolve_objective
+    from keras_landscape.engine.objectives import resolve_objective
 
     model = keras.Sequential([keras.Input((3,), dtype="int32"), keras.layers.Embedding(5, 2),
                               keras.layers.Dense(5)])

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from keras_landscape.errors import UserError
-from keras_landscape.models import (
+from keras_landscape.engine.landscape import clone_fresh
+from keras_landscape.models.loading import (
     check_same_architecture,
-    clone_fresh,
     load_custom_objects,
     load_model,
     model_with_theta,
 )
-from keras_landscape.params import ParameterLayout, non_trainable_state
+from keras_landscape.engine.params import ParameterLayout, non_trainable_state
 
 
 def _bn_model(seed=0):
@@ -118,7 +118,7 @@ def test_missing_custom_layer_message_points_to_custom_objects(tmp_path, monkeyp
 
 
 def test_custom_objects_from_a_module_name():
-    objects = load_custom_objects("keras_landscape.params")
+    objects = load_custom_objects("keras_landscape.engine.params")
     assert objects["ParameterLayout"] is ParameterLayout
     assert "UserError" not in objects  # imported there, defined elsewhere
     assert load_custom_objects(None) == {} and load_custom_objects("") == {}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from keras_landscape.errors import UserError
-from keras_landscape.params import ParameterLayout, non_trainable_state
+from keras_landscape.engine.params import ParameterLayout, non_trainable_state
 
 
 def _two_layer(name="net", hidden=4, inputs=3, outputs=2):

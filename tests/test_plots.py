@@ -1,6 +1,6 @@
-"""`klandscape plot` and keras_landscape.plots: every figure written, named predictably, valid.
+"""`klandscape plot` and keras_landscape.report.plots: every figure written, named predictably, valid.
 
-Stores come from tests/synthetic_stores.py: written with keras_landscape.store alone (every
+Stores come from tests/synthetic_stores.py: written with keras_landscape.store.hdf5 alone (every
 result kind, an unknown probe, interrupted runs), and real connectivity stores made by
 runner.execute on two 1-4-4-1 sigmoid MLPs of the cubic regression.
 """
@@ -15,8 +15,10 @@ import pytest
 
 from conftest import run_cli
 from keras_landscape.cli.main import EXIT_BAD_INPUT
-from keras_landscape.plots import is_png, plot_store, read_path, string_keys, tree_layout
-from keras_landscape.store import Store
+from keras_landscape.plugins.components import tree_layout
+from keras_landscape.report.plots import is_png, plot_store, read_path
+from keras_landscape.store.strings import string_prefixes
+from keras_landscape.store.hdf5 import Store
 from synthetic_stores import (complete_store, interrupted_store, new_store,
                               real_connectivity_stores, write_string)
 
@@ -84,8 +86,8 @@ def test_interrupted_store_draws_what_is_there(stores, tmp_path):
 def test_path_profile_follows_the_final_string(stores):
     with Store.open(stores["complete"]) as store:
         run = store.run("connectivity")
-        assert string_keys(run) == ["pair_0_1"]
-        assert string_keys(store.run("barrier")) == ["pair_0_1/bisect_0", "pair_0_1/bisect_1"]
+        assert string_prefixes(run) == ["pair_0_1"]
+        assert string_prefixes(store.run("barrier")) == ["pair_0_1/bisect_0", "pair_0_1/bisect_1"]
         profile = read_path(run, "pair_0_1")
         beads = run.read("pair_0_1/beads").astype(np.float64)[[0, 2, 3, 1]]
     steps = np.linalg.norm(np.diff(beads, axis=0), axis=1)
@@ -103,7 +105,7 @@ def test_the_last_curve_of_a_segment_counts(tmp_path):
         run = store.begin_run("connectivity", "connectivity", {})
         write_string(run, "", rows=3, order=[0, 2, 1], verdict=None, depth_done=1,
                      segments=[(0, 1, 0, 0.5), (0, 2, 1, 0.9), (2, 1, 1, 0.1), (0, 2, 1, 0.2)])
-        assert string_keys(run) == [""]
+        assert string_prefixes(run) == [""]
         profile = read_path(run, "")
     assert np.nanmax(profile.path_y) == pytest.approx(0.02 + 0.2)
     assert profile.level is None and profile.verdict is None
@@ -161,7 +163,7 @@ def test_plot_missing_store_exits_2(capsys, tmp_path):
 def test_plots_need_no_tensorflow(stores, tmp_path):
     script = (
         "import sys\n"
-        "from keras_landscape.plots import plot_store\n"
+        "from keras_landscape.report.plots import plot_store\n"
         f"report = plot_store({stores['complete']!r}, {str(tmp_path / 'no_tf')!r})\n"
         "assert len(report.figures) == 9\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported'\n"

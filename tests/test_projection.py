@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_landscape.data import load_data
+from keras_landscape.data.specs import load_data
 from keras_landscape.errors import UserError
-from keras_landscape.landscape import Landscape
-from keras_landscape.projection import ProjectionConfig, project
+from keras_landscape.engine.landscape import Landscape
+from keras_landscape.engine.projection import ProjectionConfig, project
 
 N, D = 200, 3
 

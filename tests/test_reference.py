@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from keras_landscape.reference import attribute_docs, probes_markdown
+from keras_landscape.report.reference import attribute_docs, probes_markdown
 from keras_landscape.registry import probes
 
 

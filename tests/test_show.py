@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import run_cli
-from keras_landscape.report import expected_strings, fmt, resume_command, result_tables
+from keras_landscape.report.tables import expected_strings, fmt, resume_command, result_tables
 from synthetic_stores import (CUBIC, complete_store, interrupted_store,
                               real_connectivity_stores)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_landscape.state import StateLayout
+from keras_landscape.engine.state import StateLayout
 
 K = 3
 
@@ -160,8 +160,8 @@ ZOO = [
 def test_stacked_forward_equals_separate_keras_calls(name, beads):
     from keras import ops
 
-    from keras_landscape import engine
-    from keras_landscape.params import ParameterLayout, non_trainable_state
+    from keras_landscape.engine import kernels as engine
+    from keras_landscape.engine.params import ParameterLayout, non_trainable_state
 
     model, x = _zoo(name)
     layout = ParameterLayout.from_model(model)
@@ -203,8 +203,9 @@ def test_stacked_gradients_equal_per_bead_gradients(name):
     import keras
     from keras import ops
 
-    from keras_landscape import backend, engine
-    from keras_landscape.params import ParameterLayout, non_trainable_state
+    from keras_landscape.engine import backend
+    from keras_landscape.engine import kernels as engine
+    from keras_landscape.engine.params import ParameterLayout, non_trainable_state
 
     model, x = _zoo(name)
     layout = ParameterLayout.from_model(model)
@@ -236,8 +237,9 @@ def test_stacked_gradients_equal_per_bead_gradients(name):
 
 
 def test_walk_is_used_for_graph_models_and_not_for_masking_or_subclassed():
-    from keras_landscape import engine, stacked
-    from keras_landscape.params import ParameterLayout
+    from keras_landscape.engine import kernels as engine
+    from keras_landscape.engine import stacked
+    from keras_landscape.engine.params import ParameterLayout
 
     for name, walked in [("cnn_bn_pool", True), ("masked_embedding_gru", False),
                          ("subclassed", False)]:
@@ -252,8 +254,9 @@ def test_plan_names_how_each_layer_is_batched():
     """Dense, Conv, LSTM/GRU and pooling use batched kernels; a custom layer is mapped."""
     from keras import ops
 
-    from keras_landscape import engine, stacked
-    from keras_landscape.params import ParameterLayout, non_trainable_state
+    from keras_landscape.engine import kernels as engine
+    from keras_landscape.engine import stacked
+    from keras_landscape.engine.params import ParameterLayout, non_trainable_state
 
     expectations = {
         "cnn_bn_pool": {"Conv2D": "grouped convolution", "MaxPooling2D": "beads as channel groups",

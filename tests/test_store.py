@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from keras_landscape.errors import UserError
-from keras_landscape.store import FORMAT_NAME, FORMAT_VERSION, Store, from_json, to_json
+from keras_landscape.store.hdf5 import FORMAT_NAME, FORMAT_VERSION, Store, from_json, to_json
 
 VERSIONS = {
     "package_version": "0.1.0",
@@ -382,7 +382,7 @@ def test_readable_with_plain_h5py_following_the_docs(tmp_path, rng):
 
 
 def test_store_module_does_not_import_tensorflow_or_keras():
-    code = ("import sys, keras_landscape.store; "
+    code = ("import sys, keras_landscape.store.hdf5; "
             "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -9,12 +9,12 @@ import pytest
 
 from conftest import run_cli
 from keras_landscape.cli.main import EXIT_BAD_INPUT
-from keras_landscape.store import Store
+from keras_landscape.store.hdf5 import Store
 
 HOLDER = textwrap.dedent(
     """
     import sys
-    from keras_landscape.store import Store
+    from keras_landscape.store.hdf5 import Store
 
     store = Store.create(sys.argv[1], versions={}, command="holder")
     store.write_data_info({"spec": "before"})
@@ -83,7 +83,7 @@ def test_an_interrupted_replacement_leaves_the_old_store(tmp_path, digits_model_
                                                         monkeypatch):
     """Replacing writes a new file beside the old one: interrupted before the rename, the
     old store is untouched and the temporary file is removed."""
-    from keras_landscape import store as store_module
+    from keras_landscape.store import hdf5 as store_module
 
     path = tmp_path / "old.h5"
     assert run_cli(capsys, "probe", str(digits_model_file), "--data", "digits",

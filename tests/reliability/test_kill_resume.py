@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from keras_landscape.store import Store
+from keras_landscape.store.hdf5 import Store
 
 STRING_DATASETS = ("beads", "bead_level", "bead_depth", "bead_steps", "order", "curves")
 

@@ -8,15 +8,11 @@ import keras
 import numpy as np
 
 from keras_landscape.errors import UserError
-from keras_landscape.models import allow_unsafe_deserialization, load_custom_objects, load_model
-from keras_landscape.params import ParameterLayout
-from keras_landscape.state import StateLayout
-from keras_landscape.store import Store, reading
-
-
-def string_prefixes(run) -> list[str]:
-    """Prefixes of the DSS strings stored in a run (groups holding an `order` dataset)."""
-    return sorted(key[: -len("/order")] for key in run.keys() if key.endswith("/order"))
+from keras_landscape.models.loading import allow_unsafe_deserialization, load_custom_objects, load_model
+from keras_landscape.engine.params import ParameterLayout
+from keras_landscape.engine.state import StateLayout
+from keras_landscape.store.hdf5 import Store, reading
+from keras_landscape.store.strings import read_string, string_prefixes
 
 
 def _architecture(store: Store, custom_objects: dict):
@@ -43,7 +39,7 @@ def _architecture(store: Store, custom_objects: dict):
 def stored_theta(store: Store, run: str | None, bead: int | None, string: str | None, model: str | None):
     """(theta, non-trainable state, description) for a bead of a run's string, or a stored
     model. The state is the bead's own (the BatchNorm statistics its stored level was
-    evaluated with: a (S,) vector, see `keras_landscape.state`) or the model's own list of
+    evaluated with: a (S,) vector, see `keras_landscape.engine.state`) or the model's own list of
     non-trainable arrays; None when the store holds none for it."""
     if model is not None:
         if model not in store.model_names():
@@ -53,7 +49,7 @@ def stored_theta(store: Store, run: str | None, bead: int | None, string: str | 
     if run is None or bead is None:
         raise UserError("Say what to export: --run R --bead I (a bead of a string) or --model NAME.")
     record = store.run(run)
-    prefixes = string_prefixes(record)
+    prefixes = string_prefixes(record, relaxed=True)
     if string is None:
         if len(prefixes) != 1:
             raise UserError(
@@ -63,12 +59,16 @@ def stored_theta(store: Store, run: str | None, bead: int | None, string: str | 
         string = prefixes[0]
     if string not in prefixes:
         raise UserError(f"Run {run!r} has no string {string!r}; it has: {', '.join(prefixes) or 'none'}.")
-    order = record.read(f"{string}/order")
-    if not -len(order) <= bead < len(order):
-        raise UserError(f"String {string!r} has {len(order)} beads (0 = A, {len(order) - 1} = B); got --bead {bead}.")
-    row = int(order[bead])
-    state = record.read(f"{string}/bead_state")[row] if record.has(f"{string}/bead_state") else None
-    return record.read(f"{string}/beads")[row], state, f"bead {bead} of {run}/{string}"
+    stored = read_string(record, string)
+    rows = stored.rows
+    if not -len(rows) <= bead < len(rows):
+        raise UserError(
+            f"String {string!r} has {len(rows)} beads (0 = A, {len(rows) - 1} = B); "
+            f"got --bead {bead}."
+        )
+    row = rows[bead]
+    where = f"{run}/{string}" if string else run
+    return stored.beads[row], stored.state_of(row), f"bead {bead} of {where}"
 
 
 def export(store_path: str, out: str, *, run=None, bead=None, string=None, model=None,

@@ -7,7 +7,7 @@ Greedy breadth-first refinement of a piecewise-linear string [A, ..., B]:
    u * (1 + slack) (or is not finite).
 2. No failing segment: connected. Depth limit reached: not connected ("depth_limit").
 3. Otherwise insert one bead per failing segment, at its midpoint or at the argmax of its
-   curve, and *project* all of them together (`keras_landscape.projection`): train until
+   curve, and *project* all of them together (`keras_landscape.engine.projection`): train until
    level <= alpha * u. In "hyperplane" mode a bead stays in the hyperplane through its
    insertion point orthogonal to q - p (the talk's refinement). A bead that misses the target
    within its budget ends the search: not connected ("bead_not_reached").
@@ -27,7 +27,9 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from keras_landscape.errors import UserError
-from keras_landscape.projection import ProjectionConfig, project
+from keras_landscape.engine.options import ProjectionConfig
+from keras_landscape.seeds import derive_seed
+from keras_landscape.store.strings import StringRecord
 
 INSERTIONS = ("midpoint", "argmax")
 PROJECTION_MODES = ("plain", "hyperplane")
@@ -93,7 +95,7 @@ class DSSConfig(ProjectionConfig):
 @dataclass
 class Bead:
     """A point of the string: its row in the store, parameters, level, and the state (S,)
-    (BatchNorm statistics, see `keras_landscape.state`) its level was evaluated with."""
+    (BatchNorm statistics, see `keras_landscape.engine.state`) its level was evaluated with."""
 
     row: int
     theta: np.ndarray
@@ -150,86 +152,19 @@ class Connection:
         return d
 
 
-class StringRecord:
-    """Streams a string's beads and segment curves into a store run under `prefix`.
-
-    Datasets: beads (n, P), bead_level, bead_depth, bead_steps (rows in acceptance order,
-    rows 0 and 1 are A and B), bead_state (n, S) when the model has non-trainable float
-    state (the BatchNorm statistics each bead's level was evaluated with), order (the
-    string as bead rows, rewritten after each depth),
-    curves (checked segment levels, R + 1 per row) with curve_segments (left row, right row,
-    depth). Attributes on the prefix group: depth_done, verdict (JSON, when finished).
-    A run interrupted mid-depth resumes from the last completed depth.
-    """
-
-    def __init__(self, run, prefix: str):
-        self.run, self.prefix = run, prefix.strip("/")
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
-
-    def add_bead(self, theta, level, depth, steps, state=None) -> int:
-        self.run.append(self.key("bead_level"), np.float64(level))
-        self.run.append(self.key("bead_depth"), np.int32(depth))
-        self.run.append(self.key("bead_steps"), np.int64(steps))
-        if state is not None and np.size(state):
-            self.run.append(self.key("bead_state"), np.asarray(state, np.float32))
-        return self.run.append(self.key("beads"), np.asarray(theta, np.float32)) - 1
-
-    def add_curve(self, left: int, right: int, depth: int, check: SegmentCheck) -> None:
-        self.run.append(self.key("curves"), np.asarray(check.levels, np.float64))
-        self.run.append(self.key("curve_segments"), np.array([left, right, depth], np.int64))
-
-    def commit_depth(self, string: list[Bead], depth: int) -> None:
-        self.run.write(self.key("order"), np.array([b.row for b in string], np.int64))
-        self.run.set_attrs(self.prefix or None, depth_done=depth)
-
-    def finish(self, connection: Connection) -> None:
-        self.run.set_attrs(self.prefix or None, verdict=connection.to_dict())
-
-    def verdict(self) -> dict | None:
-        if not self.run.has(self.key("order")):
-            return None
-        return self.run.get_attrs(self.prefix or None).get("verdict")
-
-    def load(self) -> tuple[list[Bead], int, dict] | None:
-        """The string as of the last completed depth and the segment checks already stored.
-
-        Returns None if nothing was committed. Rows written after the last commit (beads of an
-        unfinished depth, a curve without its segment row) are cut off.
-        """
-        if not self.run.has(self.key("order")):
-            return None
-        depth_done = int(self.run.get_attrs(self.prefix or None).get("depth_done", 0))
-        order = self.run.read(self.key("order"))
-        committed = int(max(order)) + 1
-        for name in ("beads", "bead_level", "bead_depth", "bead_steps", "bead_state"):
-            if self.run.has(self.key(name)) and self.run.length(self.key(name)) > committed:
-                self.run.truncate(self.key(name), committed)
-        curves = min(self.run.length(self.key("curves")), self.run.length(self.key("curve_segments")))
-        for name in ("curves", "curve_segments"):
-            if self.run.length(self.key(name)) > curves:
-                self.run.truncate(self.key(name), curves)
-        thetas = self.run.read(self.key("beads"))
-        levels = self.run.read(self.key("bead_level"))
-        depths = self.run.read(self.key("bead_depth"))
-        steps = self.run.read(self.key("bead_steps"))
-        has_states = self.run.has(self.key("bead_state"))
-        states = self.run.read(self.key("bead_state")) if has_states else None
-        string = [
-            Bead(
-                int(r), thetas[r], float(levels[r]), int(depths[r]), int(steps[r]),
-                None if states is None else states[r],
-            )
-            for r in order
-        ]
-        checked = {}
-        if curves:
-            for row, (left, right, _) in zip(
-                self.run.read(self.key("curves")), self.run.read(self.key("curve_segments"))
-            ):
-                checked[(int(left), int(right))] = SegmentCheck(np.linspace(0.0, 1.0, len(row)), row)
-        return string, depth_done, checked
+def beads_of(stored) -> tuple[list[Bead], int, dict[tuple[int, int], SegmentCheck]]:
+    """A committed `store.strings.StoredString` as the DSS sees it: the string of Beads,
+    the depth done, and the segment checks already stored (by (left row, right row))."""
+    string = [
+        Bead(int(r), stored.beads[r], float(stored.bead_level[r]), int(stored.bead_depth[r]),
+             int(stored.bead_steps[r]), stored.state_of(r))
+        for r in stored.order
+    ]
+    checked = {
+        (left, right): SegmentCheck(np.linspace(0.0, 1.0, len(levels)), levels)
+        for left, right, _, levels in stored.curves
+    }
+    return string, int(stored.depth_done or 0), checked
 
 
 def _interpolate(ts: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -318,7 +253,7 @@ def connect(
     loaded = record.load() if record is not None else None
     checked: dict[tuple[int, int], SegmentCheck] = {}
     if loaded is not None:
-        string, depth, checked = loaded
+        string, depth, checked = beads_of(loaded)
         checked = {k: c for k, c in checked.items() if len(c.levels) == config.points + 1}
         for bead in string:  # stores without bead states: models without float state
             bead.state = landscape.state_or_own(bead.state)
@@ -334,7 +269,7 @@ def connect(
         if record is not None:
             for bead in string:
                 bead.row = record.add_bead(bead.theta, bead.level, 0, 0, bead.state)
-            record.commit_depth(string, 0)
+            record.commit_depth([b.row for b in string], 0)
         depth = 0
     endpoint_levels = [string[0].level, string[-1].level]
     reason, worst = None, None
@@ -361,7 +296,7 @@ def connect(
             string_states=[b.state for b in string],
         )
         if record is not None:
-            record.finish(connection)
+            record.finish(connection.to_dict())
         return connection
 
     if not all(math.isfinite(v) for v in endpoint_levels):
@@ -376,7 +311,7 @@ def connect(
         for (a, b), check in zip(todo, check_segments(landscape, segment_ends, config.points)):
             checked[(a.row, b.row)] = check
             if record is not None:
-                record.add_curve(a.row, b.row, depth, check)
+                record.add_curve(a.row, b.row, depth, check.levels)
         segments = list(zip(string, string[1:]))
         failing = [
             i for i, (a, b) in enumerate(segments) if not checked[(a.row, b.row)].maximum <= threshold
@@ -406,12 +341,11 @@ def connect(
             direction = (b.theta - a.theta).astype(np.float64)
             norm = np.linalg.norm(direction)
             normals.append(direction / norm if config.projection_mode == "hyperplane" and norm > 0 else np.zeros_like(direction))
-        result = project(
-            landscape,
+        result = landscape.project(
             np.stack(starts),
             target,
             projection,
-            seed=seed * 1_000_003 + depth,
+            seed=derive_seed(seed, depth),
             normals=np.stack(normals).astype(np.float32),
             states=np.stack(start_states),
         )
@@ -442,4 +376,4 @@ def connect(
             return finish(False, "bead_not_reached")
         string = new_string
         if record is not None:
-            record.commit_depth(string, depth)
+            record.commit_depth([b.row for b in string], depth)

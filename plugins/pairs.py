@@ -1,7 +1,8 @@
-"""Pairs of minima for the DSS probes: partners, pair lists, resumable connections.
+"""What the pair probes share (`connectivity`, `curviness`, `barrier`, `components`):
+pair options, partners trained for a single model, the pair list, level parsing.
 
-Shared by the `connectivity`, `curviness` (and later barrier/components) probes so that a
-probe only decides *which* levels and pairs to measure.
+Public helpers for third-party probes too: subclass `PairProbe`, mix `PairOptions` (and
+`DSSConfig`) into the probe's Config, and call `self.pairs(...)` in `run`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.dss import Connection, DSSConfig, StringRecord, connect
+from keras_landscape.engine.options import ProjectionConfig
 from keras_landscape.errors import UserError
-from keras_landscape.models import clone_fresh
-from keras_landscape.projection import ProjectionConfig, project
+from keras_landscape.models.minimum import Minimum
+from keras_landscape.registry import ProbeBase
+from keras_landscape.science.pairs import states_of
+from keras_landscape.seeds import derive_seed
+
+#: keys of the partner streams under the run's seed (see keras_landscape.seeds)
+PARTNER_INIT, PARTNER_STEPS = 7919, 7907
 
 
 @dataclass
@@ -48,14 +54,6 @@ class PairOptions:
             raise UserError(f"margin must be >= 0, got {self.margin}.")
 
 
-def seed_for(seed: int, *parts: int) -> int:
-    """A distinct, reproducible seed for one unit of work (pair, level, ...)."""
-    value = seed
-    for part in parts:
-        value = (value * 1_000_003 + part + 1) % (2**31 - 1)
-    return value
-
-
 def with_partners(landscape, minima: list, config, run, progress) -> tuple[list, list[tuple[int, int]]]:
     """The minima to connect and the index pairs to measure.
 
@@ -63,8 +61,6 @@ def with_partners(landscape, minima: list, config, run, progress) -> tuple[list,
     trained to the model's level (stored in the run under partners/, reused on resume) and
     the model is paired with each.
     """
-    from keras_landscape.runner import Minimum  # runner imports probes' modules lazily
-
     if len(minima) >= 2:
         return minima, [(i, j) for i in range(len(minima)) for j in range(i + 1, len(minima))]
     if config.partners < 1:
@@ -82,7 +78,7 @@ def with_partners(landscape, minima: list, config, run, progress) -> tuple[list,
         task = progress.task(f"training {missing} partner(s) to level {target:.4g}", total=missing)
         starts = np.stack(
             [
-                landscape.theta_of(clone_fresh(model.model, seed_for(config.seed, 7919, stored + i)))
+                landscape.fresh_theta(derive_seed(config.seed, PARTNER_INIT, stored + i))
                 for i in range(missing)
             ]
         )
@@ -93,7 +89,7 @@ def with_partners(landscape, minima: list, config, run, progress) -> tuple[list,
                 "learning_rate": config.partner_learning_rate or config.learning_rate,
             }
         )
-        result = project(landscape, starts, target, projection, seed=seed_for(config.seed, 7907))
+        result = landscape.project(starts, target, projection, seed=derive_seed(config.seed, PARTNER_STEPS))
         states = result.states  # BatchNorm statistics estimated at the partner's weights
         for i in np.flatnonzero(~result.reached):
             progress.note(
@@ -121,33 +117,6 @@ def with_partners(landscape, minima: list, config, run, progress) -> tuple[list,
         for i, (t, s) in enumerate(zip(thetas[: config.partners], partner_states))
     ]
     return [model] + partners, [(0, k) for k in range(1, len(partners) + 1)]
-
-
-def states_of(minima: list, landscape) -> np.ndarray:
-    """(K, S) the minima's own states (the landscape model's where a minimum has none)."""
-    return np.stack([landscape.state_or_own(getattr(m, "state", None)) for m in minima])
-
-
-def default_level(endpoint_levels, margin: float) -> float:
-    finite = [float(v) for v in endpoint_levels if math.isfinite(v)]
-    top = max(finite) if finite else math.inf  # a NaN endpoint gets the verdict non_finite
-    return top * (1.0 + margin) if top > 0 else top + margin
-
-
-def connect_pair(landscape, a, b, level, config: DSSConfig, run, prefix: str, seed: int, progress) -> dict:
-    """DSS between minima a and b at `level`, streamed under `prefix`; a finished one is reused."""
-    record = StringRecord(run, prefix)
-    verdict = record.verdict()
-    if verdict is not None:
-        return verdict
-    connection: Connection = connect(
-        landscape, a.theta, b.theta, level, config, seed=seed, record=record, progress=progress,
-        state_a=getattr(a, "state", None), state_b=getattr(b, "state", None),
-    )
-    result = connection.to_dict()
-    result.update({"a": a.name, "b": b.name, "prefix": prefix})
-    record.run.set_attrs(prefix, verdict=result)
-    return result
 
 
 def check_level(value, what: str = "level") -> float:
@@ -197,14 +166,6 @@ def parse_levels(text: str, targets: bool = True) -> list[float]:
     return [check_level(v, f"Every level in {text!r}") for v in levels]
 
 
-def summarize(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (None when empty; sd 0 for one value)."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return None, None
-    return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
-
-
 def check_pair_config(config, level_targets: bool = True) -> None:
     """Every check a pair probe's config mixes in: DSS and projection knobs, pair options,
     bisection options, and the `level` / `levels` fields where the config has them
@@ -219,13 +180,10 @@ def check_pair_config(config, level_targets: bool = True) -> None:
         parse_levels(config.levels, level_targets)
 
 
-class PairProbe:
+class PairProbe(ProbeBase):
     """Base of probes that measure pairs of minima: config handling and the pair list."""
 
     Config = PairOptions
-
-    def __init__(self, config=None):
-        self.config = config or self.Config()
 
     #: whether the config's `levels` are DSS targets (positive) or a grid to count at
     level_targets = True
@@ -233,6 +191,22 @@ class PairProbe:
     def validate_config(self) -> None:
         """Every option checked (called before any model or data is loaded)."""
         check_pair_config(self.config, self.level_targets)
+
+    @classmethod
+    def pair_prefixes(cls, config: dict, inputs: int) -> list[str] | None:
+        """The store prefixes of the pairs a run measures: every i < j of the input models,
+        or the model and each of its partners (None: no input models)."""
+        if inputs >= 2:
+            pairs = [(i, j) for i in range(inputs) for j in range(i + 1, inputs)]
+        elif inputs == 1:
+            pairs = [(0, k) for k in range(1, int(config.get("partners") or 1) + 1)]
+        else:
+            return None
+        return [f"pair_{i}_{j}" for i, j in pairs]
+
+    @classmethod
+    def expected_partners(cls, config: dict, inputs: int) -> int:
+        return int(config.get("partners") or 0) if inputs == 1 else 0
 
     def pairs(self, landscape, models, store, progress):
         """Validate the config, train partners if needed; (minima, index pairs)."""

@@ -22,22 +22,25 @@ from dataclasses import dataclass
 import numpy as np
 from keras import ops
 
-from keras_landscape import backend, engine, stacked
-from keras_landscape.data import Dataset, adapt_to_model
+from keras_landscape.engine import backend
+from keras_landscape.engine import kernels
+from keras_landscape.engine.kernels import pad_rows, padded_count
+from keras_landscape.engine import stacked
+from keras_landscape.data.specs import Dataset, adapt_to_model
 from keras_landscape.errors import UserError
-from keras_landscape.objectives import ResolvedObjective, resolve_objective
-from keras_landscape.params import ParameterLayout, non_trainable_state
-from keras_landscape.state import (
+from keras_landscape.engine.objectives import ResolvedObjective, resolve_objective
+from keras_landscape.engine.options import (
     BN_MODES,
     DEFAULT_BN_BATCH_SIZE,
     DEFAULT_BN_BATCHES,
-    StateLayout,
-    pooled_moments,
+    DEFAULT_EVAL_BATCH,
 )
+from keras_landscape.engine.projection import project
+from keras_landscape.engine.params import ParameterLayout, non_trainable_state
+from keras_landscape.engine.state import StateLayout, pooled_moments
 
 log = logging.getLogger("keras_landscape")
 
-DEFAULT_EVAL_BATCH = 1024
 # Recomputed BatchNorm statistics use a fixed, seeded choice of training samples, the same
 # at every point, so that E stays one function of theta.
 _BN_SAMPLE_SEED = 20170424
@@ -96,18 +99,33 @@ def _model_io_shapes(model, x_sample: np.ndarray) -> tuple[tuple, tuple]:
     return input_shape, None
 
 
-def padded_count(k: int) -> int:
-    """The next power of two >= k: stacks of beads are padded to it so that a compiled
-    function sees few shapes (each new shape is a new trace and, under XLA, a compilation)."""
-    return 1 << max(0, int(k) - 1).bit_length()
+def clone_fresh(model, seed: int):
+    """The same architecture with a fresh random initialisation (the model is not touched).
 
-
-def pad_rows(rows: np.ndarray, count: int | None = None) -> np.ndarray:
-    """rows padded with copies of its first row up to padded_count(count or len(rows))."""
-    target = padded_count(count if count is not None else len(rows))
-    if len(rows) >= target:
-        return rows
-    return np.concatenate([rows, np.repeat(rows[:1], target - len(rows), axis=0)])
+    Sequential and Functional models are cloned from their config; subclassed models are
+    rebuilt from `get_config`/`from_config` and built on the original input shape.
+    """
+    keras.utils.set_random_seed(seed)
+    try:
+        clone = keras.models.clone_model(model)
+    except Exception:
+        try:
+            clone = model.__class__.from_config(model.get_config())
+        except Exception as error:
+            raise UserError(
+                f"Cannot create a fresh copy of {model.name!r} to train a partner: "
+                f"{type(error).__name__}: {error}. Give two or more trained models instead, "
+                "or implement get_config/from_config on the model class."
+            ) from None
+    if not clone.built:
+        shape = getattr(model, "_build_shapes_dict", None) or {}
+        input_shape = next(iter(shape.values()), None)
+        if input_shape is None:
+            raise UserError(f"Cannot build a fresh copy of {model.name!r}: unknown input shape.")
+        clone.build(input_shape)
+    fresh = ParameterLayout.from_model(clone)
+    ParameterLayout.from_model(model).check_compatible(fresh, ("original", "clone"))
+    return clone
 
 
 def resolve_xla(xla: bool | str, model) -> bool:
@@ -133,7 +151,7 @@ class Landscape:
 
     Args:
         model: a built Keras model; its architecture is used, its weights are never changed.
-        dataset: a `Dataset` (see `keras_landscape.data.load_data`).
+        dataset: a `Dataset` (see `keras_landscape.data.specs.load_data`).
         loss: a Keras loss name (options as 'name:key=val'); None takes the model's compiled
             loss.
         level_fn: 'loss', 'error' (percent), 'perplexity', or a per-sample Keras metric name.
@@ -159,7 +177,7 @@ class Landscape:
             (the same fixed, seeded samples at every point; all of them when the training
             split is smaller).
 
-    Every point has a state vector s (see `keras_landscape.state`): evaluation methods take
+    Every point has a state vector s (see `keras_landscape.engine.state`): evaluation methods take
     `states` (K, S) beside `thetas`; None uses the landscape model's own state.
     `evaluate`, `evaluate_many`, `loss` and `loss_and_grad` evaluate at (theta, s) as given,
     as Keras's evaluate does for a model file (`recompute=True` re-estimates first).
@@ -219,7 +237,7 @@ class Landscape:
         self.state_layout = StateLayout.from_model(model)
         self.reference_state = self.state_layout.state_of(model)
         # A subclassed model whose call() takes no `training` cannot run in train mode.
-        self._train_mode = bool(engine.mode_kwargs(model, training=True))
+        self._train_mode = bool(kernels.mode_kwargs(model, training=True))
         if self.state_layout.has_batch_norm and not self._train_mode:
             if bn_stats == "recompute":
                 raise UserError(
@@ -243,17 +261,17 @@ class Landscape:
         label = getattr(model, "name", "model")
         objective = self.objective.objective
         self._sums = backend.compile_function(
-            engine.make_batch_sums(model, self.layout, self.state_layout, objective),
+            kernels.make_batch_sums(model, self.layout, self.state_layout, objective),
             xla=self.xla,
             label=f"{label} evaluation",
         )
         self._stacked_sums = backend.compile_function(
-            engine.make_stacked_batch_sums(model, self.layout, self.state_layout, objective),
+            kernels.make_stacked_batch_sums(model, self.layout, self.state_layout, objective),
             xla=self.xla,
             label=f"{label} batched evaluation",
         )
         self._gradient_sums = backend.compile_function(
-            engine.make_gradient_sums(model, self.layout, self.state_layout, objective),
+            kernels.make_gradient_sums(model, self.layout, self.state_layout, objective),
             xla=self.xla,
             label=f"{label} gradient",
         )
@@ -281,7 +299,7 @@ class Landscape:
                 [v.value for v in self.model.trainable_variables],
                 [v.value for v in self.model.non_trainable_variables],
                 x,
-                **engine.inference_kwargs(self.model),
+                **kernels.inference_kwargs(self.model),
             )
             return y
         except Exception as error:  # the model's own message says what it expected
@@ -306,6 +324,17 @@ class Landscape:
     def theta_of(self, model) -> np.ndarray:
         """theta of `model` (which must share this landscape's parameter layout)."""
         return self.layout.theta_of(model)
+
+    def fresh_theta(self, seed: int) -> np.ndarray:
+        """(P,) the parameters of a fresh random initialisation of this architecture."""
+        return self.theta_of(clone_fresh(self.model, seed))
+
+    def project(self, starts: np.ndarray, target: float, config, seed: int, normals=None,
+                on_check=None, states=None):
+        """Train the rows of `starts` until their level is <= target: see
+        `keras_landscape.engine.projection.project` (the science calls it through here)."""
+        return project(self, starts, target, config, seed, normals=normals, on_check=on_check,
+                       states=states)
 
     def initial_theta(self) -> np.ndarray:
         """theta of the landscape's own model."""
@@ -392,7 +421,7 @@ class Landscape:
     def _moments_kernel(self):
         if not hasattr(self, "_moments"):
             self._moments = backend.compile_function(
-                engine.make_batch_moments(self.model, self.layout, self.state_layout),
+                kernels.make_batch_moments(self.model, self.layout, self.state_layout),
                 xla=self.xla,
                 label=f"{getattr(self.model, 'name', 'model')} BatchNorm statistics",
             )
@@ -446,7 +475,7 @@ class Landscape:
         theta = np.asarray(theta, np.float32)
         state_t = ops.convert_to_tensor(self._state_row(theta, state, recompute))
         theta_t = ops.convert_to_tensor(theta)
-        total = np.zeros(len(engine.SUMS), np.float64)
+        total = np.zeros(len(kernels.SUMS), np.float64)
         with backend.exact_float32():
             for x, y, mask in self._batches[split].batches:
                 sums = self._sums(theta_t, state_t, self.non_trainable, x, y, mask)
@@ -485,7 +514,7 @@ class Landscape:
             chunk = thetas[start : start + self.max_stack]
             stacked_thetas = ops.convert_to_tensor(pad_rows(chunk))
             stacked_states = ops.convert_to_tensor(pad_rows(states[start : start + self.max_stack]))
-            total = np.zeros((padded_count(len(chunk)), len(engine.SUMS)), np.float64)
+            total = np.zeros((padded_count(len(chunk)), len(kernels.SUMS)), np.float64)
             with backend.exact_float32():
                 for x, y, mask in self._batches[split].batches:
                     total += np.asarray(
@@ -541,7 +570,7 @@ class Landscape:
         theta = np.asarray(theta, np.float32)
         state_t = ops.convert_to_tensor(self._state_row(theta, state, recompute))
         theta_t = ops.convert_to_tensor(theta)
-        sums = np.zeros(len(engine.SUMS), np.float64)
+        sums = np.zeros(len(kernels.SUMS), np.float64)
         grad = np.zeros(self.size, np.float64)
         loss_weight = ops.convert_to_tensor(np.float32(1.0 / self._loss_elements(split)))
         reg_weight = ops.convert_to_tensor(np.float32(1.0 / batches.n))
@@ -579,11 +608,11 @@ class Landscape:
         return self._batches["train"].n
 
     def projection_kernel(self, full_batch: bool):
-        """The compiled projection loop (see `engine.make_projection`), one per batching mode."""
+        """The compiled projection loop (see `kernels.make_projection`), one per batching mode."""
         cache = self.__dict__.setdefault("_projection_kernels", {})
         if full_batch not in cache:
             cache[full_batch] = backend.compile_function(
-                engine.make_projection(
+                kernels.make_projection(
                     self.model,
                     self.layout,
                     self.state_layout,

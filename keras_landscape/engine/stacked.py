@@ -40,9 +40,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_landscape import backend
-from keras_landscape.params import ParameterLayout
-from keras_landscape.state import StateLayout
+from keras_landscape.engine import backend
+from keras_landscape.engine.params import ParameterLayout
+from keras_landscape.engine.state import StateLayout
 
 log = logging.getLogger("keras_landscape")
 

@@ -12,8 +12,47 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from keras_landscape.config import OPTIMIZERS, ConfigError, ModelRecipe
-from keras_landscape.errors import UserError
+import dataclasses
+from dataclasses import dataclass, field
+
+from keras_landscape.errors import ConfigError, UserError
+
+BUILDERS = {
+    "mlp": ("input", "layers", "activation", "output", "output_activation", "dropout"),
+    "cnn": ("input", "filters", "kernel_size", "pool", "layers", "activation", "output",
+            "output_activation", "dropout"),
+    # token sequences: Embedding(output, embedding) -> LSTM(units) per `layers` -> Dense(output)
+    "lstm": ("input", "embedding", "layers", "output", "dropout"),
+}
+OPTIMIZERS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adamw": "AdamW",
+              "nadam": "Nadam", "adagrad": "Adagrad"}
+DEFAULT_TRAIN = {"epochs": 20, "batch_size": 32, "learning_rate": 1e-3, "optimizer": "adam"}
+
+
+@dataclass
+class ModelRecipe:
+    """An architecture to build with Keras and train `replicas` times (seeds seed + i)."""
+
+    builder: str
+    input: list[int]
+    output: int
+    layers: list[int] = field(default_factory=list)
+    filters: list[int] = field(default_factory=list)
+    kernel_size: int = 3
+    pool: int = 2
+    activation: str = "relu"
+    output_activation: str | None = None
+    dropout: float = 0.0
+    embedding: int = 0
+    replicas: int = 2
+    train: dict = field(default_factory=lambda: dict(DEFAULT_TRAIN))
+    dir: str = ""
+
+    def architecture(self) -> dict:
+        """What determines the trained weights besides data, loss and seed."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("dir", "replicas")}
+
+
 
 def _bad(where: str, message: str) -> None:
     raise ConfigError(f"{where}: {message}")
@@ -67,7 +106,7 @@ def training_loss(spec: str):
     from_logits=true'): the Loss class when there are options, so that the model saves."""
     import keras
 
-    from keras_landscape.objectives import parse_named_spec
+    from keras_landscape.engine.objectives import parse_named_spec
 
     name, options = parse_named_spec(spec)
     class_name = "".join(part.capitalize() for part in name.split("_"))
@@ -143,7 +182,7 @@ def train_replicas(recipe: ModelRecipe, data_spec: str, loss: str, seed: int, pr
     """
     import keras
 
-    from keras_landscape.data import adapt_to_model, load_data
+    from keras_landscape.data.specs import adapt_to_model, load_data
     from keras_landscape.progress import NullProgress
 
     progress = progress or NullProgress()

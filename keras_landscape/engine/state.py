@@ -19,13 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.params import FlatLayout
+from keras_landscape.engine.params import FlatLayout
 
-BN_MODES = ("recompute", "interpolate")
-# Recomputed statistics: 32 batches of 128 training samples in train mode (4,096 samples:
-# the standard error of a recomputed mean is ~1.6% of the activation's standard deviation).
-DEFAULT_BN_BATCHES = 32
-DEFAULT_BN_BATCH_SIZE = 128
 
 
 def _is_float(variable) -> bool:

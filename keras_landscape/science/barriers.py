@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.dss import DSSConfig, StringRecord, check_segments
+from keras_landscape.science.dss import DSSConfig, beads_of, check_segments
+from keras_landscape.store.strings import StringRecord
 from keras_landscape.errors import UserError
-from keras_landscape.pairs import connect_pair, seed_for
+from keras_landscape.science.pairs import connect_pair
+from keras_landscape.seeds import derive_seed
 
 RELAXATIONS = ("none", "neb")
 
@@ -131,7 +133,7 @@ def saddle_bracket(
             level = middle
         verdict = connect_pair(
             landscape, a, b, level, config, run, f"{prefix}/bisect_{k}",
-            seed_for(seed, k), progress,
+            derive_seed(seed, k), progress,
         )
         bisections.append(
             {"level": level, "connected": verdict["connected"], "reason": verdict["reason"],
@@ -180,9 +182,9 @@ def relax_path(landscape, run, path_prefix: str, config) -> dict | None:
     """
     record = StringRecord(run, path_prefix)
     loaded = record.load()
-    if loaded is None or len(loaded[0]) < 3:
+    if loaded is None or len(loaded.order) < 3:
         return None
-    string = loaded[0]
+    string = beads_of(loaded)[0]
     thetas = np.stack([b.theta for b in string]).astype(np.float64)
     states = np.stack([landscape.state_or_own(b.state) for b in string])
     before = _path_maximum(landscape, thetas, states, config.points)
@@ -205,9 +207,5 @@ def relax_path(landscape, run, path_prefix: str, config) -> dict | None:
     if not after < before:
         return {"relaxed_max": None, "path_max_before": before, "kept": False}
     levels, used = landscape.levels_and_states(thetas.astype(np.float32), states)
-    run.write(f"{path_prefix}_relaxed/beads", thetas.astype(np.float32))
-    run.write(f"{path_prefix}_relaxed/bead_level", levels)
-    if used.shape[1]:
-        run.write(f"{path_prefix}_relaxed/bead_state", used)
-    run.write(f"{path_prefix}_relaxed/order", np.arange(len(thetas), dtype=np.int64))
+    record.write_relaxed(thetas, levels, used)
     return {"relaxed_max": float(after), "path_max_before": float(before), "kept": True}

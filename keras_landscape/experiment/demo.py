@@ -15,7 +15,7 @@ DEFAULT_FOLDER = "klandscape-demo"
 
 def demo_config(out_dir: str = DEFAULT_FOLDER, *, models: int = 3, epochs: int = 30,
                 seed: int = 0) -> dict:
-    """The demo as a run-config mapping (the schema of keras_landscape.config).
+    """The demo as a run-config mapping (the schema of keras_landscape.experiment.config).
 
     Three 64-32-10 ReLU MLPs (2,410 parameters) trained with Adam on digits; the level
     function is the test error in percent.
@@ -55,10 +55,10 @@ def run_demo(out_dir: str = DEFAULT_FOLDER, *, models: int = 3, epochs: int = 30
         The run document ({"store", "models", "results"}) with "figures" (files written)
         and "figures_dir".
     """
-    from keras_landscape.config import load_config, prepare
+    from keras_landscape.experiment.config import load_config, prepare
     from keras_landscape.errors import Interrupted
-    from keras_landscape.plots import plot_store
-    from keras_landscape.runner import execute
+    from keras_landscape.report.plots import plot_store
+    from keras_landscape.experiment.runner import execute
 
     config = load_config(demo_config(out_dir, models=models, epochs=epochs, seed=seed),
                          command=command)

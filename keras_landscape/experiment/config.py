@@ -32,7 +32,7 @@ Input paths (model files, npz/idx/text data, custom objects) are relative to the
 file's folder; output paths (`out`, `model.dir`, `plots.dir`) to the current folder.
 A bad key or value is a UserError naming its key path, e.g.
 `probes.curviness.alpah: unknown option`. Validation imports the probe registry but no
-model code; `prepare` trains a `model:` recipe with keras_landscape.replicas.
+model code; `prepare` trains a `model:` recipe with keras_landscape.models.recipes.
 """
 
 from __future__ import annotations
@@ -46,31 +46,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keras_landscape.errors import UserError
-from keras_landscape.state import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
+from keras_landscape.errors import ConfigError, UserError
+from keras_landscape.models.recipes import BUILDERS, DEFAULT_TRAIN, OPTIMIZERS, ModelRecipe
+from keras_landscape.engine.options import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
 
 TOP_KEYS = ("description", "models", "model", "data", "loss", "level_fn", "split", "probes",
             "options", "seed", "out", "xla", "tf32", "eval_batch_size", "custom_objects",
             "bn_stats", "bn_batches", "bn_batch_size", "unsafe", "plots", "scales")
-BUILDERS = {
-    "mlp": ("input", "layers", "activation", "output", "output_activation", "dropout"),
-    "cnn": ("input", "filters", "kernel_size", "pool", "layers", "activation", "output",
-            "output_activation", "dropout"),
-    # token sequences: Embedding(output, embedding) -> LSTM(units) per `layers` -> Dense(output)
-    "lstm": ("input", "embedding", "layers", "output", "dropout"),
-}
 MODEL_KEYS = ("builder", "replicas", "train", "dir") + tuple(
     sorted({k for keys in BUILDERS.values() for k in keys}))
 TRAIN_KEYS = ("epochs", "batch_size", "learning_rate", "optimizer")
-OPTIMIZERS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adamw": "AdamW",
-              "nadam": "Nadam", "adagrad": "Adagrad"}
-DEFAULT_TRAIN = {"epochs": 20, "batch_size": 32, "learning_rate": 1e-3, "optimizer": "adam"}
 PLOT_KEYS = ("format", "dir", "paths")
 DATA_PATH_KINDS = ("npz", "idx", "text")
-
-
-class ConfigError(UserError):
-    """A bad key or value in a run config; the message starts with its key path."""
 
 
 def _fail(where: str, message: str) -> None:
@@ -78,30 +65,6 @@ def _fail(where: str, message: str) -> None:
 
 
 # ---------------------------------------------------------------------------- results
-
-
-@dataclass
-class ModelRecipe:
-    """An architecture to build with Keras and train `replicas` times (seeds seed + i)."""
-
-    builder: str
-    input: list[int]
-    output: int
-    layers: list[int] = field(default_factory=list)
-    filters: list[int] = field(default_factory=list)
-    kernel_size: int = 3
-    pool: int = 2
-    activation: str = "relu"
-    output_activation: str | None = None
-    dropout: float = 0.0
-    embedding: int = 0
-    replicas: int = 2
-    train: dict = field(default_factory=lambda: dict(DEFAULT_TRAIN))
-    dir: str = ""
-
-    def architecture(self) -> dict:
-        """What determines the trained weights besides data, loss and seed."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("dir", "replicas")}
 
 
 @dataclass
@@ -357,7 +320,7 @@ def _resolve(path: str, folder: Path) -> str:
 
 def _data_spec(spec: str, where: str, folder: Path, must_exist: bool) -> str:
     """A data spec with a relative file path resolved against the config folder."""
-    from keras_landscape.data import KINDS, parse_spec
+    from keras_landscape.data.specs import KINDS, parse_spec
 
     try:
         kind, positionals, options = parse_spec(spec)
@@ -558,7 +521,7 @@ def _probe_configs(value, shared: dict) -> tuple[list[str], dict[str, dict]]:
 
 
 def _plots(value) -> dict | None:
-    from keras_landscape.plots import FORMATS, PATH_CHOICES
+    from keras_landscape.report.plots import FORMATS, PATH_CHOICES
 
     if value is None or value is True:
         return {"format": "png", "dir": None, "paths": "best"}
@@ -592,7 +555,7 @@ def default_out(source: str, scale: str | None) -> str:
 
 
 def _validate(document: dict, source: str, folder: Path, scale, command: str) -> RunConfig:
-    from keras_landscape.runner import RunSpec
+    from keras_landscape.experiment.runner import RunSpec
 
     if document.get("description") is not None:
         _string(document["description"], "description")
@@ -696,7 +659,7 @@ def describe(config: RunConfig) -> dict:
 
 def choose_data(config: RunConfig, progress=None) -> str:
     """The first data spec that loads (online, then offline); notes a fallback."""
-    from keras_landscape.data import load_data
+    from keras_landscape.data.specs import load_data
 
     if len(config.data_choices) == 1:
         return config.data_choices[0]
@@ -716,7 +679,7 @@ def choose_data(config: RunConfig, progress=None) -> str:
 
 def _with_limit(spec: str) -> str:
     """The spec reading one sample, to check cheaply that it is available."""
-    from keras_landscape.data import parse_spec
+    from keras_landscape.data.specs import parse_spec
 
     kind, positionals, options = parse_spec(spec)
     return ":".join([kind, *positionals, ",".join(f"{k}={v}" for k, v in {**options, "limit": 1}.items())])
@@ -743,7 +706,7 @@ def prepare(config: RunConfig, progress=None, *, resume: bool = False,
     spec = dataclasses.replace(config.spec, data=choose_data(config, progress),
                                resume=resume and out.exists(), overwrite=overwrite)
     if config.recipe is not None and resume and out.exists():
-        from keras_landscape.replicas import read_stamp, stamp
+        from keras_landscape.models.recipes import read_stamp, stamp
 
         previous = read_stamp(Path(config.recipe.dir) / "recipe.json")
         if previous is not None and previous != stamp(config.recipe, spec.data, spec.loss, spec.seed):
@@ -753,7 +716,7 @@ def prepare(config: RunConfig, progress=None, *, resume: bool = False,
                 "with the same settings, or write a new store (--out) or --overwrite."
             )
     if config.recipe is not None:
-        from keras_landscape.replicas import train_replicas
+        from keras_landscape.models.recipes import train_replicas
 
         spec.models = train_replicas(config.recipe, spec.data, spec.loss, spec.seed, progress)
     return spec

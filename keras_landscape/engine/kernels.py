@@ -1,7 +1,7 @@
 """Backend-neutral kernels: the energy of a parameter vector on one batch of data.
 
-Written once with `keras.ops` and `model.stateless_call`; `keras_landscape.backend` supplies
-compilation, gradients and mapping over beads; `keras_landscape.stacked` evaluates a model at
+Written once with `keras.ops` and `model.stateless_call`; `keras_landscape.engine.backend` supplies
+compilation, gradients and mapping over beads; `keras_landscape.engine.stacked` evaluates a model at
 many parameter vectors at once. The user's model is never mutated: weights go in as tensors.
 
 Per batch a kernel returns *sums*, not means, so that the exact mean over a whole evaluation
@@ -19,29 +19,27 @@ from typing import Callable
 import numpy as np
 from keras import ops
 
-from keras_landscape import backend, stacked
-from keras_landscape.params import ParameterLayout
-from keras_landscape.state import StateLayout, batch_norm_layers
+from keras_landscape.engine import backend
+from keras_landscape.engine import stacked
+from keras_landscape.engine.objectives import Objective
+from keras_landscape.engine.params import ParameterLayout
+from keras_landscape.engine.state import StateLayout, batch_norm_layers
 
 SUMS = ("loss_sum", "level_sum", "loss_count", "level_count", "regularizer_sum")
 
 
-@dataclass(frozen=True)
-class Objective:
-    """A per-element loss and a per-element level function.
+def padded_count(k: int) -> int:
+    """The next power of two >= k: stacks of beads are padded to it so that a compiled
+    function sees few shapes (each new shape is a new trace and, under XLA, a compilation)."""
+    return 1 << max(0, int(k) - 1).bit_length()
 
-    Attributes:
-        loss: Keras Loss with reduction "none": (y_true, y_pred) -> per-element losses.
-        level: (y_true, y_pred, per_element_loss) -> per-element level values.
-        level_includes_regularizer: the level is the loss itself (E includes model.losses).
-        level_transform: host-side map from the mean level to the reported value
-            (e.g. exp for perplexity); identity when None.
-    """
 
-    loss: Callable
-    level: Callable
-    level_includes_regularizer: bool
-    level_transform: Callable | None = None
+def pad_rows(rows: np.ndarray, count: int | None = None) -> np.ndarray:
+    """rows padded with copies of its first row up to padded_count(count or len(rows))."""
+    target = padded_count(count if count is not None else len(rows))
+    if len(rows) >= target:
+        return rows
+    return np.concatenate([rows, np.repeat(rows[:1], target - len(rows), axis=0)])
 
 
 def split_theta(layout: ParameterLayout, theta):
@@ -187,7 +185,7 @@ def make_stacked_forward(
 ):
     """fn(thetas (K, P), states (K, S), nt, x) -> (predictions (K, ...), regularizer (K,)).
 
-    Layer by layer where the model's graph can be walked (`keras_landscape.stacked`: one
+    Layer by layer where the model's graph can be walked (`keras_landscape.engine.stacked`: one
     batched kernel per Dense/Conv layer for all beads), else the whole model mapped over
     the beads. `training` runs the layers in train mode (BatchNorm on batch statistics).
     """
@@ -263,7 +261,8 @@ def make_stacked_batch_sums(
 
 
 __all__ = [
-    "Objective",
+    "pad_rows",
+    "padded_count",
     "SUMS",
     "split_theta",
     "make_batch_sums",

@@ -1,6 +1,6 @@
 """The only place that imports TensorFlow or JAX.
 
-The engine (`keras_landscape.engine`) is written once with `keras.ops`; the few primitives
+The engine (`keras_landscape.engine.kernels`) is written once with `keras.ops`; the few primitives
 that differ between backends -- compiling a function, value-and-gradient, mapping a function
 over a stack of beads, a (grouped) convolution, the float32 precision policy -- come from
 here, chosen by `keras.backend.backend()` (the `KERAS_BACKEND` environment variable).
@@ -15,9 +15,9 @@ from keras_landscape.errors import UserError
 name: str = keras.backend.backend()
 
 if name == "tensorflow":
-    from keras_landscape.backend import tensorflow as _impl
+    from keras_landscape.engine.backend import tensorflow as _impl
 elif name == "jax":
-    from keras_landscape.backend import jax as _impl
+    from keras_landscape.engine.backend import jax as _impl
 else:  # pragma: no cover - depends on the environment
     raise UserError(
         f"keras-landscape runs on the 'tensorflow' and 'jax' Keras backends; KERAS_BACKEND is "

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import keras
 from keras import ops
 
-from keras_landscape.engine import Objective
 from keras_landscape.errors import UserError
 
 LEVEL_FUNCTIONS = {
@@ -25,6 +25,24 @@ LEVEL_FUNCTIONS = {
 }
 
 _CROSSENTROPY = ("crossentropy",)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A per-element loss and a per-element level function.
+
+    Attributes:
+        loss: Keras Loss with reduction "none": (y_true, y_pred) -> per-element losses.
+        level: (y_true, y_pred, per_element_loss) -> per-element level values.
+        level_includes_regularizer: the level is the loss itself (E includes model.losses).
+        level_transform: host-side map from the mean level to the reported value
+            (e.g. exp for perplexity); identity when None.
+    """
+
+    loss: Callable
+    level: Callable
+    level_includes_regularizer: bool
+    level_transform: Callable | None = None
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from keras_landscape.errors import UserError
-from keras_landscape.params import ParameterLayout
+from keras_landscape.engine.params import ParameterLayout
 
 SUPPORTED_LAYERS = (
     "Weight matching supports single-input, single-output Sequential or functional models that "
@@ -336,7 +336,7 @@ def permute_non_trainable(
     Args:
         model: built Keras model giving the architecture.
         non_trainable_values: arrays in `model.non_trainable_variables` order (e.g. from
-            `keras_landscape.params.non_trainable_state` of model B).
+            `keras_landscape.engine.params.non_trainable_state` of model B).
         permutations: `Alignment.permutations`.
 
     Returns:
@@ -448,7 +448,7 @@ def weight_matching(
 
 
 def aligned_state(landscape, state, permutations: dict[str, list[int]]):
-    """A state vector s (see `keras_landscape.state`) permuted with B's hidden units, so that
+    """A state vector s (see `keras_landscape.engine.state`) permuted with B's hidden units, so that
     the aligned model computes B's function with B's own BatchNorm statistics; None stays
     None (the landscape model's state is used)."""
     if state is None:

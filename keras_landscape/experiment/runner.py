@@ -18,74 +18,26 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_landscape import __version__, backend, registry
-from keras_landscape.data import load_data
+from keras_landscape import __version__
+from keras_landscape.engine import backend
+from keras_landscape import registry
+from keras_landscape.data.specs import load_data
 from keras_landscape.errors import Interrupted, UserError
-from keras_landscape.landscape import DEFAULT_EVAL_BATCH, Landscape
-from keras_landscape.models import (
+from keras_landscape.engine.landscape import Landscape
+from keras_landscape.models.loading import (
     allow_unsafe_deserialization,
     check_same_architecture,
     load_custom_objects,
     load_model,
 )
-from keras_landscape.params import non_trainable_state
+from keras_landscape.engine.params import non_trainable_state
 from keras_landscape.progress import NullProgress, Progress
-from keras_landscape.state import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
-from keras_landscape.store import Store, to_json
+from keras_landscape.engine.options import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
+from keras_landscape.experiment.spec import RunSpec, default_store_path
+from keras_landscape.models.minimum import Minimum
+from keras_landscape.store.hdf5 import Store, to_json
 
 log = logging.getLogger("keras_landscape")
-
-
-@dataclass
-class Minimum:
-    """A model taking part in a probe: its name, theta and where it came from.
-
-    Attributes:
-        name: unique name inside the store (`/models/<name>`).
-        theta: flat trainable parameters (float32, the landscape's layout).
-        source: a file path, or 'trained:<how>' for partners trained by a probe.
-        model: the Keras model object (never mutated).
-        state: its own non-trainable state s (S,): BatchNorm statistics and other float
-            non-trainable variables (see `keras_landscape.state`); None: the landscape's.
-    """
-
-    name: str
-    theta: np.ndarray
-    source: str
-    model: Any = None
-    state: np.ndarray | None = None
-
-
-@dataclass
-class RunSpec:
-    """Everything one `klandscape probe` / `run` needs, as plain validated data."""
-
-    models: list[str]
-    data: str
-    probes: list[str] = field(default_factory=lambda: ["evaluate"])
-    options: dict[str, Any] = field(default_factory=dict)
-    probe_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    loss: str | None = None
-    level_fn: str = "loss"
-    split: str | None = None
-    out: str | None = None
-    seed: int = 0
-    custom_objects: str | None = None
-    unsafe: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    xla: bool | str = "auto"
-    fast_float32: bool = False
-    eval_batch_size: int = DEFAULT_EVAL_BATCH
-    bn_stats: str = BN_MODES[0]
-    bn_batches: int = DEFAULT_BN_BATCHES
-    bn_batch_size: int = DEFAULT_BN_BATCH_SIZE
-    command: str = ""
-
-
-def default_store_path() -> str:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return str(Path("klandscape-runs") / f"run-{stamp}.h5")
 
 
 def versions() -> dict[str, str]:

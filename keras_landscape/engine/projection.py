@@ -19,54 +19,8 @@ import numpy as np
 from keras import ops
 
 from keras_landscape.errors import UserError
-from keras_landscape.landscape import pad_rows, padded_count
-
-OPTIMIZERS = ("adam", "sgd")
-
-
-@dataclass
-class ProjectionConfig:
-    """How beads are trained into the sublevel set.
-
-    Attributes:
-        optimizer: 'adam' (default, as in the authors' code) or 'sgd'.
-        learning_rate: step size (parameter units per step).
-        max_steps: step budget per bead; a bead that misses the target within it fails.
-        check_every: optimiser steps per compiled loop between level checks.
-        batch_size: samples per step; None or >= the training set size means full batch.
-        beta_1: Adam's first-moment decay (Keras default).
-        beta_2: Adam's second-moment decay (Keras default).
-        epsilon: Adam's denominator constant (Keras default).
-    """
-
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    max_steps: int = 2000
-    check_every: int = 50
-    batch_size: int | None = None
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    epsilon: float = 1e-7
-
-    def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(
-                f"Unknown optimizer {self.optimizer!r} for projections: use one of {OPTIMIZERS}."
-            )
-        finite_rate = 0 < self.learning_rate < float("inf")
-        if not finite_rate or self.max_steps < 1 or self.check_every < 1:
-            raise UserError(
-                "Projection needs learning_rate > 0, max_steps >= 1 and check_every >= 1 "
-                f"(got {self.learning_rate}, {self.max_steps}, {self.check_every})."
-            )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UserError(f"batch_size must be positive or None, got {self.batch_size}.")
-        if not (0 <= self.beta_1 < 1 and 0 <= self.beta_2 < 1 and self.epsilon > 0):
-            raise UserError(
-                "Adam needs 0 <= beta_1, beta_2 < 1 and epsilon > 0 (got "
-                f"{self.beta_1}, {self.beta_2}, {self.epsilon})."
-            )
-
+from keras_landscape.engine.kernels import pad_rows, padded_count
+from keras_landscape.engine.options import ProjectionConfig
 
 @dataclass
 class ProjectionResult:

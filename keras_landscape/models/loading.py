@@ -19,8 +19,8 @@ import keras
 import numpy as np
 
 from keras_landscape.errors import UserError
-from keras_landscape.inputs import SUPPORTED, check_model_file
-from keras_landscape.params import ParameterLayout
+from keras_landscape.models.files import SUPPORTED, check_model_file
+from keras_landscape.engine.params import ParameterLayout
 
 log = logging.getLogger("keras_landscape")
 
@@ -128,35 +128,6 @@ def _load_failure_message(path: Path, error: Exception) -> str:
         f"Could not load {str(path)!r}: {text[:300]}. The file may be corrupt; supported are "
         f"{SUPPORTED}."
     )
-
-
-def clone_fresh(model, seed: int):
-    """The same architecture with a fresh random initialisation (the model is not touched).
-
-    Sequential and Functional models are cloned from their config; subclassed models are
-    rebuilt from `get_config`/`from_config` and built on the original input shape.
-    """
-    keras.utils.set_random_seed(seed)
-    try:
-        clone = keras.models.clone_model(model)
-    except Exception:
-        try:
-            clone = model.__class__.from_config(model.get_config())
-        except Exception as error:
-            raise UserError(
-                f"Cannot create a fresh copy of {model.name!r} to train a partner: "
-                f"{type(error).__name__}: {error}. Give two or more trained models instead, "
-                "or implement get_config/from_config on the model class."
-            ) from None
-    if not clone.built:
-        shape = getattr(model, "_build_shapes_dict", None) or {}
-        input_shape = next(iter(shape.values()), None)
-        if input_shape is None:
-            raise UserError(f"Cannot build a fresh copy of {model.name!r}: unknown input shape.")
-        clone.build(input_shape)
-    fresh = ParameterLayout.from_model(clone)
-    ParameterLayout.from_model(model).check_compatible(fresh, ("original", "clone"))
-    return clone
 
 
 def check_same_architecture(models, names) -> ParameterLayout:

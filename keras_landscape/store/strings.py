@@ -1,0 +1,207 @@
+"""The one DSS-string schema: how a string of beads lives in a store run.
+
+Every reader and writer of strings goes through here: the DSS writes with `StringRecord`,
+`klandscape show` and `plot` find strings with `string_prefixes` and read them with
+`read_string`, `klandscape export` takes a bead from `read_string`.
+
+A string stored under `prefix` (a group path inside the run, or '' for the run's root):
+
+- `beads` (n, P) float32, `bead_level` (n,), `bead_depth` (n,), `bead_steps` (n,), and
+  `bead_state` (n, S) when the model has float non-trainable state: one row per bead in the
+  order the beads were accepted; rows 0 and 1 are the endpoints A and B;
+- `order` (m,) int64: the string as bead rows, from A to B, rewritten after each depth;
+- `curves` (c, R + 1): the level at R + 1 evenly spaced points of a checked segment, with
+  `curve_segments` (c, 3) int64 = (left row, right row, depth);
+- attributes on the prefix group: `depth_done`, and `verdict` (JSON) once finished.
+
+A relaxed copy of a string (`barriers.relax_path`) is stored under `<prefix>_relaxed` with
+`beads`, `bead_level`, `order` (and `bead_state`); it is drawn over its string.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BEAD_DATASETS = ("beads", "bead_level", "bead_depth", "bead_steps", "bead_state")
+CURVE_DATASETS = ("curves", "curve_segments")
+#: what a group must hold to count as a string
+REQUIRED = ("order", "beads", "bead_level")
+RELAXED_SUFFIX = "_relaxed"
+
+
+def key(prefix: str, name: str) -> str:
+    """The dataset `name` of the string at `prefix` ('' is the run's root)."""
+    return f"{prefix}/{name}" if prefix else name
+
+
+def natural_order(text: str) -> list:
+    """Sort key that puts pair_2 before pair_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def string_prefixes(run, relaxed: bool = False) -> list[str]:
+    """Prefixes of the strings stored in a run ('' for a string at its root), naturally
+    sorted; relaxed copies only with `relaxed`."""
+    datasets = set(run.keys())
+    found = []
+    for name in datasets:
+        if name == "order" or name.endswith("/order"):
+            prefix = name[: -len("order")].rstrip("/")
+            if all(key(prefix, k) in datasets for k in REQUIRED):
+                found.append(prefix)
+    if not relaxed:
+        found = [p for p in found if not p.endswith(RELAXED_SUFFIX)]
+    return sorted(found, key=natural_order)
+
+
+@dataclass
+class StoredString:
+    """A string read back: its bead rows, the final order, the checked curves, the verdict.
+
+    Attributes:
+        prefix: where it is stored in the run.
+        order: the final (last committed) string as bead rows, A first.
+        beads: (n, P) every stored bead row (float32).
+        bead_level, bead_depth, bead_steps: (n,) per row.
+        bead_state: (n, S) per row, or None for models without float state.
+        curves: (left row, right row, depth, levels (R + 1,)) per checked segment, in order.
+        depth_done: the last completed depth, or None.
+        verdict: the finished string's verdict, or None while it is unfinished.
+    """
+
+    prefix: str
+    order: list[int]
+    beads: np.ndarray
+    bead_level: np.ndarray
+    bead_depth: np.ndarray | None = None
+    bead_steps: np.ndarray | None = None
+    bead_state: np.ndarray | None = None
+    curves: list[tuple[int, int, int, np.ndarray]] = field(default_factory=list)
+    depth_done: int | None = None
+    verdict: dict | None = None
+
+    @property
+    def rows(self) -> list[int]:
+        """The order without rows cut off by an interrupted write."""
+        return [r for r in self.order if r < len(self.beads)]
+
+    def state_of(self, row: int) -> np.ndarray | None:
+        return None if self.bead_state is None else self.bead_state[row]
+
+
+def _read_optional(run, name: str):
+    return run.read(name) if run.has(name) else None
+
+
+def read_string(run, prefix: str) -> StoredString:
+    """The string at `prefix` as stored (read-only: rows of an unfinished depth included)."""
+    attrs = run.get_attrs(prefix or None)
+    curves = []
+    if run.has(key(prefix, "curves")) and run.has(key(prefix, "curve_segments")):
+        for (left, right, depth), levels in zip(
+            run.read(key(prefix, "curve_segments")), run.read(key(prefix, "curves"))
+        ):
+            curves.append((int(left), int(right), int(depth), np.asarray(levels, np.float64)))
+    verdict = attrs.get("verdict")
+    depth_done = attrs.get("depth_done")
+    return StoredString(
+        prefix=prefix,
+        order=[int(r) for r in run.read(key(prefix, "order"))],
+        beads=run.read(key(prefix, "beads")),
+        bead_level=run.read(key(prefix, "bead_level")),
+        bead_depth=_read_optional(run, key(prefix, "bead_depth")),
+        bead_steps=_read_optional(run, key(prefix, "bead_steps")),
+        bead_state=_read_optional(run, key(prefix, "bead_state")),
+        curves=curves,
+        depth_done=None if depth_done is None else int(depth_done),
+        verdict=verdict if isinstance(verdict, dict) else None,
+    )
+
+
+class StringRecord:
+    """Streams one string into a store run under `prefix` as the DSS grows it.
+
+    A run interrupted mid-depth resumes from the last committed depth: `load` cuts off the
+    rows written after it.
+    """
+
+    def __init__(self, run, prefix: str):
+        self.run, self.prefix = run, prefix.strip("/")
+
+    def key(self, name: str) -> str:
+        return key(self.prefix, name)
+
+    def add_bead(self, theta, level, depth, steps, state=None) -> int:
+        """Append a bead row; returns its row index."""
+        self.run.append(self.key("bead_level"), np.float64(level))
+        self.run.append(self.key("bead_depth"), np.int32(depth))
+        self.run.append(self.key("bead_steps"), np.int64(steps))
+        if state is not None and np.size(state):
+            self.run.append(self.key("bead_state"), np.asarray(state, np.float32))
+        return self.run.append(self.key("beads"), np.asarray(theta, np.float32)) - 1
+
+    def add_curve(self, left: int, right: int, depth: int, levels) -> None:
+        """Append the checked levels of the segment between bead rows left and right."""
+        self.run.append(self.key("curves"), np.asarray(levels, np.float64))
+        self.run.append(self.key("curve_segments"), np.array([left, right, depth], np.int64))
+
+    def commit_depth(self, rows: list[int], depth: int) -> None:
+        """The string after `depth` is complete: its bead rows from A to B."""
+        self.run.write(self.key("order"), np.array(rows, np.int64))
+        self.run.set_attrs(self.prefix or None, depth_done=depth)
+
+    def finish(self, verdict: dict) -> None:
+        self.run.set_attrs(self.prefix or None, verdict=verdict)
+
+    def verdict(self) -> dict | None:
+        """The stored verdict of a finished string, else None."""
+        if not self.run.has(self.key("order")):
+            return None
+        return self.run.get_attrs(self.prefix or None).get("verdict")
+
+    def load(self) -> StoredString | None:
+        """The string as of its last committed depth (None if nothing was committed).
+
+        Rows written after the last commit (beads of an unfinished depth, a curve without
+        its segment row) are cut off the store first.
+        """
+        if not self.run.has(self.key("order")):
+            return None
+        committed = int(max(self.run.read(self.key("order")))) + 1
+        for name in BEAD_DATASETS:
+            if self.run.has(self.key(name)) and self.run.length(self.key(name)) > committed:
+                self.run.truncate(self.key(name), committed)
+        curves = min(self.run.length(self.key(n)) for n in CURVE_DATASETS)
+        for name in CURVE_DATASETS:
+            if self.run.length(self.key(name)) > curves:
+                self.run.truncate(self.key(name), curves)
+        stored = read_string(self.run, self.prefix)
+        if stored.depth_done is None:
+            stored.depth_done = 0
+        return stored
+
+    def write_relaxed(self, thetas, levels, states) -> str:
+        """Store a relaxed copy of this string (every bead in order); returns its prefix."""
+        prefix = self.prefix + RELAXED_SUFFIX
+        self.run.write(key(prefix, "beads"), np.asarray(thetas, np.float32))
+        self.run.write(key(prefix, "bead_level"), np.asarray(levels))
+        if states is not None and np.shape(states)[1]:
+            self.run.write(key(prefix, "bead_state"), np.asarray(states))
+        self.run.write(key(prefix, "order"), np.arange(len(thetas), dtype=np.int64))
+        return prefix
+
+
+__all__ = [
+    "BEAD_DATASETS",
+    "CURVE_DATASETS",
+    "RELAXED_SUFFIX",
+    "StoredString",
+    "StringRecord",
+    "key",
+    "natural_order",
+    "read_string",
+    "string_prefixes",
+]
