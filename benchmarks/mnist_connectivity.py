@@ -77,7 +77,7 @@ def main() -> None:
         "versions": backend.framework_versions(), "data": spec, "epochs": args.epochs,
         "test_error": [m["level"] for m in document["results"]["evaluate"]["models"]],
         "connectivity": {k: conn[k] for k in ("connected", "level", "beads", "normalized_length",
-                                               "max_loss", "depth", "projection_steps", "reason")},
+                                               "max_level", "depth", "projection_steps", "reason")},
         "timings": timings,
     }, indent=2))
 

@@ -18,6 +18,8 @@ from rich.progress import (
 from rich.markup import escape
 from rich.table import Table
 
+from keras_landscape.report.tables import result_tables
+
 out = Console()
 err = Console(stderr=True)
 
@@ -161,8 +163,6 @@ def print_tables(tables: list[dict]) -> None:
 
 def results_summary(document: dict, probes: dict | None = None) -> None:
     """The results of a `probe`/`run`/`demo` document: compact tables, then the store."""
-    from keras_landscape.report.tables import result_tables
-
     for name, result in document["results"].items():
         print_tables(result_tables(name, (probes or {}).get(name, name), result))
     out.print(f"store: [bold]{escape(document['store'])}[/bold]", highlight=False, soft_wrap=True)
@@ -209,8 +209,6 @@ def _unfinished(run: dict, summary: dict) -> None:
 
 
 def store_tables(summary: dict) -> None:
-    from keras_landscape.report.tables import result_tables
-
     attrs = summary["attrs"]
     out.print(
         f"[bold]{escape(summary['store'])}[/bold]  {attrs.get('format')} v{attrs.get('format_version')}, "

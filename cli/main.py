@@ -13,24 +13,51 @@ import shlex
 import signal
 import sys
 import warnings
+from dataclasses import dataclass, field
 
 import click
 
+from keras_landscape import registry
 from keras_landscape._version import __version__
+from keras_landscape.cli.display import (
+    plot_report,
+    probes_table,
+    progress_display,
+    results_summary,
+    store_tables,
+)
 from keras_landscape.engine.options import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
+from keras_landscape.errors import UserError
+from keras_landscape.experiment.config import describe, load_config, parse_value
+from keras_landscape.experiment.spec import RunSpec
+from keras_landscape.models.files import check_model_file
+from keras_landscape.progress import NullProgress
+from keras_landscape.report.plots import FORMATS, PATH_CHOICES, plot_store
+from keras_landscape.report.reference import probes_markdown
+from keras_landscape.report.tables import summarize_store
+from keras_landscape.store import to_json
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
 
 
+@dataclass
 class CliState:
+    """What every command needs to know about this invocation (click's `ctx.obj`)."""
+
+    argv: list[str] = field(default_factory=list)
     verbose: int = 0
     quiet: bool = False
-    argv: list[str] = []
 
+    @property
+    def command_line(self) -> str:
+        """The command as typed, recorded in the store (and used to suggest --resume)."""
+        return " ".join(["klandscape"] + [shlex.quote(a) for a in self.argv])
 
-STATE = CliState()
+    def progress(self):
+        """Where a long command reports progress: nowhere under -q."""
+        return NullProgress() if self.quiet else progress_display()
 
 
 def quiet_frameworks(verbose: int) -> None:
@@ -84,8 +111,6 @@ def _deferred_interrupts():
 
 
 def _parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
-    from keras_landscape.errors import UserError
-
     options = {}
     for item in items:
         key, eq, value = item.partition("=")
@@ -95,15 +120,23 @@ def _parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
     return options
 
 
+def _state(ctx: click.Context) -> CliState:
+    root = ctx.find_root()
+    if root.obj is None:  # invoked without main() (click's CliRunner on `cli`)
+        root.obj = CliState()
+    return root.obj
+
+
 def _set_verbose(ctx, param, value) -> None:
     if value:
-        STATE.verbose = max(STATE.verbose, value)
-        quiet_frameworks(STATE.verbose)
+        state = _state(ctx)
+        state.verbose = max(state.verbose, value)
+        quiet_frameworks(state.verbose)
 
 
 def _set_quiet(ctx, param, value) -> None:
     if value:
-        STATE.quiet = True
+        _state(ctx).quiet = True
 
 
 def verbosity_options(command):
@@ -114,23 +147,7 @@ def verbosity_options(command):
                         help="No progress display.")(command)
 
 
-def _command_line() -> str:
-    return " ".join(["klandscape"] + [shlex.quote(a) for a in STATE.argv])
-
-
-def _progress():
-    if STATE.quiet:
-        from keras_landscape.progress import NullProgress
-
-        return NullProgress()
-    from keras_landscape.cli.display import progress_display
-
-    return progress_display()
-
-
 def _emit_json(document) -> None:
-    from keras_landscape.store.hdf5 import to_json
-
     click.echo(to_json(document))
 
 
@@ -138,9 +155,11 @@ def _emit_json(document) -> None:
 @click.version_option(__version__, "--version", prog_name="klandscape")
 @click.option("-v", "--verbose", count=True, help="More detail (-vv: debug, framework logs).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-def cli(verbose: int, quiet: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """keras-landscape: topology and geometry of neural-network loss landscapes."""
-    STATE.verbose, STATE.quiet = verbose, quiet
+    state = _state(ctx)
+    state.verbose, state.quiet = verbose, quiet
     quiet_frameworks(verbose)
 
 
@@ -150,12 +169,7 @@ def cli(verbose: int, quiet: bool) -> None:
 @verbosity_options
 def probes_command(as_json: bool, markdown: bool) -> None:
     """List the registered probes (built-in and plugins)."""
-    from keras_landscape import registry
-    from keras_landscape.cli.display import probes_table
-
     if markdown:
-        from keras_landscape.report.reference import probes_markdown
-
         click.echo(probes_markdown(), nl=False)
         return
 
@@ -209,17 +223,16 @@ def probes_command(as_json: bool, markdown: bool) -> None:
               help="Samples per batch when recomputing BatchNorm statistics.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verbosity_options
-def probe_command(models, data, probes, loss, level_fn, split, level, levels, partners,
+@click.pass_obj
+def probe_command(state: CliState, models, data, probes, loss, level_fn, split, level, levels, partners,
                   retrain_endpoints, settings, out, resume,
                   overwrite, seed, custom_objects, unsafe, eval_batch_size, xla, tf32, bn_stats,
                   bn_batches, bn_batch_size, as_json) -> None:
     """Run probes on MODEL files (.keras or .h5) over the data SPEC."""
-    from keras_landscape.models.files import check_model_file
-
     for path in models:  # before the frameworks load: a missing file is reported at once
         check_model_file(path)
     with _deferred_interrupts():
-        from keras_landscape.experiment.runner import RunSpec, execute
+        from keras_landscape.experiment.runner import execute  # imports TensorFlow
 
     options = _parse_assignments(settings, "--set option")
     for key, value in (("level", level), ("levels", levels), ("partners", partners),
@@ -246,14 +259,12 @@ def probe_command(models, data, probes, loss, level_fn, split, level, levels, pa
         bn_stats=bn_stats,
         bn_batches=bn_batches,
         bn_batch_size=bn_batch_size,
-        command=_command_line(),
+        command=state.command_line,
     )
-    document = execute(spec, _progress())
+    document = execute(spec, state.progress())
     if as_json:
         _emit_json(document)
     else:
-        from keras_landscape.cli.display import results_summary
-
         results_summary(document)
 
 
@@ -264,14 +275,10 @@ def probe_command(models, data, probes, loss, level_fn, split, level, levels, pa
 def show_command(store: str, as_json: bool) -> None:
     """Show the models, runs, options, status and results in a store (what is missing, for
     an interrupted run)."""
-    from keras_landscape.report.tables import summarize_store
-
     summary = summarize_store(store)
     if as_json:
         _emit_json(summary)
     else:
-        from keras_landscape.cli.display import store_tables
-
         store_tables(summary)
 
 
@@ -279,25 +286,22 @@ def show_command(store: str, as_json: bool) -> None:
 @click.argument("store")
 @click.option("-o", "--output", "out_dir", default=None,
               help="Folder for the figures (default: <store stem>_figures beside the store).")
-@click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png",
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="png",
               show_default=True)
 @click.option("--run", "runs", multiple=True, help="Only this run (repeatable).")
-@click.option("--paths", type=click.Choice(["best", "all", "none"]), default="best", show_default=True,
+@click.option("--paths", type=click.Choice(PATH_CHOICES), default="best", show_default=True,
               help="Path figures: best = every string, but only the lowest connected bisection "
                    "string per pair; all; none.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @verbosity_options
-def plot_command(store, out_dir, fmt, runs, paths, as_json) -> None:
+@click.pass_obj
+def plot_command(state: CliState, store, out_dir, fmt, runs, paths, as_json) -> None:
     """Draw the figures of a store: paths, curviness, barriers, components."""
-    from keras_landscape.report.plots import plot_store
-
     report = plot_store(store, out_dir, fmt=fmt, runs=list(runs) or None, paths=paths).to_dict()
     if as_json:
         _emit_json(report)
         return
-    from keras_landscape.cli.display import plot_report
-
-    if STATE.quiet:
+    if state.quiet:
         report = {**report, "skipped": []}
     plot_report(report)
 
@@ -319,43 +323,28 @@ def plot_command(store, out_dir, fmt, runs, paths, as_json) -> None:
 @click.option("--dry-run", is_flag=True, help="Validate and print the resolved settings as JSON; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verbosity_options
-def run_command(config_file, scale, out, seed, settings, level, levels, resume, overwrite,
-                no_plots, unsafe, dry_run, as_json) -> None:
+@click.pass_obj
+def run_command(state: CliState, config_file, scale, out, seed, settings, level, levels, resume,
+                overwrite, no_plots, unsafe, dry_run, as_json) -> None:
     """Run the experiment described by a YAML config (see configs/)."""
-    from keras_landscape.experiment.config import describe, load_config, parse_value, prepare
-
     overrides = [(k, parse_value(v)) for k, v in _parse_assignments(settings, "--set option").items()]
     for key, value in (("out", out), ("seed", seed), ("level", level), ("levels", levels),
                        ("unsafe", unsafe or None)):
         if value is not None:
             overrides.append((key, value))
-    config = load_config(config_file, scale=scale, overrides=overrides, command=_command_line())
+    config = load_config(config_file, scale=scale, overrides=overrides, command=state.command_line)
     if dry_run:
         _emit_json(describe(config))
         return
     with _deferred_interrupts():
-        from keras_landscape.experiment.runner import execute
+        from keras_landscape.experiment.runner import run_experiment  # imports TensorFlow
 
-    progress = _progress()
-    spec = prepare(config, progress, resume=resume, overwrite=overwrite)
-    document = execute(spec, progress)
-    document.update({"config": config_file, "scale": scale, "figures": []})
-    if config.plots is not None and not no_plots:
-        from keras_landscape.errors import Interrupted
-        from keras_landscape.report.plots import plot_store
-
-        try:
-            report = plot_store(document["store"], config.plots["dir"],
-                                fmt=config.plots["format"], paths=config.plots["paths"])
-        except KeyboardInterrupt:
-            raise Interrupted(document["store"]) from None
-        document["figures"] = [f.path for f in report.figures]
-        document["figures_dir"] = report.directory
+    document = run_experiment(config, state.progress(), resume=resume, overwrite=overwrite,
+                              plots=not no_plots)
+    document.update({"config": config_file, "scale": scale})
     if as_json:
         _emit_json(document)
         return
-    from keras_landscape.cli.display import results_summary
-
     results_summary(document)
     if config.recipe is not None:
         click.echo(f"models: {config.recipe.dir}/ ({config.recipe.replicas} trained)")
@@ -398,13 +387,14 @@ def _silence_native_stderr(argv: list[str]) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted demo in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verbosity_options
-def demo_command(out_dir, models, epochs, seed, resume, as_json) -> None:
+@click.pass_obj
+def demo_command(state: CliState, out_dir, models, epochs, seed, resume, as_json) -> None:
     """The first run: train small MLPs on the embedded digits data, probe them, draw figures."""
     with _deferred_interrupts():
-        from keras_landscape.experiment.demo import run_demo, summary_lines
+        from keras_landscape.experiment.demo import run_demo, summary_lines  # imports TensorFlow
 
-    document = run_demo(out_dir, models=models, epochs=epochs, seed=seed, progress=_progress(),
-                        resume=resume, command=_command_line())
+    document = run_demo(out_dir, models=models, epochs=epochs, seed=seed,
+                        progress=state.progress(), resume=resume, command=state.command_line)
     if as_json:
         _emit_json(document)
     else:
@@ -425,62 +415,61 @@ def demo_command(out_dir, models, epochs, seed, resume, as_json) -> None:
 def export_command(store, run_name, bead, string, model, output, custom_objects, unsafe) -> None:
     """Write a bead of a stored string (or a stored model) back as a Keras model."""
     with _deferred_interrupts():
-        from keras_landscape.models.export import export
+        from keras_landscape.models.export import export  # imports Keras
 
     click.echo(export(store, output, run=run_name, bead=bead, string=string, model=model,
                       custom_objects=custom_objects, unsafe=unsafe), err=True)
 
 
-def _json_error(code: int, kind: str, message: str, store: str | None = None) -> int:
+def _json_error(state: CliState, code: int, kind: str, message: str,
+                store: str | None = None) -> int:
     """Under --json, the outcome as one JSON document on stdout: a script gets a parseable
     document for every exit code."""
-    if "--json" in STATE.argv:
+    if "--json" in state.argv:
         _emit_json({"error": {"kind": kind, "message": message, "exit_code": code,
                               "store": store}})
     return code
 
 
-def _failed(code: int, kind: str, message: str, store: str | None = None) -> int:
+def _failed(state: CliState, code: int, kind: str, message: str,
+            store: str | None = None) -> int:
     """Say why on stderr (and as JSON under --json)."""
     click.echo(message, err=True)
-    return _json_error(code, kind, message, store)
+    return _json_error(state, code, kind, message, store)
 
 
-def _interrupted(store: str | None) -> int:
+def _interrupted(state: CliState, store: str | None) -> int:
     if store:
         message = (f"Interrupted. Finished work is kept in {store}; run the same command with "
                    f"--resume --out {store} to continue.")
     else:
         message = "Interrupted before any store was written."
-    return _failed(EXIT_INTERRUPTED, "interrupted", message, store)
+    return _failed(state, EXIT_INTERRUPTED, "interrupted", message, store)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps errors to exit codes and one-paragraph messages."""
-    from keras_landscape.errors import UserError
-
     if argv is None:
         _silence_native_stderr(sys.argv[1:])
-    STATE.argv = list(sys.argv[1:] if argv is None else argv)
-
+    state = CliState(argv=list(sys.argv[1:] if argv is None else argv))
     try:
-        cli.main(args=argv, prog_name="klandscape", standalone_mode=False)
+        cli.main(args=argv, prog_name="klandscape", standalone_mode=False, obj=state)
     except click.exceptions.Abort as error:
         # click turns Ctrl-C into Abort; the KeyboardInterrupt (with the store) is its context
         interrupt = error.__context__ if isinstance(error.__context__, KeyboardInterrupt) else None
-        return _interrupted(getattr(interrupt, "store", None))
+        return _interrupted(state, getattr(interrupt, "store", None))
     except click.ClickException as error:
         error.show()
-        return _json_error(EXIT_BAD_INPUT, "bad_input", error.format_message())
+        return _json_error(state, EXIT_BAD_INPUT, "bad_input", error.format_message())
     except UserError as error:
-        return _failed(EXIT_BAD_INPUT, "bad_input", f"Error: {error}")
+        return _failed(state, EXIT_BAD_INPUT, "bad_input", f"Error: {error}")
     except KeyboardInterrupt as error:
-        return _interrupted(getattr(error, "store", None))
+        return _interrupted(state, getattr(error, "store", None))
     except Exception as error:  # internal error: short message, traceback only with -v
-        if STATE.verbose:
+        if state.verbose:
             raise
         return _failed(
-            EXIT_INTERNAL, "internal",
+            state, EXIT_INTERNAL, "internal",
             f"Internal error: {type(error).__name__}: {error}. Rerun with -v for the traceback "
             "and report it.",
         )

@@ -19,13 +19,13 @@ def connectivity_tables(name: str, result: dict) -> list[dict]:
     for p in pairs:
         verdict = "connected" if p.get("connected") else p.get("reason", "not connected")
         rows.append([f"{p.get('a', 'A')} - {p.get('b', 'B')}", p.get("level"), verdict,
-                     p.get("beads"), p.get("normalized_length"), p.get("max_loss"),
+                     p.get("beads"), p.get("normalized_length"), p.get("max_level"),
                      p.get("depth"), p.get("projection_steps")])
         if not p.get("connected") and p.get("reason"):
             worst = p.get("worst_segment") or {}
             detail = f"{p.get('a', 'A')} - {p.get('b', 'B')}: {p.get('explanation') or p['reason']}"
             if worst.get("index") is not None:
-                detail += (f"; worst segment {worst['index']} reaches {fmt(worst.get('max_loss'))}"
+                detail += (f"; worst segment {worst['index']} reaches {fmt(worst.get('max_level'))}"
                            f" at t = {fmt(worst.get('t'), 2)}")
             if worst.get("bead_level") is not None:
                 detail += (f"; its bead stopped at {fmt(worst['bead_level'])} "
@@ -52,7 +52,7 @@ class ConnectivityProbe(PairProbe):
         "normalized_length": "path length / ||B - A|| (1 on convex problems)",
         "path_length": "sum of bead-to-bead distances (parameter units)",
         "distance": "||B - A||",
-        "max_loss": "the true maximum of the level function over all checked points",
+        "max_level": "the true maximum of the level function over all checked points",
         "depth": "refinement depths used",
         "projection_steps": "optimiser steps spent on beads",
         "reason": "connected, endpoint_above_level, depth_limit, bead_not_reached, non_finite",
@@ -110,7 +110,7 @@ def aggregate(results: list[dict]) -> dict:
     """One pair: its fields. Several: all connected?, means of sizes, max of maxima, sums."""
     if len(results) == 1:
         keys = ("connected", "level", "beads", "normalized_length", "path_length", "distance",
-                "max_loss", "depth", "projection_steps", "reason")
+                "max_level", "depth", "projection_steps", "reason")
         return {key: results[0][key] for key in keys}
     mean = lambda key: float(np.mean([r[key] for r in results]))  # noqa: E731
     return {
@@ -120,7 +120,7 @@ def aggregate(results: list[dict]) -> dict:
         "normalized_length": mean("normalized_length"),
         "path_length": mean("path_length"),
         "distance": mean("distance"),
-        "max_loss": max(r["max_loss"] for r in results),
+        "max_level": max(r["max_level"] for r in results),
         "depth": max(r["depth"] for r in results),
         "projection_steps": int(sum(r["projection_steps"] for r in results)),
         "reason": "connected" if all(r["connected"] for r in results) else "see pairs",

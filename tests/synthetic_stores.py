@@ -48,7 +48,7 @@ CONNECTED_SEGMENTS = [(0, 1, 0, 0.5), (0, 2, 1, 0.1), (2, 1, 1, 0.2), (2, 3, 2, 
 def _verdict(a="a", b="b", level=0.05, connected=True, prefix="pair_0_1", beads=4):
     return {"connected": connected, "level": level,
             "reason": "connected" if connected else "bead_not_reached", "beads": beads,
-            "normalized_length": 1.2, "path_length": 3.0, "distance": 2.5, "max_loss": 0.04,
+            "normalized_length": 1.2, "path_length": 3.0, "distance": 2.5, "max_level": 0.04,
             "depth": 2, "projection_steps": 100, "seconds": 0.1, "endpoint_levels": [0.02, 0.025],
             "worst_segment": None, "explanation": "x", "a": a, "b": b, "prefix": prefix}
 
@@ -76,7 +76,7 @@ def complete_store(path) -> str:
         write_string(run, "pair_0_1", rows=4, order=[0, 2, 3, 1], segments=CONNECTED_SEGMENTS,
                      verdict=_verdict(), depth_done=2)
         run.complete({"connected": True, "level": 0.05, "beads": 4, "normalized_length": 1.2,
-                      "path_length": 3.0, "distance": 2.5, "max_loss": 0.04, "depth": 2,
+                      "path_length": 3.0, "distance": 2.5, "max_level": 0.04, "depth": 2,
                       "projection_steps": 100, "reason": "connected", "level_fn": "mae",
                       "pairs": [_verdict()], "connected_pairs": 1, "seconds": 0.5})
 

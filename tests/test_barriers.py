@@ -169,8 +169,8 @@ def test_saddle_bracket_contains_the_known_saddle(two_valley, valley_landscapes,
         assert connected and failed
         assert max(failed) < min(connected)
         assert min(connected) >= s - 1e-3
-        assert all(x["max_loss"] <= x["level"] * (1 + 1e-6) for x in bisections if x["connected"])
-        assert upper == pytest.approx(min(x["max_loss"] for x in bisections if x["connected"]))
+        assert all(x["max_level"] <= x["level"] * (1 + 1e-6) for x in bisections if x["connected"])
+        assert upper == pytest.approx(min(x["max_level"] for x in bisections if x["connected"]))
         # the best path is stored, lies in Omega_upper and goes through the curved valley
         prefix = result["best_path"]
         assert prefix is not None and prefix.startswith("pair/bisect_")
@@ -335,7 +335,7 @@ def test_interrupted_barrier_run_resumes_to_the_same_bracket(two_valley, tmp_pat
     got = resumed["pairs"][0]["bisections"]
     assert [(x["level"], x["connected"], x["reason"], x["beads"]) for x in got] == \
         [(x["level"], x["connected"], x["reason"], x["beads"]) for x in want]
-    assert [x["max_loss"] for x in got] == pytest.approx([x["max_loss"] for x in want], rel=1e-6)
+    assert [x["max_level"] for x in got] == pytest.approx([x["max_level"] for x in want], rel=1e-6)
     assert _read_run(out)["status"] == "complete"
     with Store.open(out) as store:
         assert store.run("barrier").get_attrs()["resumed"] == 1

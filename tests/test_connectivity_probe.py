@@ -82,7 +82,7 @@ def test_connectivity_probe_writes_the_string(swap_pair, uninterrupted):
     assert result["level"] == LEVEL
     assert result["beads"] >= 3 and result["beads_include_endpoints"] is True
     assert result["normalized_length"] > 1.0
-    assert result["max_loss"] <= LEVEL
+    assert result["max_level"] <= LEVEL
     assert len(result["pairs"]) == 1 and result["pairs"][0]["a"] == "a"
     stored = _read(out, "connectivity", "pair_0_1")
     assert stored["status"] == "complete"
@@ -105,11 +105,11 @@ def test_connectivity_probe_writes_the_string(swap_pair, uninterrupted):
     steps = np.linalg.norm(np.diff(string.astype(np.float64), axis=0), axis=1)
     distance = np.linalg.norm(string[-1].astype(np.float64) - string[0])
     assert result["normalized_length"] == pytest.approx(steps.sum() / distance, rel=1e-6)
-    # every segment of the final string has its curve, and the curves give max_loss
+    # every segment of the final string has its curve, and the curves give max_level
     assert stored["curves"].shape == (len(stored["curve_segments"]), POINTS + 1)
     curves = {(int(l), int(r)): c for (l, r, _), c in zip(stored["curve_segments"], stored["curves"])}
     final = [curves[(int(p), int(q))] for p, q in zip(order, order[1:])]
-    assert max(c.max() for c in final) == pytest.approx(result["max_loss"], rel=1e-9)
+    assert max(c.max() for c in final) == pytest.approx(result["max_level"], rel=1e-9)
     recomputed = check_segments(landscape, list(zip(string, string[1:])), POINTS)
     for c, r in zip(final, recomputed):
         np.testing.assert_allclose(c, r.levels, rtol=1e-5)
@@ -135,7 +135,7 @@ def test_interrupted_run_resumes_to_the_same_result(swap_pair, uninterrupted, tm
     resumed = resumed_document["results"]["connectivity"]
     for key in ("connected", "beads", "depth", "reason", "projection_steps"):
         assert resumed[key] == full[key], key
-    for key in ("normalized_length", "path_length", "distance", "max_loss"):
+    for key in ("normalized_length", "path_length", "distance", "max_level"):
         assert resumed[key] == pytest.approx(full[key], rel=1e-6), key
     a, b = _read(out, "connectivity", "pair_0_1"), _read(full_out, "connectivity", "pair_0_1")
     assert a["status"] == "complete"
@@ -169,7 +169,7 @@ def test_default_level_is_the_higher_endpoint_plus_margin(swap_pair, tmp_path):
                    probes=["connectivity"], options={"margin": 0.5}, out=str(tmp_path / "d.h5"))
     result = execute(spec)["results"]["connectivity"]
     assert result["level"] == pytest.approx(1.5 * float(ends.max()), rel=1e-6)
-    assert result["connected"] is True and result["max_loss"] <= result["level"]
+    assert result["connected"] is True and result["max_level"] <= result["level"]
 
 
 # ------------------------------------------------------------------------------ curviness
@@ -218,7 +218,7 @@ def test_curviness_probe_tables_one_row_per_level(cubic_models, tmp_path):
             assert result["normalized_length"][k] >= 1.0 - 1e-6
             assert result["beads"][k] == detail["beads"] >= 2
             assert result["normalized_length_sd"][k] == 0.0
-            assert detail["max_loss"] <= level
+            assert detail["max_level"] <= level
         else:
             assert result["reasons"][k] == {detail["reason"]: 1}
     with Store.open(tmp_path / "c.h5") as store:

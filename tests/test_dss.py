@@ -53,13 +53,13 @@ def _assert_consistent(landscape, connection: Connection, a, b, level, config: D
     assert connection.normalized_length == pytest.approx(path / distance, rel=1e-9)
     assert connection.normalized_length >= 1.0 - 1e-6  # triangle inequality
     maxima = _string_segment_maxima(landscape, connection.string, config.points)
-    assert connection.max_loss == pytest.approx(float(maxima.max()), rel=1e-5, abs=1e-7)
+    assert connection.max_level == pytest.approx(float(maxima.max()), rel=1e-5, abs=1e-7)
     threshold = level * (1.0 + config.slack)
     # `connected` is True exactly when every checked point of the string is within the level.
     assert connection.connected == bool(np.all(maxima <= threshold * (1 + 1e-6)))
     if connection.connected:
         assert connection.reason == "connected"
-        assert connection.max_loss <= threshold * (1 + 1e-6)
+        assert connection.max_level <= threshold * (1 + 1e-6)
         # every bead the string holds is inside Omega_u
         assert np.all(landscape.levels(np.stack(connection.string)) <= threshold * (1 + 1e-6))
     else:
@@ -133,7 +133,7 @@ def test_convex_pair_connects_with_the_straight_line(linreg, endpoints):
         assert connection.normalized_length == pytest.approx(1.0, abs=1e-9)
         assert connection.normalized_length < 1.01
         # convex: the maximum over the segment is the larger endpoint
-        assert connection.max_loss == pytest.approx(top, rel=1e-6)
+        assert connection.max_level == pytest.approx(top, rel=1e-6)
         assert connection.endpoint_levels == pytest.approx(list(ends), rel=1e-6)
         _assert_consistent(landscape, connection, a, b, level, config)
 
@@ -147,7 +147,7 @@ def test_convex_pair_below_an_endpoint_is_reported_not_connected(linreg):
     assert not connection.connected
     assert connection.reason == "endpoint_above_level"
     assert connection.beads == 2
-    assert connection.worst_segment["max_loss"] == pytest.approx(float(ends[1]))
+    assert connection.worst_segment["max_level"] == pytest.approx(float(ends[1]))
 
 
 def test_check_segments_is_the_exact_quadratic_of_a_convex_loss(linreg):
@@ -238,7 +238,7 @@ def test_double_well_connects_at_and_above_the_barrier(double_well, level):
     assert connection.beads == 2
     assert connection.normalized_length == pytest.approx(1.0)
     # t = 0.5 (w = 0) is one of the R + 1 checked points: the true maximum along the line
-    assert connection.max_loss == pytest.approx(1.0, rel=1e-6)
+    assert connection.max_level == pytest.approx(1.0, rel=1e-6)
     assert connection.worst_segment["t"] == pytest.approx(0.5)
     _assert_consistent(double_well, connection, _w(-1.0), _w(1.0), level, config)
 
@@ -253,9 +253,9 @@ def test_double_well_is_not_connected_below_the_barrier(double_well, level):
     assert connection.reason == "depth_limit"
     assert connection.depth == config.max_depth
     # the string still has to cross w = 0, where E = 1 > u
-    assert connection.max_loss > level
-    assert connection.max_loss > 0.95
-    assert connection.worst_segment["max_loss"] == pytest.approx(connection.max_loss)
+    assert connection.max_level > level
+    assert connection.max_level > 0.95
+    assert connection.worst_segment["max_level"] == pytest.approx(connection.max_level)
     beads = np.array([t[0] for t in connection.string])
     assert connection.beads > 2
     # every inserted bead was projected into a well: E <= alpha * u, i.e. |w| >= sqrt(1 - sqrt(alpha u))
@@ -273,7 +273,7 @@ def test_double_well_midpoint_is_a_stationary_point(double_well):
     assert connection.reason == "bead_not_reached"
     assert connection.worst_segment["bead_level"] == pytest.approx(1.0)
     assert connection.worst_segment["target"] == pytest.approx(config.alpha * 0.5)
-    assert connection.max_loss == pytest.approx(1.0)
+    assert connection.max_level == pytest.approx(1.0)
     assert connection.projection_steps == config.max_steps  # the failed bead's work counts
     _assert_consistent(double_well, connection, _w(-1.0), _w(1.0), 0.5, config)
 
@@ -305,10 +305,10 @@ def test_segments_are_only_checked_on_the_grid(double_well):
     assert coarse < 0.999
     level = 0.999
     loose = connect(double_well, a, b, level, DSSConfig(max_depth=0))
-    assert loose.connected and loose.max_loss == pytest.approx(coarse, rel=1e-5)
+    assert loose.connected and loose.max_level == pytest.approx(coarse, rel=1e-5)
     fine = connect(double_well, a, b, level, DSSConfig(max_depth=0, points=200))
     assert not fine.connected and fine.reason == "depth_limit"
-    assert fine.max_loss > 0.9999
+    assert fine.max_level > 0.9999
 
 
 def test_slack_widens_the_threshold_only(double_well):
@@ -316,7 +316,7 @@ def test_slack_widens_the_threshold_only(double_well):
     config = DSSConfig(learning_rate=0.05, slack=0.2, max_depth=0)
     connection = connect(double_well, _w(-1.0), _w(1.0), 0.9, config)
     assert connection.connected and connection.beads == 2
-    assert connection.max_loss == pytest.approx(1.0)
+    assert connection.max_level == pytest.approx(1.0)
     _assert_consistent(double_well, connection, _w(-1.0), _w(1.0), 0.9, config)
     strict = connect(double_well, _w(-1.0), _w(1.0), 0.9, DSSConfig(max_depth=0))
     assert not strict.connected and strict.reason == "depth_limit"
@@ -388,7 +388,7 @@ def test_unit_swap_connects_along_a_curved_path(linear_net, mode, tmp_path):
         assert connection.beads >= 3
         assert connection.depth >= 1 and connection.projection_steps > 0
         assert connection.normalized_length > 1.0 + 1e-3
-        assert connection.max_loss <= level
+        assert connection.max_level <= level
         _assert_consistent(landscape, connection, a, b, level, config)
         # the record holds the same string
         order = run.read("pair/order")
@@ -526,7 +526,7 @@ def test_dss_on_dense_conv2d_and_lstm(architecture):
     assert connection.connected, (name, connection.to_dict())
     assert connection.beads >= 3
     assert connection.normalized_length >= 1.0
-    assert connection.max_loss <= level
+    assert connection.max_level <= level
     _assert_consistent(landscape, connection, a, b, level, config)
 
 

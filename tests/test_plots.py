@@ -185,7 +185,7 @@ def test_real_connectivity_store(tmp_path):
     # the drawn path is the stored final string: its length, its checked maximum, its level
     assert len(profile.distances) == result["beads"]
     assert profile.distances[-1] == pytest.approx(result["path_length"], rel=1e-6)
-    assert np.nanmax(profile.path_y) == pytest.approx(result["max_loss"], rel=1e-9)
+    assert np.nanmax(profile.path_y) == pytest.approx(result["max_level"], rel=1e-9)
     assert profile.level == pytest.approx(result["level"])
     assert profile.line_y.max() > result["level"]  # the straight line crosses the level
 

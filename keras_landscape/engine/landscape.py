@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import keras
 from keras import ops
 
 from keras_landscape.engine import backend

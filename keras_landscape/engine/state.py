@@ -145,4 +145,4 @@ def pooled_moments(means: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray
     return mean, variance
 
 
-__all__ = ["BN_MODES", "StateLayout", "batch_norm_layers", "pooled_moments"]
+__all__ = ["StateLayout", "batch_norm_layers", "pooled_moments"]

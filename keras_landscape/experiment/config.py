@@ -41,14 +41,29 @@ import copy
 import dataclasses
 import math
 import os
+import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keras_landscape.errors import ConfigError, UserError
-from keras_landscape.models.recipes import BUILDERS, DEFAULT_TRAIN, OPTIMIZERS, ModelRecipe
+import yaml
+
+from keras_landscape import registry
+from keras_landscape.data.specs import KINDS, load_data, parse_spec
 from keras_landscape.engine.options import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
+from keras_landscape.errors import ConfigError, UserError
+from keras_landscape.experiment.spec import RunSpec
+from keras_landscape.models.recipes import (
+    BUILDERS,
+    DEFAULT_TRAIN,
+    OPTIMIZERS,
+    ModelRecipe,
+    read_stamp,
+    stamp,
+    train_replicas,
+)
+from keras_landscape.report.plots import FORMATS, PATH_CHOICES
 
 TOP_KEYS = ("description", "models", "model", "data", "loss", "level_fn", "split", "probes",
             "options", "seed", "out", "xla", "tf32", "eval_batch_size", "custom_objects",
@@ -68,7 +83,7 @@ def _fail(where: str, message: str) -> None:
 
 
 @dataclass
-class RunConfig:
+class ExperimentConfig:
     """A validated config: the RunSpec to execute, and how to make its models and figures.
 
     Attributes:
@@ -95,8 +110,6 @@ class RunConfig:
 
 def read_yaml(path: str) -> dict:
     """The YAML mapping in `path`; UserError for a missing file or bad YAML."""
-    import yaml
-
     file = Path(path)
     if file.is_dir():
         raise UserError(f"The config file {path!r} is a directory; give a YAML file such as "
@@ -149,8 +162,6 @@ def _merge_probes(base, over):
 
 def parse_value(text: str) -> Any:
     """A command-line override value, read as YAML (`0.5`, `true`, `[4, 4]`, `cubic:n=10`)."""
-    import yaml
-
     try:
         return yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
@@ -207,8 +218,8 @@ def load_config(
     overrides: list[tuple[str, Any]] = (),
     base_dir: str | None = None,
     command: str = "",
-) -> RunConfig:
-    """Validate a config file (or mapping) with a scale and overrides into a RunConfig.
+) -> ExperimentConfig:
+    """Validate a config file (or mapping) with a scale and overrides into a ExperimentConfig.
 
     Args:
         source: a YAML file path, or the mapping itself.
@@ -233,9 +244,7 @@ def load_config(
         raise ConfigError(f"{where}{error}") from None
 
 
-def _load(document, path, folder, scale, overrides, command) -> RunConfig:
-    from keras_landscape import registry
-
+def _load(document, path, folder, scale, overrides, command) -> ExperimentConfig:
     _check_keys(document, TOP_KEYS, "")
     scales = document.pop("scales", None) or {}
     if not isinstance(scales, dict):
@@ -265,8 +274,6 @@ def _check_keys(mapping: dict, allowed, prefix: str) -> None:
 
 
 def _closest(word: str, choices) -> str | None:
-    import difflib
-
     found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
     return found[0] if found else None
 
@@ -320,8 +327,6 @@ def _resolve(path: str, folder: Path) -> str:
 
 def _data_spec(spec: str, where: str, folder: Path, must_exist: bool) -> str:
     """A data spec with a relative file path resolved against the config folder."""
-    from keras_landscape.data.specs import KINDS, parse_spec
-
     try:
         kind, positionals, options = parse_spec(spec)
     except UserError as error:
@@ -446,8 +451,6 @@ def _probe_map(value, where: str) -> dict[str, dict]:
 
 def _option_value(value, hint, where: str):
     """A YAML value converted to a probe Config field's type."""
-    from keras_landscape import registry
-
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
@@ -478,8 +481,6 @@ def _option_value(value, hint, where: str):
 
 def _probe_configs(value, shared: dict) -> tuple[list[str], dict[str, dict]]:
     """Probe names and their typed options (shared ones given to every probe that has them)."""
-    from keras_landscape import registry
-
     probes = _probe_map(value if value is not None else ["evaluate"], "probes")
     if not probes:
         _fail("probes", "list at least one probe (see `klandscape probes`)")
@@ -521,8 +522,6 @@ def _probe_configs(value, shared: dict) -> tuple[list[str], dict[str, dict]]:
 
 
 def _plots(value) -> dict | None:
-    from keras_landscape.report.plots import FORMATS, PATH_CHOICES
-
     if value is None or value is True:
         return {"format": "png", "dir": None, "paths": "best"}
     if value is False:
@@ -554,9 +553,7 @@ def default_out(source: str, scale: str | None) -> str:
     return str(Path("klandscape-runs") / (f"{stem}-{scale}.h5" if scale else f"{stem}.h5"))
 
 
-def _validate(document: dict, source: str, folder: Path, scale, command: str) -> RunConfig:
-    from keras_landscape.experiment.runner import RunSpec
-
+def _validate(document: dict, source: str, folder: Path, scale, command: str) -> ExperimentConfig:
     if document.get("description") is not None:
         _string(document["description"], "description")
     has_files, has_recipe = document.get("models") is not None, document.get("model") is not None
@@ -636,11 +633,11 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
         bn_batch_size=bn_batch_size,
         command=command,
     )
-    return RunConfig(source, scale, spec, recipe, data_choices, _plots(document.get("plots")),
+    return ExperimentConfig(source, scale, spec, recipe, data_choices, _plots(document.get("plots")),
                      document)
 
 
-def describe(config: RunConfig) -> dict:
+def describe(config: ExperimentConfig) -> dict:
     """The resolved settings as plain data (what `klandscape run --dry-run` prints)."""
     spec = dataclasses.asdict(config.spec)
     spec.pop("command", None)
@@ -657,10 +654,8 @@ def describe(config: RunConfig) -> dict:
 # ------------------------------------------------------------------- preparing the run
 
 
-def choose_data(config: RunConfig, progress=None) -> str:
+def choose_data(config: ExperimentConfig, progress=None) -> str:
     """The first data spec that loads (online, then offline); notes a fallback."""
-    from keras_landscape.data.specs import load_data
-
     if len(config.data_choices) == 1:
         return config.data_choices[0]
     reasons = []
@@ -679,13 +674,11 @@ def choose_data(config: RunConfig, progress=None) -> str:
 
 def _with_limit(spec: str) -> str:
     """The spec reading one sample, to check cheaply that it is available."""
-    from keras_landscape.data.specs import parse_spec
-
     kind, positionals, options = parse_spec(spec)
     return ":".join([kind, *positionals, ",".join(f"{k}={v}" for k, v in {**options, "limit": 1}.items())])
 
 
-def prepare(config: RunConfig, progress=None, *, resume: bool = False,
+def prepare(config: ExperimentConfig, progress=None, *, resume: bool = False,
             overwrite: bool = False) -> Any:
     """The RunSpec ready to execute: data chosen, a recipe's replicas trained (or reused).
 
@@ -706,8 +699,6 @@ def prepare(config: RunConfig, progress=None, *, resume: bool = False,
     spec = dataclasses.replace(config.spec, data=choose_data(config, progress),
                                resume=resume and out.exists(), overwrite=overwrite)
     if config.recipe is not None and resume and out.exists():
-        from keras_landscape.models.recipes import read_stamp, stamp
-
         previous = read_stamp(Path(config.recipe.dir) / "recipe.json")
         if previous is not None and previous != stamp(config.recipe, spec.data, spec.loss, spec.seed):
             raise UserError(
@@ -716,11 +707,9 @@ def prepare(config: RunConfig, progress=None, *, resume: bool = False,
                 "with the same settings, or write a new store (--out) or --overwrite."
             )
     if config.recipe is not None:
-        from keras_landscape.models.recipes import train_replicas
-
         spec.models = train_replicas(config.recipe, spec.data, spec.loss, spec.seed, progress)
     return spec
 
 
-__all__ = ["ConfigError", "ModelRecipe", "RunConfig", "apply_override", "describe",
+__all__ = ["ConfigError", "ModelRecipe", "ExperimentConfig", "apply_override", "describe",
            "load_config", "parse_value", "prepare", "read_yaml"]

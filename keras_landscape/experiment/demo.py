@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from keras_landscape.experiment.config import load_config
+from keras_landscape.experiment.runner import run_experiment
+
 DEFAULT_FOLDER = "klandscape-demo"
 
 
@@ -55,23 +58,9 @@ def run_demo(out_dir: str = DEFAULT_FOLDER, *, models: int = 3, epochs: int = 30
         The run document ({"store", "models", "results"}) with "figures" (files written)
         and "figures_dir".
     """
-    from keras_landscape.experiment.config import load_config, prepare
-    from keras_landscape.errors import Interrupted
-    from keras_landscape.report.plots import plot_store
-    from keras_landscape.experiment.runner import execute
-
     config = load_config(demo_config(out_dir, models=models, epochs=epochs, seed=seed),
                          command=command)
-    spec = prepare(config, progress, resume=resume, overwrite=not resume)
-    document = execute(spec, progress)
-    try:
-        report = plot_store(document["store"], config.plots["dir"], fmt=config.plots["format"],
-                            paths=config.plots["paths"])
-    except KeyboardInterrupt:
-        raise Interrupted(document["store"]) from None
-    document["figures"] = [f.path for f in report.figures]
-    document["figures_dir"] = report.directory
-    return document
+    return run_experiment(config, progress, resume=resume, overwrite=not resume)
 
 
 def summary_lines(document: dict) -> list[str]:
@@ -86,7 +75,7 @@ def summary_lines(document: dict) -> list[str]:
         lines.append(
             f"{pair['a']} - {pair['b']} at {pair['level']:.2f}% error: {verdict}, "
             f"{pair['beads']} beads, normalized length {pair['normalized_length']:.3f}, "
-            f"max {pair['max_loss']:.2f}%"
+            f"max {pair['max_level']:.2f}%"
         )
     curv = results["curviness"]
     for level, length, beads, ok, failed in zip(

@@ -33,8 +33,10 @@ from keras_landscape.models.loading import (
 from keras_landscape.engine.params import non_trainable_state
 from keras_landscape.progress import NullProgress, Progress
 from keras_landscape.engine.options import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
+from keras_landscape.experiment.config import prepare
 from keras_landscape.experiment.spec import RunSpec, default_store_path
 from keras_landscape.models.minimum import Minimum
+from keras_landscape.report.plots import plot_store
 from keras_landscape.store.hdf5 import Store, to_json
 
 log = logging.getLogger("keras_landscape")
@@ -237,6 +239,36 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
         "models": [{"name": m.name, "source": m.source} for m in minima],
         "results": results,
     }
+
+
+def run_experiment(config, progress: Progress | None = None, *, resume: bool = False,
+                   overwrite: bool = False, plots: bool = True) -> dict:
+    """A validated run config end to end: models (trained from its recipe or loaded), every
+    probe into the store, then the figures. `klandscape run` and `klandscape demo` both
+    call this.
+
+    Args:
+        config: an `ExperimentConfig` from `experiment.config.load_config`.
+        progress: where stages and progress go (None: nowhere).
+        resume: continue the runs in the existing store.
+        overwrite: replace an existing store.
+        plots: draw the config's figures (when it asks for them).
+
+    Returns:
+        The `execute` document plus "figures" (files written) and "figures_dir".
+    """
+    spec = prepare(config, progress, resume=resume, overwrite=overwrite)
+    document = execute(spec, progress)
+    document["figures"] = []
+    if config.plots is not None and plots:
+        try:
+            report = plot_store(document["store"], config.plots["dir"],
+                                fmt=config.plots["format"], paths=config.plots["paths"])
+        except KeyboardInterrupt:
+            raise Interrupted(document["store"]) from None
+        document["figures"] = [f.path for f in report.figures]
+        document["figures_dir"] = report.directory
+    return document
 
 
 def _jsonish(value):

@@ -31,7 +31,7 @@ import numpy as np
 from keras_landscape.errors import UserError
 from keras_landscape import registry
 from keras_landscape.report.tables import string_level
-from keras_landscape.store.hdf5 import Run, Store, reading
+from keras_landscape.store.hdf5 import RunRecord, Store, reading
 from keras_landscape.store.strings import RELAXED_SUFFIX, natural_order, read_string, string_prefixes
 
 FORMATS = ("png", "svg", "pdf")
@@ -124,7 +124,7 @@ def _result_level(result: dict | None, prefix: str) -> float | None:
     return None
 
 
-def read_path(run: Run, prefix: str) -> PathProfile:
+def read_path(run: RunRecord, prefix: str) -> PathProfile:
     """Read the string at `prefix`: beads, their levels, the checked curves of its final path."""
     stored = read_string(run, prefix)
     rows = stored.rows
@@ -177,7 +177,7 @@ def read_path(run: Run, prefix: str) -> PathProfile:
     )
 
 
-def select_strings(run: Run, keys: list[str], which: str) -> list[str]:
+def select_strings(run: RunRecord, keys: list[str], which: str) -> list[str]:
     """Which strings to draw: 'all', 'none', or 'best' = all, except that of the bisection
     strings of one pair (`.../bisect_<k>`, barrier and components runs) only the connected
     one at the lowest level is kept (the last one if none connected)."""
@@ -353,7 +353,7 @@ def plot_store(
     return report
 
 
-def _plot_run(run: Run, data: dict, out: Path, fmt: str, paths: str, report: PlotReport) -> None:
+def _plot_run(run: RunRecord, data: dict, out: Path, fmt: str, paths: str, report: PlotReport) -> None:
     result = run.result if isinstance(run.result, dict) else None
     label = level_label(data, result)
     drew = False

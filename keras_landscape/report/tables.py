@@ -15,7 +15,7 @@ import re
 import shlex
 
 from keras_landscape import registry
-from keras_landscape.store.hdf5 import Run, Store, reading
+from keras_landscape.store.hdf5 import RunRecord, Store, reading
 from keras_landscape.store.strings import read_string, string_prefixes
 
 # --------------------------------------------------------------------------- formatting
@@ -86,14 +86,14 @@ def result_tables(name: str, probe: str, result: dict) -> list[dict]:
 # ----------------------------------------------------------------------- string progress
 
 
-def string_level(run: Run, prefix: str) -> float | None:
+def string_level(run: RunRecord, prefix: str) -> float | None:
     """The level a string without a verdict was started at, as its probe configured it."""
     cls = registry.probe_class(run.probe)
     hook = getattr(cls, "string_level", None) or registry.ProbeBase.string_level
     return hook(run.config, prefix)
 
 
-def strings_of(run: Run) -> list[dict]:
+def strings_of(run: RunRecord) -> list[dict]:
     """The DSS strings stored in a run: key, beads on the string, depth done, verdict."""
     out = []
     for prefix in string_prefixes(run):
@@ -131,7 +131,7 @@ def resume_command(command: str, store: str) -> str:
     return shlex.join(words)
 
 
-def run_progress(run: Run, inputs: int) -> dict:
+def run_progress(run: RunRecord, inputs: int) -> dict:
     """What an unfinished run holds and what it still lacks."""
     strings = strings_of(run)
     expected = expected_strings(run.probe, run.config, inputs)

@@ -137,12 +137,12 @@ def saddle_bracket(
         )
         bisections.append(
             {"level": level, "connected": verdict["connected"], "reason": verdict["reason"],
-             "beads": verdict["beads"], "max_loss": verdict["max_loss"]}
+             "beads": verdict["beads"], "max_level": verdict["max_level"]}
         )
         before = (lower, upper)
         if verdict["connected"]:
             # the path's checked maximum may sit below the level: a tighter upper bound
-            upper = min(upper, level, verdict["max_loss"])
+            upper = min(upper, level, verdict["max_level"])
             estimator, best_path = "dss-bisection", f"{prefix}/bisect_{k}"
         else:
             # A failure at u speaks only for levels below alpha * u (the beads' target).

@@ -133,7 +133,7 @@ class Connection:
     normalized_length: float
     path_length: float
     distance: float
-    max_loss: float
+    max_level: float
     depth: int
     projection_steps: int
     seconds: float
@@ -272,7 +272,7 @@ def connect(
             record.commit_depth([b.row for b in string], 0)
         depth = 0
     endpoint_levels = [string[0].level, string[-1].level]
-    reason, worst = None, None
+    worst = None
     failed_steps = 0  # steps spent on beads that missed the target (not on the string)
 
     def finish(connected: bool, why: str) -> Connection:
@@ -286,7 +286,7 @@ def connect(
             normalized_length=normalized,
             path_length=path,
             distance=distance,
-            max_loss=float(max(maxima)) if maxima else float(max(endpoint_levels)),
+            max_level=float(max(maxima)) if maxima else float(max(endpoint_levels)),
             depth=depth,
             projection_steps=int(sum(b.steps for b in string)) + failed_steps,
             seconds=time.perf_counter() - started,
@@ -302,7 +302,7 @@ def connect(
     if not all(math.isfinite(v) for v in endpoint_levels):
         return finish(False, "non_finite")
     if max(endpoint_levels) > threshold:
-        worst = {"index": None, "max_loss": max(endpoint_levels), "t": None}
+        worst = {"index": None, "max_level": max(endpoint_levels), "t": None}
         return finish(False, "endpoint_above_level")
 
     while True:
@@ -318,7 +318,7 @@ def connect(
         ]
         worst_index = max(range(len(segments)), key=lambda i: checked[(segments[i][0].row, segments[i][1].row)].maximum)
         worst_check = checked[(segments[worst_index][0].row, segments[worst_index][1].row)]
-        worst = {"index": worst_index, "max_loss": worst_check.maximum, "t": worst_check.argmax_t}
+        worst = {"index": worst_index, "max_level": worst_check.maximum, "t": worst_check.argmax_t}
         if progress is not None:
             progress.update(
                 status=f"depth {depth}, {len(string)} beads, {len(failing)} failing, "
@@ -368,7 +368,7 @@ def connect(
             a, b = segments[i]
             worst = {
                 "index": i,
-                "max_loss": checked[(a.row, b.row)].maximum,
+                "max_level": checked[(a.row, b.row)].maximum,
                 "t": checked[(a.row, b.row)].argmax_t,
                 "bead_level": float(result.levels[missed]),
                 "target": float(target),

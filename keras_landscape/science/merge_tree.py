@@ -2,10 +2,16 @@
 
 Given K minima with levels E_i and (upper bounds on) their pairwise saddle levels s(i, j),
 minima i and j lie in one component of Omega_u when a chain of pairs joins them with every
-saddle <= u. Single-linkage clustering of s (Kruskal's algorithm with union-find) gives
-every u at once: the K - 1 merge levels form the merge tree, drawn as a disconnectivity
-graph (Wales). N_u counts the components of Omega_u that hold at least one sampled minimum
-(a minimum with E_i > u is not in Omega_u).
+saddle <= u. Single-linkage clustering of s gives every u at once: the K - 1 merge levels
+form the merge tree, drawn as a disconnectivity graph (Wales). N_u counts the components of
+Omega_u that hold at least one sampled minimum (a minimum with E_i > u is not in Omega_u).
+
+scipy.cluster.hierarchy does the clustering: `linkage(method="single")` builds the tree,
+`cophenet` gives the bottleneck (minimax chain) levels and `fcluster(criterion="distance")`
+cuts the tree at u (a pair joins when its level is <= u, ties included). Single linkage
+depends only on the order of the levels, so scipy is handed their ranks (exact integers,
+never negative, ties kept) and the levels are looked up again afterwards; pairs that never
+connect get a rank above every level, and merges at that rank are dropped.
 """
 
 from __future__ import annotations
@@ -13,38 +19,55 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.cluster.hierarchy import DisjointSet, cophenet, fcluster, linkage
 
 
 class UnionFind:
-    """Disjoint sets over 0..n-1 with path halving."""
+    """Disjoint sets over 0..n-1 (scipy's DisjointSet)."""
 
     def __init__(self, n: int):
-        self.parent = list(range(n))
+        self.sets = DisjointSet(range(n))
 
     def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
+        return self.sets[i]
 
     def union(self, i: int, j: int) -> bool:
-        ri, rj = self.find(i), self.find(j)
-        if ri == rj:
-            return False
-        self.parent[rj] = ri
-        return True
+        """Join the sets of i and j; False when they were already one set."""
+        return self.sets.merge(i, j)
+
+
+def _ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, rank of each value in them) for non-NaN `values`."""
+    distinct, ranks = np.unique(values, return_inverse=True)
+    return distinct, ranks.reshape(-1).astype(np.float64)
+
+
+def _pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of each entry of a condensed (K, K) matrix, scipy's order."""
+    return np.triu_indices(k, 1)
 
 
 def bottleneck_levels(saddle: np.ndarray) -> np.ndarray:
     """minimax path levels: b(i, j) = min over chains i..j of the largest saddle on the chain.
 
-    `saddle` is symmetric (K, K) with inf for unknown pairs; b <= saddle everywhere, and b is
-    itself an upper bound on s(i, j) (a path through other minima).
+    `saddle` is symmetric (K, K) with inf (or NaN) for unknown pairs; b <= saddle everywhere,
+    and b is itself an upper bound on s(i, j) (a path through other minima). Off the
+    diagonal b is the cophenetic level of single linkage; on it, b(i, i) = min(s(i, i),
+    min over j of s(i, j)) (the cheapest closed chain through i).
     """
-    b = np.array(saddle, np.float64, copy=True)
-    k = len(b)
-    for m in range(k):
-        b = np.minimum(b, np.maximum(b[:, m : m + 1], b[m : m + 1, :]))
+    s = np.array(saddle, np.float64, copy=True)
+    k = len(s)
+    b = s.copy()
+    if k < 2:
+        return b
+    rows, cols = _pairs(k)
+    condensed = s[rows, cols]
+    condensed[np.isnan(condensed)] = math.inf  # unknown
+    distinct, ranks = _ranks(condensed)
+    chained = distinct[cophenet(linkage(ranks, method="single")).astype(np.int64)]
+    b[rows, cols] = b[cols, rows] = chained
+    off = np.where(np.eye(k, dtype=bool), math.inf, b)
+    np.fill_diagonal(b, np.minimum(np.diag(s), off.min(axis=1)))
     return b
 
 
@@ -52,40 +75,74 @@ def merge_tree(minimum_levels, saddle: np.ndarray) -> list[list[float]]:
     """Single-linkage merges [level, cluster_a, cluster_b, new_cluster] in increasing level.
 
     Leaves are 0..K-1; merged clusters get K, K+1, ... A merge happens at the pair's saddle
-    level, never below either minimum's own level. Pairs with an infinite saddle never merge.
+    level, never below either minimum's own level (a NaN minimum level is ignored there).
+    Pairs with a non-finite saddle never merge. cluster_a is the cluster holding the
+    lower-numbered minimum. Merges at one level (ties) come in scipy's order; the partition
+    into clusters at every level does not depend on it.
     """
     k = len(minimum_levels)
-    edges = sorted(
-        (max(saddle[i, j], minimum_levels[i], minimum_levels[j]), i, j)
-        for i in range(k)
-        for j in range(i + 1, k)
-        if math.isfinite(saddle[i, j])
-    )
-    sets = UnionFind(k)
-    cluster_of_root = {i: i for i in range(k)}
-    merges, next_id = [], k
-    for level, i, j in edges:
-        ri, rj = sets.find(i), sets.find(j)
-        if ri == rj:
-            continue
-        ca, cb = cluster_of_root[ri], cluster_of_root[rj]
-        sets.union(ri, rj)
-        cluster_of_root[sets.find(ri)] = next_id
-        merges.append([float(level), int(ca), int(cb), next_id])
-        next_id += 1
+    if k < 2:
+        return []
+    s = np.asarray(saddle, np.float64)
+    own = np.asarray(minimum_levels, np.float64)
+    rows, cols = _pairs(k)
+    condensed = s[rows, cols]
+    level = np.fmax(condensed, np.fmax(own[rows], own[cols]))
+    connected = np.isfinite(condensed) & ~np.isnan(level)
+    distinct, ranks = np.unique(level[connected], return_inverse=True)
+    never = float(len(distinct))  # a rank above every level
+    encoded = np.full(len(condensed), never)
+    encoded[connected] = ranks.reshape(-1)
+    lowest_leaf = list(range(k))
+    merges = []
+    for a, b, rank, _ in linkage(encoded, method="single"):
+        if rank >= never:  # scipy sorts merges by level: the rest never connect
+            break
+        a, b = int(a), int(b)
+        if lowest_leaf[b] < lowest_leaf[a]:
+            a, b = b, a
+        lowest_leaf.append(lowest_leaf[a])
+        merges.append([float(distinct[int(rank)]), a, b, k + len(merges)])
     return merges
 
 
 def count_components(minimum_levels, merges, levels) -> list[int]:
-    """N_u for each u: components of Omega_u holding a sampled minimum (below u)."""
+    """N_u for each u: components of Omega_u holding a sampled minimum (below u).
+
+    `merges` is a merge tree as merge_tree returns it (cluster ids K, K+1, ... in order,
+    levels non-decreasing towards the root); a merge with level None or NaN never joins.
+    """
+    k = len(minimum_levels)
+    own = np.asarray(minimum_levels, np.float64)
+    if k < 2:
+        return [int(np.sum(own <= u)) if u is not None else 0 for u in levels]
+    known = [float(m[0]) for m in merges if m[0] is not None and not math.isnan(m[0])]
+    distinct = np.unique(known)
+    never = float(len(distinct))
+    # scipy wants a whole tree: merges as given, then the remaining roots at `never`
+    rows, size, used = [], [1] * k, set()
+    for level, a, b, new in merges:
+        a, b = int(a), int(b)
+        joined = level is not None and not math.isnan(level)
+        rank = float(np.searchsorted(distinct, float(level))) if joined else never
+        rows.append([a, b, rank, size[a] + size[b]])
+        size.append(size[a] + size[b])
+        used.update((a, b))
+    roots = [c for c in range(len(size)) if c not in used]
+    while len(roots) > 1:
+        a, b = roots.pop(0), roots.pop(0)
+        rows.append([a, b, never, size[a] + size[b]])
+        roots.append(len(size))
+        size.append(size[a] + size[b])
+    tree = np.array(rows, np.float64)
     counts = []
     for u in levels:
-        k = len(minimum_levels)
-        present = [i for i in range(k) if minimum_levels[i] <= u]
-        sets = UnionFind(k + len(merges))
-        for level, a, b, new in merges:
-            if level <= u:
-                sets.union(new, a)
-                sets.union(new, b)
-        counts.append(len({sets.find(i) for i in present}))
+        if u is None or math.isnan(u):
+            counts.append(0)
+            continue
+        present = own <= u
+        # joined iff level <= u  <=>  rank <= (number of distinct levels <= u) - 1
+        cut = float(np.searchsorted(distinct, u, side="right")) - 1.0
+        labels = fcluster(tree, cut, criterion="distance")
+        counts.append(len(set(labels[present].tolist())))
     return counts

@@ -5,6 +5,6 @@ May import: h5py, numpy, `errors`, `_version`. Never imports keras, tensorflow o
 is the one module that knows how a DSS string is laid out in a store.
 """
 
-from keras_landscape.store.hdf5 import Run, Store, from_json, reading, to_json
+from keras_landscape.store.hdf5 import RunRecord, Store, from_json, reading, to_json
 
-__all__ = ["Run", "Store", "from_json", "reading", "to_json"]
+__all__ = ["RunRecord", "Store", "from_json", "reading", "to_json"]

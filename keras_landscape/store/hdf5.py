@@ -5,8 +5,8 @@ imports h5py, numpy and the standard library only (never TensorFlow or Keras), s
 can be opened anywhere: version strings are passed in by the caller.
 
 Everything is flushed after every mutation, so an interrupted run loses nothing that was
-written and can be resumed (``Store.begin_run(..., resume=True)``, ``Run.length``,
-``Run.truncate``).
+written and can be resumed (``Store.begin_run(..., resume=True)``, ``RunRecord.length``,
+``RunRecord.truncate``).
 
 JSON values (run ``config`` and ``result``, layout ``shapes``, any non-scalar attribute) are
 encoded by :func:`to_json`: numpy scalars and arrays become Python numbers and lists, tuples
@@ -770,11 +770,11 @@ class Store:
     def has_run(self, name: str) -> bool:
         return "runs" in self._f and name in self._f["runs"]
 
-    def run(self, name: str) -> "Run":
+    def run(self, name: str) -> "RunRecord":
         if not self.has_run(name):
             names = ", ".join(self.run_names()) or "none"
             raise UserError(f"The store {self.path!r} has no run {name!r}; runs in it: {names}.")
-        return Run(self, self._f["runs"][name])
+        return RunRecord(self, self._f["runs"][name])
 
     def begin_run(
         self,
@@ -783,9 +783,9 @@ class Store:
         config: Mapping[str, Any],
         seed: int | None = None,
         resume: bool = False,
-    ) -> "Run":
+    ) -> "RunRecord":
         """Start run ``name`` (status ``running``). If it exists: with ``resume=True`` it is
-        returned with status set back to ``running`` (``Run.previous_status`` tells what it
+        returned with status set back to ``running`` (``RunRecord.previous_status`` tells what it
         was, its datasets are kept); otherwise a UserError."""
         self._writable()
         _check_name(name, "run")
@@ -810,7 +810,7 @@ class Store:
             g.attrs["resumed"] = np.int64(int(_get_attr(g, "resumed", 0) or 0) + 1)
             g.attrs["resumed_at"] = utc_now()
             self._touch()
-            run = Run(self, g)
+            run = RunRecord(self, g)
             run.previous_status = previous
             return run
         g = runs.create_group(name)
@@ -822,15 +822,15 @@ class Store:
         if seed is not None:
             _set_attr(g, "seed", seed)
         self._touch()
-        run = Run(self, g)
+        run = RunRecord(self, g)
         run.previous_status = None
         return run
 
 
-# ------------------------------------------------------------------------------- Run
+# ------------------------------------------------------------------------------- RunRecord
 
 
-class Run:
+class RunRecord:
     """One probe run: ``/runs/<name>`` with its attributes and datasets."""
 
     def __init__(self, store: Store, group: h5py.Group):
@@ -841,7 +841,7 @@ class Run:
         self.previous_status: str | None = None
 
     def __repr__(self) -> str:
-        return f"<Run {self.name!r} probe={self.probe!r} status={self.status!r}>"
+        return f"<RunRecord {self.name!r} probe={self.probe!r} status={self.status!r}>"
 
     # ------------------------------------------------------------------- attributes
 
@@ -901,7 +901,7 @@ class Run:
 
     def fail(self, message: str, status: str = "failed") -> None:
         if status not in ("failed", "interrupted"):
-            raise ValueError(f"Run.fail status must be 'failed' or 'interrupted', got {status!r}")
+            raise ValueError(f"RunRecord.fail status must be 'failed' or 'interrupted', got {status!r}")
         self.store._writable()
         self._g.attrs["status"] = status
         self._g.attrs["error"] = str(message)
@@ -1023,7 +1023,7 @@ __all__ = [
     "FORMAT_VERSION",
     "JSON_ATTRS",
     "RUN_STATUSES",
-    "Run",
+    "RunRecord",
     "Store",
     "from_json",
     "jsonable",

@@ -73,7 +73,7 @@ def _trial(seed, pair, reference, tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"]["connectivity"]["connected"] == expected["connected"]
     result, got = _strings(out)
-    for key in ("connected", "reason", "beads", "depth", "projection_steps", "max_loss"):
+    for key in ("connected", "reason", "beads", "depth", "projection_steps", "max_level"):
         assert result[key] == expected[key], key
     assert result["normalized_length"] == pytest.approx(expected["normalized_length"], rel=1e-9)
     assert set(got) == set(arrays)

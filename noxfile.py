@@ -1,0 +1,39 @@
+"""Developer tasks: `nox -s lint`, `nox -s tests_tensorflow`, `nox -s tests_jax`, `nox -s slow`.
+
+Each session installs the project from its own files (setup.cfg) into a fresh virtualenv,
+exactly as CI does (.ci/run).
+"""
+
+import nox
+
+nox.options.sessions = ["lint", "tests_tensorflow"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and format check (100 columns), as CI runs it."""
+    session.install("-e", ".[test]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def tests_tensorflow(session: nox.Session) -> None:
+    """The default test suite (TensorFlow backend; includes the JAX re-run of the core)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session
+def tests_jax(session: nox.Session) -> None:
+    """The core tests under KERAS_BACKEND=jax in a process without TensorFlow."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", "tests/test_jax_backend.py", *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The tests marked slow (kill-and-resume trials, long docs commands, reproductions)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", "-m", "slow", *session.posargs)
