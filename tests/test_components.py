@@ -127,6 +127,103 @@ def test_count_components_leaves_out_minima_above_the_level():
     assert count_components([], [], [0.0]) == [0]
 
 
+def _reference(minimum_levels, saddle):
+    """Brute force, independent of the module: Kruskal with a list-based union-find."""
+    k = len(minimum_levels)
+    parent = list(range(k))
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    edges = sorted((max(saddle[i, j], minimum_levels[i], minimum_levels[j]), i, j)
+                   for i in range(k) for j in range(i + 1, k) if math.isfinite(saddle[i, j]))
+    cluster, tree = list(range(k)), []
+    for level, i, j in edges:
+        ri, rj = root(i), root(j)
+        if ri != rj:
+            tree.append([level, cluster[ri], cluster[rj], k + len(tree)])
+            parent[rj] = ri
+            cluster[ri] = k + len(tree) - 1
+
+    def joined(u):  # leaf -> component at level u (pairs with level <= u joined)
+        comp = list(range(k))
+        for level, i, j in edges:
+            if level <= u:
+                old, new = comp[j], comp[i]
+                comp = [new if c == old else c for c in comp]
+        return comp
+
+    def n_u(u):
+        comp = joined(u)
+        return len({comp[i] for i in range(k) if minimum_levels[i] <= u})
+
+    def bottleneck(i, j):  # the lowest saddle-matrix value at which i and j are joined
+        for u in sorted({v for v in saddle.ravel()} | {INF}):
+            comp = list(range(k))
+            for p in range(k):
+                for q in range(p + 1, k):
+                    if saddle[p, q] <= u:
+                        comp = [comp[p] if c == comp[q] else c for c in comp]
+            if comp[i] == comp[j]:
+                return u
+        return INF
+
+    return tree, n_u, bottleneck
+
+
+def _random_case(rng):
+    k = int(rng.integers(2, 8))
+    # integer levels give ties; some negative; minima drawn from the same range, so some
+    # minima lie above saddles of their pairs
+    s = rng.integers(-2, 6, size=(k, k)).astype(float) * rng.choice([1.0, 0.25])
+    s = np.minimum(s, s.T)
+    never = rng.uniform(size=(k, k)) < rng.uniform(0.0, 0.6)
+    s[never | never.T] = INF
+    levels = [float(v) for v in rng.integers(-2, 6, size=k) * 0.5]
+    np.fill_diagonal(s, levels)
+    return levels, s
+
+
+def test_merge_tree_n_u_and_bottlenecks_against_brute_force():
+    rng = np.random.default_rng(7)
+    seen_ties = seen_never = seen_high_minimum = 0
+    for case in range(50):
+        levels, s = _random_case(rng)
+        k = len(levels)
+        tree, n_u, bottleneck = _reference(levels, s)
+        merges = merge_tree(levels, s)
+        assert merges == tree, case
+        b = bottleneck_levels(s)
+        for i in range(k):
+            for j in range(i + 1, k):
+                assert b[i, j] == b[j, i] == bottleneck(i, j), (case, i, j)
+        np.testing.assert_array_equal(np.diag(b), np.minimum(np.diag(s), [
+            min(s[i, j] for j in range(k) if j != i) for i in range(k)]))
+        # at every merge level and minimum level exactly (u == level joins), just below
+        # and above them, and outside everything
+        marks = {m[0] for m in tree} | set(levels)
+        grid = sorted(marks | {v - 0.01 for v in marks} | {v + 0.01 for v in marks}
+                      | {-100.0, 100.0, INF})
+        assert count_components(levels, merges, grid) == [n_u(u) for u in grid], case
+        merge_levels = [m[0] for m in tree]
+        seen_ties += len(set(merge_levels)) < len(merge_levels)
+        seen_never += len(tree) < k - 1
+        seen_high_minimum += any(s[i, j] < max(levels[i], levels[j])
+                                 for i in range(k) for j in range(i + 1, k))
+    assert seen_ties and seen_never and seen_high_minimum  # the cases cover each
+
+
+def test_count_components_exactly_at_a_merge_level():
+    merges = [[1.0, 0, 1, 3], [2.0, 3, 2, 4]]
+    u = [np.nextafter(1.0, -INF), 1.0, np.nextafter(2.0, -INF), 2.0]
+    assert count_components([0.0, 0.0, 0.0], merges, u) == [3, 2, 2, 1]
+    # a merge the tree never made (None) never joins; negative levels are fine
+    assert count_components([-1.0, -1.0], [[None, 0, 1, 2]], [-1.0, 10.0, INF]) == [2, 2, 2]
+    assert count_components([-3.0, -2.0], [[-1.5, 0, 1, 2]], [-2.5, -2.0, -1.5]) == [1, 2, 1]
+
+
 # ------------------------------------------------------------------------------ convex
 
 

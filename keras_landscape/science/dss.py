@@ -167,7 +167,7 @@ def beads_of(stored) -> tuple[list[Bead], int, dict[tuple[int, int], SegmentChec
     return string, int(stored.depth_done or 0), checked
 
 
-def _interpolate(ts: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+def interpolate(ts: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """(len(ts), D) points (1 - t) p + t q (float32)."""
     p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
     return ((1.0 - ts)[:, None] * p[None, :] + ts[:, None] * q[None, :]).astype(np.float32)
@@ -186,10 +186,10 @@ def check_segments(landscape, pairs: list[tuple], points: int):
     checks = []
     for start in range(0, len(pairs), segments_per_call):
         chunk = pairs[start : start + segments_per_call]
-        thetas = np.concatenate([_interpolate(ts, pair[0], pair[1]) for pair in chunk])
+        thetas = np.concatenate([interpolate(ts, pair[0], pair[1]) for pair in chunk])
         states = np.concatenate(
             [
-                _interpolate(ts, pair[2], pair[3])
+                interpolate(ts, pair[2], pair[3])
                 if len(pair) > 2 and pair[2] is not None
                 else landscape.fill_states(None, points + 1)
                 for pair in chunk
@@ -337,7 +337,7 @@ def connect(
             t = 0.5 if config.insertion == "midpoint" else checked[(a.row, b.row)].argmax_t
             t = min(max(t, 1.0 / config.points), 1.0 - 1.0 / config.points)
             starts.append((1.0 - t) * a.theta + t * b.theta)
-            start_states.append(_interpolate(np.array([t]), a.state, b.state)[0])
+            start_states.append(interpolate(np.array([t]), a.state, b.state)[0])
             direction = (b.theta - a.theta).astype(np.float64)
             norm = np.linalg.norm(direction)
             normals.append(direction / norm if config.projection_mode == "hyperplane" and norm > 0 else np.zeros_like(direction))

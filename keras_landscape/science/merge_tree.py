@@ -9,9 +9,11 @@ Omega_u that hold at least one sampled minimum (a minimum with E_i > u is not in
 scipy.cluster.hierarchy does the clustering: `linkage(method="single")` builds the tree,
 `cophenet` gives the bottleneck (minimax chain) levels and `fcluster(criterion="distance")`
 cuts the tree at u (a pair joins when its level is <= u, ties included). Single linkage
-depends only on the order of the levels, so scipy is handed their ranks (exact integers,
-never negative, ties kept) and the levels are looked up again afterwards; pairs that never
-connect get a rank above every level, and merges at that rank are dropped.
+depends only on the order of the levels, so scipy is handed ranks instead (exact integers,
+never negative; scipy rejects inf and, in a tree, negative levels) and the levels are
+looked up again afterwards. For the merge tree every pair gets its own rank in (level, i, j)
+order, so ties are broken as Kruskal's algorithm breaks them; pairs that never connect get
+a rank above all others, and the merges at that rank are dropped.
 """
 
 from __future__ import annotations
@@ -36,12 +38,6 @@ class UnionFind:
         return self.sets.merge(i, j)
 
 
-def _ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct values, rank of each value in them) for non-NaN `values`."""
-    distinct, ranks = np.unique(values, return_inverse=True)
-    return distinct, ranks.reshape(-1).astype(np.float64)
-
-
 def _pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column of each entry of a condensed (K, K) matrix, scipy's order."""
     return np.triu_indices(k, 1)
@@ -63,8 +59,9 @@ def bottleneck_levels(saddle: np.ndarray) -> np.ndarray:
     rows, cols = _pairs(k)
     condensed = s[rows, cols]
     condensed[np.isnan(condensed)] = math.inf  # unknown
-    distinct, ranks = _ranks(condensed)
-    chained = distinct[cophenet(linkage(ranks, method="single")).astype(np.int64)]
+    distinct, ranks = np.unique(condensed, return_inverse=True)
+    tree = linkage(ranks.reshape(-1).astype(np.float64), method="single")
+    chained = distinct[cophenet(tree).astype(np.int64)]
     b[rows, cols] = b[cols, rows] = chained
     off = np.where(np.eye(k, dtype=bool), math.inf, b)
     np.fill_diagonal(b, np.minimum(np.diag(s), off.min(axis=1)))
@@ -76,9 +73,9 @@ def merge_tree(minimum_levels, saddle: np.ndarray) -> list[list[float]]:
 
     Leaves are 0..K-1; merged clusters get K, K+1, ... A merge happens at the pair's saddle
     level, never below either minimum's own level (a NaN minimum level is ignored there).
-    Pairs with a non-finite saddle never merge. cluster_a is the cluster holding the
-    lower-numbered minimum. Merges at one level (ties) come in scipy's order; the partition
-    into clusters at every level does not depend on it.
+    Pairs with a non-finite saddle never merge. Pairs at one level are taken in the order
+    (i, j), i < j, as Kruskal's algorithm takes them: that fixes the tree under ties, and
+    cluster_a is the cluster holding i of the pair that joined the two clusters.
     """
     k = len(minimum_levels)
     if k < 2:
@@ -88,21 +85,21 @@ def merge_tree(minimum_levels, saddle: np.ndarray) -> list[list[float]]:
     rows, cols = _pairs(k)
     condensed = s[rows, cols]
     level = np.fmax(condensed, np.fmax(own[rows], own[cols]))
-    connected = np.isfinite(condensed) & ~np.isnan(level)
-    distinct, ranks = np.unique(level[connected], return_inverse=True)
-    never = float(len(distinct))  # a rank above every level
+    edges = np.flatnonzero(np.isfinite(condensed) & ~np.isnan(level))
+    edges = edges[np.argsort(level[edges], kind="stable")]  # (level, i, j) order
+    never = float(len(edges))  # a rank above every pair that connects
     encoded = np.full(len(condensed), never)
-    encoded[connected] = ranks.reshape(-1)
-    lowest_leaf = list(range(k))
+    encoded[edges] = np.arange(len(edges))  # distinct ranks: one tree, Kruskal's
+    cluster_of = list(range(k))  # leaf -> the cluster holding it
     merges = []
     for a, b, rank, _ in linkage(encoded, method="single"):
         if rank >= never:  # scipy sorts merges by level: the rest never connect
             break
-        a, b = int(a), int(b)
-        if lowest_leaf[b] < lowest_leaf[a]:
-            a, b = b, a
-        lowest_leaf.append(lowest_leaf[a])
-        merges.append([float(distinct[int(rank)]), a, b, k + len(merges)])
+        edge = edges[int(rank)]
+        first, new = cluster_of[rows[edge]], k + len(merges)
+        a, b = (int(a), int(b)) if int(a) == first else (int(b), int(a))
+        cluster_of = [new if c in (a, b) else c for c in cluster_of]
+        merges.append([float(level[edge]), a, b, new])
     return merges
 
 
