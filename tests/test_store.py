@@ -232,7 +232,7 @@ def test_nan_in_config_attrs_and_run_datasets(tmp_path):
 
 def test_create_refuses_existing_unless_overwrite(tmp_path):
     _new(tmp_path).close()
-    with pytest.raises(UserError, match="already exists.*overwrite"):
+    with pytest.raises(UserError, match="already exists.*--overwrite"):
         _new(tmp_path)
     with _new(tmp_path, overwrite=True) as s:
         assert s.run_names() == [] and s.model_names() == []

@@ -12,8 +12,10 @@ set can be assembled from mini-batches of any size (the last one padded and mask
 
 from __future__ import annotations
 
+import functools
 import inspect
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import numpy as np
@@ -24,6 +26,9 @@ from keras_landscape.engine import stacked
 from keras_landscape.engine.objectives import Objective
 from keras_landscape.engine.params import ParameterLayout
 from keras_landscape.engine.state import StateLayout, batch_norm_layers
+from keras_landscape.errors import UserError
+
+log = logging.getLogger("keras_landscape")
 
 SUMS = ("loss_sum", "level_sum", "loss_count", "level_count", "regularizer_sum")
 
@@ -44,10 +49,7 @@ def pad_rows(rows: np.ndarray, count: int | None = None) -> np.ndarray:
 
 def split_theta(layout: ParameterLayout, theta):
     """theta (P,) tensor -> list of variable-shaped tensors, in layout order."""
-    return [
-        ops.reshape(theta[o : o + n], s)
-        for o, n, s in zip(layout.offsets, layout.sizes, layout.shapes)
-    ]
+    return layout.split(theta, ops.reshape)
 
 
 def _broadcast_mask(mask, values):
@@ -272,7 +274,146 @@ __all__ = [
     "make_batch_moments",
     "make_projection",
     "merge_state",
+    "OptimizerSpec",
+    "optimizer_spec",
+    "ProjectionKernel",
 ]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A Keras optimizer for bead stacks: what `keras.optimizers.get` resolves, and how.
+
+    Attributes:
+        name: the optimizer's Keras identifier ('adam', 'sgd', a registered custom name).
+        options: its constructor arguments other than the learning rate, as sorted
+            (key, value) pairs: with the name, they decide the compiled update.
+        learning_rate: the step size; an optimizer variable, so an input of the compiled
+            loop rather than part of it.
+    """
+
+    name: str
+    options: tuple
+    learning_rate: float
+
+    @property
+    def key(self) -> tuple:
+        """What a compiled projection depends on (not the learning rate)."""
+        return (self.name, self.options)
+
+    def build(self, width: int, size: int):
+        """A Keras optimizer built over one (width, size) float32 variable: the bead stack.
+
+        Its variables are never assigned: `stateless_apply` reads their values from the
+        projection loop's inputs and returns the new ones.
+        """
+        import keras
+
+        cls = type(keras.optimizers.get(self.name))
+        if backend.name == "tensorflow":
+            cls = _stateless_on_tensorflow(cls)
+        optimizer = cls(learning_rate=self.learning_rate, **dict(self.options))
+        beads = keras.Variable(
+            initializer="zeros", shape=(width, size), dtype="float32", name="beads"
+        )
+        optimizer.build([beads])
+        return optimizer
+
+
+def optimizer_spec(config) -> OptimizerSpec:
+    """The Keras optimizer a `ProjectionConfig` names, checked by constructing it.
+
+    beta_1, beta_2 and epsilon are passed to every optimizer whose constructor takes them
+    (Adam, AdamW, Nadam, Adamax, Lion; epsilon also RMSprop, Adagrad, Adadelta), so they
+    keep Keras's defaults unless set; `optimizer_options` adds any other argument.
+
+    Raises:
+        UserError: Keras does not know the name, or the optimizer rejects the arguments.
+    """
+    import keras
+
+    from keras_landscape.engine.options import OPTIMIZERS, parse_optimizer_options
+
+    options = parse_optimizer_options(config.optimizer_options)
+    name = config.optimizer_name
+    try:
+        cls = type(keras.optimizers.get(name))
+    except (ValueError, TypeError):
+        raise UserError(
+            f"Unknown optimizer {config.optimizer!r} for projections: Keras does not know it. "
+            f"Use one of {', '.join(OPTIMIZERS)}, or a custom optimizer registered with "
+            "keras.saving.register_keras_serializable."
+        ) from None
+    takes = inspect.signature(cls.__init__).parameters
+    defaults = {f.name: f.default for f in fields(config)}
+    for key in ("beta_1", "beta_2", "epsilon"):
+        value = float(getattr(config, key))
+        if key in takes:
+            options[key] = value
+        elif value != defaults[key]:
+            log.warning("%s=%s has no effect: %s takes no %s.", key, value, cls.__name__, key)
+    try:
+        cls(learning_rate=float(config.learning_rate), **options)
+    except (TypeError, ValueError) as error:
+        raise UserError(
+            f"keras.optimizers.{cls.__name__} does not accept optimizer_options "
+            f"{config.optimizer_options!r}: {error}"
+        ) from None
+    # Lists (from a JSON object) become tuples: the spec keys a cache of compiled loops.
+    frozen = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return OptimizerSpec(name, tuple(sorted(frozen.items())), float(config.learning_rate))
+
+
+@functools.lru_cache(maxsize=None)
+def _stateless_on_tensorflow(cls):
+    """`cls` with Keras's backend-neutral update methods in place of its TensorFlow ones.
+
+    On TensorFlow, Keras's optimizers write their variables through tf.distribute, which
+    needs real tf.Variables, so `stateless_apply` refuses to run. The backend-neutral
+    methods (those the JAX backend runs) write through `keras.StatelessScope` and compute
+    the same update; only methods `cls` inherits from the TensorFlow layer are replaced,
+    found by introspection rather than listed, so a new Keras release cannot add one
+    silently.
+    """
+    import keras
+
+    bases = keras.optimizers.Optimizer.__bases__  # (the backend's layer, BaseOptimizer)
+    if len(bases) != 2 or not hasattr(bases[1], "stateless_apply"):
+        raise RuntimeError(f"Unexpected Keras optimizer classes {bases}: cannot step beads.")
+    tensorflow_layer, neutral = bases
+    replaced = {
+        name: vars(neutral)[name]
+        for name in vars(tensorflow_layer)
+        if name in vars(neutral)
+        and not name.startswith("__")
+        and getattr(cls, name) is getattr(tensorflow_layer, name)
+    }
+    return type(f"Stateless{cls.__name__}", (cls,), replaced)
+
+
+class ProjectionKernel:
+    """A compiled projection loop for one stack width and one optimizer.
+
+    Calling it runs `make_projection`'s loop; `initial_slots` gives the optimizer state a
+    projection starts from (step 0, zero moments, the learning rate).
+    """
+
+    def __init__(self, run: Callable, optimizer):
+        self.run = run
+        self.optimizer = optimizer
+
+    def __call__(self, *args):
+        return self.run(*args)
+
+    def initial_slots(self, learning_rate: float) -> list:
+        """The optimizer's variables as tensors: their initial values, `learning_rate` for
+        the learning rate's variable (the loop is shared by specs that differ in it)."""
+        rate = self.optimizer.learning_rate
+        return [
+            ops.convert_to_tensor(np.float32(learning_rate)) if v is rate
+            else ops.convert_to_tensor(v.value)
+            for v in self.optimizer.variables
+        ]
 
 
 def make_projection(
@@ -282,29 +423,45 @@ def make_projection(
     objective: Objective,
     *,
     full_batch: bool,
+    optimizer,
+    width: int,
     training: bool = False,
 ):
-    """A compiled-ready projection of K beads: `steps` optimiser steps inside one loop.
+    """A compiled-ready projection of a (width, P) stack of beads: `steps` optimiser steps
+    inside one loop, each one `optimizer.stateless_apply` on the whole stack.
 
-    fn(thetas, m, v, t, active, normals, states, nt, x, y, indices, hyper)
-        -> (thetas, m, v, t, loss)
+    fn(thetas, slots, active, normals, states, nt, x, y, indices, first_step)
+        -> (thetas, slots, loss)
 
     With `training` the model runs in train mode, as Keras's fit trains it (BatchNorm on
     batch statistics); the states (K, S) then matter only for state other than BatchNorm's.
 
+    Args:
+        optimizer: a Keras optimizer built over one (width, P) variable
+            (`OptimizerSpec.build`); it is only traced, never assigned.
+        width: the stack's row count (padded bead count).
+
     Args (tensors):
-        thetas: (K, P) starting points; m, v: (K, P) Adam moments; t: (K,) step counters.
-        active: (K,) 1.0 for beads still projecting, 0.0 for beads already below target
-            (frozen: their parameters and optimiser state do not move).
-        normals: (K, P) unit normals of the hyperplanes (zero rows: unconstrained). The
+        thetas: (width, P) starting points.
+        slots: the optimizer's variables, in `optimizer.variables` order (iteration count,
+            learning rate, moments...): `ProjectionKernel.initial_slots`, then what the
+            previous call returned, so that chunks of steps continue one another exactly.
+        active: (width,) 1.0 for beads still projecting, 0.0 for beads already below target
+            (frozen: their parameters and their rows of every (width, P) optimizer variable
+            do not move).
+        normals: (width, P) unit normals of the hyperplanes (zero rows: unconstrained). The
             update's component along the normal is removed, so a bead started in the
             hyperplane through the insertion point stays in it exactly.
         x, y: the training split; indices: (S, B) int sample indices per step (ignored with
             full_batch, where every step uses all of x, y).
-        hyper: [learning_rate, beta_1, beta_2, epsilon, use_adam (1.0) or plain SGD (0.0)].
+        first_step: int32 scalar, steps taken before this call (advances dropout seeds).
     """
     stacked_sums = make_stacked_batch_sums(model, layout, state_layout, objective, training)
     seeds = seed_positions(model) if training else []
+    # Variables with one row per bead (moments, accumulators) are gated like the beads;
+    # scalars (iteration count, learning rate) are shared, and all active beads have taken
+    # the same number of steps (a frozen bead never resumes).
+    per_bead = [tuple(v.shape) == (width, layout.size) for v in optimizer.variables]
 
     def with_step_seeds(non_trainable, step):
         """Seed-generator states advanced by the step, so that dropout draws new masks at
@@ -320,39 +477,32 @@ def make_projection(
 
     vg = backend.value_and_grad(total_training_loss)
 
-    def project(thetas, m, v, t, active, normals, states, non_trainable, x, y, indices, hyper):
-        lr, beta_1, beta_2, epsilon, use_adam = (hyper[i] for i in range(5))
+    def project(thetas, slots, active, normals, states, non_trainable, x, y, indices,
+                first_step):
         steps = ops.shape(indices)[0]
-        gate = ops.expand_dims(active, 1)
+        moving = ops.expand_dims(active, 1) > 0.5
 
-        def body(i, state):
-            thetas, m, v, t, _ = state
+        def body(i, carry):
+            thetas, slots, _ = carry
             if full_batch:
                 xb, yb = x, y
             else:
                 xb, yb = ops.take(x, indices[i], axis=0), ops.take(y, indices[i], axis=0)
             mask = ops.ones((ops.shape(xb)[0],), "float32")
-            step = i + ops.cast(ops.max(t), "int32")  # steps taken so far, across chunks
-            nt = with_step_seeds(non_trainable, step) if seeds else non_trainable
+            nt = with_step_seeds(non_trainable, i + first_step) if seeds else non_trainable
             _, values, grads = vg(thetas, states, nt, xb, yb, mask)
-            t_new = t + active
-            m_new = beta_1 * m + (1.0 - beta_1) * grads
-            v_new = beta_2 * v + (1.0 - beta_2) * ops.square(grads)
-            tt = ops.expand_dims(ops.maximum(t_new, 1.0), 1)
-            m_hat = m_new / (1.0 - ops.power(beta_1, tt))
-            v_hat = v_new / (1.0 - ops.power(beta_2, tt))
-            adam = m_hat / (ops.sqrt(v_hat) + epsilon)
-            update = lr * (use_adam * adam + (1.0 - use_adam) * grads)
-            update = update - ops.sum(update * normals, axis=1, keepdims=True) * normals
-            return (
-                thetas - gate * update,
-                gate * m_new + (1.0 - gate) * m,
-                gate * v_new + (1.0 - gate) * v,
-                t_new,
-                values,
-            )
+            (stepped,), new_slots = optimizer.stateless_apply(list(slots), [grads], [thetas])
+            # The step's component along the normal is taken off the new point (not added
+            # to the old one), so an unconstrained bead lands exactly where Keras put it.
+            along = ops.sum((stepped - thetas) * normals, axis=1, keepdims=True)
+            stepped = stepped - along * normals
+            slots = [
+                ops.where(moving, new, old) if row else new
+                for new, old, row in zip(new_slots, slots, per_bead)
+            ]
+            return ops.where(moving, stepped, thetas), slots, values
 
         zero = ops.zeros((ops.shape(thetas)[0],), "float32")
-        return ops.fori_loop(0, steps, body, (thetas, m, v, t, zero))
+        return ops.fori_loop(0, steps, body, (thetas, list(slots), zero))
 
     return project

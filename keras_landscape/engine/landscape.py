@@ -167,7 +167,9 @@ class Landscape:
         fast_float32: let projections (training steps) use TF32-class matrix multiplies on
             GPUs that have them (faster, ~1e-3 relative precision). Every value that decides
             "below level u" (levels, segment checks, loss and gradient reports) is computed in
-            true float32 regardless, so a verdict does not depend on the card.
+            true float32 regardless, so a verdict does not depend on the card. The setting
+            is applied around this landscape's projection calls and restored after them;
+            the process-wide precision is never changed.
         bn_stats: the BatchNorm statistics of points between models (beads, segment
             checks, interpolations): 'recompute' (default; at every evaluated point the
             statistics are the exact mean and variance of the train-mode activations over
@@ -232,8 +234,9 @@ class Landscape:
             )
         self.split = split
         self.xla = resolve_xla(xla, model)
+        # Applied around each projection call only (see projection_kernel): constructing a
+        # landscape must not change the precision of other landscapes or of user code.
         self.fast_float32 = bool(fast_float32)
-        backend.set_fast_float32(self.fast_float32)
         self.non_trainable = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
         self.state_layout = StateLayout.from_model(model)
         self.reference_state = self.state_layout.state_of(model)
@@ -608,23 +611,43 @@ class Landscape:
     def train_size(self) -> int:
         return self._batches["train"].n
 
-    def projection_kernel(self, full_batch: bool):
-        """The compiled projection loop (see `kernels.make_projection`), one per batching mode."""
+    def projection_kernel(
+        self, full_batch: bool, optimizer: kernels.OptimizerSpec, width: int
+    ) -> kernels.ProjectionKernel:
+        """The compiled projection loop (see `kernels.make_projection`) for a batching mode,
+        an optimizer and a stack width, with this landscape's projection precision.
+
+        One per width: the optimizer is built over one (width, P) variable, and a function
+        traced for one width keeps static shapes (a tf.function relaxing them to (None, P)
+        after seeing two widths could not match them to the optimizer's variables).
+        """
         cache = self.__dict__.setdefault("_projection_kernels", {})
-        if full_batch not in cache:
-            cache[full_batch] = backend.compile_function(
+        key = (full_batch, optimizer.key, width)
+        if key not in cache:
+            keras_optimizer = optimizer.build(width, self.size)
+            compiled = backend.compile_function(
                 kernels.make_projection(
                     self.model,
                     self.layout,
                     self.state_layout,
                     self.objective.objective,
                     full_batch=full_batch,
+                    optimizer=keras_optimizer,
+                    width=width,
                     training=self.trains_in_train_mode,
                 ),
                 xla=self.xla,
                 label=f"{getattr(self.model, 'name', 'model')} projection",
             )
-        return cache[full_batch]
+
+            def run(*args):
+                # TF32 only inside this call and only when asked for; the previous setting
+                # (other landscapes', the user's) is restored after it.
+                with backend.float32_precision(fast=self.fast_float32):
+                    return compiled(*args)
+
+            cache[key] = kernels.ProjectionKernel(run, keras_optimizer)
+        return cache[key]
 
     def describe(self) -> dict:
         """What this landscape measures, for the store and reports."""

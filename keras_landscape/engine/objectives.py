@@ -113,6 +113,45 @@ def _unreduced(loss) -> keras.losses.Loss:
     raise TypeError(loss)
 
 
+def keras_loss(spec: str):
+    """The Keras loss a spec names, with its options: 'mae',
+    'sparse_categorical_crossentropy:from_logits=true'.
+
+    Where Keras has a Loss class of that name (CamelCase), an instance built with the options,
+    so that a model compiled with it saves; otherwise the loss function (its options bound,
+    per element).
+
+    Raises:
+        UserError: an unknown loss, or options the loss does not take.
+    """
+    name, options = parse_named_spec(spec)
+    cls = getattr(keras.losses, "".join(part.capitalize() for part in name.split("_")), None)
+    if isinstance(cls, type) and issubclass(cls, keras.losses.Loss):
+        try:
+            return cls(**options)
+        except TypeError as error:
+            raise UserError(f"Bad option for loss {name!r}: {error}.") from None
+    try:
+        found = keras.losses.get(name)
+    except (ValueError, TypeError):
+        found = None
+    if found is None:
+        raise UserError(
+            f"Unknown loss {name!r}. Use any Keras loss name, e.g. mean_squared_error, "
+            "mean_absolute_error, sparse_categorical_crossentropy, "
+            "categorical_crossentropy, binary_crossentropy; options as "
+            "'sparse_categorical_crossentropy:from_logits=true'."
+        )
+    if not options:
+        return found
+    if isinstance(found, keras.losses.Loss):
+        try:
+            return found.__class__.from_config({**found.get_config(), **options})
+        except TypeError as error:
+            raise UserError(f"Bad option for loss {name!r}: {error}.") from None
+    return PerElementLoss(found, name=name, **options)  # functions take options as kwargs
+
+
 def resolve_loss(loss_spec: str | None, model) -> tuple[keras.losses.Loss, str, dict]:
     """The training loss from `--loss` (a Keras loss name, with options) or the model's compile.
 
@@ -120,30 +159,7 @@ def resolve_loss(loss_spec: str | None, model) -> tuple[keras.losses.Loss, str, 
         (per-element Loss with reduction 'none', its name, its config dict).
     """
     if loss_spec:
-        name, options = parse_named_spec(loss_spec)
-        try:
-            found = keras.losses.get(name)
-        except (ValueError, TypeError):
-            found = None
-        if found is None:
-            raise UserError(
-                f"Unknown loss {name!r}. Use any Keras loss name, e.g. mean_squared_error, "
-                "mean_absolute_error, sparse_categorical_crossentropy, "
-                "categorical_crossentropy, binary_crossentropy; options as "
-                "'sparse_categorical_crossentropy:from_logits=true'."
-            )
-        if options:
-            base = found if isinstance(found, keras.losses.Loss) else None
-            if base is None:
-                # functions take their options as keyword arguments
-                fn = found
-                found = PerElementLoss(fn, name=name, **options)
-            else:
-                try:
-                    found = base.__class__.from_config({**base.get_config(), **options})
-                except TypeError as error:
-                    raise UserError(f"Bad option for loss {name!r}: {error}.") from None
-        loss = found
+        loss = keras_loss(loss_spec)
     else:
         loss = getattr(model, "loss", None)
         if loss is None:

@@ -3,7 +3,10 @@ and listing probes must not load a framework)."""
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from keras_landscape.errors import UserError
 
@@ -16,7 +19,85 @@ BN_MODES = ("recompute", "interpolate")
 DEFAULT_BN_BATCHES = 32
 DEFAULT_BN_BATCH_SIZE = 128
 
-OPTIMIZERS = ("adam", "sgd")
+#: Keras's built-in optimizers whose step acts on each parameter separately, known here
+#: without importing Keras. Any other name is resolved with `keras.optimizers.get`.
+OPTIMIZERS = (
+    "adam", "sgd", "rmsprop", "adamw", "nadam", "adamax", "adagrad", "adadelta", "ftrl", "lion",
+)
+# All beads are stepped as the rows of one (K, P) variable, so an optimizer whose step
+# depends on the whole variable would let one bead's gradient move another.
+MIXES_BEADS = {
+    "adafactor": "it factors the second moments over the rows and columns of the bead stack",
+    "muon": "it orthogonalises the update of the whole bead stack as one matrix",
+    "lamb": "its trust ratio uses the norm of the whole bead stack",
+    "clipnorm": "the norm is taken over the whole bead stack",
+    "global_clipnorm": "the norm is taken over the whole bead stack",
+}
+NOT_STEPPERS = ("optimizer", "lossscaleoptimizer", "multioptimizer", "optimizermap")
+# Constructor arguments the config has fields for (or that name the optimizer itself).
+_OWN_FIELDS = ("learning_rate", "beta_1", "beta_2", "epsilon", "name")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _option_value(text: str) -> Any:
+    """'0.9' -> 0.9, '10' -> 10, 'true' -> True, 'none' -> None, anything else as text."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip("'\"")
+
+
+def parse_optimizer_options(text: str | dict | None) -> dict[str, Any]:
+    """Extra optimizer constructor arguments from 'key=value,key=value' or a JSON object.
+
+    Raises:
+        UserError: malformed text, a key the config sets with its own field, or a setting
+            that would make beads depend on each other.
+    """
+    if isinstance(text, dict):
+        options = dict(text)
+    elif text is None or not str(text).strip():
+        return {}
+    elif str(text).strip().startswith("{"):
+        try:
+            options = json.loads(text)
+        except ValueError as error:
+            raise UserError(f"optimizer_options {text!r} is not valid JSON: {error}.") from None
+        if not isinstance(options, dict):
+            raise UserError(f"optimizer_options {text!r} must be a JSON object.")
+    else:
+        options = {}
+        for item in str(text).split(","):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip() or not value.strip():
+                raise UserError(
+                    f"Malformed optimizer_options {text!r}: write key=value pairs separated by "
+                    "commas, e.g. 'momentum=0.9,nesterov=true'."
+                )
+            options[key.strip()] = _option_value(value.strip())
+    for key in options:
+        if not isinstance(key, str) or not _IDENTIFIER.match(key):
+            raise UserError(f"optimizer_options: {key!r} is not an argument name.")
+        if key in _OWN_FIELDS:
+            raise UserError(
+                f"optimizer_options sets {key!r}; "
+                + ("the optimizer's name is `optimizer`." if key == "name" else
+                   f"set it with the `{key}` option instead.")
+            )
+        if key in MIXES_BEADS and options[key] is not None:
+            raise UserError(
+                f"optimizer_options {key!r} cannot be used for projections: beads are "
+                f"trained together and {MIXES_BEADS[key]}, so beads would move each other. "
+                "Use clipvalue (per parameter) instead."
+            )
+    return options
 
 
 @dataclass
@@ -24,14 +105,18 @@ class ProjectionConfig:
     """How beads are trained into the sublevel set.
 
     Attributes:
-        optimizer: 'adam' (default, as in the authors' code) or 'sgd'.
+        optimizer: a Keras optimizer name, stepped as keras.optimizers.get(name) steps:
+            'adam' (default, as in the authors' code), 'sgd', 'rmsprop', 'adamw', 'nadam',
+            'adamax', 'adagrad', 'adadelta', 'ftrl', 'lion', or a registered custom one.
         learning_rate: step size (parameter units per step).
         max_steps: step budget per bead; a bead that misses the target within it fails.
         check_every: optimiser steps per compiled loop between level checks.
         batch_size: samples per step; None or >= the training set size means full batch.
-        beta_1: Adam's first-moment decay (Keras default).
-        beta_2: Adam's second-moment decay (Keras default).
-        epsilon: Adam's denominator constant (Keras default).
+        beta_1: Adam's first-moment decay (Keras default; any optimizer taking beta_1).
+        beta_2: Adam's second-moment decay (Keras default; any optimizer taking beta_2).
+        epsilon: Adam's denominator constant (Keras default; any optimizer taking epsilon).
+        optimizer_options: more optimizer arguments, 'key=value,...' (e.g. 'momentum=0.9'
+            for sgd, 'weight_decay=0.01' for adamw) or a JSON object.
     """
 
     optimizer: str = "adam"
@@ -42,11 +127,26 @@ class ProjectionConfig:
     beta_1: float = 0.9
     beta_2: float = 0.999
     epsilon: float = 1e-7
+    optimizer_options: str = ""
+
+    @property
+    def optimizer_name(self) -> str:
+        """The optimizer's Keras identifier: built-in names in lower case, others as given."""
+        name = str(self.optimizer).strip()
+        return name.lower() if name.lower() in (*OPTIMIZERS, *MIXES_BEADS) else name
 
     def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
+        """Check the settings; a name Keras must resolve is looked up here, before any work.
+
+        Raises:
+            UserError: an unknown or unsuitable optimizer or a value out of range.
+        """
+        name = self.optimizer_name
+        if name.lower() in MIXES_BEADS or name.lower() in NOT_STEPPERS:
+            reason = MIXES_BEADS.get(name.lower(), "it is not an optimizer of its own")
             raise UserError(
-                f"Unknown optimizer {self.optimizer!r} for projections: use one of {OPTIMIZERS}."
+                f"Optimizer {self.optimizer!r} cannot train beads: {reason}. Use one of "
+                f"{', '.join(OPTIMIZERS)}."
             )
         finite_rate = 0 < self.learning_rate < float("inf")
         if not finite_rate or self.max_steps < 1 or self.check_every < 1:
@@ -61,6 +161,13 @@ class ProjectionConfig:
                 "Adam needs 0 <= beta_1, beta_2 < 1 and epsilon > 0 (got "
                 f"{self.beta_1}, {self.beta_2}, {self.epsilon})."
             )
+        options = parse_optimizer_options(self.optimizer_options)
+        if name not in OPTIMIZERS or options:
+            # Keras only for what cannot be checked here: another name, or arguments the
+            # optimizer's constructor has to accept. The common case stays framework-free.
+            from keras_landscape.engine.kernels import optimizer_spec
+
+            optimizer_spec(self)
 
 
 __all__ = [
@@ -70,4 +177,5 @@ __all__ = [
     "DEFAULT_EVAL_BATCH",
     "OPTIMIZERS",
     "ProjectionConfig",
+    "parse_optimizer_options",
 ]

@@ -14,27 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_landscape.errors import UserError
-
-
-class FlatLayout:
-    """Arrays of `shapes` laid end to end in one flat vector (C order)."""
-
-    shapes: tuple[tuple[int, ...], ...]
-
-    @staticmethod
-    def offsets_of(shapes) -> tuple[int, ...]:
-        """Start index of each array of `shapes` in the flat vector."""
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-        return tuple(int(o) for o in np.concatenate([[0], np.cumsum(sizes)[:-1]])) if sizes else ()
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return tuple(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
-
-    @property
-    def size(self) -> int:
-        """The flat vector's length."""
-        return int(sum(self.sizes))
+from keras_landscape.flat import FlatLayout
 
 
 @dataclass(frozen=True)
@@ -88,9 +68,7 @@ class ParameterLayout(FlatLayout):
         theta = np.asarray(theta)
         if theta.shape != (self.size,):
             raise ValueError(f"theta must have shape ({self.size},), got {theta.shape}")
-        return [
-            theta[o : o + n].reshape(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)
-        ]
+        return self.split(theta)
 
     def theta_of(self, model) -> np.ndarray:
         """theta of a model with this layout."""

@@ -1,6 +1,7 @@
 """Projecting points onto a sublevel set: train them until E <= target (batched).
 
-A projection trains K parameter vectors at once with Adam (or SGD) on the training loss,
+A projection trains K parameter vectors at once on the training loss with a Keras optimizer
+(`keras.optimizers.Adam` by default, stepped with `stateless_apply` on the (K, P) stack),
 inside one compiled loop of `check_every` steps; between loops the level function is
 evaluated for every bead in one batched call and beads already at or below the target are
 frozen. It stops when every bead is below the target or the step budget is spent. This is
@@ -18,8 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from keras import ops
 
-from keras_landscape.errors import UserError
-from keras_landscape.engine.kernels import pad_rows, padded_count
+from keras_landscape.engine.kernels import optimizer_spec, pad_rows, padded_count
 from keras_landscape.engine.options import ProjectionConfig
 
 @dataclass
@@ -58,7 +58,8 @@ def project(
         landscape: the Landscape (its training split drives the steps).
         starts: (K, P) starting points.
         target: the level to reach (level-function units), e.g. alpha * u.
-        config: optimiser and budget.
+        config: optimiser and budget (an unknown optimizer raises UserError here, before
+            any step).
         seed: seeds the mini-batch draws (ignored for full batch).
         normals: optional (K, P) hyperplane normals (unit or zero rows); see
             `engine.make_projection`.
@@ -83,26 +84,15 @@ def project(
     steps = np.zeros(k, np.int64)
     n = landscape.train_size
     full_batch = config.batch_size is None or config.batch_size >= n
-    kernel = landscape.projection_kernel(full_batch)
+    spec = optimizer_spec(config)
     x, y = landscape.training_tensors()
     rng = np.random.default_rng(seed)
-    hyper = ops.convert_to_tensor(
-        np.array(
-            [
-                config.learning_rate,
-                config.beta_1,
-                config.beta_2,
-                config.epsilon,
-                1.0 if config.optimizer == "adam" else 0.0,
-            ],
-            np.float32,
-        )
-    )
     # Pad the stack to a power of two with frozen copies: few shapes, few compilations.
     width = padded_count(k)
-    m = ops.zeros((width, p), "float32")
-    v = ops.zeros((width, p), "float32")
-    t = ops.zeros((width,), "float32")
+    kernel = landscape.projection_kernel(full_batch, spec, width)
+    # The optimizer's state (step count, moments) lives in these tensors only, carried from
+    # one chunk of steps to the next: chunks continue one another as one long loop would.
+    slots = kernel.initial_slots(config.learning_rate)
     state = ops.convert_to_tensor(pad_rows(thetas, k))
     normals_t = ops.convert_to_tensor(pad_rows(normals, k))
     states_t = ops.convert_to_tensor(pad_rows(starts_states, k))
@@ -117,11 +107,9 @@ def project(
             indices = rng.integers(0, n, size=(chunk, config.batch_size), dtype=np.int32)
         gate = np.zeros(width, np.float32)
         gate[:k] = active
-        state, m, v, t, _ = kernel(
+        state, slots, _ = kernel(
             state,
-            m,
-            v,
-            t,
+            slots,
             ops.convert_to_tensor(gate),
             normals_t,
             states_t,
@@ -129,7 +117,7 @@ def project(
             x,
             y,
             ops.convert_to_tensor(indices),
-            hyper,
+            ops.convert_to_tensor(np.int32(steps.max())),
         )
         steps[active] += chunk
         thetas = np.asarray(state)[:k]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.engine.params import FlatLayout
+from keras_landscape.flat import FlatLayout
 
 
 
@@ -112,11 +112,8 @@ class StateLayout(FlatLayout):
         """Arrays in `model.non_trainable_variables` order: float ones from `state`, the rest
         (seed counters) from `template` (a model's own values, same order)."""
         values = [np.array(v) for v in template]
-        state = np.asarray(state, np.float32)
-        for position, offset, size, shape in self.entries():
-            values[position] = (
-                state[offset : offset + size].reshape(shape).astype(values[position].dtype)
-            )
+        for position, array in zip(self.positions, self.split(np.asarray(state, np.float32))):
+            values[position] = array.astype(values[position].dtype)
         return values
 
     def to_dict(self) -> dict:

@@ -64,6 +64,7 @@ from keras_landscape.models.recipes import (
     train_replicas,
 )
 from keras_landscape.report.plots import FORMATS, PATH_CHOICES
+from keras_landscape.store.hdf5 import refuse_existing
 
 TOP_KEYS = ("description", "models", "model", "data", "loss", "level_fn", "split", "probes",
             "options", "seed", "out", "xla", "tf32", "eval_batch_size", "custom_objects",
@@ -690,10 +691,7 @@ def prepare(config: ExperimentConfig, progress=None, *, resume: bool = False,
             "--resume continues the work in a store and --overwrite replaces it: give one of them."
         )
     if out.exists() and not (resume or overwrite):
-        raise UserError(
-            f"The store {str(out)!r} already exists. Use --resume to continue the work in it, "
-            "--overwrite to replace it, or another --out."
-        )
+        refuse_existing(out)
     # A config run interrupted before its store was written (while training replicas)
     # resumes by reusing the trained models and starting the store.
     spec = dataclasses.replace(config.spec, data=choose_data(config, progress),

@@ -37,7 +37,7 @@ from keras_landscape.experiment.config import prepare
 from keras_landscape.experiment.spec import RunSpec, default_store_path
 from keras_landscape.models.minimum import Minimum
 from keras_landscape.report.plots import plot_store
-from keras_landscape.store.hdf5 import Store, to_json
+from keras_landscape.store.hdf5 import Store, refuse_existing, to_json
 
 log = logging.getLogger("keras_landscape")
 
@@ -112,10 +112,7 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
             )
         return store
     if Path(path).exists() and not spec.overwrite:
-        raise UserError(
-            f"The store {path!r} already exists. Use --resume to continue the work in it, "
-            "--overwrite to replace it, or another --out."
-        )
+        refuse_existing(path)
     store = Store.create(path, versions=versions(), command=spec.command, overwrite=spec.overwrite)
     layout = landscape.layout
     store.write_layout(

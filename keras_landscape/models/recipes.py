@@ -103,29 +103,13 @@ def build_model(recipe: ModelRecipe, name: str = "model"):
 
 def training_loss(spec: str):
     """A Keras loss for `fit` from a loss spec ('mae', 'sparse_categorical_crossentropy:
-    from_logits=true'): the Loss class when there are options, so that the model saves."""
-    import keras
+    from_logits=true'): the Loss class when Keras has one, so that the model saves."""
+    from keras_landscape.engine.objectives import keras_loss  # Keras: only when training
 
-    from keras_landscape.engine.objectives import parse_named_spec
-
-    name, options = parse_named_spec(spec)
-    class_name = "".join(part.capitalize() for part in name.split("_"))
-    cls = getattr(keras.losses, class_name, None)
-    if isinstance(cls, type) and issubclass(cls, keras.losses.Loss):
-        try:
-            return cls(**options)
-        except TypeError as error:
-            _bad("loss", f"bad option for {name}: {error}")
     try:
-        found = keras.losses.get(name)
-    except (ValueError, TypeError):
-        found = None
-    if found is None:
-        _bad("loss", f"unknown Keras loss {name!r}")
-    if options:
-        _bad("loss", f"options are supported for loss classes (e.g. "
-              f"sparse_categorical_crossentropy:from_logits=true), not for {name!r}")
-    return found
+        return keras_loss(spec)
+    except UserError as error:
+        _bad("loss", str(error))
 
 
 def _steps_per_call(epochs: int, rows: int, row_bytes: int) -> int:

@@ -118,7 +118,7 @@ def count_components(minimum_levels, merges, levels) -> list[int]:
     never = float(len(distinct))
     # scipy wants a whole tree: merges as given, then the remaining roots at `never`
     rows, size, used = [], [1] * k, set()
-    for level, a, b, new in merges:
+    for level, a, b, _ in merges:
         a, b = int(a), int(b)
         joined = level is not None and not math.isnan(level)
         rank = float(np.searchsorted(distinct, float(level))) if joined else never

@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 
 from keras_landscape.errors import UserError
+from keras_landscape.flat import split_flat
 
 FORMAT_NAME = "keras-landscape"
 FORMAT_VERSION = 1
@@ -313,6 +314,14 @@ def _get_attr(obj, key: str, default: Any = None) -> Any:
 
 
 @contextlib.contextmanager
+def refuse_existing(path: str) -> None:
+    """The one answer to "write a new store where one exists" without --resume/--overwrite."""
+    raise UserError(
+        f"The store {str(path)!r} already exists. Use --resume to continue the work in it, "
+        "--overwrite to replace it, or another --out."
+    )
+
+
 def reading(path: str):
     """Turn what h5py raises on a damaged file (garbled or truncated data) into one clear
     UserError, for the commands that read a store back (show, plot, export)."""
@@ -427,11 +436,7 @@ class Store:
             raise UserError(f"Cannot create the store {path!r}: it is a directory. Give a file path such as run.h5.")
         exists = os.path.lexists(path)
         if exists and not overwrite:
-            raise UserError(
-                f"The output file {path!r} already exists. Choose another file name, remove "
-                "it, or ask to overwrite it (--overwrite); to continue an interrupted run in "
-                "it, resume instead."
-            )
+            refuse_existing(path)
         parent = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(parent, exist_ok=True)
@@ -656,11 +661,7 @@ class Store:
         theta = np.asarray(theta).reshape(-1)
         if theta.size != layout["size"]:
             raise ValueError(f"theta has {theta.size} values, the layout says {layout['size']}")
-        out = []
-        for shape, off in zip(layout["shapes"], layout["offsets"]):
-            n = int(np.prod(shape, dtype=np.int64))
-            out.append(theta[off:off + n].reshape(shape))
-        return out
+        return split_flat(theta, [tuple(s) for s in layout["shapes"]])
 
     # -------------------------------------------------------------------------- data
 
@@ -1026,6 +1027,7 @@ __all__ = [
     "RunRecord",
     "Store",
     "from_json",
+    "refuse_existing",
     "jsonable",
     "to_json",
     "utc_now",

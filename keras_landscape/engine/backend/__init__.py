@@ -28,7 +28,7 @@ compile_function = _impl.compile_function
 value_and_grad = _impl.value_and_grad
 map_beads = _impl.map_beads
 convolution = _impl.convolution
-set_fast_float32 = _impl.set_fast_float32
+float32_precision = _impl.float32_precision
 exact_float32 = _impl.exact_float32
 framework_versions = _impl.framework_versions
 accelerator_present = _impl.accelerator_present
@@ -39,7 +39,7 @@ __all__ = [
     "value_and_grad",
     "map_beads",
     "convolution",
-    "set_fast_float32",
+    "float32_precision",
     "exact_float32",
     "framework_versions",
     "accelerator_present",

@@ -6,9 +6,6 @@ import contextlib
 
 import jax
 
-_precision = {"fast": False}
-
-
 def compile_function(fn, *, xla: bool = True, label: str = "function"):
     """jax.jit always compiles with XLA; `xla` and `label` exist for the TensorFlow twin."""
     del xla, label
@@ -39,17 +36,18 @@ def convolution(inputs, kernel, *, strides, padding, dilation_rate):
     return ops.conv(inputs, kernel, strides=strides, padding=padding, dilation_rate=dilation_rate)
 
 
-def set_fast_float32(enabled: bool) -> None:
-    """Allow TF32-class matmuls (JAX's default on GPUs); off means true float32."""
-    _precision["fast"] = bool(enabled)
-    jax.config.update("jax_default_matmul_precision", None if enabled else "highest")
-
-
 @contextlib.contextmanager
+def float32_precision(fast: bool):
+    """TF32-class matmuls inside the block only when `fast` (JAX's own default on GPUs);
+    off means true float32. The setting is part of jax.jit's cache key, so a function
+    compiled under one precision is not reused under the other."""
+    with jax.default_matmul_precision(None if fast else "highest"):
+        yield
+
+
 def exact_float32():
     """True float32 inside the block, whatever the projection precision is."""
-    with jax.default_matmul_precision("highest"):
-        yield
+    return float32_precision(False)
 
 
 def accelerator_present() -> bool:
@@ -57,11 +55,44 @@ def accelerator_present() -> bool:
     return jax.default_backend() != "cpu"
 
 
-def framework_versions() -> dict[str, str]:
+def _tensorflow_version() -> str:
+    """TensorFlow's version where this environment can import it, else "none".
+
+    Checked without importing TensorFlow: a module spec must exist (`find_spec`; a bare
+    namespace folder named `tensorflow` does not count), and the version comes from the
+    metadata of the distribution that provides it (tensorflow, tensorflow-cpu, ...). A
+    leftover `tensorflow` dist-info without the package is not TensorFlow.
+    """
+    import importlib.util
+    import sys
     from importlib import metadata
 
+    module = sys.modules.get("tensorflow")
+    if module is not None and getattr(module, "__version__", None):
+        return str(module.__version__)
     try:
-        tf_version = metadata.version("tensorflow")
+        spec = importlib.util.find_spec("tensorflow")
+    except (ImportError, ValueError):
+        return "none"
+    if spec is None or spec.loader is None or spec.origin in (None, "namespace"):
+        return "none"
+    try:
+        return metadata.version("tensorflow")
     except metadata.PackageNotFoundError:
-        tf_version = "none"
-    return {"tensorflow_version": tf_version, "jax_version": jax.__version__}
+        pass
+    try:  # another distribution provides the package (tensorflow-cpu, tf-nightly, ...)
+        providers = metadata.packages_distributions().get("tensorflow", [])
+    except Exception:  # pragma: no cover - broken metadata of unrelated distributions
+        providers = []
+    for dist in providers:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def framework_versions() -> dict[str, str]:
+    """The versions a store records. TensorFlow's is "none" where it cannot be imported
+    here (a JAX-only environment), even if another environment on the machine has it."""
+    return {"tensorflow_version": _tensorflow_version(), "jax_version": jax.__version__}

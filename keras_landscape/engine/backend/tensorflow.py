@@ -160,20 +160,22 @@ def convolution(inputs, kernel, *, strides, padding, dilation_rate):
     )
 
 
-def set_fast_float32(enabled: bool) -> None:
-    """Allow TF32 for float32 matrix work (recent NVIDIA GPUs); off means true float32."""
-    tf.config.experimental.enable_tensor_float_32_execution(bool(enabled))
-
-
 @contextlib.contextmanager
-def exact_float32():
-    """True float32 inside the block, whatever the projection precision is."""
+def float32_precision(fast: bool):
+    """TF32 for float32 matrix work inside the block only when `fast` (recent NVIDIA GPUs);
+    off means true float32. TensorFlow's switch is process-wide, so it is set on entry and
+    the previous setting restored on exit."""
     previous = tf.config.experimental.tensor_float_32_execution_enabled()
-    tf.config.experimental.enable_tensor_float_32_execution(False)
+    tf.config.experimental.enable_tensor_float_32_execution(bool(fast))
     try:
         yield
     finally:
         tf.config.experimental.enable_tensor_float_32_execution(previous)
+
+
+def exact_float32():
+    """True float32 inside the block, whatever the projection precision is."""
+    return float32_precision(False)
 
 
 def accelerator_present() -> bool:
