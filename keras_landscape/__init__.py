@@ -16,8 +16,8 @@ from keras_landscape._version import __version__
 
 _EXPORTS = {
     "Landscape": "keras_landscape.engine.landscape",
-    "load_data": "keras_landscape.data.specs",
-    "Dataset": "keras_landscape.data.specs",
+    "load_data": "keras_landscape.data",
+    "Dataset": "keras_landscape.data",
     "ParameterLayout": "keras_landscape.engine.params",
     "connect": "keras_landscape.science.dss",
     "DSSConfig": "keras_landscape.science.dss",
@@ -26,6 +26,10 @@ _EXPORTS = {
     "ProjectionConfig": "keras_landscape.engine.projection",
     "load_model": "keras_landscape.models.loading",
     "register_probe": "keras_landscape.registry",
+    "ProbeBase": "keras_landscape.registry",
+    "Minimum": "keras_landscape.models.minimum",
+    "RunSpec": "keras_landscape.experiment.spec",
+    "execute": "keras_landscape.experiment.runner",
     "Store": "keras_landscape.store.hdf5",
     "UserError": "keras_landscape.errors",
 }

@@ -19,7 +19,7 @@ def connectivity_tables(name: str, result: dict) -> list[dict]:
     for p in pairs:
         verdict = "connected" if p.get("connected") else p.get("reason", "not connected")
         rows.append([f"{p.get('a', 'A')} - {p.get('b', 'B')}", p.get("level"), verdict,
-                     p.get("beads"), p.get("normalized_length"), p.get("max_level"),
+                     p.get("beads"), p.get("normalized_length"), p.get("max_level", p.get("max_loss")),  # max_loss: older stores
                      p.get("depth"), p.get("projection_steps")])
         if not p.get("connected") and p.get("reason"):
             worst = p.get("worst_segment") or {}

@@ -98,7 +98,9 @@ class CurvinessProbe(PairProbe):
         "beads_sd": "its sample standard deviation",
         "pairs": "connected pairs per level",
         "failed": "pairs not connected per level",
-        "reasons": "per level, how many pairs failed for which reason",
+        "reasons": "per level, how many pairs failed for which reason (the connectivity "
+        "reasons, and endpoint_not_retrained: with retrain_endpoints, an endpoint's "
+        "retraining did not reach alpha x level within max_steps)",
         "details": "per level, per pair: the connectivity fields",
     }
 

@@ -1,12 +1,14 @@
 """Projection onto a sublevel set, checked on linear least squares where every step is known.
 
 E(theta) = mean((X theta - y)^2) for a Dense(1) model (theta = kernel then bias), so
-grad E = 2/n X^T (X theta - y) and the optimum is the least-squares solution: one SGD step,
-one Adam step, a mini-batch step on the drawn indices and the minimiser over a hyperplane can
-all be computed by hand.
+grad E = 2/n X^T (X theta - y) and the optimum is the least-squares solution: SGD, momentum
+and Adam trajectories (as Keras's optimizers define them), a mini-batch step on the drawn
+indices and the minimiser over a hyperplane can all be computed by hand.
 """
 
 import math
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -14,6 +16,8 @@ import pytest
 
 from keras_landscape.data.specs import load_data
 from keras_landscape.errors import UserError
+from keras_landscape.engine import backend
+from keras_landscape.engine.kernels import optimizer_spec, padded_count
 from keras_landscape.engine.landscape import Landscape
 from keras_landscape.engine.projection import ProjectionConfig, project
 
@@ -36,7 +40,7 @@ def problem(tmp_path_factory):
     optimum, *_ = np.linalg.lstsq(design, y.astype(np.float64), rcond=None)
     minimum = float(np.mean((design @ optimum - y) ** 2))
     return {"landscape": landscape, "design": design, "y": y.astype(np.float64),
-            "optimum": optimum, "minimum": minimum}
+            "optimum": optimum, "minimum": minimum, "model": model, "data": f"npz:{path}"}
 
 
 def _energy(problem, theta, rows=None):
@@ -146,18 +150,245 @@ def test_sgd_steps_follow_gradient_descent(problem):
     assert result.steps[0] == steps
 
 
-def test_one_adam_step_moves_each_weight_by_lr(problem):
-    """First Adam step: m_hat = g, v_hat = g^2, so the step is lr * g / (|g| + epsilon)."""
+def test_one_adam_step_is_keras_adams(problem):
+    """First Keras Adam step: m = (1 - b1) g, v = (1 - b2) g^2 and alpha = lr sqrt(1 - b2) /
+    (1 - b1), so the step is lr g / (|g| + epsilon / sqrt(1 - b2)): epsilon sits on the
+    uncorrected root. A large epsilon tells it from epsilon on the corrected root (optax),
+    lr g / (|g| + epsilon)."""
     landscape = problem["landscape"]
     theta = _starts(1, seed=3)[0]
-    lr = 0.01
-    config = ProjectionConfig(learning_rate=lr, max_steps=1, check_every=1)
+    lr, epsilon = 0.01, 0.5
+    config = ProjectionConfig(learning_rate=lr, epsilon=epsilon, max_steps=1, check_every=1)
     result = project(landscape, theta[None], 0.0, config, seed=0)
     g = _gradient(problem, theta)
-    expected = theta - lr * g / (np.abs(g) + config.epsilon)
+    expected = theta - lr * g / (np.abs(g) + epsilon / math.sqrt(1 - config.beta_2))
     np.testing.assert_allclose(result.thetas[0], expected, rtol=1e-5, atol=1e-6)
+    optax = theta - lr * g / (np.abs(g) + epsilon)
+    assert np.abs(optax - expected).max() > 100 * np.abs(result.thetas[0] - expected).max()
 
 
+def _adam_trajectory(problem, theta, steps, lr, beta_1, beta_2, epsilon):
+    """Keras's Adam by its formula, float64: theta after 1..steps full-batch steps."""
+    theta = np.asarray(theta, np.float64)
+    m, v, path = np.zeros_like(theta), np.zeros_like(theta), []
+    for t in range(1, steps + 1):
+        g = _gradient(problem, theta)
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g * g
+        alpha = lr * math.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        theta = theta - alpha * m / (np.sqrt(v) + epsilon)
+        path.append(theta)
+    return np.array(path)
+
+
+def test_adam_beads_follow_keras_adam_step_for_step(problem):
+    """K = 3 beads (a stack of 4 with one padded row) after each of 6 steps equal Keras's
+    Adam applied by hand to a keras.Variable per bead, and its formula."""
+    landscape = problem["landscape"]
+    starts = _starts(3, seed=11)
+    lr, beta_1, beta_2, epsilon, steps = 0.05, 0.8, 0.99, 0.05, 6
+    settings = dict(learning_rate=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
+    ours = np.array([
+        project(landscape, starts, 0.0,
+                ProjectionConfig(max_steps=s, check_every=1, **settings), seed=0).thetas
+        for s in range(1, steps + 1)
+    ])  # (steps, K, P)
+    for k in range(3):
+        optimizer = keras.optimizers.Adam(**settings)
+        variable = keras.Variable(starts[k])
+        by_hand = []
+        for _ in range(steps):
+            grad = _gradient(problem, np.asarray(variable.numpy(), np.float64))
+            optimizer.apply([keras.ops.convert_to_tensor(grad.astype(np.float32))], [variable])
+            by_hand.append(np.asarray(variable.numpy(), np.float64))
+        np.testing.assert_allclose(ours[:, k], by_hand, rtol=2e-5, atol=2e-6)
+        formula = _adam_trajectory(problem, starts[k], steps, lr, beta_1, beta_2, epsilon)
+        np.testing.assert_allclose(ours[:, k], formula, rtol=2e-5, atol=2e-6)
+
+
+def test_sgd_with_momentum_follows_the_keras_momentum_formula(problem):
+    """keras SGD(momentum=mu): velocity = mu velocity - lr g, theta += velocity; run in
+    chunks of 2 steps, so the velocity must carry from one compiled loop to the next."""
+    landscape = problem["landscape"]
+    starts = _starts(2, seed=12)
+    lr, mu, steps = 0.05, 0.9, 7
+    config = ProjectionConfig(optimizer="sgd", optimizer_options="momentum=0.9", learning_rate=lr,
+                              max_steps=steps, check_every=2)
+    result = project(landscape, starts, 0.0, config, seed=0)
+    plain = project(landscape, starts, 0.0,
+                    ProjectionConfig(optimizer="sgd", learning_rate=lr, max_steps=steps,
+                                     check_every=2), seed=0)
+    for k in range(2):
+        theta, velocity = starts[k].astype(np.float64), np.zeros(D + 1)
+        for _ in range(steps):
+            velocity = mu * velocity - lr * _gradient(problem, theta)
+            theta = theta + velocity
+        np.testing.assert_allclose(result.thetas[k], theta, rtol=1e-5, atol=1e-5)
+        assert not np.allclose(plain.thetas[k], theta, rtol=1e-3)  # momentum mattered
+    np.testing.assert_array_equal(result.steps, [steps, steps])
+
+
+@pytest.mark.parametrize("name, options", [("adamw", "weight_decay=0.05"), ("rmsprop", ""),
+                                           ("nadam", ""), ("RMSprop", "rho=0.8,centered=true")])
+def test_other_keras_optimizers_descend(problem, name, options):
+    landscape = problem["landscape"]
+    starts = _starts(2, seed=13)
+    config = ProjectionConfig(optimizer=name, optimizer_options=options, learning_rate=0.05,
+                              max_steps=300, check_every=100)
+    result = project(landscape, starts, 0.0, config, seed=0)
+    start_levels = landscape.levels(starts)
+    assert np.all(np.isfinite(result.levels))
+    assert np.all(result.levels < start_levels / 5)
+    np.testing.assert_array_equal(result.steps, [300, 300])
+
+
+def test_one_adamw_step_decays_the_weights_first(problem):
+    """keras AdamW: theta (1 - lr wd), then the Adam step of the gradient at theta."""
+    landscape = problem["landscape"]
+    theta = _starts(1, seed=14)[0].astype(np.float64)
+    lr, wd, epsilon = 0.05, 0.5, 0.3
+    config = ProjectionConfig(optimizer="adamw", optimizer_options=f"weight_decay={wd}",
+                              learning_rate=lr, epsilon=epsilon, max_steps=1, check_every=1)
+    result = project(landscape, theta[None].astype(np.float32), 0.0, config, seed=0)
+    g = _gradient(problem, theta)
+    adam = lr * g / (np.abs(g) + epsilon / math.sqrt(1 - config.beta_2))
+    np.testing.assert_allclose(result.thetas[0], theta * (1 - lr * wd) - adam, rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(optimizer="adamm"), "Unknown optimizer 'adamm'"),
+    (dict(optimizer="adafactor"), "cannot train beads"),
+    (dict(optimizer="lossscaleoptimizer"), "cannot train beads"),
+    (dict(optimizer="sgd", optimizer_options="momentun=0.9"), "does not accept"),
+    (dict(optimizer="sgd", optimizer_options="momentum"), "Malformed optimizer_options"),
+    (dict(optimizer="adam", optimizer_options="clipnorm=1.0"), "beads would move each other"),
+    (dict(optimizer="adam", optimizer_options="beta_1=0.5"), "set it with the `beta_1` option"),
+])
+def test_bad_optimizers_are_user_errors_before_any_step(problem, settings, message):
+    config = ProjectionConfig(**settings)
+    with pytest.raises(UserError, match=message):
+        config.validate()
+    with pytest.raises(UserError, match=message):
+        project(problem["landscape"], _starts(1), 0.0, config, seed=0)
+
+
+def test_common_optimizer_names_validate_without_keras():
+    """Listing and checking probe options must not load a framework (nor fail without it)."""
+    code = (
+        "import sys; sys.modules['keras'] = None\n"
+        "from keras_landscape.engine.options import ProjectionConfig\n"
+        "from keras_landscape.errors import UserError\n"
+        "for name in ('adam', 'SGD', 'adamw', 'rmsprop', 'lion'):\n"
+        "    ProjectionConfig(optimizer=name).validate()\n"
+        "for bad in (dict(optimizer='muon'), dict(learning_rate=0.0)):\n"
+        "    try:\n"
+        "        ProjectionConfig(**bad).validate()\n"
+        "    except UserError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise SystemExit(f'{bad} passed')\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name, options", [("adam", ""), ("sgd", "momentum=0.9")])
+def test_a_frozen_row_keeps_its_parameters_and_optimizer_state(problem, name, options):
+    """One compiled chunk with bead 1 inactive: its parameters and its row of every (width,
+    P) optimizer variable come back unchanged, while bead 0's move."""
+    landscape = problem["landscape"]
+    config = ProjectionConfig(optimizer=name, optimizer_options=options, learning_rate=0.05)
+    width = padded_count(2)
+    kernel = landscape.projection_kernel(True, optimizer_spec(config), width)
+    starts = _starts(width, seed=15)
+    ops = keras.ops
+    slots = kernel.initial_slots(config.learning_rate)
+    # Two chunks: in the first both beads move, so that bead 1 has momentum to lose.
+    x, y = landscape.training_tensors()
+    common = (ops.convert_to_tensor(np.zeros((width, D + 1), np.float32)),
+              ops.convert_to_tensor(landscape.fill_states(None, width)), landscape.non_trainable,
+              x, y, ops.convert_to_tensor(np.zeros((5, 1), np.int32)))
+    active = ops.convert_to_tensor(np.ones(width, np.float32))
+    thetas, slots, _ = kernel(ops.convert_to_tensor(starts), slots, active, *common,
+                              ops.convert_to_tensor(np.int32(0)))
+    before = [np.asarray(s) for s in slots]
+    gate = np.ones(width, np.float32)
+    gate[1] = 0.0
+    after_thetas, after, _ = kernel(thetas, slots, ops.convert_to_tensor(gate), *common,
+                                    ops.convert_to_tensor(np.int32(5)))
+    after = [np.asarray(s) for s in after]
+    np.testing.assert_array_equal(np.asarray(after_thetas)[1], np.asarray(thetas)[1])
+    assert np.abs(np.asarray(after_thetas)[0] - np.asarray(thetas)[0]).max() > 1e-3
+    rows = [i for i, s in enumerate(before) if s.shape == (width, D + 1)]
+    assert rows, "the optimizer has per-bead state"
+    for i in rows:
+        np.testing.assert_array_equal(after[i][1], before[i][1])
+        assert np.abs(after[i][0] - before[i][0]).max() > 1e-6
+
+
+@pytest.mark.parametrize("name, options", [("adam", ""), ("sgd", "momentum=0.9")])
+def test_chunks_of_steps_continue_one_another(problem, name, options):
+    """3 compiled loops of 50 steps end where one loop of 150 does: the step count and the
+    moments carry across loops (restarting Adam's bias correction would move the beads)."""
+    landscape = problem["landscape"]
+    starts = _starts(3, seed=16)
+    base = dict(optimizer=name, optimizer_options=options, learning_rate=0.01, max_steps=150)
+    chunked = project(landscape, starts, 0.0, ProjectionConfig(check_every=50, **base), seed=0)
+    whole = project(landscape, starts, 0.0, ProjectionConfig(check_every=150, **base), seed=0)
+    np.testing.assert_allclose(chunked.thetas, whole.thetas, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(chunked.steps, whole.steps)
+    restarted = starts
+    for _ in range(3):  # what forgetting the optimizer state between loops would give
+        restarted = project(landscape, restarted, 0.0,
+                            ProjectionConfig(check_every=50, **{**base, "max_steps": 50}),
+                            seed=0).thetas
+    assert np.abs(restarted - whole.thetas).max() > 1e-3
+
+
+def _precision_setting():
+    """The process-wide float32 matmul setting of the backend (TF32 on TF, JAX's default)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.config.experimental.tensor_float_32_execution_enabled()
+    import jax
+
+    return jax.config.jax_default_matmul_precision
+
+
+def test_fast_float32_applies_to_the_landscapes_projections_only(problem, monkeypatch):
+    """Constructing a landscape leaves the process setting alone; its projection loop runs
+    under its own setting (TF32 allowed only with fast_float32), restored afterwards."""
+    before = _precision_setting()
+    fast = Landscape(problem["model"], load_data(problem["data"]), fast_float32=True)
+    exact = Landscape(problem["model"], load_data(problem["data"]), fast_float32=False)
+    assert _precision_setting() == before
+    seen = []
+    original = backend.compile_function
+
+    def spy(fn, **kwargs):
+        compiled = original(fn, **kwargs)
+
+        def call(*args):
+            seen.append(_precision_setting())
+            return compiled(*args)
+
+        return call
+
+    monkeypatch.setattr(backend, "compile_function", spy)
+    config = ProjectionConfig(learning_rate=0.05, max_steps=2, check_every=1)
+    for landscape in (fast, exact, fast):
+        project(landscape, _starts(1), 0.0, config, seed=0)
+        assert _precision_setting() == before
+    with backend.float32_precision(True):
+        on = _precision_setting()
+    with backend.exact_float32():
+        off = _precision_setting()
+    assert on != off
+    assert seen == [on, on, off, off, on, on]
+    assert problem["landscape"].fast_float32 is False  # the module's landscape: untouched
 def _unit(v):
     v = np.asarray(v, np.float64)
     return v / np.linalg.norm(v)
@@ -279,8 +510,11 @@ def test_non_finite_start_is_left_alone(problem):
 
 
 def test_projection_config_validation():
-    for bad in (dict(optimizer="rmsprop"), dict(learning_rate=-1.0), dict(max_steps=0),
-                dict(check_every=0), dict(batch_size=0)):
+    for bad in (dict(optimizer="adamm"), dict(learning_rate=-1.0), dict(max_steps=0),
+                dict(check_every=0), dict(batch_size=0), dict(beta_1=1.0)):
         with pytest.raises(UserError):
             ProjectionConfig(**bad).validate()
     ProjectionConfig(optimizer="sgd", batch_size=1).validate()
+    ProjectionConfig(optimizer="rmsprop").validate()
+    ProjectionConfig(optimizer="sgd", optimizer_options="momentum=0.9,nesterov=true").validate()
+    ProjectionConfig(optimizer="adamw", optimizer_options='{"weight_decay": 0.01}').validate()

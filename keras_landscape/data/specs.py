@@ -245,7 +245,7 @@ def _load_digits(spec: str, positionals: list[str], opts: _Options, seed: int) -
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
-    """Freeman & Bruna's cubic target (SCIENCE.md; func2 in their LaunchScripts/CUBICS.py)."""
+    """Freeman & Bruna's cubic target (docs/science.md; func2 in their LaunchScripts/CUBICS.py)."""
     return 8 * x**3 - 10 * x**2 + 3 * x
 
 

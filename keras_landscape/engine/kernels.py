@@ -24,6 +24,7 @@ from keras import ops
 from keras_landscape.engine import backend
 from keras_landscape.engine import stacked
 from keras_landscape.engine.objectives import Objective
+from keras_landscape.engine.options import MIXES_BEADS, OPTIMIZERS, parse_optimizer_options
 from keras_landscape.engine.params import ParameterLayout
 from keras_landscape.engine.state import StateLayout, batch_norm_layers
 from keras_landscape.errors import UserError
@@ -298,8 +299,9 @@ class OptimizerSpec:
 
     @property
     def key(self) -> tuple:
-        """What a compiled projection depends on (not the learning rate)."""
-        return (self.name, self.options)
+        """What a compiled projection depends on (not the learning rate); a string, as
+        option values from a JSON object need not be hashable."""
+        return (self.name, repr(self.options))
 
     def build(self, width: int, size: int):
         """A Keras optimizer built over one (width, size) float32 variable: the bead stack.
@@ -332,8 +334,6 @@ def optimizer_spec(config) -> OptimizerSpec:
     """
     import keras
 
-    from keras_landscape.engine.options import OPTIMIZERS, parse_optimizer_options
-
     options = parse_optimizer_options(config.optimizer_options)
     name = config.optimizer_name
     try:
@@ -344,6 +344,11 @@ def optimizer_spec(config) -> OptimizerSpec:
             f"Use one of {', '.join(OPTIMIZERS)}, or a custom optimizer registered with "
             "keras.saving.register_keras_serializable."
         ) from None
+    if cls.__name__.lower() in MIXES_BEADS:  # the same class under another name
+        raise UserError(
+            f"Optimizer {config.optimizer!r} ({cls.__name__}) cannot train beads: "
+            f"{MIXES_BEADS[cls.__name__.lower()]}."
+        )
     takes = inspect.signature(cls.__init__).parameters
     defaults = {f.name: f.default for f in fields(config)}
     for key in ("beta_1", "beta_2", "epsilon"):
@@ -359,9 +364,7 @@ def optimizer_spec(config) -> OptimizerSpec:
             f"keras.optimizers.{cls.__name__} does not accept optimizer_options "
             f"{config.optimizer_options!r}: {error}"
         ) from None
-    # Lists (from a JSON object) become tuples: the spec keys a cache of compiled loops.
-    frozen = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    return OptimizerSpec(name, tuple(sorted(frozen.items())), float(config.learning_rate))
+    return OptimizerSpec(name, tuple(sorted(options.items())), float(config.learning_rate))
 
 
 @functools.lru_cache(maxsize=None)
@@ -371,9 +374,10 @@ def _stateless_on_tensorflow(cls):
     On TensorFlow, Keras's optimizers write their variables through tf.distribute, which
     needs real tf.Variables, so `stateless_apply` refuses to run. The backend-neutral
     methods (those the JAX backend runs) write through `keras.StatelessScope` and compute
-    the same update; only methods `cls` inherits from the TensorFlow layer are replaced,
-    found by introspection rather than listed, so a new Keras release cannot add one
-    silently.
+    the same update. They go in a layer just above the TensorFlow one in the method order,
+    so that `cls`'s own overrides still run and their `super()` calls reach the neutral
+    versions (Nadam's `_backend_update_step` does). The methods are found by introspection
+    rather than listed, so a new Keras release cannot add one silently.
     """
     import keras
 
@@ -384,11 +388,10 @@ def _stateless_on_tensorflow(cls):
     replaced = {
         name: vars(neutral)[name]
         for name in vars(tensorflow_layer)
-        if name in vars(neutral)
-        and not name.startswith("__")
-        and getattr(cls, name) is getattr(tensorflow_layer, name)
+        if name in vars(neutral) and not name.startswith("__")
     }
-    return type(f"Stateless{cls.__name__}", (cls,), replaced)
+    shim = type("StatelessLayer", (tensorflow_layer,), replaced)
+    return type(f"Stateless{cls.__name__}", (cls, shim), {})
 
 
 class ProjectionKernel:

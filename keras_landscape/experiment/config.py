@@ -6,7 +6,7 @@ reference and examples; configs/ holds the shipped ones):
     description: text
     models: [a.keras, b.keras]          # model files, or:
     model:                              # an architecture, trained `replicas` times by fit
-      builder: mlp                      # mlp or cnn
+      builder: mlp                      # mlp, cnn or lstm
       input: [1]
       layers: [4, 4]                    # hidden widths (cnn: dense layers after the convs)
       filters: [8, 16]                  # cnn only: Conv2D filters, kernel_size, pool

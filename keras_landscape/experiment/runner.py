@@ -282,7 +282,12 @@ def run_probe(probe, landscape, minima, store: Store, spec: RunSpec, progress) -
     config = dataclasses.asdict(probe.config)
     if existing:
         stored = store.run(run_name).config
-        changed = sorted(k for k in set(stored) | set(config) if stored.get(k) != _jsonish(config.get(k)))
+        # An option newer than the store was run at its default there.
+        defaults = {k: _jsonish(v) for k, v in dataclasses.asdict(type(probe.config)()).items()}
+        changed = sorted(
+            k for k in set(stored) | set(config)
+            if stored.get(k, defaults.get(k)) != _jsonish(config.get(k))
+        )
         if changed:
             raise UserError(
                 f"Cannot resume run {run_name!r} in {store.path!r} with other options: "

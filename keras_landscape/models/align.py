@@ -4,7 +4,7 @@ Permuting the hidden units of a network (the output units of every Dense/Conv2D 
 last, together with everything indexed by those units) leaves the network function, and so the
 loss E, unchanged: E(g.theta) == E(theta). Weight matching picks, for model B, the permutation
 g that brings B's weights closest to model A's, so that landscape probes between A and g.B
-measure in the quotient space of the permutation symmetry (see SCIENCE.md, "Energy barriers").
+measure in the quotient space of the permutation symmetry (see docs/science.md, "Energy barriers").
 
 The objective is sum over every trainable variable W of <W_A, g.W_B>, maximised by coordinate
 descent: one hidden layer at a time (in a seeded random order each sweep), its permutation is

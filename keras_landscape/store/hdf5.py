@@ -313,7 +313,6 @@ def _get_attr(obj, key: str, default: Any = None) -> Any:
     return value
 
 
-@contextlib.contextmanager
 def refuse_existing(path: str) -> None:
     """The one answer to "write a new store where one exists" without --resume/--overwrite."""
     raise UserError(
@@ -322,6 +321,7 @@ def refuse_existing(path: str) -> None:
     )
 
 
+@contextlib.contextmanager
 def reading(path: str):
     """Turn what h5py raises on a damaged file (garbled or truncated data) into one clear
     UserError, for the commands that read a store back (show, plot, export)."""

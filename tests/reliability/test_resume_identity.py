@@ -80,3 +80,23 @@ def test_no_matplotlib_warnings_under_a_read_only_home(two_models, tmp_path, cap
                              "-q"], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "atplotlib" not in result.stderr, result.stderr
+
+
+def test_resume_accepts_an_option_added_since_the_store_at_its_default(two_models, capsys,
+                                                                       tmp_path):
+    """A store written before a probe gained an option resumes when the option is left at its
+    default, and is refused by name when it is set to something else."""
+    import h5py
+
+    from keras_landscape.store.hdf5 import to_json
+
+    out = str(tmp_path / "s.h5")
+    assert run_cli(capsys, "probe", *two_models, "--data", "digits", "--out", out, "-q")[0] == 0
+    with h5py.File(out, "a") as f:  # as an older version wrote it: no allow_nonfinite
+        f["runs/evaluate"].attrs["config"] = to_json({})
+    code, _, err = run_cli(capsys, "probe", *two_models, "--data", "digits", "--out", out, "-q",
+                           "--resume")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "probe", *two_models, "--data", "digits", "--out", out, "-q",
+                           "--resume", "--set", "allow_nonfinite=true")
+    assert code == EXIT_BAD_INPUT and "allow_nonfinite" in err, err
