@@ -190,7 +190,7 @@ def test_check_segments_gives_the_same_curves_in_small_batches(linreg, monkeypat
 def test_dss_config_validation():
     for bad in (dict(alpha=0.0), dict(alpha=1.5), dict(slack=-0.1), dict(points=1),
                 dict(max_depth=-1), dict(insertion="random"), dict(projection_mode="sphere"),
-                dict(optimizer="rmsprop"), dict(learning_rate=0.0), dict(batch_size=0)):
+                dict(optimizer="adamm"), dict(learning_rate=0.0), dict(batch_size=0)):
         with pytest.raises(UserError):
             DSSConfig(**bad).validate()
     DSSConfig().validate()
