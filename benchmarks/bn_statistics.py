@@ -66,10 +66,10 @@ def main() -> None:
 
     import keras
 
-    from keras_landscape.models.align import aligned_state, weight_matching
-    from keras_landscape.science.barriers import linear_profile
     from keras_landscape.data.specs import Dataset
     from keras_landscape.engine.landscape import Landscape
+    from keras_landscape.models.align import aligned_state, weight_matching
+    from keras_landscape.science.barriers import linear_profile
 
     with np.load(args.mnist) as f:
         x_train = (f["x_train"][: args.train] / 255.0).astype("float32")[..., None]
@@ -77,8 +77,13 @@ def main() -> None:
         x_test = (f["x_test"][: args.test] / 255.0).astype("float32")[..., None]
         y_test = f["y_test"][: args.test].astype("int64")
     data = Dataset(
-        spec=f"mnist[:{args.train}]", x_train=x_train, y_train=y_train, x_test=x_test,
-        y_test=y_test, task="classification", num_classes=10,
+        spec=f"mnist[:{args.train}]",
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        task="classification",
+        num_classes=10,
         description=f"MNIST, first {args.train} train / {args.test} test images",
     )
     started = time.perf_counter()
@@ -89,19 +94,24 @@ def main() -> None:
         models.append(model)
     train_seconds = time.perf_counter() - started
 
-    result = {"data": data.spec, "test_samples": args.test, "epochs": args.epochs,
-              "train_seconds": train_seconds, "modes": {}}
+    result = {
+        "data": data.spec,
+        "test_samples": args.test,
+        "epochs": args.epochs,
+        "train_seconds": train_seconds,
+        "modes": {},
+    }
     for mode in ("recompute", "interpolate"):
         landscape = Landscape(models[0], data, level_fn="error", bn_stats=mode)
         thetas = [landscape.theta_of(m) for m in models]
         states = [landscape.state_of(m) for m in models]
         alignment = weight_matching(models[0], *thetas)
         aligned_b = (alignment.theta, aligned_state(landscape, states[1], alignment.permutations))
-        for label, (theta_b, state_b) in (("raw", (thetas[1], states[1])),
-                                          ("aligned", aligned_b)):
+        for label, (theta_b, state_b) in (("raw", (thetas[1], states[1])), ("aligned", aligned_b)):
             started = time.perf_counter()
-            ts, levels = linear_profile(landscape, thetas[0], theta_b, args.grid, states[0],
-                                        state_b)
+            ts, levels = linear_profile(
+                landscape, thetas[0], theta_b, args.grid, states[0], state_b
+            )
             result["modes"][f"{mode}, {label}"] = {
                 "t": ts.tolist(),
                 "test_error": levels.tolist(),
@@ -110,8 +120,9 @@ def main() -> None:
                 "seconds": time.perf_counter() - started,
             }
         own = [landscape.evaluate(t, state=s).level for t, s in zip(thetas, states)]
-        recomputed = [landscape.evaluate(t, state=s, recompute=True).level
-                      for t, s in zip(thetas, states)]
+        recomputed = [
+            landscape.evaluate(t, state=s, recompute=True).level for t, s in zip(thetas, states)
+        ]
         keras_errors = [
             100.0 * (1.0 - m.evaluate(x_test, y_test, verbose=0, batch_size=1000)[1])
             for m in models
@@ -125,8 +136,16 @@ def main() -> None:
         }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps({m: {k: v for k, v in r.items() if k in ("linear_max", "linear_barrier")}
-                      for m, r in result["modes"].items()} | {"ends": result["ends"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                m: {k: v for k, v in r.items() if k in ("linear_max", "linear_barrier")}
+                for m, r in result["modes"].items()
+            }
+            | {"ends": result["ends"]},
+            indent=2,
+        )
+    )
     if args.figure:
         import matplotlib
 

@@ -21,23 +21,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
-from keras_landscape.engine import backend  # noqa: E402
 from keras_landscape.data.specs import load_data  # noqa: E402
+from keras_landscape.engine import backend  # noqa: E402
 from keras_landscape.experiment.runner import RunSpec, execute  # noqa: E402
 
 
 def mnist_cnn(seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(32, 5, padding="same", activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(64, 5, padding="same", activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(), keras.layers.Dense(1024, activation="relu"),
-        keras.layers.Dropout(0.5), keras.layers.Dense(10),
-    ], name=f"mnist_cnn_{seed}")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(32, 5, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 5, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1024, activation="relu"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(10),
+        ],
+        name=f"mnist_cnn_{seed}",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -64,22 +73,52 @@ def main() -> None:
         paths.append(str(path))
     timings["train_two_models_s"] = time.perf_counter() - begin
     begin = time.perf_counter()
-    document = execute(RunSpec(
-        models=paths, data=spec, probes=["evaluate", "connectivity"], level_fn="error",
-        options={"batch_size": args.batch_size, "margin": 0.1, "check_every": 100,
-                 "max_steps": 3000},
-        out=str(out / "mnist.h5"), overwrite=True, command="benchmarks/mnist_connectivity.py",
-    ))
+    document = execute(
+        RunSpec(
+            models=paths,
+            data=spec,
+            probes=["evaluate", "connectivity"],
+            level_fn="error",
+            options={
+                "batch_size": args.batch_size,
+                "margin": 0.1,
+                "check_every": 100,
+                "max_steps": 3000,
+            },
+            out=str(out / "mnist.h5"),
+            overwrite=True,
+            command="benchmarks/mnist_connectivity.py",
+        )
+    )
     timings["probe_s"] = time.perf_counter() - begin
     conn = document["results"]["connectivity"]
-    print(json.dumps({
-        "backend": backend.name, "accelerator": backend.accelerator_present(),
-        "versions": backend.framework_versions(), "data": spec, "epochs": args.epochs,
-        "test_error": [m["level"] for m in document["results"]["evaluate"]["models"]],
-        "connectivity": {k: conn[k] for k in ("connected", "level", "beads", "normalized_length",
-                                               "max_level", "depth", "projection_steps", "reason")},
-        "timings": timings,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "backend": backend.name,
+                "accelerator": backend.accelerator_present(),
+                "versions": backend.framework_versions(),
+                "data": spec,
+                "epochs": args.epochs,
+                "test_error": [m["level"] for m in document["results"]["evaluate"]["models"]],
+                "connectivity": {
+                    k: conn[k]
+                    for k in (
+                        "connected",
+                        "level",
+                        "beads",
+                        "normalized_length",
+                        "max_level",
+                        "depth",
+                        "projection_steps",
+                        "reason",
+                    )
+                },
+                "timings": timings,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

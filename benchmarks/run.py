@@ -35,7 +35,9 @@ import time
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute on 2 cores")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, about a minute on 2 cores"
+    )
     parser.add_argument("--backend", choices=["tensorflow", "jax"], default=None)
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--cases", default="mlp,cnn,lstm", help="comma-separated subset")
@@ -50,13 +52,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_landscape.engine import backend
-from keras_landscape.engine import kernels as engine
-from keras_landscape.engine import stacked  # noqa: E402
 from keras_landscape.data.specs import Dataset, load_data  # noqa: E402
-from keras_landscape.science.dss import DSSConfig, check_segments, connect  # noqa: E402
+from keras_landscape.engine import (
+    backend,
+    stacked,  # noqa: E402
+)
+from keras_landscape.engine import kernels as engine
 from keras_landscape.engine.landscape import Landscape  # noqa: E402
 from keras_landscape.engine.projection import ProjectionConfig, project  # noqa: E402
+from keras_landscape.science.dss import DSSConfig, check_segments, connect  # noqa: E402
 
 LOGITS = "sparse_categorical_crossentropy:from_logits=true"
 # Step timings are the best of this many runs (the least disturbed by other work).
@@ -64,8 +68,10 @@ REPEATS = 2 if ARGS.quick else 3
 
 
 def mlp_case(n: int):
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
-                              keras.layers.Dense(10)], name="mlp")
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)],
+        name="mlp",
+    )
     return "mlp_digits", model, load_data("digits")
 
 
@@ -74,12 +80,18 @@ def cnn_case(n: int):
     x = rng.random((n, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, n).astype(np.int32)
     data = Dataset("random28", x, y, x[: n // 4], y[: n // 4], "classification", 10, "random 28x28")
-    model = keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(8, 5, activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(16, 5, activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(), keras.layers.Dense(10),
-    ], name="cnn")
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(8, 5, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(16, 5, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ],
+        name="cnn",
+    )
     return "cnn_28x28", model, data
 
 
@@ -89,10 +101,15 @@ def lstm_case(n: int):
     ids = rng.integers(0, vocab, (n, steps + 1)).astype(np.int32)
     x, y = ids[:, :-1], ids[:, 1:]
     data = Dataset("tokens", x, y, x[: n // 4], y[: n // 4], "sequence", vocab, "random tokens")
-    model = keras.Sequential([
-        keras.Input((steps,), dtype="int32"), keras.layers.Embedding(vocab, 16),
-        keras.layers.LSTM(32, return_sequences=True), keras.layers.Dense(vocab),
-    ], name="lstm")
+    model = keras.Sequential(
+        [
+            keras.Input((steps,), dtype="int32"),
+            keras.layers.Embedding(vocab, 16),
+            keras.layers.LSTM(32, return_sequences=True),
+            keras.layers.Dense(vocab),
+        ],
+        name="lstm",
+    )
     return "lstm_tokens", model, data
 
 
@@ -121,8 +138,10 @@ def projection_timings(landscape, k: int, steps: int, batch: int) -> tuple[float
 
 def train_step(model, landscape, steps: int, batch: int) -> float:
     clone = keras.models.clone_model(model)
-    clone.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    clone.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x, y = landscape.dataset.split("train")
     x, y = x[:batch], y[:batch]
     for _ in range(3):
@@ -160,20 +179,41 @@ def cubic(quick: bool) -> dict:
 
     def build(seed):
         keras.utils.set_random_seed(seed)
-        return keras.Sequential([keras.Input((1,)), keras.layers.Dense(4, activation="sigmoid"),
-                                 keras.layers.Dense(4, activation="sigmoid"), keras.layers.Dense(1)])
+        return keras.Sequential(
+            [
+                keras.Input((1,)),
+                keras.layers.Dense(4, activation="sigmoid"),
+                keras.layers.Dense(4, activation="sigmoid"),
+                keras.layers.Dense(1),
+            ]
+        )
 
     landscape = Landscape(build(0), data, loss="mae", level_fn="mae")
     starts = np.stack([landscape.theta_of(build(s)) for s in (1, 2)])
-    trained = project(landscape, starts, 0.1,
-                      ProjectionConfig(learning_rate=1e-2, max_steps=20000, check_every=200), seed=0)
+    trained = project(
+        landscape,
+        starts,
+        0.1,
+        ProjectionConfig(learning_rate=1e-2, max_steps=20000, check_every=200),
+        seed=0,
+    )
     level = float(max(trained.levels)) * 1.05
     begin = time.perf_counter()
-    result = connect(landscape, trained.thetas[0], trained.thetas[1], level,
-                     DSSConfig(learning_rate=1e-2, max_steps=5000, check_every=100))
-    return {"level": level, "seconds": time.perf_counter() - begin, "connected": result.connected,
-            "beads": result.beads, "normalized_length": result.normalized_length,
-            "projection_steps": result.projection_steps}
+    result = connect(
+        landscape,
+        trained.thetas[0],
+        trained.thetas[1],
+        level,
+        DSSConfig(learning_rate=1e-2, max_steps=5000, check_every=100),
+    )
+    return {
+        "level": level,
+        "seconds": time.perf_counter() - begin,
+        "connected": result.connected,
+        "beads": result.beads,
+        "normalized_length": result.normalized_length,
+        "projection_steps": result.projection_steps,
+    }
 
 
 def bead_plan(landscape) -> dict:
@@ -187,8 +227,12 @@ def bead_plan(landscape) -> dict:
     x = landscape.dataset.split("train")[0][:2]
     thetas = np.repeat(landscape.initial_theta()[None], 2, axis=0)
     states = landscape.fill_states(None, 2)
-    forward(keras.ops.convert_to_tensor(thetas), keras.ops.convert_to_tensor(states),
-            landscape.non_trainable, keras.ops.convert_to_tensor(x))
+    forward(
+        keras.ops.convert_to_tensor(thetas),
+        keras.ops.convert_to_tensor(states),
+        landscape.non_trainable,
+        keras.ops.convert_to_tensor(x),
+    )
     return dict(forward.plan)
 
 
@@ -204,23 +248,36 @@ def main() -> None:
             one, one_run = projection_timings(landscape, 1, steps, batch)
             eight, eight_run = projection_timings(landscape, 8, steps, batch)
             train = train_step(model, landscape, steps, batch)
-            cases.append({
-                "case": name, "batch_size": batch, "parameters": landscape.size,
-                "xla": landscape.xla,
-                "projection_step_s": one, "train_step_s": train, "step_ratio": one / train,
-                "batched_speedup": 8 * one_run / eight_run,
-                "batched_step_speedup": 8 * one / eight,
-                "segment_eval_speedup": segment_speedup(landscape),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "plan": bead_plan(landscape),
-            })
+            cases.append(
+                {
+                    "case": name,
+                    "batch_size": batch,
+                    "parameters": landscape.size,
+                    "xla": landscape.xla,
+                    "projection_step_s": one,
+                    "train_step_s": train,
+                    "step_ratio": one / train,
+                    "batched_speedup": 8 * one_run / eight_run,
+                    "batched_step_speedup": 8 * one / eight,
+                    "segment_eval_speedup": segment_speedup(landscape),
+                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "plan": bead_plan(landscape),
+                }
+            )
             print(json.dumps(cases[-1]), file=sys.stderr)
     document = {
-        "machine": {"platform": platform.platform(), "machine": platform.machine(),
-                    "cpus": os.cpu_count(), "python": sys.version.split()[0],
-                    "accelerator": backend.accelerator_present()},
-        "versions": {"keras": keras.__version__, "backend": backend.name,
-                     **backend.framework_versions()},
+        "machine": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "accelerator": backend.accelerator_present(),
+        },
+        "versions": {
+            "keras": keras.__version__,
+            "backend": backend.name,
+            **backend.framework_versions(),
+        },
         "quick": ARGS.quick,
         "cases": cases,
         "cubic": cubic(ARGS.quick),

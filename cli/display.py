@@ -6,6 +6,7 @@ import json
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,7 +16,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.markup import escape
 from rich.table import Table
 
 from keras_landscape.report.tables import result_tables
@@ -25,7 +25,7 @@ err = Console(stderr=True)
 
 
 class _RichTask:
-    def __init__(self, owner: "RichProgress", task_id):
+    def __init__(self, owner: RichProgress, task_id):
         self._owner, self._id = owner, task_id
 
     def advance(self, amount: float = 1) -> None:
@@ -78,7 +78,7 @@ class RichProgress:
 
 
 class _PlainTask:
-    def __init__(self, owner: "PlainProgress", description: str, total: float | None):
+    def __init__(self, owner: PlainProgress, description: str, total: float | None):
         self._owner, self.description, self.total = owner, description, total
         self.done, self.started, self.status = 0.0, time.monotonic(), ""
         self._said = self.started
@@ -120,8 +120,9 @@ class PlainProgress:
 
     @staticmethod
     def say(message: str) -> None:
-        err.print(f"{time.strftime('%H:%M:%S')} {message}", highlight=False, markup=False,
-                  soft_wrap=True)
+        err.print(
+            f"{time.strftime('%H:%M:%S')} {message}", highlight=False, markup=False, soft_wrap=True
+        )
 
     def task(self, description: str, total: float | None = None) -> _PlainTask:
         self.say(f"{description}: started")
@@ -183,10 +184,15 @@ def _unfinished(run: dict, summary: dict) -> None:
     if not_started is not None:
         parts.append(f"{len(not_started)} not started")
     of = f" of {expected} expected" if expected is not None else ""
-    out.print(f"no result yet. DSS strings: {', '.join(parts)}{of}.", highlight=False, soft_wrap=True)
+    out.print(
+        f"no result yet. DSS strings: {', '.join(parts)}{of}.", highlight=False, soft_wrap=True
+    )
     if "partners_expected" in progress:
-        out.print(f"partners trained: {progress['partners_trained']} of "
-                  f"{progress['partners_expected']}", highlight=False, soft_wrap=True)
+        out.print(
+            f"partners trained: {progress['partners_trained']} of {progress['partners_expected']}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if strings:
         table = Table(title=f"{run['name']}: stored strings", title_justify="left")
         for column in ("string", "state", "beads", "depth done", "level u"):
@@ -196,8 +202,13 @@ def _unfinished(run: dict, summary: dict) -> None:
                 state = "connected" if s["connected"] else f"not connected ({s['reason']})"
             else:
                 state = "in progress"
-            table.add_row(escape(s["key"] or "(run)"), escape(state), str(s["beads"]), str(s["depth_done"]),
-                          "n/a" if s["level"] is None else f"{s['level']:.4g}")
+            table.add_row(
+                escape(s["key"] or "(run)"),
+                escape(state),
+                str(s["beads"]),
+                str(s["depth_done"]),
+                "n/a" if s["level"] is None else f"{s['level']:.4g}",
+            )
         out.print(table)
     if not_started:
         shown = ", ".join(not_started[:12]) + (", ..." if len(not_started) > 12 else "")
@@ -205,13 +216,18 @@ def _unfinished(run: dict, summary: dict) -> None:
     if not strings and not not_started:
         stored = ", ".join(f"{k}: {n} rows" for k, n in run["stored"].items()) or "nothing yet"
         out.print(f"stored so far: {stored}", highlight=False, soft_wrap=True)
-    out.print(f"to continue: [bold]{escape(str(run.get('resume')))}[/bold]", highlight=False, soft_wrap=True)
+    out.print(
+        f"to continue: [bold]{escape(str(run.get('resume')))}[/bold]",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def store_tables(summary: dict) -> None:
     attrs = summary["attrs"]
     out.print(
-        f"[bold]{escape(summary['store'])}[/bold]  {attrs.get('format')} v{attrs.get('format_version')}, "
+        f"[bold]{escape(summary['store'])}[/bold]  "
+        f"{attrs.get('format')} v{attrs.get('format_version')}, "
         f"keras-landscape {attrs.get('package_version')}, keras {attrs.get('keras_version')}, "
         f"backend {attrs.get('backend')}, created {attrs.get('created')}",
         highlight=False,
@@ -220,9 +236,11 @@ def store_tables(summary: dict) -> None:
         out.print(f"command: {escape(attrs['command'])}", highlight=False, soft_wrap=True)
     data = summary.get("data") or {}
     out.print(
-        escape(f"data: {data.get('spec')}  loss: {data.get('loss')}  level: {data.get('level_fn')} "
-               f"on {data.get('split')}  parameters: {summary.get('parameters')}"
-               + (f"  BatchNorm statistics: {data['bn_stats']}" if data.get("bn_stats") else "")),
+        escape(
+            f"data: {data.get('spec')}  loss: {data.get('loss')}  level: {data.get('level_fn')} "
+            f"on {data.get('split')}  parameters: {summary.get('parameters')}"
+            + (f"  BatchNorm statistics: {data['bn_stats']}" if data.get("bn_stats") else "")
+        ),
         highlight=False,
     )
     models = Table(title="Models", title_justify="left")
@@ -233,16 +251,28 @@ def store_tables(summary: dict) -> None:
     out.print(models)
     for run in summary["runs"]:
         status = run["status"]
-        colour = {"complete": "green", "running": "yellow", "interrupted": "yellow"}.get(status, "red")
+        colour = {"complete": "green", "running": "yellow", "interrupted": "yellow"}.get(
+            status, "red"
+        )
         when = f"started {run.get('started') or '?'}"
         if run.get("finished"):
             when += f", finished {run['finished']}"
-        out.print(f"\n[bold]run {run['name']}[/bold] (probe {run['probe']}): "
-                  f"[{colour}]{status}[/{colour}]  [dim]{when}[/dim]", highlight=False)
+        out.print(
+            f"\n[bold]run {run['name']}[/bold] (probe {run['probe']}): "
+            f"[{colour}]{status}[/{colour}]  [dim]{when}[/dim]",
+            highlight=False,
+        )
         if status == "running":
-            out.print("  [yellow]not marked finished: if no klandscape process is writing this "
-                      "store, the run was killed[/yellow]", soft_wrap=True)
-        out.print(f"[dim]options: {escape(_options_line(run['config']))}[/dim]", highlight=False, soft_wrap=True)
+            out.print(
+                "  [yellow]not marked finished: if no klandscape process is writing this "
+                "store, the run was killed[/yellow]",
+                soft_wrap=True,
+            )
+        out.print(
+            f"[dim]options: {escape(_options_line(run['config']))}[/dim]",
+            highlight=False,
+            soft_wrap=True,
+        )
         if run.get("error"):
             out.print(f"error: {escape(run['error'])}", highlight=False, soft_wrap=True)
         if run["result"] is not None and status == "complete":
@@ -254,10 +284,22 @@ def store_tables(summary: dict) -> None:
 def plot_report(report: dict) -> None:
     """What `klandscape plot` wrote (stdout) and skipped (stderr)."""
     figures = report["figures"]
-    out.print(f"wrote {len(figures)} figure(s) to [bold]{escape(report['directory'])}[/bold]", highlight=False, soft_wrap=True)
+    out.print(
+        f"wrote {len(figures)} figure(s) to [bold]{escape(report['directory'])}[/bold]",
+        highlight=False,
+        soft_wrap=True,
+    )
     for figure in figures:
         name = figure["path"].rsplit("/", 1)[-1]
-        out.print(f"  {escape(name)}  [dim]{escape(figure['caption'])}[/dim]", highlight=False, soft_wrap=True)
+        out.print(
+            f"  {escape(name)}  [dim]{escape(figure['caption'])}[/dim]",
+            highlight=False,
+            soft_wrap=True,
+        )
     for skip in report["skipped"]:
         what = " ".join(str(skip[k]) for k in ("run", "kind", "string") if skip.get(k))
-        err.print(f"[dim]no figure for {escape(what or 'the store')}: {escape(skip['reason'])}[/dim]", highlight=False, soft_wrap=True)
+        err.print(
+            f"[dim]no figure for {escape(what or 'the store')}: {escape(skip['reason'])}[/dim]",
+            highlight=False,
+            soft_wrap=True,
+        )

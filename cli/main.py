@@ -68,8 +68,11 @@ def quiet_frameworks(verbose: int) -> None:
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         warnings.resetwarnings()
-        logging.basicConfig(level=logging.INFO if verbose == 1 else logging.DEBUG,
-                            format="%(levelname)s %(name)s: %(message)s", force=True)
+        logging.basicConfig(
+            level=logging.INFO if verbose == 1 else logging.DEBUG,
+            format="%(levelname)s %(name)s: %(message)s",
+            force=True,
+        )
         for name in ("tensorflow", "absl", "h5py", "jax"):
             logging.getLogger(name).setLevel(logging.NOTSET)
         return
@@ -141,10 +144,22 @@ def _set_quiet(ctx, param, value) -> None:
 
 def verbosity_options(command):
     """-q / -v after the subcommand too (`klandscape probe ... -q`), where users type them."""
-    command = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbose,
-                           help="More detail (-vv: debug, framework logs).")(command)
-    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
-                        help="No progress display.")(command)
+    command = click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_set_verbose,
+        help="More detail (-vv: debug, framework logs).",
+    )(command)
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_quiet,
+        help="No progress display.",
+    )(command)
 
 
 def _emit_json(document) -> None:
@@ -191,43 +206,135 @@ def probes_command(as_json: bool, markdown: bool) -> None:
 
 @cli.command("probe")
 @click.argument("models", nargs=-1, required=True)
-@click.option("--data", "data", required=True, help="Data spec: digits, cubic, npz:PATH, ... (docs/data-specs.md).")
-@click.option("--probe", "probes", multiple=True, help="Probe to run (repeatable; default: evaluate).")
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    help="Data spec: digits, cubic, npz:PATH, ... (docs/data-specs.md).",
+)
+@click.option(
+    "--probe", "probes", multiple=True, help="Probe to run (repeatable; default: evaluate)."
+)
 @click.option("--loss", default=None, help="Keras loss name (default: the model's compiled loss).")
-@click.option("--level-fn", default="loss", show_default=True, help="loss, error, perplexity or a Keras metric.")
-@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Split for the level function (default: test if present).")
+@click.option(
+    "--level-fn",
+    default="loss",
+    show_default=True,
+    help="loss, error, perplexity or a Keras metric.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "test"]),
+    default=None,
+    help="Split for the level function (default: test if present).",
+)
 @click.option("--level", type=float, default=None, help="Level u for probes that take one.")
-@click.option("--levels", default=None, help="Levels for curviness: '0.3,0.2,0.1' or 'start:stop:count'.")
-@click.option("--partners", type=click.IntRange(min=0), default=None, help="With one model: fresh partners to train and connect.")
-@click.option("--retrain-endpoints", is_flag=True, default=None, help="Curviness: train endpoints down to lower levels.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Probe option (repeatable), e.g. --set alpha=0.95.")
-@click.option("--out", default=None, help="HDF5 store to write (default: klandscape-runs/run-<time>.h5).")
+@click.option(
+    "--levels", default=None, help="Levels for curviness: '0.3,0.2,0.1' or 'start:stop:count'."
+)
+@click.option(
+    "--partners",
+    type=click.IntRange(min=0),
+    default=None,
+    help="With one model: fresh partners to train and connect.",
+)
+@click.option(
+    "--retrain-endpoints",
+    is_flag=True,
+    default=None,
+    help="Curviness: train endpoints down to lower levels.",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Probe option (repeatable), e.g. --set alpha=0.95.",
+)
+@click.option(
+    "--out", default=None, help="HDF5 store to write (default: klandscape-runs/run-<time>.h5)."
+)
 @click.option("--resume", is_flag=True, help="Continue the runs in an existing --out store.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out store.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--custom-objects", default=None, help="A .py file or module defining custom layers/losses.")
-@click.option("--unsafe", is_flag=True, help="Allow model files with Lambda layers (Keras safe_mode off: "
-              "loading can run any code in the file; only for files you trust).")
-@click.option("--eval-batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Samples per compiled evaluation call.")
-@click.option("--xla", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="XLA compilation: auto = on for GPU/TPU and for CPU models without convolutions.")
-@click.option("--tf32", is_flag=True, help="Projections may use TF32 matmuls on GPUs (checks stay float32).")
-@click.option("--bn-stats", type=click.Choice(BN_MODES), default=BN_MODES[0],
-              show_default=True, help="BatchNorm statistics at points between models: "
-              "re-estimated from training data at each point, or interpolated like the weights.")
-@click.option("--bn-batches", type=click.IntRange(min=1), default=DEFAULT_BN_BATCHES, show_default=True,
-              help="Training batches BatchNorm statistics are recomputed on.")
-@click.option("--bn-batch-size", type=click.IntRange(min=1), default=DEFAULT_BN_BATCH_SIZE,
-              show_default=True,
-              help="Samples per batch when recomputing BatchNorm statistics.")
+@click.option(
+    "--custom-objects", default=None, help="A .py file or module defining custom layers/losses."
+)
+@click.option(
+    "--unsafe",
+    is_flag=True,
+    help="Allow model files with Lambda layers (Keras safe_mode off: "
+    "loading can run any code in the file; only for files you trust).",
+)
+@click.option(
+    "--eval-batch-size",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Samples per compiled evaluation call.",
+)
+@click.option(
+    "--xla",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="XLA compilation: auto = on for GPU/TPU and for CPU models without convolutions.",
+)
+@click.option(
+    "--tf32", is_flag=True, help="Projections may use TF32 matmuls on GPUs (checks stay float32)."
+)
+@click.option(
+    "--bn-stats",
+    type=click.Choice(BN_MODES),
+    default=BN_MODES[0],
+    show_default=True,
+    help="BatchNorm statistics at points between models: "
+    "re-estimated from training data at each point, or interpolated like the weights.",
+)
+@click.option(
+    "--bn-batches",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BN_BATCHES,
+    show_default=True,
+    help="Training batches BatchNorm statistics are recomputed on.",
+)
+@click.option(
+    "--bn-batch-size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BN_BATCH_SIZE,
+    show_default=True,
+    help="Samples per batch when recomputing BatchNorm statistics.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verbosity_options
 @click.pass_obj
-def probe_command(state: CliState, models, data, probes, loss, level_fn, split, level, levels, partners,
-                  retrain_endpoints, settings, out, resume,
-                  overwrite, seed, custom_objects, unsafe, eval_batch_size, xla, tf32, bn_stats,
-                  bn_batches, bn_batch_size, as_json) -> None:
+def probe_command(
+    state: CliState,
+    models,
+    data,
+    probes,
+    loss,
+    level_fn,
+    split,
+    level,
+    levels,
+    partners,
+    retrain_endpoints,
+    settings,
+    out,
+    resume,
+    overwrite,
+    seed,
+    custom_objects,
+    unsafe,
+    eval_batch_size,
+    xla,
+    tf32,
+    bn_stats,
+    bn_batches,
+    bn_batch_size,
+    as_json,
+) -> None:
     """Run probes on MODEL files (.keras or .h5) over the data SPEC."""
     for path in models:  # before the frameworks load: a missing file is reported at once
         check_model_file(path)
@@ -235,8 +342,12 @@ def probe_command(state: CliState, models, data, probes, loss, level_fn, split, 
         from keras_landscape.experiment.runner import execute  # imports TensorFlow
 
     options = _parse_assignments(settings, "--set option")
-    for key, value in (("level", level), ("levels", levels), ("partners", partners),
-                       ("retrain_endpoints", retrain_endpoints)):
+    for key, value in (
+        ("level", level),
+        ("levels", levels),
+        ("partners", partners),
+        ("retrain_endpoints", retrain_endpoints),
+    ):
         if value is not None:
             options[key] = value
     spec = RunSpec(
@@ -284,14 +395,23 @@ def show_command(store: str, as_json: bool) -> None:
 
 @cli.command("plot")
 @click.argument("store")
-@click.option("-o", "--output", "out_dir", default=None,
-              help="Folder for the figures (default: <store stem>_figures beside the store).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="png",
-              show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    default=None,
+    help="Folder for the figures (default: <store stem>_figures beside the store).",
+)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True)
 @click.option("--run", "runs", multiple=True, help="Only this run (repeatable).")
-@click.option("--paths", type=click.Choice(PATH_CHOICES), default="best", show_default=True,
-              help="Path figures: best = every string, but only the lowest connected bisection "
-                   "string per pair; all; none.")
+@click.option(
+    "--paths",
+    type=click.Choice(PATH_CHOICES),
+    default="best",
+    show_default=True,
+    help="Path figures: best = every string, but only the lowest connected bisection "
+    "string per pair; all; none.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @verbosity_options
 @click.pass_obj
@@ -311,25 +431,59 @@ def plot_command(state: CliState, store, out_dir, fmt, runs, paths, as_json) -> 
 @click.option("--scale", default=None, help="Merge this entry of the config's `scales` over it.")
 @click.option("--out", default=None, help="The store (overrides `out`).")
 @click.option("--seed", type=int, default=None, help="Overrides `seed`.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key (model.train.epochs=5, probes.curviness.levels=0.1) "
-                   "or a probe option (max_steps=500); repeatable. Values are YAML.")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key (model.train.epochs=5, probes.curviness.levels=0.1) "
+    "or a probe option (max_steps=500); repeatable. Values are YAML.",
+)
 @click.option("--level", type=float, default=None, help="Level u for probes that take one.")
-@click.option("--levels", default=None, help="Levels for probes that take them: '0.3,0.1' or 'start:stop:count'.")
+@click.option(
+    "--levels",
+    default=None,
+    help="Levels for probes that take them: '0.3,0.1' or 'start:stop:count'.",
+)
 @click.option("--resume", is_flag=True, help="Continue the runs in an existing store.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--no-plots", is_flag=True, help="Do not draw figures.")
-@click.option("--unsafe", is_flag=True, help="Allow model files with Lambda layers (as `unsafe: true`).")
-@click.option("--dry-run", is_flag=True, help="Validate and print the resolved settings as JSON; run nothing.")
+@click.option(
+    "--unsafe", is_flag=True, help="Allow model files with Lambda layers (as `unsafe: true`)."
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Validate and print the resolved settings as JSON; run nothing."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verbosity_options
 @click.pass_obj
-def run_command(state: CliState, config_file, scale, out, seed, settings, level, levels, resume,
-                overwrite, no_plots, unsafe, dry_run, as_json) -> None:
+def run_command(
+    state: CliState,
+    config_file,
+    scale,
+    out,
+    seed,
+    settings,
+    level,
+    levels,
+    resume,
+    overwrite,
+    no_plots,
+    unsafe,
+    dry_run,
+    as_json,
+) -> None:
     """Run the experiment described by a YAML config (see configs/)."""
-    overrides = [(k, parse_value(v)) for k, v in _parse_assignments(settings, "--set option").items()]
-    for key, value in (("out", out), ("seed", seed), ("level", level), ("levels", levels),
-                       ("unsafe", unsafe or None)):
+    overrides = [
+        (k, parse_value(v)) for k, v in _parse_assignments(settings, "--set option").items()
+    ]
+    for key, value in (
+        ("out", out),
+        ("seed", seed),
+        ("level", level),
+        ("levels", levels),
+        ("unsafe", unsafe or None),
+    ):
         if value is not None:
             overrides.append((key, value))
     config = load_config(config_file, scale=scale, overrides=overrides, command=state.command_line)
@@ -339,8 +493,9 @@ def run_command(state: CliState, config_file, scale, out, seed, settings, level,
     with _deferred_interrupts():
         from keras_landscape.experiment.runner import run_experiment  # imports TensorFlow
 
-    document = run_experiment(config, state.progress(), resume=resume, overwrite=overwrite,
-                              plots=not no_plots)
+    document = run_experiment(
+        config, state.progress(), resume=resume, overwrite=overwrite, plots=not no_plots
+    )
     document.update({"config": config_file, "scale": scale})
     if as_json:
         _emit_json(document)
@@ -380,7 +535,13 @@ def _silence_native_stderr(argv: list[str]) -> None:
 
 
 @cli.command("demo")
-@click.option("--out", "out_dir", default="klandscape-demo", show_default=True, help="Folder for models, store and figures.")
+@click.option(
+    "--out",
+    "out_dir",
+    default="klandscape-demo",
+    show_default=True,
+    help="Folder for models, store and figures.",
+)
 @click.option("--models", type=int, default=3, show_default=True, help="How many MLPs to train.")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -393,8 +554,15 @@ def demo_command(state: CliState, out_dir, models, epochs, seed, resume, as_json
     with _deferred_interrupts():
         from keras_landscape.experiment.demo import run_demo, summary_lines  # imports TensorFlow
 
-    document = run_demo(out_dir, models=models, epochs=epochs, seed=seed,
-                        progress=state.progress(), resume=resume, command=state.command_line)
+    document = run_demo(
+        out_dir,
+        models=models,
+        epochs=epochs,
+        seed=seed,
+        progress=state.progress(),
+        resume=resume,
+        command=state.command_line,
+    )
     if as_json:
         _emit_json(document)
     else:
@@ -410,29 +578,41 @@ def demo_command(state: CliState, out_dir, models, epochs, seed, resume, as_json
 @click.option("--model", default=None, help="Export a stored model instead of a bead.")
 @click.option("-o", "--output", required=True, help="Output .keras or .h5 file.")
 @click.option("--custom-objects", default=None, help="A .py file or module defining custom layers.")
-@click.option("--unsafe", is_flag=True, help="Allow Lambda layers (Keras safe_mode off; trusted files only).")
+@click.option(
+    "--unsafe", is_flag=True, help="Allow Lambda layers (Keras safe_mode off; trusted files only)."
+)
 @verbosity_options
 def export_command(store, run_name, bead, string, model, output, custom_objects, unsafe) -> None:
     """Write a bead of a stored string (or a stored model) back as a Keras model."""
     with _deferred_interrupts():
         from keras_landscape.models.export import export  # imports Keras
 
-    click.echo(export(store, output, run=run_name, bead=bead, string=string, model=model,
-                      custom_objects=custom_objects, unsafe=unsafe), err=True)
+    click.echo(
+        export(
+            store,
+            output,
+            run=run_name,
+            bead=bead,
+            string=string,
+            model=model,
+            custom_objects=custom_objects,
+            unsafe=unsafe,
+        ),
+        err=True,
+    )
 
 
-def _json_error(state: CliState, code: int, kind: str, message: str,
-                store: str | None = None) -> int:
+def _json_error(
+    state: CliState, code: int, kind: str, message: str, store: str | None = None
+) -> int:
     """Under --json, the outcome as one JSON document on stdout: a script gets a parseable
     document for every exit code."""
     if "--json" in state.argv:
-        _emit_json({"error": {"kind": kind, "message": message, "exit_code": code,
-                              "store": store}})
+        _emit_json({"error": {"kind": kind, "message": message, "exit_code": code, "store": store}})
     return code
 
 
-def _failed(state: CliState, code: int, kind: str, message: str,
-            store: str | None = None) -> int:
+def _failed(state: CliState, code: int, kind: str, message: str, store: str | None = None) -> int:
     """Say why on stderr (and as JSON under --json)."""
     click.echo(message, err=True)
     return _json_error(state, code, kind, message, store)
@@ -440,8 +620,10 @@ def _failed(state: CliState, code: int, kind: str, message: str,
 
 def _interrupted(state: CliState, store: str | None) -> int:
     if store:
-        message = (f"Interrupted. Finished work is kept in {store}; run the same command with "
-                   f"--resume --out {store} to continue.")
+        message = (
+            f"Interrupted. Finished work is kept in {store}; run the same command with "
+            f"--resume --out {store} to continue."
+        )
     else:
         message = "Interrupted before any store was written."
     return _failed(state, EXIT_INTERRUPTED, "interrupted", message, store)
@@ -469,7 +651,9 @@ def main(argv: list[str] | None = None) -> int:
         if state.verbose:
             raise
         return _failed(
-            state, EXIT_INTERNAL, "internal",
+            state,
+            EXIT_INTERNAL,
+            "internal",
             f"Internal error: {type(error).__name__}: {error}. Rerun with -v for the traceback "
             "and report it.",
         )

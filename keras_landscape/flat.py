@@ -6,7 +6,8 @@ state layouts (numpy) and the compiled kernels (keras.ops tensors) all go throug
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

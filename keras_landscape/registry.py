@@ -36,9 +36,10 @@ import dataclasses
 import logging
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from keras_landscape.errors import UserError
 
@@ -281,8 +282,12 @@ def coerce(raw: Any, hint: Any, where: str) -> Any:
         if hint is float:
             return float(raw)
         if origin in (list, tuple):
-            items = [coerce(part.strip(), args[0] if args else str, where) for part in raw.split(",")]
+            items = [
+                coerce(part.strip(), args[0] if args else str, where) for part in raw.split(",")
+            ]
             return tuple(items) if origin is tuple else items
     except ValueError:
-        raise UserError(f"Bad value {raw!r} for {where}: expected {getattr(hint, '__name__', hint)}.") from None
+        raise UserError(
+            f"Bad value {raw!r} for {where}: expected {getattr(hint, '__name__', hint)}."
+        ) from None
     return raw

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.models.align import aligned_state, weight_matching
-from keras_landscape.science.barriers import BisectionOptions, relax_path, saddle_bracket
-from keras_landscape.science.dss import DSSConfig
 from keras_landscape.errors import UserError
+from keras_landscape.models.align import aligned_state, weight_matching
 from keras_landscape.plugins.pairs import PairOptions, PairProbe
-from keras_landscape.seeds import derive_seed
 from keras_landscape.report.plots import NoFigure, new_figure
 from keras_landscape.report.tables import fmt, table
+from keras_landscape.science.barriers import BisectionOptions, relax_path, saddle_bracket
+from keras_landscape.science.dss import DSSConfig
+from keras_landscape.seeds import derive_seed
 
 ALIGNMENTS = ("none", "weight-matching")
 
@@ -31,27 +31,68 @@ def barrier_tables(name: str, result: dict) -> list[dict]:
     for p in pairs:
         label = f"{p.get('a', 'A')} - {p.get('b', 'B')}"
         ends = [v for v in p.get("endpoint_levels") or [] if v is not None]
-        rows.append([label, max(ends) if ends else None, p.get("linear_max"),
-                     _bracket(p.get("saddle_level")), p.get("barrier"), p.get("relaxed_max")])
+        rows.append(
+            [
+                label,
+                max(ends) if ends else None,
+                p.get("linear_max"),
+                _bracket(p.get("saddle_level")),
+                p.get("barrier"),
+                p.get("relaxed_max"),
+            ]
+        )
         aligned = p.get("aligned")
         if isinstance(aligned, dict):
-            aligned_rows.append([label, f"{fmt(p.get('distance'))} -> {fmt(aligned.get('distance'))}",
-                                 aligned.get("linear_max"), _bracket(aligned.get("saddle_level")),
-                                 aligned.get("barrier")])
+            aligned_rows.append(
+                [
+                    label,
+                    f"{fmt(p.get('distance'))} -> {fmt(aligned.get('distance'))}",
+                    aligned.get("linear_max"),
+                    _bracket(aligned.get("saddle_level")),
+                    aligned.get("barrier"),
+                ]
+            )
         estimators = p.get("estimators")
         if isinstance(estimators, dict):
-            notes.append(f"{label}: upper bound from {estimators.get('upper')}, lower from "
-                         f"{estimators.get('lower')}")
-    notes.insert(0, "barrier = saddle level (upper) - higher minimum, in level-function units "
-                    f"({result.get('level_fn', '?')}); the saddle bracket bounds it")
-    tables = [table(name, ["pair", "higher minimum", "linear max", "saddle [lower, upper]",
-                            "barrier", "relaxed max"], rows, notes)]
+            notes.append(
+                f"{label}: upper bound from {estimators.get('upper')}, lower from "
+                f"{estimators.get('lower')}"
+            )
+    notes.insert(
+        0,
+        "barrier = saddle level (upper) - higher minimum, in level-function units "
+        f"({result.get('level_fn', '?')}); the saddle bracket bounds it",
+    )
+    tables = [
+        table(
+            name,
+            [
+                "pair",
+                "higher minimum",
+                "linear max",
+                "saddle [lower, upper]",
+                "barrier",
+                "relaxed max",
+            ],
+            rows,
+            notes,
+        )
+    ]
     if aligned_rows:
-        tables.append(table(f"{name}: after weight matching", [
-            "pair", "distance raw -> aligned", "linear max", "saddle [lower, upper]", "barrier"],
-            aligned_rows))
+        tables.append(
+            table(
+                f"{name}: after weight matching",
+                [
+                    "pair",
+                    "distance raw -> aligned",
+                    "linear max",
+                    "saddle [lower, upper]",
+                    "barrier",
+                ],
+                aligned_rows,
+            )
+        )
     return tables
-
 
 
 def _pair_label(pair: dict, index: int) -> str:
@@ -88,10 +129,15 @@ def draw_barrier(result: dict, run_name: str, ylabel: str):
         if isinstance(aligned, dict):
             a_ends = [v for v in (aligned.get("endpoint_levels") or []) if v is not None]
             a_floor = max(a_ends) if a_ends else floor
-            put("aligned linear", i, aligned.get("linear_barrier",
-                                                   _above(aligned.get("linear_max"), a_floor)))
+            put(
+                "aligned linear",
+                i,
+                aligned.get("linear_barrier", _above(aligned.get("linear_max"), a_floor)),
+            )
             put("aligned DSS bisection", i, aligned.get("barrier"), aligned.get("barrier_bracket"))
-    names = [n for n, vals in series.items() if any(v is not None and v[0] is not None for v in vals)]
+    names = [
+        n for n, vals in series.items() if any(v is not None and v[0] is not None for v in vals)
+    ]
     figure, ax = new_figure(max(6.0, 1.2 + 1.1 * len(pairs) * max(1, len(names)) * 0.5), 4.2)
     width = 0.8 / max(1, len(names))
     x = np.arange(len(pairs))
@@ -104,17 +150,24 @@ def draw_barrier(result: dict, run_name: str, ylabel: str):
             lower.append(0.0 if value is None or lo is None else max(0.0, float(value) - float(lo)))
             upper.append(0.0 if value is None or hi is None else max(0.0, float(hi) - float(value)))
         has_bracket = any(lower) or any(upper)
-        ax.bar(x + (k - (len(names) - 1) / 2) * width, heights, width, label=name, color=f"C{k}",
-               yerr=np.array([lower, upper]) if has_bracket else None, capsize=4 if has_bracket else 0)
+        ax.bar(
+            x + (k - (len(names) - 1) / 2) * width,
+            heights,
+            width,
+            label=name,
+            color=f"C{k}",
+            yerr=np.array([lower, upper]) if has_bracket else None,
+            capsize=4 if has_bracket else 0,
+        )
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(x, [_pair_label(p, i) for i, p in enumerate(pairs)],
-                  rotation=30 if len(pairs) > 4 else 0)
+    ax.set_xticks(
+        x, [_pair_label(p, i) for i, p in enumerate(pairs)], rotation=30 if len(pairs) > 4 else 0
+    )
     ax.set_ylabel(f"barrier above the higher minimum\n({ylabel})")
     ax.set_title(f"{run_name}: energy barriers (error bar: bisection bracket)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     return figure, f"barriers of {len(pairs)} pair(s): {'; '.join(names)}"
-
 
 
 class BarrierProbe(PairProbe):
@@ -164,7 +217,9 @@ class BarrierProbe(PairProbe):
             prefix = f"pair_{i}_{j}"
             # Align first: an unsupported architecture is reported before any long work.
             alignment = self._align(landscape, a, b) if config.align == "weight-matching" else None
-            result = self._estimate(landscape, a, b, store, prefix, derive_seed(config.seed, index), task)
+            result = self._estimate(
+                landscape, a, b, store, prefix, derive_seed(config.seed, index), task
+            )
             result["distance"] = float(np.linalg.norm(a.theta.astype(np.float64) - b.theta))
             result["aligned"] = (
                 self._aligned(landscape, a, b, alignment, store, prefix, index, task)
@@ -174,10 +229,18 @@ class BarrierProbe(PairProbe):
             results.append(result)
         task.close()
         first = results[0]
-        summary = {key: first[key] for key in (
-            "linear_max", "saddle_level", "barrier", "barrier_bracket", "endpoint_levels",
-            "relaxed_max", "aligned",
-        )}
+        summary = {
+            key: first[key]
+            for key in (
+                "linear_max",
+                "saddle_level",
+                "barrier",
+                "barrier_bracket",
+                "endpoint_levels",
+                "relaxed_max",
+                "aligned",
+            )
+        }
         summary.update({"level_fn": landscape.objective.level_fn, "pairs": results})
         return summary
 
@@ -203,7 +266,13 @@ class BarrierProbe(PairProbe):
             state=aligned_state(landscape, b.state, alignment.permutations),
         )
         result = self._estimate(
-            landscape, a, aligned_b, store, f"{prefix}/aligned", derive_seed(self.config.seed, index, 1), task
+            landscape,
+            a,
+            aligned_b,
+            store,
+            f"{prefix}/aligned",
+            derive_seed(self.config.seed, index, 1),
+            task,
         )
         result["distance"] = alignment.distance_after
         result["distance_raw"] = alignment.distance_before

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.science.barriers import BisectionOptions, linear_profile, saddle_bracket
-from keras_landscape.science.merge_tree import bottleneck_levels, count_components, merge_tree
-from keras_landscape.science.dss import DSSConfig
 from keras_landscape.plugins.pairs import PairOptions, PairProbe, parse_levels
-from keras_landscape.science.pairs import states_of
-from keras_landscape.seeds import derive_seed
 from keras_landscape.report.plots import NoFigure, new_figure, values
 from keras_landscape.report.tables import fmt, table
+from keras_landscape.science.barriers import BisectionOptions, linear_profile, saddle_bracket
+from keras_landscape.science.dss import DSSConfig
+from keras_landscape.science.merge_tree import bottleneck_levels, count_components, merge_tree
+from keras_landscape.science.pairs import states_of
+from keras_landscape.seeds import derive_seed
 
 DEFAULT_GRID = 25
 
@@ -22,10 +22,18 @@ DEFAULT_GRID = 25
 def components_tables(name: str, result: dict) -> list[dict]:
     minima = result.get("minima") or []
     levels = result.get("minimum_levels") or []
-    tables = [table(f"{name}: minima", ["minimum", "level"],
-                     [[m, levels[i] if i < len(levels) else None] for i, m in enumerate(minima)])]
-    grid = [(u, n) for u, n in zip(result.get("levels") or [], result.get("n_components") or [])
-            if u is not None]
+    tables = [
+        table(
+            f"{name}: minima",
+            ["minimum", "level"],
+            [[m, levels[i] if i < len(levels) else None] for i, m in enumerate(minima)],
+        )
+    ]
+    grid = [
+        (u, n)
+        for u, n in zip(result.get("levels") or [], result.get("n_components") or [])
+        if u is not None
+    ]
     grid.sort()
     runs: list[list] = []
     for u, n in grid:  # consecutive levels with the same N_u share a row
@@ -33,8 +41,14 @@ def components_tables(name: str, result: dict) -> list[dict]:
             runs[-1][1] = u
         else:
             runs.append([u, u, n])
-    tables.append(table(f"{name}: N_u", ["levels from", "to", "N_u"], runs,
-                         [f"{len(grid)} measured levels; N_u counts components holding a sampled minimum"]))
+    tables.append(
+        table(
+            f"{name}: N_u",
+            ["levels from", "to", "N_u"],
+            runs,
+            [f"{len(grid)} measured levels; N_u counts components holding a sampled minimum"],
+        )
+    )
     members = {i: [m] for i, m in enumerate(minima)}
     merges = []
     for level, a, b, new in result.get("merge_tree") or []:
@@ -42,18 +56,21 @@ def components_tables(name: str, result: dict) -> list[dict]:
         members[int(new)] = left + right
         merges.append([level, " ".join(left), " ".join(right)])
     unmerged = sum(1 for m in result.get("merge_levels") or [] if m is None)
-    notes = [f"highest merge level {fmt(result.get('highest_merge_level'))} (above it all "
-             "sampled minima are in one component)"]
+    notes = [
+        f"highest merge level {fmt(result.get('highest_merge_level'))} (above it all "
+        "sampled minima are in one component)"
+    ]
     if unmerged:
         notes.append(f"{unmerged} merge(s) not found at any measured level")
     decided = {}
-    for record in (result.get("pairs") or {}).values() if isinstance(result.get("pairs"), dict) else []:
+    for record in (
+        (result.get("pairs") or {}).values() if isinstance(result.get("pairs"), dict) else []
+    ):
         decided[record.get("decided_by")] = decided.get(record.get("decided_by"), 0) + 1
     if decided:
         notes.append("pairs decided by " + ", ".join(f"{k} {v}" for k, v in decided.items()))
     tables.append(table(f"{name}: merges", ["level", "joins", "with"], merges, notes))
     return tables
-
 
 
 def draw_components(result: dict, run_name: str, xlabel: str):
@@ -70,12 +87,14 @@ def draw_components(result: dict, run_name: str, xlabel: str):
     ax.plot(us, ns, "o", color="C0", markersize=3)
     merges = [m for m in values(result.get("merge_levels")) if m is not None]
     for k, m in enumerate(merges):
-        ax.axvline(m, color="0.6", linestyle=":", linewidth=1,
-                   label="merge levels" if k == 0 else None)
+        ax.axvline(
+            m, color="0.6", linestyle=":", linewidth=1, label="merge levels" if k == 0 else None
+        )
     top = result.get("highest_merge_level")
     if top is not None:
-        ax.axvline(top, color="C3", linestyle="--", linewidth=1.2,
-                   label=f"highest merge level {top:.4g}")
+        ax.axvline(
+            top, color="C3", linestyle="--", linewidth=1.2, label=f"highest merge level {top:.4g}"
+        )
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, max(ns) + 0.5)
     ax.set_xlabel(f"level u: {xlabel}")
@@ -144,23 +163,42 @@ def draw_disconnectivity(result: dict, run_name: str, ylabel: str):
         up = y[parent[node]] if node in parent else top
         style = "-" if node in parent or len(layout["roots"]) == 1 else "--"
         ax.plot([x[node], x[node]], [yn, up], style, color="C0", linewidth=1.6)
-    for node, (level, a, b, new) in ((int(m[3]), m) for m in result.get("merge_tree") or []
-                                     if m[0] is not None):
+    for node, (level, a, b, _) in (
+        (int(m[3]), m) for m in result.get("merge_tree") or [] if m[0] is not None
+    ):
         ax.plot([x[int(a)], x[int(b)]], [level, level], "-", color="C0", linewidth=1.6)
         ax.plot([x[node]], [level], "o", color="C0", markersize=3)
     leaf_x = [x[i] for i in range(len(minimum_levels)) if i in x]
     leaf_y = [y[i] for i in range(len(minimum_levels)) if i in x]
-    ax.plot(leaf_x, leaf_y, "v", color="C1", markersize=7, markeredgecolor="black",
-            markeredgewidth=0.5, label="minima (at their levels)", zorder=3)
+    ax.plot(
+        leaf_x,
+        leaf_y,
+        "v",
+        color="C1",
+        markersize=7,
+        markeredgecolor="black",
+        markeredgewidth=0.5,
+        label="minima (at their levels)",
+        zorder=3,
+    )
     highest = result.get("highest_merge_level")
     if highest is not None:
-        ax.axhline(highest, color="C3", linestyle=":", linewidth=1.2,
-                   label=f"highest merge level {highest:.4g}")
+        ax.axhline(
+            highest,
+            color="C3",
+            linestyle=":",
+            linewidth=1.2,
+            label=f"highest merge level {highest:.4g}",
+        )
     if len(layout["roots"]) > 1:
         ax.plot([], [], "--", color="C0", label="not merged at any measured level")
     order = layout["leaves"]
-    ax.set_xticks([x[i] for i in order], [names[i] if i < len(names) else str(i) for i in order],
-                  rotation=45 if len(order) > 6 else 0, ha="right" if len(order) > 6 else "center")
+    ax.set_xticks(
+        [x[i] for i in order],
+        [names[i] if i < len(names) else str(i) for i in order],
+        rotation=45 if len(order) > 6 else 0,
+        ha="right" if len(order) > 6 else "center",
+    )
     ax.set_xlim(-0.7, max(len(order) - 0.3, 0.7))
     ax.set_ylabel(ylabel)
     ax.set_xlabel("minima (branches join at the saddle level that connects them)")
@@ -168,7 +206,6 @@ def draw_disconnectivity(result: dict, run_name: str, ylabel: str):
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3, axis="y")
     return figure, f"merge tree of {len(minimum_levels)} minima"
-
 
 
 class ComponentsProbe(PairProbe):
@@ -220,8 +257,12 @@ class ComponentsProbe(PairProbe):
             key = f"pair_{i}_{j}"
             if not store.has(f"{key}/linear_level"):
                 ts, levels = linear_profile(
-                    landscape, minima[i].theta, minima[j].theta, config.grid,
-                    minima[i].state, minima[j].state,
+                    landscape,
+                    minima[i].theta,
+                    minima[j].theta,
+                    config.grid,
+                    minima[i].state,
+                    minima[j].state,
                 )
                 store.write(f"{key}/linear_t", ts)
                 store.write(f"{key}/linear_level", levels)
@@ -238,15 +279,24 @@ class ComponentsProbe(PairProbe):
         task = progress.task("components", total=len(pairs))
         records = {}
         # Cheapest pairs first, so chains through other minima bound (or settle) later pairs.
-        for index, (i, j) in enumerate(sorted(pairs, key=lambda p: linear[p])):
+        for i, j in sorted(pairs, key=lambda p: linear[p]):
             chain = bottleneck_levels(saddle)[i, j]
             bound = chain if math.isfinite(chain) else None
             result = saddle_bracket(
-                landscape, minima[i], minima[j], config, store, f"pair_{i}_{j}",
-                derive_seed(config.seed, i, j), task, upper_bound=bound,
+                landscape,
+                minima[i],
+                minima[j],
+                config,
+                store,
+                f"pair_{i}_{j}",
+                derive_seed(config.seed, i, j),
+                task,
+                upper_bound=bound,
             )
-            decided_by = "dss-bisection" if result["bisections"] else (
-                "union-find" if bound is not None and bound < linear[(i, j)] else "linear"
+            decided_by = (
+                "dss-bisection"
+                if result["bisections"]
+                else ("union-find" if bound is not None and bound < linear[(i, j)] else "linear")
             )
             saddle[i, j] = saddle[j, i] = result["saddle_level"]["upper"]
             records[f"{i}-{j}"] = {
@@ -262,9 +312,16 @@ class ComponentsProbe(PairProbe):
         merge_levels = [m[0] for m in merges] + [None] * (k - 1 - len(merges))
         finite = [m[0] for m in merges]
         top = max(finite) if finite else max(minimum_levels)
-        grid = parse_levels(config.levels, targets=False) if config.levels else [
-            float(v) for v in np.linspace(min(minimum_levels), top + 0.1 * max(abs(top), 1e-12), DEFAULT_GRID)
-        ]
+        grid = (
+            parse_levels(config.levels, targets=False)
+            if config.levels
+            else [
+                float(v)
+                for v in np.linspace(
+                    min(minimum_levels), top + 0.1 * max(abs(top), 1e-12), DEFAULT_GRID
+                )
+            ]
+        )
         return {
             "minima": [m.name for m in minima],
             "minimum_levels": minimum_levels,

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.science.dss import DSSConfig
 from keras_landscape.plugins.pairs import PairOptions, PairProbe
+from keras_landscape.report.tables import fmt, table
+from keras_landscape.science.dss import DSSConfig
 from keras_landscape.science.pairs import connect_pair, default_level, states_of
 from keras_landscape.seeds import derive_seed
-from keras_landscape.report.tables import fmt, table
 
 
 def connectivity_tables(name: str, result: dict) -> list[dict]:
@@ -18,26 +18,47 @@ def connectivity_tables(name: str, result: dict) -> list[dict]:
     rows, notes = [], []
     for p in pairs:
         verdict = "connected" if p.get("connected") else p.get("reason", "not connected")
-        rows.append([f"{p.get('a', 'A')} - {p.get('b', 'B')}", p.get("level"), verdict,
-                     p.get("beads"), p.get("normalized_length"), p.get("max_level", p.get("max_loss")),  # max_loss: older stores
-                     p.get("depth"), p.get("projection_steps")])
+        rows.append(
+            [
+                f"{p.get('a', 'A')} - {p.get('b', 'B')}",
+                p.get("level"),
+                verdict,
+                p.get("beads"),
+                p.get("normalized_length"),
+                p.get("max_level", p.get("max_loss")),  # max_loss: older stores
+                p.get("depth"),
+                p.get("projection_steps"),
+            ]
+        )
         if not p.get("connected") and p.get("reason"):
             worst = p.get("worst_segment") or {}
             detail = f"{p.get('a', 'A')} - {p.get('b', 'B')}: {p.get('explanation') or p['reason']}"
             if worst.get("index") is not None:
-                detail += (f"; worst segment {worst['index']} reaches {fmt(worst.get('max_level'))}"
-                           f" at t = {fmt(worst.get('t'), 2)}")
+                detail += (
+                    f"; worst segment {worst['index']} reaches {fmt(worst.get('max_level'))}"
+                    f" at t = {fmt(worst.get('t'), 2)}"
+                )
             if worst.get("bead_level") is not None:
-                detail += (f"; its bead stopped at {fmt(worst['bead_level'])} "
-                           f"(target {fmt(worst.get('target'))})")
+                detail += (
+                    f"; its bead stopped at {fmt(worst['bead_level'])} "
+                    f"(target {fmt(worst.get('target'))})"
+                )
             notes.append(detail)
     connected = sum(bool(p.get("connected")) for p in pairs)
-    notes.insert(0, f"{connected} of {len(pairs)} pair(s) connected; level function "
-                    f"{result.get('level_fn', '?')}; beads include both endpoints"
-                 + (f"; {fmt(result['seconds'], 3)} s" if result.get("seconds") is not None else ""))
-    return [table(name, ["pair", "level u", "verdict", "beads", "norm. length", "max level",
-                          "depth", "steps"], rows, notes)]
-
+    notes.insert(
+        0,
+        f"{connected} of {len(pairs)} pair(s) connected; level function "
+        f"{result.get('level_fn', '?')}; beads include both endpoints"
+        + (f"; {fmt(result['seconds'], 3)} s" if result.get("seconds") is not None else ""),
+    )
+    return [
+        table(
+            name,
+            ["pair", "level u", "verdict", "beads", "norm. length", "max level", "depth", "steps"],
+            rows,
+            notes,
+        )
+    ]
 
 
 class ConnectivityProbe(PairProbe):
@@ -91,26 +112,46 @@ class ConnectivityProbe(PairProbe):
                 level = default_level(ends, config.margin)
             results.append(
                 connect_pair(
-                    landscape, a, b, level, config, store, f"pair_{i}_{j}",
-                    derive_seed(config.seed, index), task,
+                    landscape,
+                    a,
+                    b,
+                    level,
+                    config,
+                    store,
+                    f"pair_{i}_{j}",
+                    derive_seed(config.seed, index),
+                    task,
                 )
             )
             task.advance()
         task.close()
-        return {**aggregate(results), **{
-            "level_fn": landscape.objective.level_fn,
-            "pairs": results,
-            "connected_pairs": sum(r["connected"] for r in results),
-            "beads_include_endpoints": True,
-            "measured_on": "all trainable weights",
-        }}
+        return {
+            **aggregate(results),
+            **{
+                "level_fn": landscape.objective.level_fn,
+                "pairs": results,
+                "connected_pairs": sum(r["connected"] for r in results),
+                "beads_include_endpoints": True,
+                "measured_on": "all trainable weights",
+            },
+        }
 
 
 def aggregate(results: list[dict]) -> dict:
     """One pair: its fields. Several: all connected?, means of sizes, max of maxima, sums."""
     if len(results) == 1:
-        keys = ("connected", "level", "beads", "normalized_length", "path_length", "distance",
-                "max_level", "depth", "projection_steps", "reason")
+        keys = (
+            "connected",
+            "level",
+            "beads",
+            "normalized_length",
+            "path_length",
+            "distance",
+            "max_level",
+            "depth",
+            "projection_steps",
+            "reason",
+        )
         return {key: results[0][key] for key in keys}
     mean = lambda key: float(np.mean([r[key] for r in results]))  # noqa: E731
     return {

@@ -1,4 +1,5 @@
-"""Probe `curviness`: normalized geodesic length and beads against the level (the paper's curves)."""
+"""Probe `curviness`: normalized geodesic length and beads against the level (the paper's
+curves)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.science.dss import REASONS, DSSConfig
 from keras_landscape.plugins.pairs import PairOptions, PairProbe, parse_levels
-from keras_landscape.science.pairs import connect_pair, default_level, states_of, summarize
-from keras_landscape.seeds import derive_seed
 from keras_landscape.report.plots import NoFigure, new_figure, values
 from keras_landscape.report.tables import fmt, mean_sd, table
+from keras_landscape.science.dss import REASONS, DSSConfig
+from keras_landscape.science.pairs import connect_pair, default_level, states_of, summarize
+from keras_landscape.seeds import derive_seed
 
 DEFAULT_FRACTIONS = (1.0, 0.75, 0.5)
 
@@ -32,13 +33,21 @@ def curviness_tables(name: str, result: dict) -> list[dict]:
     for i, level in enumerate(levels):
         total = (good[i] or 0) + (failed[i] or 0)
         why = ", ".join(f"{k} {v}" for k, v in (reasons[i] or {}).items()) or "-"
-        rows.append([level, f"{good[i] or 0}/{total}", mean_sd(length[i], length_sd[i]),
-                     mean_sd(beads[i], beads_sd[i]), why])
-    notes = [f"mean ± sample sd over the connected pairs; level function "
-             f"{result.get('level_fn', '?')}; beads include both endpoints"
-             + (f"; {fmt(result['seconds'], 3)} s" if result.get("seconds") is not None else "")]
+        rows.append(
+            [
+                level,
+                f"{good[i] or 0}/{total}",
+                mean_sd(length[i], length_sd[i]),
+                mean_sd(beads[i], beads_sd[i]),
+                why,
+            ]
+        )
+    notes = [
+        f"mean ± sample sd over the connected pairs; level function "
+        f"{result.get('level_fn', '?')}; beads include both endpoints"
+        + (f"; {fmt(result['seconds'], 3)} s" if result.get("seconds") is not None else "")
+    ]
     return [table(name, ["level u", "connected", "norm. length", "beads", "failures"], rows, notes)]
-
 
 
 def draw_curviness(result: dict, run_name: str, xlabel: str):
@@ -57,17 +66,30 @@ def draw_curviness(result: dict, run_name: str, xlabel: str):
         means, sds = values(result.get(key)), values(result.get(f"{key}_sd"))
         keep = [i for i, m in enumerate(means) if m is not None and i < len(levels)]
         if keep:
-            ax.errorbar([levels[i] for i in keep], [means[i] for i in keep],
-                        yerr=[(sds[i] if i < len(sds) and sds[i] is not None else 0.0) for i in keep],
-                        fmt="o-", capsize=4, color="C0", label="mean +- sd over connected pairs")
+            ax.errorbar(
+                [levels[i] for i in keep],
+                [means[i] for i in keep],
+                yerr=[(sds[i] if i < len(sds) and sds[i] is not None else 0.0) for i in keep],
+                fmt="o-",
+                capsize=4,
+                color="C0",
+                label="mean +- sd over connected pairs",
+            )
         for i, level in enumerate(levels):
             total = (pairs[i] if i < len(pairs) else 0) + (failed[i] if i < len(failed) else 0)
             text = f"{pairs[i]}/{total}" if i < len(pairs) else ""
             y = means[i] if i < len(means) and means[i] is not None else None
             if y is None:
                 ax.axvline(level, color="C3", linestyle=":", linewidth=1)
-                ax.annotate(f"none connected ({text})", (level, 0.05), xycoords=("data", "axes fraction"),
-                            rotation=90, fontsize=8, color="C3", ha="right")
+                ax.annotate(
+                    f"none connected ({text})",
+                    (level, 0.05),
+                    xycoords=("data", "axes fraction"),
+                    rotation=90,
+                    fontsize=8,
+                    color="C3",
+                    ha="right",
+                )
             else:
                 ax.annotate(text, (level, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
         if key == "normalized_length":
@@ -78,11 +100,15 @@ def draw_curviness(result: dict, run_name: str, xlabel: str):
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    figure.suptitle(f"{run_name}: normalized geodesic length and beads vs level "
-                    "(labels: connected/all pairs)", fontsize=10)
+    figure.suptitle(
+        f"{run_name}: normalized geodesic length and beads vs level (labels: connected/all pairs)",
+        fontsize=10,
+    )
     connected = sum(pairs) if pairs else 0
-    return figure, f"normalized length and beads vs {len(levels)} levels ({connected} connected strings)"
-
+    return (
+        figure,
+        f"normalized length and beads vs {len(levels)} levels ({connected} connected strings)",
+    )
 
 
 class CurvinessProbe(PairProbe):
@@ -154,9 +180,11 @@ class CurvinessProbe(PairProbe):
         thetas = np.stack([m.theta for m in minima])
         states = states_of(minima, landscape)
         endpoint_levels = landscape.levels(thetas, states)
-        levels = parse_levels(config.levels) if config.levels else [
-            default_level(endpoint_levels, config.margin) * f for f in DEFAULT_FRACTIONS
-        ]
+        levels = (
+            parse_levels(config.levels)
+            if config.levels
+            else [default_level(endpoint_levels, config.margin) * f for f in DEFAULT_FRACTIONS]
+        )
         levels = sorted(levels, reverse=True)
         task = progress.task("curviness", total=len(levels) * len(pairs))
         per_level = []
@@ -171,12 +199,22 @@ class CurvinessProbe(PairProbe):
                     dataclasses.replace(minima[n], theta=thetas[n], state=states[n]) for n in (i, j)
                 )
                 result = connect_pair(
-                    landscape, a, b, level, config, store, f"level_{k}/pair_{i}_{j}",
-                    derive_seed(config.seed, k, index), task,
+                    landscape,
+                    a,
+                    b,
+                    level,
+                    config,
+                    store,
+                    f"level_{k}/pair_{i}_{j}",
+                    derive_seed(config.seed, k, index),
+                    task,
                 )
                 if config.retrain_endpoints and result["reason"] == "endpoint_above_level":
-                    result = {**result, "reason": "endpoint_not_retrained",
-                              "explanation": REASONS["endpoint_not_retrained"]}
+                    result = {
+                        **result,
+                        "reason": "endpoint_not_retrained",
+                        "explanation": REASONS["endpoint_not_retrained"],
+                    }
                 results.append(result)
                 task.advance()
             per_level.append(results)
@@ -196,8 +234,11 @@ class CurvinessProbe(PairProbe):
         thetas, states = thetas.copy(), states.copy()
         if len(above):
             result = landscape.project(
-                thetas[above], self.config.alpha * level, self.config.projection(),
-                seed=derive_seed(self.config.seed, 104729, k), states=states[above],
+                thetas[above],
+                self.config.alpha * level,
+                self.config.projection(),
+                seed=derive_seed(self.config.seed, 104729, k),
+                states=states[above],
             )
             thetas[above] = result.thetas
             states[above] = result.states
@@ -209,8 +250,14 @@ class CurvinessProbe(PairProbe):
     @staticmethod
     def _table(levels, per_level, landscape) -> dict:
         table = {
-            "levels": levels, "normalized_length": [], "normalized_length_sd": [],
-            "beads": [], "beads_sd": [], "pairs": [], "failed": [], "reasons": [],
+            "levels": levels,
+            "normalized_length": [],
+            "normalized_length_sd": [],
+            "beads": [],
+            "beads_sd": [],
+            "pairs": [],
+            "failed": [],
+            "reasons": [],
         }
         for results in per_level:
             good = [r for r in results if r["connected"]]
@@ -227,10 +274,12 @@ class CurvinessProbe(PairProbe):
                 if not r["connected"]:
                     reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
             table["reasons"].append(reasons)
-        table.update({
-            "level_fn": landscape.objective.level_fn,
-            "beads_include_endpoints": True,
-            "statistics": "mean and sample sd over connected pairs",
-            "details": per_level,
-        })
+        table.update(
+            {
+                "level_fn": landscape.objective.level_fn,
+                "beads_include_endpoints": True,
+                "statistics": "mean and sample sd over connected pairs",
+                "details": per_level,
+            }
+        )
         return table

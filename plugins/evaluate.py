@@ -20,18 +20,20 @@ def evaluate_tables(name: str, result: dict) -> list[dict] | None:
     level = f"level ({first.get('level_fn', '?')}, {first.get('split', '?')})"
     columns = ["model", "loss (train)", level, "|grad| (train)", "parameters"]
     keys = ["loss", "level", "grad_norm", "parameters"]
-    notes = ["loss: mean training loss + regularisers on the training split; "
-             "|grad|: its gradient norm; all with each model's own statistics (Keras's "
-             "evaluate)"]
+    notes = [
+        "loss: mean training loss + regularisers on the training split; "
+        "|grad|: its gradient norm; all with each model's own statistics (Keras's "
+        "evaluate)"
+    ]
     if any("level_recomputed" in r for r in rows):
         columns.insert(3, "level, recomputed BN stats")
         keys.insert(2, "level_recomputed")
-        notes.append("level, recomputed BN stats: the level the path probes see at the model "
-                     "(--bn-stats recompute)")
-    made = table(name, columns, [[r.get("model")] + [r.get(k) for k in keys] for r in rows],
-                   notes)
+        notes.append(
+            "level, recomputed BN stats: the level the path probes see at the model "
+            "(--bn-stats recompute)"
+        )
+    made = table(name, columns, [[r.get("model")] + [r.get(k) for k in keys] for r in rows], notes)
     return [made]
-
 
 
 class EvaluateProbe(ProbeBase):

@@ -54,7 +54,9 @@ class PairOptions:
             raise UserError(f"margin must be >= 0, got {self.margin}.")
 
 
-def with_partners(landscape, minima: list, config, run, progress) -> tuple[list, list[tuple[int, int]]]:
+def with_partners(
+    landscape, minima: list, config, run, progress
+) -> tuple[list, list[tuple[int, int]]]:
     """The minima to connect and the index pairs to measure.
 
     Two or more models: every pair (i < j). One model: `config.partners` fresh models are
@@ -70,9 +72,7 @@ def with_partners(landscape, minima: list, config, run, progress) -> tuple[list,
     stored = run.length("partners/theta") if run.has("partners/theta") else 0
     thetas = [run.read("partners/theta")[i] for i in range(stored)]
     stored_states = run.read("partners/state") if run.has("partners/state") else None
-    partner_states = [
-        None if stored_states is None else stored_states[i] for i in range(stored)
-    ]
+    partner_states = [None if stored_states is None else stored_states[i] for i in range(stored)]
     missing = config.partners - stored
     if missing > 0:
         task = progress.task(f"training {missing} partner(s) to level {target:.4g}", total=missing)
@@ -89,7 +89,9 @@ def with_partners(landscape, minima: list, config, run, progress) -> tuple[list,
                 "learning_rate": config.partner_learning_rate or config.learning_rate,
             }
         )
-        result = landscape.project(starts, target, projection, seed=derive_seed(config.seed, PARTNER_STEPS))
+        result = landscape.project(
+            starts, target, projection, seed=derive_seed(config.seed, PARTNER_STEPS)
+        )
         states = result.states  # BatchNorm statistics estimated at the partner's weights
         for i in np.flatnonzero(~result.reached):
             progress.note(

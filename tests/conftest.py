@@ -43,8 +43,9 @@ def _digits_classifier(kind: str, seed: int = 0):
         model = keras.Sequential(
             [
                 keras.Input((64,)),
-                keras.layers.Dense(6, activation="relu",
-                                   kernel_regularizer=keras.regularizers.L2(0.01)),
+                keras.layers.Dense(
+                    6, activation="relu", kernel_regularizer=keras.regularizers.L2(0.01)
+                ),
                 keras.layers.Dense(10),
             ],
             name="dense_net",
@@ -93,7 +94,7 @@ def _digits_classifier(kind: str, seed: int = 0):
     return model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def subclassed_digits_class():
     """A keras.Model subclass: layers in __init__, wiring in call (with Keras's `training`)."""
     import keras
@@ -165,13 +166,23 @@ def fit_full_batch(model, x, y, steps: int, learning_rate: float, loss=None):
     """
     import keras
 
-    loss = loss or ("mse" if np.asarray(y).dtype.kind == "f"
-                    else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
-                  steps_per_execution=steps)
+    loss = loss or (
+        "mse"
+        if np.asarray(y).dtype.kind == "f"
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate), loss=loss, steps_per_execution=steps
+    )
     reps = (steps,) + (1,) * (np.ndim(x) - 1)
-    model.fit(np.tile(x, reps), np.tile(y, (steps,) + (1,) * (np.ndim(y) - 1)), epochs=1,
-              batch_size=len(x), shuffle=False, verbose=0)
+    model.fit(
+        np.tile(x, reps),
+        np.tile(y, (steps,) + (1,) * (np.ndim(y) - 1)),
+        epochs=1,
+        batch_size=len(x),
+        shuffle=False,
+        verbose=0,
+    )
     return model
 
 
@@ -212,7 +223,8 @@ class TwoValley(keras.layers.Layer):
 
 
 class TwoValleyFiles:
-    """E(w) = ((w1^2 - 1)^2 + a (w2 - b (1 - w1^2))^2) / 2 as saved Keras models (MSE, zero targets).
+    """E(w) = ((w1^2 - 1)^2 + a (w2 - b (1 - w1^2))^2) / 2 as saved Keras models (MSE, zero
+    targets).
 
     Minima (+-1, 0) with E = 0. Every path from w1 = -1 to w1 = +1 crosses w1 = 0, where
     E >= 1/2, and the curved valley w2 = b (1 - w1^2) reaches w1 = 0 at exactly E = 1/2: the
@@ -228,7 +240,9 @@ class TwoValleyFiles:
         self.folder = folder
         self.custom_objects = str(folder / "two_valley_layer.py")
         (folder / "two_valley_layer.py").write_text(TWO_VALLEY_LAYER)
-        np.savez(folder / "zeros.npz", x=np.zeros((4, 1), np.float32), y=np.zeros((4, 2), np.float32))
+        np.savez(
+            folder / "zeros.npz", x=np.zeros((4, 1), np.float32), y=np.zeros((4, 2), np.float32)
+        )
         self.data = f"npz:{folder / 'zeros.npz'}"
         self.layer_class = load_custom_objects(self.custom_objects)["TwoValley"]
 
@@ -246,8 +260,9 @@ class TwoValleyFiles:
     def model(self, w=(1.0, 0.0), a=1.0, b=1.0):
         import keras
 
-        model = keras.Sequential([keras.Input((1,)), self.layer_class(a=a, b=b, name="valley")],
-                                 name="two_valley")
+        model = keras.Sequential(
+            [keras.Input((1,)), self.layer_class(a=a, b=b, name="valley")], name="two_valley"
+        )
         model.compile(loss="mse")
         model.layers[0].w.assign(np.asarray(w, np.float32))
         return model
@@ -285,7 +300,9 @@ def linreg_models(tmp_path_factory):
     rng = np.random.default_rng(11)
     n, d = 200, 3
     x = rng.normal(size=(n, d)).astype(np.float32)
-    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.3 + 0.1 * rng.normal(size=n)).astype(np.float32)[:, None]
+    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.3 + 0.1 * rng.normal(size=n)).astype(np.float32)[
+        :, None
+    ]
     np.savez(folder / "linreg.npz", x=x, y=y)
     paths = []
     for k, (seed, steps) in enumerate(((1, 15), (2, 25), (3, 40), (4, 60))):

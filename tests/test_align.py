@@ -1,4 +1,5 @@
-"""Weight matching (keras_landscape.models.align): exact recovery of permuted copies, exact symmetry."""
+"""Weight matching (keras_landscape.models.align): exact recovery of permuted copies, exact
+symmetry."""
 
 import numpy as np
 import pytest
@@ -102,8 +103,11 @@ def _reference_permuted(model, seed):
     clone.set_weights(model.get_weights())
     layers = [layer for layer in clone.layers]
     originals = [layer for layer in model.layers]
-    weighted = [i for i, layer in enumerate(layers)
-                if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))]
+    weighted = [
+        i
+        for i, layer in enumerate(layers)
+        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+    ]
     applied = {}
     for k, i in enumerate(weighted[:-1]):
         layer = layers[i]
@@ -153,8 +157,8 @@ def _inputs(model, n=16, seed=3):
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
 @pytest.mark.parametrize("perm_seed", [1, 2, 3])
 def test_recovers_permuted_copy_exactly(kind, perm_seed, weights_unchanged):
-    from keras_landscape.models.align import weight_matching
     from keras_landscape.engine.params import ParameterLayout, non_trainable_state
+    from keras_landscape.models.align import weight_matching
 
     model = BUILDERS[kind]()
     layout = ParameterLayout.from_model(model)
@@ -190,8 +194,8 @@ def test_recovers_permuted_copy_exactly(kind, perm_seed, weights_unchanged):
 
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
 def test_independent_models_function_preserved(kind):
-    from keras_landscape.models.align import permute_non_trainable, permute_theta, weight_matching
     from keras_landscape.engine.params import ParameterLayout, non_trainable_state
+    from keras_landscape.models.align import permute_non_trainable, permute_theta, weight_matching
 
     model_a, model_b = BUILDERS[kind](seed=0), BUILDERS[kind](seed=1)
     layout = ParameterLayout.from_model(model_a)
@@ -217,7 +221,8 @@ def test_independent_models_function_preserved(kind):
     )
     if kind == "bn":  # the BN statistics matter: unpermuted ones change the function
         assert not np.allclose(
-            _outputs(model_a, result.theta, x, nt_b), _outputs(model_a, theta_b, x, nt_b),
+            _outputs(model_a, result.theta, x, nt_b),
+            _outputs(model_a, theta_b, x, nt_b),
             atol=1e-5,
         )
 
@@ -260,8 +265,8 @@ def _dense_on_maps(seed=0, freeze_bn=False):
     ids=["nested", "dense_on_maps", "frozen_bn"],
 )
 def test_more_architectures_function_preserved(builder):
-    from keras_landscape.models.align import permute_non_trainable, weight_matching
     from keras_landscape.engine.params import ParameterLayout, non_trainable_state
+    from keras_landscape.models.align import permute_non_trainable, weight_matching
 
     model_a, model_b = builder(seed=0), builder(seed=1)
     layout = ParameterLayout.from_model(model_a)
@@ -272,7 +277,8 @@ def test_more_architectures_function_preserved(builder):
     nt_aligned = permute_non_trainable(model_a, nt_b, result.permutations)
     x = _inputs(model_a)
     np.testing.assert_allclose(
-        _outputs(model_a, result.theta, x, nt_aligned), _outputs(model_a, theta_b, x, nt_b),
+        _outputs(model_a, result.theta, x, nt_aligned),
+        _outputs(model_a, theta_b, x, nt_b),
         atol=1e-5,
     )
 
@@ -280,13 +286,14 @@ def test_more_architectures_function_preserved(builder):
 def test_deterministic_and_wider_layer_improves():
     import keras
 
-    from keras_landscape.models.align import weight_matching
     from keras_landscape.engine.params import ParameterLayout
+    from keras_landscape.models.align import weight_matching
 
     def build(seed):
         keras.utils.set_random_seed(seed)
-        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(32, activation="relu"),
-                                 keras.layers.Dense(2)])
+        return keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)]
+        )
 
     a, b = build(0), build(1)
     layout = ParameterLayout.from_model(a)
@@ -300,8 +307,8 @@ def test_deterministic_and_wider_layer_improves():
 def test_output_layer_only_model_is_identity():
     import keras
 
-    from keras_landscape.models.align import weight_matching
     from keras_landscape.engine.params import ParameterLayout
+    from keras_landscape.models.align import weight_matching
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     layout = ParameterLayout.from_model(model)
@@ -314,16 +321,22 @@ def test_output_layer_only_model_is_identity():
 def _lstm():
     import keras
 
-    return keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4, name="my_lstm"),
-                             keras.layers.Dense(2)])
+    return keras.Sequential(
+        [keras.Input((5, 3)), keras.layers.LSTM(4, name="my_lstm"), keras.layers.Dense(2)]
+    )
 
 
 def _embedding():
     import keras
 
-    return keras.Sequential([keras.Input((5,), dtype="int32"),
-                             keras.layers.Embedding(10, 4, name="my_embedding"),
-                             keras.layers.Flatten(), keras.layers.Dense(2)])
+    return keras.Sequential(
+        [
+            keras.Input((5,), dtype="int32"),
+            keras.layers.Embedding(10, 4, name="my_embedding"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
 
 
 def _residual():
@@ -338,18 +351,28 @@ def _residual():
 def _reshape():
     import keras
 
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(6),
-                             keras.layers.Reshape((3, 2), name="my_reshape"),
-                             keras.layers.Flatten(), keras.layers.Dense(2)])
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(6),
+            keras.layers.Reshape((3, 2), name="my_reshape"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
 
 
 def _channels_first():
     import keras
 
-    return keras.Sequential([keras.Input((2, 6, 6)),
-                             keras.layers.Conv2D(3, 3, data_format="channels_first",
-                                                 name="my_conv"),
-                             keras.layers.Flatten(), keras.layers.Dense(2)])
+    return keras.Sequential(
+        [
+            keras.Input((2, 6, 6)),
+            keras.layers.Conv2D(3, 3, data_format="channels_first", name="my_conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
 
 
 def _shared():
@@ -381,8 +404,8 @@ def _raw_op():
     ],
 )
 def test_unsupported_architectures_raise_user_error(builder, name, cls):
-    from keras_landscape.models.align import weight_matching
     from keras_landscape.engine.params import ParameterLayout
+    from keras_landscape.models.align import weight_matching
 
     model = builder()
     theta = ParameterLayout.from_model(model).theta_of(model)
@@ -393,8 +416,8 @@ def test_unsupported_architectures_raise_user_error(builder, name, cls):
 
 
 def test_frozen_hidden_layer_raises():
-    from keras_landscape.models.align import weight_matching
     from keras_landscape.engine.params import ParameterLayout
+    from keras_landscape.models.align import weight_matching
 
     model = _dense()
     model.layers[0].trainable = False
@@ -404,8 +427,8 @@ def test_frozen_hidden_layer_raises():
 
 
 def test_subclassed_model_raises(digits_classifier):
-    from keras_landscape.models.align import weight_matching
     from keras_landscape.engine.params import ParameterLayout
+    from keras_landscape.models.align import weight_matching
 
     model = digits_classifier("subclassed")
     theta = ParameterLayout.from_model(model).theta_of(model)
@@ -414,8 +437,8 @@ def test_subclassed_model_raises(digits_classifier):
 
 
 def test_bad_inputs_raise_user_error():
-    from keras_landscape.models.align import permute_non_trainable, weight_matching
     from keras_landscape.engine.params import ParameterLayout, non_trainable_state
+    from keras_landscape.models.align import permute_non_trainable, weight_matching
 
     model = _bn()
     theta = ParameterLayout.from_model(model).theta_of(model)

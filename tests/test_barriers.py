@@ -14,28 +14,37 @@ DSS settings the two-valley landscape needs (tuned here, not in the library): Ad
 learning_rate 0.05 (Adam moves ~learning_rate per step: with the default 1e-3 a bead barely
 reaches the valley floor w2 ~ b within the default 2000 steps, and for a = 2, b = 1.5 the bracket
 ends at [0.544, 0.552], missing s), points 40, the default max_steps 2000 and max_depth 10;
-both plain and hyperplane projections work. With alpha = 0.97 a bead must reach 0.97 u, so every level below
-0.5 / 0.97 fails -- but a connected level's path maximum (~0.5007) tightens `upper`, so the
-bracket still ends within the tolerance of 1/2.
+both plain and hyperplane projections work. With alpha = 0.97 a bead must reach 0.97 u, so
+every level below 0.5 / 0.97 fails -- but a connected level's path maximum (~0.5007) tightens
+`upper`, so the bracket still ends within the tolerance of 1/2.
 """
 
 import keras
 import numpy as np
 import pytest
-
 from conftest import CountingProgress, fit_full_batch
-from keras_landscape.science.barriers import BisectionOptions, linear_profile, relax_path, saddle_bracket
+
 from keras_landscape.data.specs import load_data
-from keras_landscape.science.dss import check_segments
-from keras_landscape.errors import UserError
 from keras_landscape.engine.landscape import Landscape
+from keras_landscape.errors import UserError
+from keras_landscape.experiment.runner import Minimum, RunSpec, execute
 from keras_landscape.models.loading import load_model
 from keras_landscape.progress import NullProgress
-from keras_landscape.experiment.runner import Minimum, RunSpec, execute
+from keras_landscape.science.barriers import (
+    BisectionOptions,
+    linear_profile,
+    relax_path,
+    saddle_bracket,
+)
+from keras_landscape.science.dss import check_segments
 from keras_landscape.store.hdf5 import Store
 
-VERSIONS = {"package_version": "test", "keras_version": keras.__version__,
-            "tensorflow_version": "test", "backend": "tensorflow"}
+VERSIONS = {
+    "package_version": "test",
+    "keras_version": keras.__version__,
+    "tensorflow_version": "test",
+    "backend": "tensorflow",
+}
 TOL = 0.02  # BisectionOptions.tolerance (relative)
 VALLEY_DSS = {"learning_rate": 0.05, "points": 40}
 
@@ -51,9 +60,13 @@ def _barrier_config(**kw):
 def _read_run(out, run_name="barrier", attrs=()):
     with Store.open(out) as store:
         run = store.run(run_name)
-        return {"status": run.status, "result": run.result, "keys": run.keys(),
-                "data": {k: run.read(k) for k in run.keys()},
-                "attrs": {k: run.get_attrs(k) for k in attrs}}
+        return {
+            "status": run.status,
+            "result": run.result,
+            "keys": run.keys(),
+            "data": {k: run.read(k) for k in run.keys()},
+            "attrs": {k: run.get_attrs(k) for k in attrs},
+        }
 
 
 # ------------------------------------------------------------------------------ convex
@@ -81,8 +94,9 @@ def test_convex_barrier_is_zero(linreg_models, tmp_path):
     (pair,) = result["pairs"]
     assert pair["bisections"] == []  # the straight line already settles it
     assert pair["estimators"]["upper"] == "linear"
-    assert pair["distance"] == pytest.approx(float(np.linalg.norm(thetas[1].astype(np.float64)
-                                                                  - thetas[0])), rel=1e-6)
+    assert pair["distance"] == pytest.approx(
+        float(np.linalg.norm(thetas[1].astype(np.float64) - thetas[0])), rel=1e-6
+    )
     stored = _read_run(out)
     assert stored["status"] == "complete"
     profile = stored["data"]["pair_0_1/linear_level"]
@@ -139,7 +153,9 @@ def _bracket(landscape, wa, wb, store_path, config, seed=0):
     "a, b, mode",
     [(1.0, 1.0, "plain"), (1.0, 1.0, "hyperplane"), (2.0, 1.5, "plain")],
 )
-def test_saddle_bracket_contains_the_known_saddle(two_valley, valley_landscapes, tmp_path, a, b, mode):
+def test_saddle_bracket_contains_the_known_saddle(
+    two_valley, valley_landscapes, tmp_path, a, b, mode
+):
     landscape = valley_landscapes(a, b)
     config = _barrier_config(projection_mode=mode)
     result, store, run = _bracket(landscape, (-1.0, 0.0), (1.0, 0.0), tmp_path / "s.h5", config)
@@ -156,7 +172,10 @@ def test_saddle_bracket_contains_the_known_saddle(two_valley, valley_landscapes,
         assert upper >= s - 1e-3  # DSS checks paths on a grid: a hair of numerical slack
         # DSS resolves levels only to alpha: a failure at u bounds s below by alpha * u
         resolution = TOL + (1 - config.alpha)
-        assert upper - lower <= resolution * upper * (1 + 1e-9) or len(result["bisections"]) == config.max_bisections
+        assert (
+            upper - lower <= resolution * upper * (1 + 1e-9)
+            or len(result["bisections"]) == config.max_bisections
+        )
         assert result["barrier"] == pytest.approx(upper - 0.0)
         assert result["barrier"] == pytest.approx(s, rel=2 * TOL)
         assert result["barrier_bracket"] == pytest.approx([lower, upper])
@@ -178,7 +197,9 @@ def test_saddle_bracket_contains_the_known_saddle(two_valley, valley_landscapes,
         np.testing.assert_array_equal(beads[0], [-1.0, 0.0])
         np.testing.assert_array_equal(beads[-1], [1.0, 0.0])
         assert len(beads) >= 3
-        maxima = [c.maximum for c in check_segments(landscape, list(zip(beads, beads[1:])), config.points)]
+        maxima = [
+            c.maximum for c in check_segments(landscape, list(zip(beads, beads[1:])), config.points)
+        ]
         assert max(maxima) == pytest.approx(upper, rel=1e-5)
         crossing = beads[np.argmin(np.abs(beads[:, 0]))]
         assert abs(crossing[0]) < 0.05
@@ -206,15 +227,25 @@ def test_saddle_bracket_with_a_known_upper_bound(two_valley, valley_landscapes, 
     b = Minimum("b", np.array([1.0, 0.0], np.float32), "test")
     with Store.create(tmp_path / "s.h5", versions=VERSIONS, command="test") as store:
         run = store.begin_run("barrier", "barrier", {})
-        result = saddle_bracket(landscape, a, b, config, run, "pair", 0, NullProgress().task("x"),
-                                upper_bound=0.6)
+        result = saddle_bracket(
+            landscape, a, b, config, run, "pair", 0, NullProgress().task("x"), upper_bound=0.6
+        )
         assert result["linear_max"] == pytest.approx(1.0, abs=1e-5)
         assert all(x["level"] < 0.6 for x in result["bisections"])
         lower, upper = result["saddle_level"]["lower"], result["saddle_level"]["upper"]
         assert lower <= 0.5 + TOL * upper and 0.5 - 1e-3 <= upper <= 0.6
         # and a bound that bisection cannot beat is reported as the estimator
-        result = saddle_bracket(landscape, a, b, _barrier_config(max_bisections=0), run, "other",
-                                0, NullProgress().task("x"), upper_bound=0.7)
+        result = saddle_bracket(
+            landscape,
+            a,
+            b,
+            _barrier_config(max_bisections=0),
+            run,
+            "other",
+            0,
+            NullProgress().task("x"),
+            upper_bound=0.7,
+        )
         assert result["saddle_level"]["upper"] == 0.7
         assert result["estimators"]["upper"] == "through other minima"
         assert result["bisections"] == []
@@ -234,8 +265,10 @@ def test_relaxation_never_goes_below_the_saddle(two_valley, valley_landscapes, t
     with store:
         run = store.begin_run("barrier", "barrier", {})
         record = StringRecord(run, "manual")
-        rows = [record.add_bead(np.asarray(w, np.float32), 0.0, 0, 0)
-                for w in ((-1.0, 0.0), (0.0, 0.5), (1.0, 0.0))]
+        rows = [
+            record.add_bead(np.asarray(w, np.float32), 0.0, 0, 0)
+            for w in ((-1.0, 0.0), (0.0, 0.5), (1.0, 0.0))
+        ]
         record.commit_depth(rows, 1)
         relaxed = relax_path(landscape, run, "manual", config)
         assert relaxed is not None
@@ -254,14 +287,20 @@ def test_relaxation_never_goes_below_the_saddle(two_valley, valley_landscapes, t
 def test_barrier_probe_end_to_end_on_two_valleys(two_valley, tmp_path):
     paths = [two_valley.save("left", (-1.0, 0.0)), two_valley.save("right", (1.0, 0.0))]
     out = tmp_path / "valley.h5"
-    spec = RunSpec(models=paths, data=two_valley.data, probes=["barrier"],
-                   options={**VALLEY_DSS, "relax": "neb", "relax_steps": 50,
-                            "relax_learning_rate": 0.05},
-                   custom_objects=two_valley.custom_objects, out=str(out))
+    spec = RunSpec(
+        models=paths,
+        data=two_valley.data,
+        probes=["barrier"],
+        options={**VALLEY_DSS, "relax": "neb", "relax_steps": 50, "relax_learning_rate": 0.05},
+        custom_objects=two_valley.custom_objects,
+        out=str(out),
+    )
     result = execute(spec)["results"]["barrier"]
     lower, upper = result["saddle_level"]["lower"], result["saddle_level"]["upper"]
     assert result["linear_max"] == pytest.approx(1.0, abs=1e-5)
-    assert lower <= 0.5 + TOL * upper and upper >= 0.5 - 1e-3 and upper - lower <= (TOL + 0.03) * upper
+    assert (
+        lower <= 0.5 + TOL * upper and upper >= 0.5 - 1e-3 and upper - lower <= (TOL + 0.03) * upper
+    )
     assert result["barrier"] == pytest.approx(upper)
     assert result["endpoint_levels"] == pytest.approx([0.0, 0.0], abs=1e-7)
     if upper > 0.5 + 1e-4:  # room to relax: the band lowers the best path's maximum
@@ -284,11 +323,21 @@ def test_barrier_probe_end_to_end_on_two_valleys(two_valley, tmp_path):
 
 def test_barrier_options_are_validated(two_valley, tmp_path):
     paths = [two_valley.save("left", (-1.0, 0.0)), two_valley.save("right", (1.0, 0.0))]
-    cases = (({"tolerance": 0.0}, "tolerance > 0"), ({"grid": 1}, "grid >= 2"),
-             ({"relax": "spline"}, "Unknown relax"), ({"align": "sorting"}, "Unknown align"))
+    cases = (
+        ({"tolerance": 0.0}, "tolerance > 0"),
+        ({"grid": 1}, "grid >= 2"),
+        ({"relax": "spline"}, "Unknown relax"),
+        ({"align": "sorting"}, "Unknown align"),
+    )
     for k, (options, message) in enumerate(cases):
-        spec = RunSpec(models=paths, data=two_valley.data, probes=["barrier"], options=options,
-                       custom_objects=two_valley.custom_objects, out=str(tmp_path / f"{k}.h5"))
+        spec = RunSpec(
+            models=paths,
+            data=two_valley.data,
+            probes=["barrier"],
+            options=options,
+            custom_objects=two_valley.custom_objects,
+            out=str(tmp_path / f"{k}.h5"),
+        )
         with pytest.raises(UserError, match=message):
             execute(spec)
 
@@ -303,13 +352,21 @@ def test_interrupted_barrier_run_resumes_to_the_same_bracket(two_valley, tmp_pat
     'inside the first DSS' interrupts at the check of depth 1 of the first bisection (its
     depth-1 bead committed, no verdict yet); 'half way' interrupts a later bisection.
     """
-    paths = [two_valley.save("left_a2", (-1.0, 0.0), 2.0, 1.5),
-             two_valley.save("right_a2", (1.0, 0.0), 2.0, 1.5)]
+    paths = [
+        two_valley.save("left_a2", (-1.0, 0.0), 2.0, 1.5),
+        two_valley.save("right_a2", (1.0, 0.0), 2.0, 1.5),
+    ]
 
     def spec(out, **kw):
-        return RunSpec(models=paths, data=two_valley.data, probes=["barrier"],
-                       options=dict(VALLEY_DSS), custom_objects=two_valley.custom_objects,
-                       out=str(out), **kw)
+        return RunSpec(
+            models=paths,
+            data=two_valley.data,
+            probes=["barrier"],
+            options=dict(VALLEY_DSS),
+            custom_objects=two_valley.custom_objects,
+            out=str(out),
+            **kw,
+        )
 
     counting = CountingProgress()
     full = execute(spec(tmp_path / "full.h5"), counting)["results"]["barrier"]
@@ -330,11 +387,16 @@ def test_interrupted_barrier_run_resumes_to_the_same_bracket(two_valley, tmp_pat
     resumed = execute(spec(out, resume=True))["results"]["barrier"]
     for key in ("linear_max", "endpoint_levels", "barrier"):
         assert resumed[key] == pytest.approx(full[key], rel=1e-6), key
-    assert resumed["saddle_level"]["lower"] == pytest.approx(full["saddle_level"]["lower"], rel=1e-6)
-    assert resumed["saddle_level"]["upper"] == pytest.approx(full["saddle_level"]["upper"], rel=1e-6)
+    assert resumed["saddle_level"]["lower"] == pytest.approx(
+        full["saddle_level"]["lower"], rel=1e-6
+    )
+    assert resumed["saddle_level"]["upper"] == pytest.approx(
+        full["saddle_level"]["upper"], rel=1e-6
+    )
     got = resumed["pairs"][0]["bisections"]
-    assert [(x["level"], x["connected"], x["reason"], x["beads"]) for x in got] == \
-        [(x["level"], x["connected"], x["reason"], x["beads"]) for x in want]
+    assert [(x["level"], x["connected"], x["reason"], x["beads"]) for x in got] == [
+        (x["level"], x["connected"], x["reason"], x["beads"]) for x in want
+    ]
     assert [x["max_level"] for x in got] == pytest.approx([x["max_level"] for x in want], rel=1e-6)
     assert _read_run(out)["status"] == "complete"
     with Store.open(out) as store:
@@ -345,8 +407,10 @@ def test_interrupted_barrier_run_resumes_to_the_same_bracket(two_valley, tmp_pat
 
 
 def _mlp():
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                             keras.layers.Dense(1)], name="mlp")
+    return keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)],
+        name="mlp",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -372,9 +436,13 @@ def permuted_pair(tmp_path_factory):
 
 def test_permuted_pair_aligns_to_zero_barrier(permuted_pair, tmp_path):
     paths, data = permuted_pair["paths"], permuted_pair["data"]
-    spec = RunSpec(models=paths, data=data, probes=["barrier"],
-                   options={"align": "weight-matching", "max_bisections": 0},
-                   out=str(tmp_path / "aligned.h5"))
+    spec = RunSpec(
+        models=paths,
+        data=data,
+        probes=["barrier"],
+        options={"align": "weight-matching", "max_bisections": 0},
+        out=str(tmp_path / "aligned.h5"),
+    )
     result = execute(spec)["results"]["barrier"]
     landscape = Landscape(load_model(paths[0]), load_data(data))
     theta_a, theta_b = (landscape.theta_of(load_model(p)) for p in paths)
@@ -415,8 +483,9 @@ def lstm_pair(tmp_path_factory):
     paths = []
     for seed in (1, 2):
         keras.utils.set_random_seed(seed)
-        model = keras.Sequential([keras.Input((6, 1)),
-                                  keras.layers.LSTM(4), keras.layers.Dense(1)], name="lstm_net")
+        model = keras.Sequential(
+            [keras.Input((6, 1)), keras.layers.LSTM(4), keras.layers.Dense(1)], name="lstm_net"
+        )
         model.compile(loss="mse")
         paths.append(str(tmp / f"lstm_{seed}.keras"))
         model.save(paths[-1])
@@ -425,10 +494,17 @@ def lstm_pair(tmp_path_factory):
 
 def test_weight_matching_refuses_an_lstm(lstm_pair, tmp_path):
     pytest.importorskip("keras_landscape.models.align")
-    spec = RunSpec(models=lstm_pair["paths"], data=lstm_pair["data"], probes=["barrier"],
-                   options={"align": "weight-matching", "max_bisections": 0},
-                   out=str(tmp_path / "lstm.h5"), xla=False)
-    with pytest.raises(UserError, match=r"Weight matching cannot align layer '[^']+' \(LSTM\)") as info:
+    spec = RunSpec(
+        models=lstm_pair["paths"],
+        data=lstm_pair["data"],
+        probes=["barrier"],
+        options={"align": "weight-matching", "max_bisections": 0},
+        out=str(tmp_path / "lstm.h5"),
+        xla=False,
+    )
+    with pytest.raises(
+        UserError, match=r"Weight matching cannot align layer '[^']+' \(LSTM\)"
+    ) as info:
         execute(spec)
     assert "Dense" in str(info.value)  # says what is supported
     with Store.open(tmp_path / "lstm.h5") as store:
@@ -440,10 +516,25 @@ def test_weight_matching_on_an_lstm_exits_2_from_the_cli(lstm_pair, tmp_path, ca
     from keras_landscape.cli.main import EXIT_BAD_INPUT, main
 
     capsys.readouterr()
-    code = main(["-q", "probe", *lstm_pair["paths"], "--data", lstm_pair["data"],
-                 "--probe", "barrier", "--set", "align=weight-matching",
-                 "--set", "max_bisections=0", "--xla", "off", "--out", str(tmp_path / "cli.h5")])
+    code = main(
+        [
+            "-q",
+            "probe",
+            *lstm_pair["paths"],
+            "--data",
+            lstm_pair["data"],
+            "--probe",
+            "barrier",
+            "--set",
+            "align=weight-matching",
+            "--set",
+            "max_bisections=0",
+            "--xla",
+            "off",
+            "--out",
+            str(tmp_path / "cli.h5"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
     assert "Weight matching cannot align" in err and "Traceback" not in err
-

@@ -6,8 +6,8 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import run_cli
 
-from conftest import fit_full_batch, run_cli
 from keras_landscape.engine import kernels as engine
 from keras_landscape.engine.landscape import Landscape
 from keras_landscape.engine.params import ParameterLayout
@@ -115,9 +115,7 @@ def _input_bn_model(subclassed: bool):
 
 
 @pytest.mark.parametrize("subclassed", [False, True], ids=["stacked", "mapped"])
-def test_recomputed_statistics_of_input_features_are_the_data_moments(
-    subclassed, digits_data
-):
+def test_recomputed_statistics_of_input_features_are_the_data_moments(subclassed, digits_data):
     model = _input_bn_model(subclassed)
     model.compile(loss=LOGITS)
     x = digits_data.split("train")[0].astype(np.float64)
@@ -170,8 +168,14 @@ def test_batch_moments_match_a_train_mode_forward_by_hand(digits_data):
     x = digits_data.split("train")[0][:50]
     kernel = engine.make_batch_moments(model, layout, state_layout)
     nt = [ops.convert_to_tensor(v.numpy()) for v in model.non_trainable_variables]
-    got = np.asarray(kernel(ops.convert_to_tensor(thetas.astype("float32")),
-                            ops.convert_to_tensor(states), nt, ops.convert_to_tensor(x)))
+    got = np.asarray(
+        kernel(
+            ops.convert_to_tensor(thetas.astype("float32")),
+            ops.convert_to_tensor(states),
+            nt,
+            ops.convert_to_tensor(x),
+        )
+    )
     for k, theta in enumerate(thetas):
         w1, b1, g1, be1, w2, b2, g2, w3, b3 = layout.unflatten(theta)
         h = x @ w1 + b1
@@ -199,14 +203,16 @@ def test_train_mode_stacked_forward_equals_keras_training_calls(build, digits_da
     states = np.stack([state_layout.state_of(model)] * 3)
     nt = [ops.convert_to_tensor(v.numpy()) for v in model.non_trainable_variables]
     forward = engine.make_stacked_forward(model, layout, state_layout, training=True)
-    outputs, _ = forward(ops.convert_to_tensor(thetas), ops.convert_to_tensor(states), nt,
-                         ops.convert_to_tensor(x))
+    outputs, _ = forward(
+        ops.convert_to_tensor(thetas), ops.convert_to_tensor(states), nt, ops.convert_to_tensor(x)
+    )
     for k, theta in enumerate(thetas):
         expected, _ = model.stateless_call(
             [ops.convert_to_tensor(w) for w in layout.unflatten(theta)], nt, x, training=True
         )
-        np.testing.assert_allclose(np.asarray(outputs[k]), np.asarray(expected),
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray(outputs[k]), np.asarray(expected), rtol=1e-4, atol=1e-4
+        )
 
 
 @pytest.fixture(scope="module")
@@ -218,16 +224,25 @@ def bn_pair(bn_files):
 def test_exported_beads_evaluate_in_keras_to_their_stored_level(
     mode, bn_pair, digits_data, tmp_path
 ):
-    from keras_landscape.models.export import export
     from keras_landscape.experiment.runner import RunSpec, execute
+    from keras_landscape.models.export import export
     from keras_landscape.store.hdf5 import Store
 
     out = str(tmp_path / f"{mode}.h5")
     spec = RunSpec(
-        models=list(bn_pair), data="digits", level_fn="error", out=out, bn_stats=mode,
+        models=list(bn_pair),
+        data="digits",
+        level_fn="error",
+        out=out,
+        bn_stats=mode,
         probes=["connectivity"],
-        options={"max_steps": 600, "max_depth": 2, "points": 8, "margin": 0.0,
-                 "learning_rate": 0.005},
+        options={
+            "max_steps": 600,
+            "max_depth": 2,
+            "points": 8,
+            "margin": 0.0,
+            "learning_rate": 0.005,
+        },
     )
     result = execute(spec)["results"]["connectivity"]
     assert result["beads"] >= 3, result  # the straight line failed: there are beads
@@ -250,16 +265,18 @@ def test_exported_beads_evaluate_in_keras_to_their_stored_level(
     ends = [state_layout.state_of(keras.models.load_model(p)) for p in bn_pair]
     # Beads are trained in train mode: their statistics are estimated at their weights.
     landscape = Landscape(landscape_model, digits_data, level_fn="error")
-    np.testing.assert_allclose(states[2:], landscape.recompute_states(beads[2:], states[2:]),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        states[2:], landscape.recompute_states(beads[2:], states[2:]), rtol=1e-4, atol=1e-4
+    )
     if mode == "interpolate":
         # The ends keep their own statistics (segments interpolate between beads' states).
         np.testing.assert_array_equal(states[0], ends[0])
         np.testing.assert_array_equal(states[1], ends[1])
     else:
         # The path is one function of theta: its ends use recomputed statistics too.
-        np.testing.assert_allclose(states[:2], landscape.recompute_states(beads[:2]),
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            states[:2], landscape.recompute_states(beads[:2]), rtol=1e-4, atol=1e-4
+        )
         assert not np.allclose(states[0], ends[0])
 
 
@@ -307,8 +324,9 @@ def test_weight_matching_permutes_the_statistics(bn_pair, digits_data):
         state, [v.numpy() for v in other.non_trainable_variables]
     )
     aligned = model_with_theta(dense_bn, alignment.theta, values)
-    np.testing.assert_allclose(aligned.predict(x, verbose=0), other.predict(x, verbose=0),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        aligned.predict(x, verbose=0), other.predict(x, verbose=0), rtol=1e-4, atol=1e-5
+    )
     assert landscape.evaluate(alignment.theta, state=state).level == pytest.approx(
         landscape.evaluate(theta_b, state=landscape.state_of(other)).level
     )
@@ -334,9 +352,24 @@ def test_models_without_batch_norm_are_unaffected(digits_data, digits_classifier
 
 def test_cli_takes_bn_stats_and_refuses_unknown_modes(capsys, bn_pair, tmp_path):
     code, out, _ = run_cli(
-        capsys, "probe", *bn_pair, "--data", "digits", "--level-fn", "error",
-        "--probe", "barrier", "--bn-stats", "interpolate", "--set", "max_bisections=0",
-        "--set", "grid=4", "--out", str(tmp_path / "b.h5"), "--json",
+        capsys,
+        "probe",
+        *bn_pair,
+        "--data",
+        "digits",
+        "--level-fn",
+        "error",
+        "--probe",
+        "barrier",
+        "--bn-stats",
+        "interpolate",
+        "--set",
+        "max_bisections=0",
+        "--set",
+        "grid=4",
+        "--out",
+        str(tmp_path / "b.h5"),
+        "--json",
     )
     assert code == 0
     document = json.loads(out)
@@ -348,8 +381,8 @@ def test_cli_takes_bn_stats_and_refuses_unknown_modes(capsys, bn_pair, tmp_path)
 
 
 def test_config_validates_bn_stats(tmp_path):
-    from keras_landscape.experiment.config import load_config
     from keras_landscape.errors import UserError
+    from keras_landscape.experiment.config import load_config
 
     path = tmp_path / "c.yaml"
     path.write_text("models: []\ndata: digits\nbn_stats: ema\n")
@@ -378,8 +411,9 @@ def test_resume_refuses_other_statistics_settings_or_models(change, message, bn_
     with pytest.raises(UserError, match=message):
         execute(RunSpec(models=files, data="digits", out=out, resume=True, **settings))
     # The same settings resume (the evaluate run is reused).
-    execute(RunSpec(models=list(bn_files[:2]), data="digits", level_fn="error", out=out,
-                    resume=True))
+    execute(
+        RunSpec(models=list(bn_files[:2]), data="digits", level_fn="error", out=out, resume=True)
+    )
 
 
 def test_a_model_that_cannot_train_its_batch_norm_is_refused_recompute(digits_data):
@@ -408,9 +442,15 @@ def test_train_mode_projection_draws_new_dropout_masks_every_step(digits_data):
     from keras import ops
 
     keras.utils.set_random_seed(6)
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(12),
-                              keras.layers.BatchNormalization(), keras.layers.Dropout(0.5),
-                              keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(12),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(10),
+        ]
+    )
     layout, state_layout = ParameterLayout.from_model(model), StateLayout.from_model(model)
     positions = engine.seed_positions(model)
     assert len(positions) == 1

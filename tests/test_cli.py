@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import run_cli
+
 from keras_landscape import __version__
 from keras_landscape.cli.main import EXIT_BAD_INPUT
 
@@ -75,10 +75,12 @@ def _keras_reference(path):
 
     data = load_data("digits")
     model = keras.models.load_model(path)
-    train = model.evaluate(data.x_train, data.y_train, batch_size=4096, verbose=0,
-                           return_dict=True)["loss"]
-    test = model.evaluate(data.x_test, data.y_test, batch_size=4096, verbose=0,
-                          return_dict=True)["loss"]
+    train = model.evaluate(
+        data.x_train, data.y_train, batch_size=4096, verbose=0, return_dict=True
+    )["loss"]
+    test = model.evaluate(data.x_test, data.y_test, batch_size=4096, verbose=0, return_dict=True)[
+        "loss"
+    ]
     with tf.GradientTape() as tape:
         value = model.loss(data.y_train, model(data.x_train)) + tf.add_n(model.losses)
     grads = tape.gradient(value, model.trainable_variables)
@@ -88,8 +90,9 @@ def _keras_reference(path):
 
 def test_probe_json_matches_keras_and_show_reads_it_back(capsys, tmp_path, model_files):
     out_path = tmp_path / "run.h5"
-    code, out, err = run_cli(capsys, "probe", model_files["good"], "--data", "digits",
-                          "--out", str(out_path), "--json")
+    code, out, err = run_cli(
+        capsys, "probe", model_files["good"], "--data", "digits", "--out", str(out_path), "--json"
+    )
     assert code == 0, err
     document = json.loads(out)  # exactly one JSON document, nothing else on stdout
     assert set(document) == {"store", "models", "results"}
@@ -124,8 +127,20 @@ def test_probe_json_matches_keras_and_show_reads_it_back(capsys, tmp_path, model
 
 def test_probe_level_error_and_resume(capsys, tmp_path, model_files):
     out_path = tmp_path / "errors.h5"
-    args = ["-q", "probe", model_files["good"], "--data", "digits", "--level-fn", "error",
-            "--eval-batch-size", "7", "--out", str(out_path), "--json"]
+    args = [
+        "-q",
+        "probe",
+        model_files["good"],
+        "--data",
+        "digits",
+        "--level-fn",
+        "error",
+        "--eval-batch-size",
+        "7",
+        "--out",
+        str(out_path),
+        "--json",
+    ]
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     [row] = json.loads(out)["results"]["evaluate"]["models"]
@@ -149,23 +164,38 @@ def _bad_cases(files, existing):
         "unknown extension": ([files["pt"], *digits], "unknown extension '.pt'"),
         "unknown data kind": ([files["good"], "--data", "mnistt"], "Unknown data kind 'mnistt'"),
         "unknown probe": ([files["good"], *digits, "--probe", "nosuch"], "Unknown probe 'nosuch'"),
-        "unknown --set option": ([files["good"], *digits, "--set", "bogus=1"],
-                                 "Unknown option.*bogus"),
+        "unknown --set option": (
+            [files["good"], *digits, "--set", "bogus=1"],
+            "Unknown option.*bogus",
+        ),
         "malformed --set": ([files["good"], *digits, "--set", "bogus"], "write key=value"),
-        "mismatched architectures": ([files["good"], files["wider"], *digits],
-                                     "digits_mlp and wider do not share an architecture.*"
-                                     r"\(64, 6\) vs .*\(64, 7\)"),
-        "wrong data shapes": ([files["five"], *digits],
-                              r"per-sample shape \(64,\), but the model expects \(5,\)"),
+        "mismatched architectures": (
+            [files["good"], files["wider"], *digits],
+            "digits_mlp and wider do not share an architecture.*"
+            r"\(64, 6\) vs .*\(64, 7\)",
+        ),
+        "wrong data shapes": (
+            [files["five"], *digits],
+            r"per-sample shape \(64,\), but the model expects \(5,\)",
+        ),
         "NaN weights": ([files["nan"], *digits], "loss of model 'nan_weights'.*is not finite"),
-        "existing --out": ([files["good"], *digits, "--out", existing],
-                           "already exists.*--resume"),
+        "existing --out": ([files["good"], *digits, "--out", existing], "already exists.*--resume"),
     }
 
 
-BAD_CASES = ["missing model file", "corrupt file", "unknown extension", "unknown data kind",
-             "unknown probe", "unknown --set option", "malformed --set",
-             "mismatched architectures", "wrong data shapes", "NaN weights", "existing --out"]
+BAD_CASES = [
+    "missing model file",
+    "corrupt file",
+    "unknown extension",
+    "unknown data kind",
+    "unknown probe",
+    "unknown --set option",
+    "malformed --set",
+    "mismatched architectures",
+    "wrong data shapes",
+    "NaN weights",
+    "existing --out",
+]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -204,28 +234,51 @@ def test_show_missing_store_exits_2(capsys, tmp_path):
 
 def test_console_script_json_has_no_framework_noise(tmp_path, model_files):
     script = Path(sys.executable).with_name("klandscape")
-    command = [str(script)] if script.exists() else [sys.executable, "-m",
-                                                    "keras_landscape.cli.main"]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY", "ABSL_MIN_LOG_LEVEL")}
+    command = (
+        [str(script)] if script.exists() else [sys.executable, "-m", "keras_landscape.cli.main"]
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY", "ABSL_MIN_LOG_LEVEL")
+    }
     env["CUDA_VISIBLE_DEVICES"] = ""
     result = subprocess.run(
-        [*command, "probe", model_files["good"], "--data", "digits",
-         "--out", str(tmp_path / "sub.h5"), "--json"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [
+            *command,
+            "probe",
+            model_files["good"],
+            "--data",
+            "digits",
+            "--out",
+            str(tmp_path / "sub.h5"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["results"]["evaluate"]["models"][0]["parameters"] == 460
-    noise = [line for line in result.stderr.splitlines()
-             if line.startswith(("I0000", "W0000", "E0000"))
-             or any(word in line for word in ("oneDNN", "cuda", "absl::InitializeLog"))]
+    noise = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith(("I0000", "W0000", "E0000"))
+        or any(word in line for word in ("oneDNN", "cuda", "absl::InitializeLog"))
+    ]
     assert noise == [], result.stderr
     # A bad input from the console script: exit 2, one message, no traceback, and without
     # --json nothing on stdout.
     bad = subprocess.run(
         [*command, "show", str(tmp_path / "absent.h5")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("Error: ") and "Traceback" not in bad.stderr
@@ -248,9 +301,12 @@ def test_export_to_unwritable_path_exits_2(capsys, tmp_path, model_files):
     assert run_cli(capsys, "probe", model_files["good"], "--data", "digits", "--out", out)[0] == 0
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    code, _, stderr = run_cli(capsys, "export", out, "--model", "digits_model", "-o",
-                           str(blocker / "b.keras"))
+    code, _, stderr = run_cli(
+        capsys, "export", out, "--model", "digits_model", "-o", str(blocker / "b.keras")
+    )
     if "No model" in stderr:  # the stored name follows the file stem
         name = Path(model_files["good"]).stem
-        code, _, stderr = run_cli(capsys, "export", out, "--model", name, "-o", str(blocker / "b.keras"))
+        code, _, stderr = run_cli(
+            capsys, "export", out, "--model", name, "-o", str(blocker / "b.keras")
+        )
     assert code == EXIT_BAD_INPUT and "Cannot write" in stderr

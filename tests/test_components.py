@@ -16,11 +16,16 @@ import math
 import numpy as np
 import pytest
 
-from keras_landscape.science.merge_tree import UnionFind, bottleneck_levels, count_components, merge_tree
 from keras_landscape.data.specs import load_data
 from keras_landscape.engine.landscape import Landscape
-from keras_landscape.models.loading import load_model
 from keras_landscape.experiment.runner import RunSpec, execute
+from keras_landscape.models.loading import load_model
+from keras_landscape.science.merge_tree import (
+    UnionFind,
+    bottleneck_levels,
+    count_components,
+    merge_tree,
+)
 from keras_landscape.store.hdf5 import Store
 
 TOL = 0.02
@@ -44,24 +49,28 @@ def test_union_find():
 # Minimum levels and saddle levels of 5 minima: a chain 0 -1- 1 -2- 2 -3- 3, a direct 0-3
 # pair at 5 (worse than the chain), and minimum 4 connected to nothing.
 LEVELS = [0.1, 0.2, 0.0, 0.3, 0.05]
-SADDLE = np.array([
-    [0.1, 1.0, INF, 5.0, INF],
-    [1.0, 0.2, 2.0, INF, INF],
-    [INF, 2.0, 0.0, 3.0, INF],
-    [5.0, INF, 3.0, 0.3, INF],
-    [INF, INF, INF, INF, 0.05],
-])
+SADDLE = np.array(
+    [
+        [0.1, 1.0, INF, 5.0, INF],
+        [1.0, 0.2, 2.0, INF, INF],
+        [INF, 2.0, 0.0, 3.0, INF],
+        [5.0, INF, 3.0, 0.3, INF],
+        [INF, INF, INF, INF, 0.05],
+    ]
+)
 
 
 def test_bottleneck_levels_are_minimax_chains():
     b = bottleneck_levels(SADDLE)
-    expected = np.array([
-        [0.1, 1.0, 2.0, 3.0, INF],
-        [1.0, 0.2, 2.0, 3.0, INF],
-        [2.0, 2.0, 0.0, 3.0, INF],
-        [3.0, 3.0, 3.0, 0.3, INF],
-        [INF, INF, INF, INF, 0.05],
-    ])
+    expected = np.array(
+        [
+            [0.1, 1.0, 2.0, 3.0, INF],
+            [1.0, 0.2, 2.0, 3.0, INF],
+            [2.0, 2.0, 0.0, 3.0, INF],
+            [3.0, 3.0, 3.0, 0.3, INF],
+            [INF, INF, INF, INF, 0.05],
+        ]
+    )
     np.testing.assert_array_equal(b, expected)
     assert np.all(b <= SADDLE)
     np.testing.assert_array_equal(b, b.T)
@@ -137,8 +146,12 @@ def _reference(minimum_levels, saddle):
             i = parent[i]
         return i
 
-    edges = sorted((max(saddle[i, j], minimum_levels[i], minimum_levels[j]), i, j)
-                   for i in range(k) for j in range(i + 1, k) if math.isfinite(saddle[i, j]))
+    edges = sorted(
+        (max(saddle[i, j], minimum_levels[i], minimum_levels[j]), i, j)
+        for i in range(k)
+        for j in range(i + 1, k)
+        if math.isfinite(saddle[i, j])
+    )
     cluster, tree = list(range(k)), []
     for level, i, j in edges:
         ri, rj = root(i), root(j)
@@ -199,19 +212,23 @@ def test_merge_tree_n_u_and_bottlenecks_against_brute_force():
         for i in range(k):
             for j in range(i + 1, k):
                 assert b[i, j] == b[j, i] == bottleneck(i, j), (case, i, j)
-        np.testing.assert_array_equal(np.diag(b), np.minimum(np.diag(s), [
-            min(s[i, j] for j in range(k) if j != i) for i in range(k)]))
+        np.testing.assert_array_equal(
+            np.diag(b),
+            np.minimum(np.diag(s), [min(s[i, j] for j in range(k) if j != i) for i in range(k)]),
+        )
         # at every merge level and minimum level exactly (u == level joins), just below
         # and above them, and outside everything
         marks = {m[0] for m in tree} | set(levels)
-        grid = sorted(marks | {v - 0.01 for v in marks} | {v + 0.01 for v in marks}
-                      | {-100.0, 100.0, INF})
+        grid = sorted(
+            marks | {v - 0.01 for v in marks} | {v + 0.01 for v in marks} | {-100.0, 100.0, INF}
+        )
         assert count_components(levels, merges, grid) == [n_u(u) for u in grid], case
         merge_levels = [m[0] for m in tree]
         seen_ties += len(set(merge_levels)) < len(merge_levels)
         seen_never += len(tree) < k - 1
-        seen_high_minimum += any(s[i, j] < max(levels[i], levels[j])
-                                 for i in range(k) for j in range(i + 1, k))
+        seen_high_minimum += any(
+            s[i, j] < max(levels[i], levels[j]) for i in range(k) for j in range(i + 1, k)
+        )
     assert seen_ties and seen_never and seen_high_minimum  # the cases cover each
 
 
@@ -230,8 +247,9 @@ def test_count_components_exactly_at_a_merge_level():
 def test_convex_minima_form_one_component(linreg_models, tmp_path):
     paths, data = linreg_models["paths"], linreg_models["data"]
     out = tmp_path / "convex.h5"
-    result = execute(RunSpec(models=paths, data=data, probes=["components"],
-                             out=str(out)))["results"]["components"]
+    result = execute(RunSpec(models=paths, data=data, probes=["components"], out=str(out)))[
+        "results"
+    ]["components"]
     landscape = Landscape(load_model(paths[0]), load_data(data))
     levels = landscape.levels(np.stack([landscape.theta_of(load_model(p)) for p in paths]))
     assert len(set(np.round(levels, 6))) == 4  # four different levels
@@ -240,8 +258,8 @@ def test_convex_minima_form_one_component(linreg_models, tmp_path):
     # every pair connects at max(E_i, E_j): single linkage merges at E_(2), ..., E_(K)
     ordered = sorted(levels)
     assert result["merge_levels"] == pytest.approx(ordered[1:], rel=1e-5)
-    for level, a, b, new in result["merge_tree"]:
-        assert level <= max(levels) * (1 + TOL)
+    for merge in result["merge_tree"]:
+        assert merge[0] <= max(levels) * (1 + TOL)
     assert [m[3] for m in result["merge_tree"]] == [4, 5, 6]
     assert result["highest_merge_level"] == pytest.approx(max(levels), rel=1e-5)
     # default grid: 25 levels from the lowest minimum to 10% above the highest merge
@@ -269,9 +287,15 @@ def test_convex_components_on_an_explicit_grid(linreg_models, tmp_path):
     levels = landscape.levels(np.stack([landscape.theta_of(load_model(p)) for p in paths]))
     lo, hi = float(levels.min()), float(levels.max())
     grid = [0.5 * lo, lo * (1 + 1e-6), 0.5 * (lo + hi), hi * (1 + 1e-6), 2 * hi, 100 * hi]
-    result = execute(RunSpec(models=paths, data=data, probes=["components"],
-                             options={"levels": ",".join(repr(u) for u in grid)},
-                             out=str(tmp_path / "grid.h5")))["results"]["components"]
+    result = execute(
+        RunSpec(
+            models=paths,
+            data=data,
+            probes=["components"],
+            options={"levels": ",".join(repr(u) for u in grid)},
+            out=str(tmp_path / "grid.h5"),
+        )
+    )["results"]["components"]
     assert result["levels"] == pytest.approx(grid)
     # below every minimum: no component holds a sampled minimum; from the lowest on: one
     assert result["n_components"] == [0, 1, 1, 1, 1, 1]
@@ -279,8 +303,12 @@ def test_convex_components_on_an_explicit_grid(linreg_models, tmp_path):
 
 # ------------------------------------------------------------------------- two valleys
 
-VALLEY_MINIMA = {"left": (-1.0, 0.0), "left_up": (-1.0, 0.02),
-                 "right": (1.0, 0.0), "right_up": (1.0, 0.02)}
+VALLEY_MINIMA = {
+    "left": (-1.0, 0.0),
+    "left_up": (-1.0, 0.02),
+    "right": (1.0, 0.0),
+    "right_up": (1.0, 0.02),
+}
 VALLEY_GRID = [-0.1, 0.0001, 0.001, 0.1, 0.3, 0.45, 0.489, 0.52, 0.6, 1.0, 2.0]
 
 
@@ -288,10 +316,19 @@ VALLEY_GRID = [-0.1, 0.0001, 0.001, 0.1, 0.3, 0.45, 0.489, 0.52, 0.6, 1.0, 2.0]
 def valley_components(two_valley, tmp_path_factory):
     paths = [two_valley.save(name, w) for name, w in VALLEY_MINIMA.items()]
     out = tmp_path_factory.mktemp("valley_components") / "c.h5"
-    spec = RunSpec(models=paths, data=two_valley.data, probes=["components"],
-                   options={"learning_rate": 0.05, "points": 40, "tolerance": TOL,
-                            "levels": ",".join(str(u) for u in VALLEY_GRID)},
-                   custom_objects=two_valley.custom_objects, out=str(out))
+    spec = RunSpec(
+        models=paths,
+        data=two_valley.data,
+        probes=["components"],
+        options={
+            "learning_rate": 0.05,
+            "points": 40,
+            "tolerance": TOL,
+            "levels": ",".join(str(u) for u in VALLEY_GRID),
+        },
+        custom_objects=two_valley.custom_objects,
+        out=str(out),
+    )
     return execute(spec)["results"]["components"], out
 
 
@@ -347,10 +384,13 @@ def test_two_valley_pairs(two_valley, valley_components):
     # the cheapest cross pair (lowest straight-line maximum) is bisected first; its path,
     # chained with the within-valley pairs, bounds every other cross pair from above
     first = min(cross, key=lambda k: cross[k]["linear_max"])
-    assert all(p["saddle_level"]["upper"] <= cross[first]["saddle_level"]["upper"] * (1 + 1e-9)
-               for p in cross.values())
+    assert all(
+        p["saddle_level"]["upper"] <= cross[first]["saddle_level"]["upper"] * (1 + 1e-9)
+        for p in cross.values()
+    )
     assert result["highest_merge_level"] == pytest.approx(
-        min(p["saddle_level"]["upper"] for p in cross.values()))
+        min(p["saddle_level"]["upper"] for p in cross.values())
+    )
     with Store.open(out) as store:
         run = store.run("components")
         assert run.status == "complete"

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import run_cli
+from synthetic_stores import cubic_models
+
 from keras_landscape.cli.main import EXIT_BAD_INPUT
 from keras_landscape.experiment.config import ModelRecipe, choose_data, load_config
 from keras_landscape.experiment.demo import demo_config
-from keras_landscape.report.plots import is_png
 from keras_landscape.models.recipes import _steps_per_call, build_model
-from synthetic_stores import cubic_models
+from keras_landscape.report.plots import is_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,9 +26,15 @@ def _write(folder: Path, document, name="run.yaml") -> str:
 
 
 BASE = {
-    "model": {"builder": "mlp", "input": [1], "layers": [4, 4], "activation": "sigmoid",
-              "output": 1, "replicas": 2,
-              "train": {"epochs": 4, "batch_size": "full", "learning_rate": 0.01}},
+    "model": {
+        "builder": "mlp",
+        "input": [1],
+        "layers": [4, 4],
+        "activation": "sigmoid",
+        "output": 1,
+        "replicas": 2,
+        "train": {"epochs": 4, "batch_size": "full", "learning_rate": 0.01},
+    },
     "data": "cubic:n=200",
     "loss": "mae",
     "level_fn": "mae",
@@ -57,30 +63,57 @@ _DELETE = object()
 
 BAD = {
     "unknown top-level key": (_with(modle=1), "modle: unknown key"),
-    "unknown probe option": (_with(probes=[{"curviness": {"alpah": 0.9}}]),
-                             "probes.curviness.alpah: unknown option (did you mean alpha?)"),
-    "bad probe option value": (_with(probes=[{"curviness": {"alpha": "high"}}]),
-                               "probes.curviness.alpha: expected float, got 'high'"),
-    "probe option out of range": (_with(probes=[{"curviness": {"alpha": 1.5}}]),
-                                  "probes.curviness: alpha must be in (0, 1], got 1.5"),
-    "integer option given a float": (_with(probes=[{"curviness": {"max_depth": 2.5}}]),
-                                     "probes.curviness.max_depth: expected an integer"),
-    "unknown probe": (_with(probes=["curvines"]), "probes.curvines: unknown probe (did you mean curviness?)"),
-    "shared option no probe has": (_with(options={"max_stepz": 3}),
-                                   "options.max_stepz: no listed probe"),
+    "unknown probe option": (
+        _with(probes=[{"curviness": {"alpah": 0.9}}]),
+        "probes.curviness.alpah: unknown option (did you mean alpha?)",
+    ),
+    "bad probe option value": (
+        _with(probes=[{"curviness": {"alpha": "high"}}]),
+        "probes.curviness.alpha: expected float, got 'high'",
+    ),
+    "probe option out of range": (
+        _with(probes=[{"curviness": {"alpha": 1.5}}]),
+        "probes.curviness: alpha must be in (0, 1], got 1.5",
+    ),
+    "integer option given a float": (
+        _with(probes=[{"curviness": {"max_depth": 2.5}}]),
+        "probes.curviness.max_depth: expected an integer",
+    ),
+    "unknown probe": (
+        _with(probes=["curvines"]),
+        "probes.curvines: unknown probe (did you mean curviness?)",
+    ),
+    "shared option no probe has": (
+        _with(options={"max_stepz": 3}),
+        "options.max_stepz: no listed probe",
+    ),
     "unknown train key": (_with(model__train__epochz=3), "model.train.epochz: unknown key"),
     "negative width": (_with(model__layers=[4, -1]), "model.layers[1]: must be >= 1"),
     "unknown builder": (_with(model__builder="rnn"), "model.builder: unknown builder 'rnn'"),
-    "cnn option on an mlp": (_with(model__filters=[8]), "model.filters: not an option of the mlp builder"),
-    "unknown optimizer": (_with(model__train__optimizer="adamm"), "model.train.optimizer: unknown optimizer"),
-    "bad learning rate": (_with(model__train__learning_rate=-1), "model.train.learning_rate: must be a positive"),
+    "cnn option on an mlp": (
+        _with(model__filters=[8]),
+        "model.filters: not an option of the mlp builder",
+    ),
+    "unknown optimizer": (
+        _with(model__train__optimizer="adamm"),
+        "model.train.optimizer: unknown optimizer",
+    ),
+    "bad learning rate": (
+        _with(model__train__learning_rate=-1),
+        "model.train.learning_rate: must be a positive",
+    ),
     "models and model": (_with(models=["a.keras"]), "models: give either models"),
     "neither models nor model": (_with(model=_DELETE), "models: give either models"),
-    "missing model file": (_with(model=_DELETE, models=["nothere.keras"]),
-                           "models[0]: the model file"),
+    "missing model file": (
+        _with(model=_DELETE, models=["nothere.keras"]),
+        "models[0]: the model file",
+    ),
     "unknown data kind": (_with(data="cubc"), "data: unknown data kind 'cubc'"),
     "missing data file": (_with(data="npz:nothere.npz"), "data: the data file"),
-    "bad data mapping": (_with(data={"online": "cubic", "ofline": "digits"}), "data.ofline: unknown key"),
+    "bad data mapping": (
+        _with(data={"online": "cubic", "ofline": "digits"}),
+        "data.ofline: unknown key",
+    ),
     "missing data": (_with(data=_DELETE), "data: missing"),
     "bad split": (_with(split="validation"), "split: expected train or test"),
     "bad xla": (_with(xla="maybe"), "xla: expected auto, on or off"),
@@ -106,7 +139,9 @@ def test_bad_config_exits_2_naming_the_key(case, capsys, tmp_path):
 def test_unknown_scale_and_missing_file_exit_2(capsys, tmp_path):
     path = _write(tmp_path, BASE)
     code, _, err = run_cli(capsys, "run", path, "--scale", "huge", "--dry-run")
-    assert code == EXIT_BAD_INPUT and "--scale huge: unknown scale; the config defines: small" in err
+    assert (
+        code == EXIT_BAD_INPUT and "--scale huge: unknown scale; the config defines: small" in err
+    )
     code, _, err = run_cli(capsys, "run", str(tmp_path / "absent.yaml"))
     assert code == EXIT_BAD_INPUT and "does not exist" in err
 
@@ -120,8 +155,11 @@ def _dryrun_cli(capsys, *args):
 def test_scale_and_overrides(capsys, tmp_path):
     path = _write(tmp_path, BASE)
     plain = _dryrun_cli(capsys, path)
-    assert plain["run"]["probe_options"]["curviness"] == {"levels": "0.3,0.2", "alpha": 0.95,
-                                                          "max_steps": 300}
+    assert plain["run"]["probe_options"]["curviness"] == {
+        "levels": "0.3,0.2",
+        "alpha": 0.95,
+        "max_steps": 300,
+    }
     assert plain["model"]["replicas"] == 2 and plain["run"]["out"] == "runs/x.h5"
     assert plain["model"]["dir"] == "runs/x-models"  # beside the store
 
@@ -131,21 +169,47 @@ def test_scale_and_overrides(capsys, tmp_path):
     assert small["run"]["probe_options"]["curviness"]["levels"] == "0.5"
     assert small["run"]["probe_options"]["curviness"]["alpha"] == 0.95
 
-    over = _dryrun_cli(capsys, path, "--scale", "small", "--out", "o.h5", "--seed", "7",
-                    "--levels", "0.25,0.1", "--set", "model.train.epochs=9",
-                    "--set", "max_steps=50", "--set", "probes.curviness.alpha=0.9",
-                    "--set", "model.layers=[8, 8]", "--set", "data=quadratic:n=100")
+    over = _dryrun_cli(
+        capsys,
+        path,
+        "--scale",
+        "small",
+        "--out",
+        "o.h5",
+        "--seed",
+        "7",
+        "--levels",
+        "0.25,0.1",
+        "--set",
+        "model.train.epochs=9",
+        "--set",
+        "max_steps=50",
+        "--set",
+        "probes.curviness.alpha=0.9",
+        "--set",
+        "model.layers=[8, 8]",
+        "--set",
+        "data=quadratic:n=100",
+    )
     run = over["run"]
     assert (run["out"], run["seed"], run["data"]) == ("o.h5", 7, "quadratic:n=100")
-    assert run["probe_options"]["curviness"] == {"levels": "0.25,0.1", "alpha": 0.9,
-                                                 "max_steps": 50}
+    assert run["probe_options"]["curviness"] == {
+        "levels": "0.25,0.1",
+        "alpha": 0.9,
+        "max_steps": 50,
+    }
     assert over["model"]["train"]["epochs"] == 9 and over["model"]["layers"] == [8, 8]
     assert over["model"]["dir"] == "o-models"
     code, _, err = run_cli(capsys, "run", path, "--set", "probes.barrier.grid=5", "--dry-run")
-    assert code == EXIT_BAD_INPUT and "probes.barrier: not a listed probe (evaluate, curviness)" in err
+    assert (
+        code == EXIT_BAD_INPUT and "probes.barrier: not a listed probe (evaluate, curviness)" in err
+    )
     code, _, err = run_cli(capsys, "run", path, "--set", "max_stepz=5", "--dry-run")
     assert code == EXIT_BAD_INPUT
-    assert "max_stepz: neither a config key nor an option of any probe (did you mean max_steps?)" in err
+    assert (
+        "max_stepz: neither a config key nor an option of any probe (did you mean max_steps?)"
+        in err
+    )
 
 
 def test_paths_resolve_against_the_config_folder(capsys, tmp_path):
@@ -155,8 +219,15 @@ def test_paths_resolve_against_the_config_folder(capsys, tmp_path):
     for name, source in (("a.keras", a), ("b.keras", b)):
         (folder / name).write_bytes(Path(source).read_bytes())
     np.savez(folder / "data.npz", x=np.zeros((4, 1), np.float32), y=np.zeros((4, 1), np.float32))
-    path = _write(folder, {"models": ["a.keras", "b.keras"], "data": "npz:data.npz:limit=2",
-                           "probes": ["evaluate"], "out": "here.h5"})
+    path = _write(
+        folder,
+        {
+            "models": ["a.keras", "b.keras"],
+            "data": "npz:data.npz:limit=2",
+            "probes": ["evaluate"],
+            "out": "here.h5",
+        },
+    )
     resolved = _dryrun_cli(capsys, path)["run"]
     assert resolved["models"] == [str(folder / "a.keras"), str(folder / "b.keras")]
     assert resolved["data"] == f"npz:{folder / 'data.npz'}:limit=2"
@@ -164,8 +235,10 @@ def test_paths_resolve_against_the_config_folder(capsys, tmp_path):
 
 
 def test_offline_data_is_used_when_the_online_one_is_missing(tmp_path):
-    config = load_config(_with(data={"online": "npz:not/downloaded.npz", "offline": "cubic:n=50"}),
-                         base_dir=str(tmp_path))
+    config = load_config(
+        _with(data={"online": "npz:not/downloaded.npz", "offline": "cubic:n=50"}),
+        base_dir=str(tmp_path),
+    )
     notes = []
 
     class Notes:
@@ -192,8 +265,12 @@ def test_shipped_configs_validate(capsys):
     small = _dryrun_cli(capsys, str(ROOT / "configs/cubic.yaml"), "--scale", "small")
     assert small["run"]["probe_options"]["curviness"]["levels"] == "0.3,0.1,0.05"
     assert small["model"]["replicas"] * (small["model"]["replicas"] - 1) // 2 >= 8  # pairs
-    assert cubic["model"]["train"] == {"epochs": 20000, "batch_size": "full",
-                                       "learning_rate": 0.001, "optimizer": "adam"}
+    assert cubic["model"]["train"] == {
+        "epochs": 20000,
+        "batch_size": "full",
+        "learning_rate": 0.001,
+        "optimizer": "adam",
+    }
 
 
 def test_builders():
@@ -205,7 +282,12 @@ def test_builders():
     cnn = build_model(ModelRecipe("cnn", [8, 8, 1], 10, filters=[4], layers=[6]))
     assert cnn.output_shape == (None, 10)
     assert [type(layer).__name__ for layer in cnn.layers] == [
-        "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"]
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dense",
+    ]
 
 
 def test_full_batch_steps_divide_the_epochs():
@@ -217,10 +299,16 @@ def test_full_batch_steps_divide_the_epochs():
 
 def test_run_trains_probes_and_plots(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    document = _with(probes=["evaluate", {"connectivity": {"max_depth": 2, "margin": 3.0}}],
-                     options={}, xla="off", plots={"dir": "figs"},
-                     model={**BASE["model"], "train": {"epochs": 40, "batch_size": "full",
-                                                       "learning_rate": 0.05}})
+    document = _with(
+        probes=["evaluate", {"connectivity": {"max_depth": 2, "margin": 3.0}}],
+        options={},
+        xla="off",
+        plots={"dir": "figs"},
+        model={
+            **BASE["model"],
+            "train": {"epochs": 40, "batch_size": "full", "learning_rate": 0.05},
+        },
+    )
     path = _write(tmp_path, document)
     code, out, err = run_cli(capsys, "run", path, "--json", "-q")
     assert code == 0, err
@@ -228,7 +316,10 @@ def test_run_trains_probes_and_plots(capsys, tmp_path, monkeypatch):
     assert result["store"] == "runs/x.h5" and result["config"] == path
     assert [m["name"] for m in result["models"]] == ["mlp_0", "mlp_1"]
     assert sorted(p.name for p in (tmp_path / "runs" / "x-models").iterdir()) == [
-        "mlp_0.keras", "mlp_1.keras", "recipe.json"]
+        "mlp_0.keras",
+        "mlp_1.keras",
+        "recipe.json",
+    ]
     assert result["results"]["connectivity"]["level"] > 0
     assert [Path(p).name for p in result["figures"]] == ["connectivity_path_pair_0_1.png"]
     assert all(is_png(p) for p in result["figures"])
@@ -245,4 +336,6 @@ def test_run_trains_probes_and_plots(capsys, tmp_path, monkeypatch):
     assert code == 0, err
     assert "connectivity" in out and "figures: figs/ (1 file)" in out
     assert "reusing the 2 trained models" in err and "already complete" in err
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "x-models").iterdir()} == trained
+    assert {
+        p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "x-models").iterdir()
+    } == trained

@@ -8,14 +8,13 @@ interrupt it half way and check that a resumed run finishes exactly like an unin
 import keras
 import numpy as np
 import pytest
+from conftest import CountingProgress, fit_full_batch
 
-from conftest import CountingProgress
-from conftest import fit_full_batch
 from keras_landscape.data.specs import load_data
-from keras_landscape.science.dss import check_segments
 from keras_landscape.engine.landscape import Landscape
-from keras_landscape.models.loading import load_model
 from keras_landscape.experiment.runner import RunSpec, execute
+from keras_landscape.models.loading import load_model
+from keras_landscape.science.dss import check_segments
 from keras_landscape.store.hdf5 import Store
 
 LEVEL = 0.05  # five times the noise floor (0.1^2) of the linear data
@@ -33,8 +32,13 @@ def swap_pair(tmp_path_factory):
     np.savez(tmp / "linear.npz", x=x, y=y)
 
     def make():
-        return keras.Sequential([keras.Input((d,)), keras.layers.Dense(2, use_bias=False),
-                                 keras.layers.Dense(1, use_bias=False)])
+        return keras.Sequential(
+            [
+                keras.Input((d,)),
+                keras.layers.Dense(2, use_bias=False),
+                keras.layers.Dense(1, use_bias=False),
+            ]
+        )
 
     keras.utils.set_random_seed(1)
     a = fit_full_batch(make(), x, y, 200, 0.05)
@@ -47,14 +51,25 @@ def swap_pair(tmp_path_factory):
     b.save(tmp / "b.keras")
     data = f"npz:{tmp / 'linear.npz'}"
     landscape = Landscape(load_model(tmp / "a.keras"), load_data(data))
-    return {"a": str(tmp / "a.keras"), "b": str(tmp / "b.keras"), "data": data,
-            "landscape": landscape}
+    return {
+        "a": str(tmp / "a.keras"),
+        "b": str(tmp / "b.keras"),
+        "data": data,
+        "landscape": landscape,
+    }
 
 
 def _spec(pair, out, **kw):
     options = {"level": LEVEL, "points": POINTS, **kw.pop("options", {})}
-    return RunSpec(models=[pair["a"], pair["b"]], data=pair["data"], probes=["connectivity"],
-                   options=options, out=str(out), seed=kw.pop("seed", 0), **kw)
+    return RunSpec(
+        models=[pair["a"], pair["b"]],
+        data=pair["data"],
+        probes=["connectivity"],
+        options=options,
+        out=str(out),
+        seed=kw.pop("seed", 0),
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +82,9 @@ def uninterrupted(swap_pair, tmp_path_factory):
 def _read(out, run_name, prefix):
     with Store.open(out) as store:
         run = store.run(run_name)
-        data = {key.split("/")[-1]: run.read(key) for key in run.keys() if key.startswith(prefix + "/")}
+        data = {
+            key.split("/")[-1]: run.read(key) for key in run.keys() if key.startswith(prefix + "/")
+        }
         data["status"] = run.status
         data["attrs"] = run.get_attrs(prefix)
         data["models"] = {name: store.read_model(name)["theta"] for name in store.model_names()}
@@ -86,8 +103,15 @@ def test_connectivity_probe_writes_the_string(swap_pair, uninterrupted):
     assert len(result["pairs"]) == 1 and result["pairs"][0]["a"] == "a"
     stored = _read(out, "connectivity", "pair_0_1")
     assert stored["status"] == "complete"
-    for key in ("beads", "bead_level", "bead_depth", "bead_steps", "order", "curves",
-                "curve_segments"):
+    for key in (
+        "beads",
+        "bead_level",
+        "bead_depth",
+        "bead_steps",
+        "order",
+        "curves",
+        "curve_segments",
+    ):
         assert key in stored, key
     beads, order = stored["beads"], stored["order"]
     landscape = swap_pair["landscape"]
@@ -107,7 +131,10 @@ def test_connectivity_probe_writes_the_string(swap_pair, uninterrupted):
     assert result["normalized_length"] == pytest.approx(steps.sum() / distance, rel=1e-6)
     # every segment of the final string has its curve, and the curves give max_level
     assert stored["curves"].shape == (len(stored["curve_segments"]), POINTS + 1)
-    curves = {(int(l), int(r)): c for (l, r, _), c in zip(stored["curve_segments"], stored["curves"])}
+    curves = {
+        (int(left), int(right)): c
+        for (left, right, _), c in zip(stored["curve_segments"], stored["curves"])
+    }
     final = [curves[(int(p), int(q))] for p, q in zip(order, order[1:])]
     assert max(c.max() for c in final) == pytest.approx(result["max_level"], rel=1e-9)
     recomputed = check_segments(landscape, list(zip(string, string[1:])), POINTS)
@@ -165,8 +192,13 @@ def test_resuming_a_complete_run_reuses_it(swap_pair, uninterrupted):
 def test_default_level_is_the_higher_endpoint_plus_margin(swap_pair, tmp_path):
     landscape = swap_pair["landscape"]
     ends = landscape.levels(np.stack([landscape.theta_of(load_model(swap_pair[k])) for k in "ab"]))
-    spec = RunSpec(models=[swap_pair["a"], swap_pair["b"]], data=swap_pair["data"],
-                   probes=["connectivity"], options={"margin": 0.5}, out=str(tmp_path / "d.h5"))
+    spec = RunSpec(
+        models=[swap_pair["a"], swap_pair["b"]],
+        data=swap_pair["data"],
+        probes=["connectivity"],
+        options={"margin": 0.5},
+        out=str(tmp_path / "d.h5"),
+    )
     result = execute(spec)["results"]["connectivity"]
     assert result["level"] == pytest.approx(1.5 * float(ends.max()), rel=1e-6)
     assert result["connected"] is True and result["max_level"] <= result["level"]
@@ -176,8 +208,14 @@ def test_default_level_is_the_higher_endpoint_plus_margin(swap_pair, tmp_path):
 
 
 def _cubic_mlp():
-    return keras.Sequential([keras.Input((1,)), keras.layers.Dense(4, activation="tanh"),
-                             keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)])
+    return keras.Sequential(
+        [
+            keras.Input((1,)),
+            keras.layers.Dense(4, activation="tanh"),
+            keras.layers.Dense(4, activation="tanh"),
+            keras.layers.Dense(1),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -198,14 +236,27 @@ def test_curviness_probe_tables_one_row_per_level(cubic_models, tmp_path):
     paths, landscape = cubic_models
     ends = [landscape.level(landscape.theta_of(load_model(p))) for p in paths]
     assert max(ends) < 0.2  # both endpoints lie below both levels
-    spec = RunSpec(models=paths, data="cubic:n=200", probes=["curviness"],
-                   options={"levels": "0.3,0.2", "max_depth": 4, "learning_rate": 0.01},
-                   level_fn="mean_absolute_error", out=str(tmp_path / "c.h5"))
+    spec = RunSpec(
+        models=paths,
+        data="cubic:n=200",
+        probes=["curviness"],
+        options={"levels": "0.3,0.2", "max_depth": 4, "learning_rate": 0.01},
+        level_fn="mean_absolute_error",
+        out=str(tmp_path / "c.h5"),
+    )
     result = execute(spec)["results"]["curviness"]
     assert result["levels"] == [0.3, 0.2]
     assert result["level_fn"] == "mean_absolute_error"
-    for key in ("normalized_length", "normalized_length_sd", "beads", "beads_sd", "pairs",
-                "failed", "reasons", "details"):
+    for key in (
+        "normalized_length",
+        "normalized_length_sd",
+        "beads",
+        "beads_sd",
+        "pairs",
+        "failed",
+        "reasons",
+        "details",
+    ):
         assert len(result[key]) == 2, key
     for k, level in enumerate(result["levels"]):
         assert result["pairs"][k] + result["failed"][k] == 1  # one pair of models
@@ -233,11 +284,22 @@ def test_curviness_with_one_model_trains_a_partner(cubic_models, tmp_path):
     paths, landscape = cubic_models
     model_level = landscape.level(landscape.theta_of(load_model(paths[0])))
     # seed= pins the data: a synthetic spec's seed otherwise defaults to the run's --seed
-    spec = RunSpec(models=paths[:1], data="cubic:n=200,seed=0", probes=["curviness"],
-                   options={"levels": "0.3,0.25", "partners": 1, "partner_steps": 4000,
-                            "partner_learning_rate": 0.02, "max_depth": 3,
-                            "learning_rate": 0.01},
-                   level_fn="mean_absolute_error", out=str(tmp_path / "p.h5"), seed=3)
+    spec = RunSpec(
+        models=paths[:1],
+        data="cubic:n=200,seed=0",
+        probes=["curviness"],
+        options={
+            "levels": "0.3,0.25",
+            "partners": 1,
+            "partner_steps": 4000,
+            "partner_learning_rate": 0.02,
+            "max_depth": 3,
+            "learning_rate": 0.01,
+        },
+        level_fn="mean_absolute_error",
+        out=str(tmp_path / "p.h5"),
+        seed=3,
+    )
     result = execute(spec)["results"]["curviness"]
     assert [p + f for p, f in zip(result["pairs"], result["failed"])] == [1, 1]
     with Store.open(tmp_path / "p.h5") as store:

@@ -7,31 +7,50 @@ import zipfile
 import numpy as np
 import pytest
 
-from keras_landscape.data.specs import KINDS, Dataset, Teacher, adapt_to_model, load_data, parse_spec
+from keras_landscape.data.specs import (
+    KINDS,
+    Dataset,
+    Teacher,
+    adapt_to_model,
+    load_data,
+    parse_spec,
+)
 from keras_landscape.errors import UserError
 
 # ---------------------------------------------------------------- parse_spec / errors
 
 
 def test_parse_spec_splits_kind_positionals_and_options():
-    assert parse_spec("npz:/data/mnist.npz:limit=5000") == ("npz", ["/data/mnist.npz"],
-                                                            {"limit": "5000"})
+    assert parse_spec("npz:/data/mnist.npz:limit=5000") == (
+        "npz",
+        ["/data/mnist.npz"],
+        {"limit": "5000"},
+    )
     assert parse_spec("tfds:mnist:test") == ("tfds", ["mnist", "test"], {})
-    assert parse_spec("teacher:d=10,h=4,n=2000") == ("teacher", [],
-                                                     {"d": "10", "h": "4", "n": "2000"})
+    assert parse_spec("teacher:d=10,h=4,n=2000") == (
+        "teacher",
+        [],
+        {"d": "10", "h": "4", "n": "2000"},
+    )
     assert parse_spec("Cubic") == ("cubic", [], {})
 
 
 def test_parse_spec_keeps_colons_inside_slices():
-    assert parse_spec("tfds:mnist:train[:10%]:limit=5") == ("tfds", ["mnist", "train[:10%]"],
-                                                            {"limit": "5"})
+    assert parse_spec("tfds:mnist:train[:10%]:limit=5") == (
+        "tfds",
+        ["mnist", "train[:10%]"],
+        {"limit": "5"},
+    )
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("", "Empty data spec"),
-    ("teacher:d=10,h", "Malformed option 'h'"),
-    ("teacher:d=10:d=3", "given twice"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("", "Empty data spec"),
+        ("teacher:d=10,h", "Malformed option 'h'"),
+        ("teacher:d=10:d=3", "given twice"),
+    ],
+)
 def test_parse_spec_rejects_malformed(spec, message):
     with pytest.raises(UserError, match=message):
         parse_spec(spec)
@@ -52,14 +71,17 @@ def test_unknown_option_lists_accepted_ones():
     assert "limit, n, n_test, seed" in str(info.value)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("cubic:n=ten", "n='ten'.*integer >= 1"),
-    ("cubic:n=0", "integer >= 1"),
-    ("teacher:noise=-1", "noise='-1'.*>= 0"),
-    ("cubic:extra", "positional"),
-    ("npz", "the form is npz:PATH"),
-    ("text:/x:split_test=train", "'test' or 'valid'"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("cubic:n=ten", "n='ten'.*integer >= 1"),
+        ("cubic:n=0", "integer >= 1"),
+        ("teacher:noise=-1", "noise='-1'.*>= 0"),
+        ("cubic:extra", "positional"),
+        ("npz", "the form is npz:PATH"),
+        ("text:/x:split_test=train", "'test' or 'valid'"),
+    ],
+)
 def test_bad_option_values_and_positionals(spec, message):
     with pytest.raises(UserError, match=message):
         load_data(spec)
@@ -99,10 +121,13 @@ def test_digits_split_is_fixed_and_balanced():
     assert "1437 train / 360 test" in data.description
 
 
-@pytest.mark.parametrize("kind, formula", [
-    ("cubic", lambda x: 8 * x**3 - 10 * x**2 + 3 * x),
-    ("quadratic", lambda x: 0.5 * x**2 + 0.25 * x + 0.1),
-])
+@pytest.mark.parametrize(
+    "kind, formula",
+    [
+        ("cubic", lambda x: 8 * x**3 - 10 * x**2 + 3 * x),
+        ("quadratic", lambda x: 0.5 * x**2 + 0.25 * x + 0.1),
+    ],
+)
 def test_polynomials_follow_formula(kind, formula):
     data = load_data(f"{kind}:n=500")
     assert data.x_train.shape == (500, 1) and data.y_train.shape == (500, 1)
@@ -171,9 +196,14 @@ def test_npz_keras_convention(tmp_path, rng):
     path = tmp_path / "images.npz"
     x_train = rng.integers(0, 256, (20, 4, 4), dtype=np.uint8)
     x_test = rng.integers(0, 256, (6, 4, 4), dtype=np.uint8)
-    np.savez(path, x_train=x_train, y_train=np.arange(20, dtype=np.uint8).reshape(20, 1) % 3,
-             x_test=x_test, y_test=np.array([0, 1, 2, 0, 1, 4], dtype=np.int64),
-             class_names=np.array(["a", "b", "c", "d", "e"]))
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=np.arange(20, dtype=np.uint8).reshape(20, 1) % 3,
+        x_test=x_test,
+        y_test=np.array([0, 1, 2, 0, 1, 4], dtype=np.int64),
+        class_names=np.array(["a", "b", "c", "d", "e"]),
+    )
     data = load_data(f"npz:{path}")
     assert data.task == "classification" and data.num_classes == 5
     assert data.x_train.dtype == np.float32 and data.y_train.shape == (20,)
@@ -360,8 +390,15 @@ def test_adapt_reshapes_inputs_and_keeps_sparse_labels(digits):
     assert adapt_to_model(digits, (None,), (None,)).x_train.shape == (1437, 64)
 
 
-@pytest.mark.parametrize("loss", ["categorical_crossentropy", "CategoricalCrossentropy",
-                                  "categorical_focal_crossentropy", "mse"])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        "categorical_crossentropy",
+        "CategoricalCrossentropy",
+        "categorical_focal_crossentropy",
+        "mse",
+    ],
+)
 def test_adapt_one_hot_for_dense_losses(digits, loss):
     adapted = adapt_to_model(digits, (64,), (12,), loss)
     assert adapted.y_train.shape == (1437, 12) and adapted.y_train.dtype == np.float32
@@ -370,20 +407,31 @@ def test_adapt_one_hot_for_dense_losses(digits, loss):
 
 
 def test_adapt_binary_single_output():
-    data = Dataset("toy", np.zeros((4, 2), np.float32), np.array([0, 1, 1, 0], np.int32),
-                   None, None, "classification", 2, "toy")
+    data = Dataset(
+        "toy",
+        np.zeros((4, 2), np.float32),
+        np.array([0, 1, 1, 0], np.int32),
+        None,
+        None,
+        "classification",
+        2,
+        "toy",
+    )
     adapted = adapt_to_model(data, (2,), (1,), "binary_crossentropy")
     assert adapted.y_train.shape == (4, 1) and adapted.y_train.dtype == np.float32
     np.testing.assert_array_equal(adapted.y_train[:, 0], [0, 1, 1, 0])
 
 
-@pytest.mark.parametrize("input_shape, output_shape, message", [
-    ((63,), (10,), r"'digits'.*shape \(64,\).*expects \(63,\)"),
-    ((None, 8), (10,), r"shape \(64,\).*expects \(None, 8\)"),
-    ((64,), (5,), "10 classes, but the model outputs only 5"),
-    ((64,), (1,), "10 classes, but the model has a single output"),
-    ((64,), (10, 2), "a classifier outputs"),
-])
+@pytest.mark.parametrize(
+    "input_shape, output_shape, message",
+    [
+        ((63,), (10,), r"'digits'.*shape \(64,\).*expects \(63,\)"),
+        ((None, 8), (10,), r"shape \(64,\).*expects \(None, 8\)"),
+        ((64,), (5,), "10 classes, but the model outputs only 5"),
+        ((64,), (1,), "10 classes, but the model has a single output"),
+        ((64,), (10, 2), "a classifier outputs"),
+    ],
+)
 def test_adapt_rejects_mismatches(digits, input_shape, output_shape, message):
     with pytest.raises(UserError, match=message):
         adapt_to_model(digits, input_shape, output_shape)

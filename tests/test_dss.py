@@ -18,18 +18,22 @@ import math
 import keras
 import numpy as np
 import pytest
-
 from conftest import fit_full_batch
-from keras_landscape.science import dss
-from keras_landscape.data.specs import load_data
-from keras_landscape.science.dss import REASONS, Connection, DSSConfig, check_segments, connect
-from keras_landscape.store.strings import StringRecord
-from keras_landscape.errors import UserError
-from keras_landscape.engine.landscape import Landscape
-from keras_landscape.store.hdf5 import Store
 
-VERSIONS = {"package_version": "test", "keras_version": keras.__version__,
-            "tensorflow_version": "test", "backend": "tensorflow"}
+from keras_landscape.data.specs import load_data
+from keras_landscape.engine.landscape import Landscape
+from keras_landscape.errors import UserError
+from keras_landscape.science import dss
+from keras_landscape.science.dss import REASONS, Connection, DSSConfig, check_segments, connect
+from keras_landscape.store.hdf5 import Store
+from keras_landscape.store.strings import StringRecord
+
+VERSIONS = {
+    "package_version": "test",
+    "keras_version": keras.__version__,
+    "tensorflow_version": "test",
+    "backend": "tensorflow",
+}
 
 
 def _string_segment_maxima(landscape, string, points):
@@ -86,8 +90,15 @@ def linreg(tmp_path_factory):
     optimum, *_ = np.linalg.lstsq(design, y.astype(np.float64), rcond=None)
     # theta order: kernel (d, 1) then bias (1,)
     assert landscape.layout.shapes == ((d, 1), (1,))
-    return {"landscape": landscape, "x": x, "y": y, "design": design,
-            "optimum": optimum.astype(np.float32), "model": model, "path": path}
+    return {
+        "landscape": landscape,
+        "x": x,
+        "y": y,
+        "design": design,
+        "optimum": optimum.astype(np.float32),
+        "model": model,
+        "path": path,
+    }
 
 
 def _mse(linreg, theta):
@@ -155,7 +166,10 @@ def test_check_segments_is_the_exact_quadratic_of_a_convex_loss(linreg):
     landscape = linreg["landscape"]
     rng = np.random.default_rng(5)
     pairs = [
-        (rng.normal(scale=s, size=4).astype(np.float32), rng.normal(scale=s, size=4).astype(np.float32))
+        (
+            rng.normal(scale=s, size=4).astype(np.float32),
+            rng.normal(scale=s, size=4).astype(np.float32),
+        )
         for s in (0.1, 1.0, 3.0)
     ] + [(linreg["optimum"], (linreg["optimum"] + [0.5, -0.5, 0.0, 2.0]).astype(np.float32))]
     points = 20
@@ -188,9 +202,18 @@ def test_check_segments_gives_the_same_curves_in_small_batches(linreg, monkeypat
 
 
 def test_dss_config_validation():
-    for bad in (dict(alpha=0.0), dict(alpha=1.5), dict(slack=-0.1), dict(points=1),
-                dict(max_depth=-1), dict(insertion="random"), dict(projection_mode="sphere"),
-                dict(optimizer="adamm"), dict(learning_rate=0.0), dict(batch_size=0)):
+    for bad in (
+        dict(alpha=0.0),
+        dict(alpha=1.5),
+        dict(slack=-0.1),
+        dict(points=1),
+        dict(max_depth=-1),
+        dict(insertion="random"),
+        dict(projection_mode="sphere"),
+        dict(optimizer="adamm"),
+        dict(learning_rate=0.0),
+        dict(batch_size=0),
+    ):
         with pytest.raises(UserError):
             DSSConfig(**bad).validate()
     DSSConfig().validate()
@@ -258,7 +281,8 @@ def test_double_well_is_not_connected_below_the_barrier(double_well, level):
     assert connection.worst_segment["max_level"] == pytest.approx(connection.max_level)
     beads = np.array([t[0] for t in connection.string])
     assert connection.beads > 2
-    # every inserted bead was projected into a well: E <= alpha * u, i.e. |w| >= sqrt(1 - sqrt(alpha u))
+    # every inserted bead was projected into a well: E <= alpha * u,
+    # i.e. |w| >= sqrt(1 - sqrt(alpha u))
     inner = beads[1:-1]
     assert np.all(np.abs(inner) >= math.sqrt(1 - math.sqrt(config.alpha * level)) - 1e-3)
     assert np.any(inner < 0) and np.any(inner > 0)
@@ -344,11 +368,13 @@ def linear_net(tmp_path_factory):
     path = tmp_path_factory.mktemp("linear_net") / "linear.npz"
     np.savez(path, x=x, y=y)
     keras.utils.set_random_seed(1)
-    model = keras.Sequential([
-        keras.Input((d,)),
-        keras.layers.Dense(2, use_bias=False),
-        keras.layers.Dense(1, use_bias=False),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((d,)),
+            keras.layers.Dense(2, use_bias=False),
+            keras.layers.Dense(1, use_bias=False),
+        ]
+    )
     fit_full_batch(model, x, y, 200, 0.05)
     landscape = Landscape(model, load_data(f"npz:{path}"))
     a = landscape.theta_of(model)
@@ -479,8 +505,9 @@ def architecture(request, tmp_path_factory):
         x, y = data.x_train, data.y_train
 
         def make():
-            return keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, activation="relu"),
-                                     keras.layers.Dense(1)])
+            return keras.Sequential(
+                [keras.Input((4,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(1)]
+            )
 
         steps, lr = 150, 0.03
     elif request.param == "conv2d":
@@ -488,9 +515,14 @@ def architecture(request, tmp_path_factory):
         spec = f"npz:{path}"
 
         def make():
-            return keras.Sequential([keras.Input((6, 6, 1)),
-                                     keras.layers.Conv2D(2, 3, activation="relu"),
-                                     keras.layers.Flatten(), keras.layers.Dense(3)])
+            return keras.Sequential(
+                [
+                    keras.Input((6, 6, 1)),
+                    keras.layers.Conv2D(2, 3, activation="relu"),
+                    keras.layers.Flatten(),
+                    keras.layers.Dense(3),
+                ]
+            )
 
         steps, lr = 40, 0.03
     else:
@@ -498,10 +530,14 @@ def architecture(request, tmp_path_factory):
         spec = f"npz:{path}"
 
         def make():
-            return keras.Sequential([keras.Input((6,), dtype="int32"),
-                                     keras.layers.Embedding(5, 3),
-                                     keras.layers.LSTM(4, return_sequences=True),
-                                     keras.layers.Dense(5)])
+            return keras.Sequential(
+                [
+                    keras.Input((6,), dtype="int32"),
+                    keras.layers.Embedding(5, 3),
+                    keras.layers.LSTM(4, return_sequences=True),
+                    keras.layers.Dense(5),
+                ]
+            )
 
         steps, lr = 40, 0.05
     model_a, model_b = _train(make, x, y, 1, steps, lr), _train(make, x, y, 2, steps, lr)

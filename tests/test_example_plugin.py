@@ -20,8 +20,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "third_party_probe"
 @pytest.fixture
 def linear_path_probe():
     """The example's probe class, registered in-process (as its entry point would)."""
-    spec = importlib.util.spec_from_file_location("klandscape_linear_path",
-                                                  EXAMPLE / "klandscape_linear_path.py")
+    spec = importlib.util.spec_from_file_location(
+        "klandscape_linear_path", EXAMPLE / "klandscape_linear_path.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -39,15 +40,21 @@ def _mse(x, y, theta):
     return float(np.mean((x.astype(np.float64) @ kernel + bias - y[:, 0]) ** 2))
 
 
-def test_example_probe_on_a_convex_landscape(tmp_path, capsys, linreg_models,
-                                             linear_path_probe):
+def test_example_probe_on_a_convex_landscape(tmp_path, capsys, linreg_models, linear_path_probe):
     from keras_landscape.experiment.runner import execute
     from keras_landscape.experiment.spec import RunSpec
 
     paths = linreg_models["paths"][:2]
     store = str(tmp_path / "linear.h5")
-    document = execute(RunSpec(models=paths, data=linreg_models["data"],
-                               probes=["linear_path"], options={"points": 8}, out=store))
+    document = execute(
+        RunSpec(
+            models=paths,
+            data=linreg_models["data"],
+            probes=["linear_path"],
+            options={"points": 8},
+            out=store,
+        )
+    )
     (pair,) = document["results"]["linear_path"]["pairs"]
     x, y = linreg_models["x"], linreg_models["y"]
     from keras_landscape.store import Store
@@ -75,7 +82,16 @@ def test_example_probe_on_a_convex_landscape(tmp_path, capsys, linreg_models,
 
 
 def test_example_probe_option_checked_before_loading(capsys, linear_path_probe):
-    code, out, err = run_cli(capsys, "probe", "missing-is-not-reached.keras", "--data", "cubic",
-                             "--probe", "linear_path", "--set", "points=0")
+    code, out, err = run_cli(
+        capsys,
+        "probe",
+        "missing-is-not-reached.keras",
+        "--data",
+        "cubic",
+        "--probe",
+        "linear_path",
+        "--set",
+        "points=0",
+    )
     assert code == 2
     assert "points must be >= 1" in err or "does not exist" in err

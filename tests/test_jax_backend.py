@@ -43,7 +43,10 @@ def test_core_suite_passes_on_jax_without_tensorflow():
     env = {**os.environ, "KERAS_BACKEND": "jax", "KLANDSCAPE_BLOCK_TENSORFLOW": "1"}
     completed = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files],
-        env=env, capture_output=True, text=True, timeout=1500,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-30:])
     assert completed.returncode == 0, f"JAX core suite failed:\n{tail}"

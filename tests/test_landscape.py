@@ -10,11 +10,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import DIGITS_KINDS
+
 from keras_landscape.data.specs import Dataset, load_data
-from keras_landscape.errors import UserError
 from keras_landscape.engine.landscape import Landscape
+from keras_landscape.errors import UserError
 from keras_landscape.models.loading import load_model
 
 RTOL = 1e-5
@@ -115,9 +115,7 @@ def test_regularizer_term_of_energy_and_gradient(landscapes, digits_data):
     plain.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     unregularised = Landscape(plain, digits_data, eval_batch_size=7)
     rng = np.random.default_rng(3)
-    theta = landscape.initial_theta() + 0.1 * rng.standard_normal(landscape.size).astype(
-        np.float32
-    )
+    theta = landscape.initial_theta() + 0.1 * rng.standard_normal(landscape.size).astype(np.float32)
     kernel = theta[: 64 * 6].astype(np.float64)
     value, grad = landscape.loss_and_grad(theta)
     plain_value, plain_grad = unregularised.loss_and_grad(theta)
@@ -145,7 +143,8 @@ def test_evaluate_many_equals_a_loop_of_evaluate(kind, landscapes):
     # The path view: BatchNorm statistics re-estimated at each theta (bn_stats=recompute).
     states = landscape.recompute_states(thetas)
     np.testing.assert_allclose(
-        landscape.levels(thetas), [landscape.level(t, s) for t, s in zip(thetas, states)],
+        landscape.levels(thetas),
+        [landscape.level(t, s) for t, s in zip(thetas, states)],
         rtol=1e-6,
     )
     with pytest.raises(ValueError, match="thetas must have shape"):
@@ -160,21 +159,29 @@ def test_evaluation_stacks_are_split_to_fit_the_activation_budget(monkeypatch, d
     from keras_landscape.engine import stacked
     from keras_landscape.engine.landscape import Landscape
 
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(7, activation="relu"),
-                              keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(7, activation="relu"), keras.layers.Dense(10)]
+    )
     elements = stacked.activation_elements(model, (64,))
     assert elements == 7 + 10  # every layer's output per sample (the input is not counted)
     eval_batch = 100
     monkeypatch.setattr(landscape_module, "STACK_ACTIVATION_BYTES", 4 * eval_batch * elements * 3)
-    landscape = Landscape(model, digits_data, loss="sparse_categorical_crossentropy:from_logits=true",
-                          eval_batch_size=eval_batch)
+    landscape = Landscape(
+        model,
+        digits_data,
+        loss="sparse_categorical_crossentropy:from_logits=true",
+        eval_batch_size=eval_batch,
+    )
     assert landscape.max_stack == 2
     theta = landscape.initial_theta()
     thetas = np.stack([theta * (1.0 - 0.1 * i) for i in range(5)])
     calls = []
     original = landscape._stacked_sums
-    monkeypatch.setattr(landscape, "_stacked_sums",
-                        lambda stack, *rest: calls.append(len(stack)) or original(stack, *rest))
+    monkeypatch.setattr(
+        landscape,
+        "_stacked_sums",
+        lambda stack, *rest: calls.append(len(stack)) or original(stack, *rest),
+    )
     levels = landscape.levels(thetas)
     batches = len(landscape._batches[landscape.split].batches)
     assert calls == [2] * batches + [2] * batches + [1] * batches
@@ -207,8 +214,9 @@ def test_error_level_is_100_minus_accuracy(kind, digits_data, digits_classifier)
 def test_error_level_with_one_sigmoid_output(tmp_path, rng):
     x = rng.standard_normal((230, 3)).astype(np.float32)
     y = (x @ np.array([1.0, -2.0, 0.5]) + 0.3 * rng.standard_normal(230) > 0).astype(np.int64)
-    np.savez(tmp_path / "binary.npz", x_train=x[:170], y_train=y[:170], x_test=x[170:],
-             y_test=y[170:])
+    np.savez(
+        tmp_path / "binary.npz", x_train=x[:170], y_train=y[:170], x_test=x[170:], y_test=y[170:]
+    )
     data = load_data(f"npz:{tmp_path / 'binary.npz'}")
     keras.utils.set_random_seed(2)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
@@ -258,8 +266,9 @@ def test_lstm_energy_gradient_and_perplexity(rng, weights_unchanged):
     value, grad = landscape.loss_and_grad(theta)
     expected_value, expected_grad = _tape_gradient(model, *data.split("train"))
     assert value == pytest.approx(expected_value, rel=RTOL)
-    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4,
-                               atol=1e-5 * np.max(np.abs(expected_grad)))
+    np.testing.assert_allclose(
+        grad, expected_grad, rtol=1e-4, atol=1e-5 * np.max(np.abs(expected_grad))
+    )
     many = landscape.evaluate_many(np.stack([theta, 0.9 * theta]))
     assert many[0].level == pytest.approx(landscape.level(theta), rel=1e-6)
     assert many[1].level == pytest.approx(landscape.level(0.9 * theta), rel=1e-6)
@@ -411,8 +420,14 @@ def test_subclassed_model_without_training_argument(digits_data):
 def test_xla_auto_is_off_for_convolutions_on_cpu_and_on_for_dense():
     from keras_landscape.engine.landscape import resolve_xla
 
-    conv = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
-                             keras.layers.Dense(3)])
+    conv = keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
     dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     assert resolve_xla("auto", conv) is False
     assert resolve_xla("auto", dense) is True
@@ -422,10 +437,12 @@ def test_xla_auto_is_off_for_convolutions_on_cpu_and_on_for_dense():
 def test_loss_name_with_options_keeps_its_name_and_allows_perplexity():
     from keras_landscape.engine.objectives import resolve_objective
 
-    model = keras.Sequential([keras.Input((3,), dtype="int32"), keras.layers.Embedding(5, 2),
-                              keras.layers.Dense(5)])
-    resolved = resolve_objective(model, "sparse_categorical_crossentropy:from_logits=true",
-                                 "perplexity")
+    model = keras.Sequential(
+        [keras.Input((3,), dtype="int32"), keras.layers.Embedding(5, 2), keras.layers.Dense(5)]
+    )
+    resolved = resolve_objective(
+        model, "sparse_categorical_crossentropy:from_logits=true", "perplexity"
+    )
     assert resolved.loss_name == "sparse_categorical_crossentropy"
     assert resolved.loss_config.get("from_logits") is True
     y = np.array([[1, 2, 3]])

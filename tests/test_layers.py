@@ -45,15 +45,17 @@ def _modules(*folders: str) -> list[str]:
     for folder in folders:
         base = PACKAGE / folder
         names.append(f"keras_landscape.{folder}")
-        names += [f"keras_landscape.{folder}.{p.stem}" for p in sorted(base.glob("*.py"))
-                  if p.stem != "__init__"]
+        names += [
+            f"keras_landscape.{folder}.{p.stem}"
+            for p in sorted(base.glob("*.py"))
+            if p.stem != "__init__"
+        ]
     return names
 
 
 def _import_without(modules: list[str], blocked=FRAMEWORKS, discover=False) -> None:
     code = _BLOCK.format(modules=modules, blocked=set(blocked), discover=discover)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
 
 
@@ -63,12 +65,18 @@ def test_store_and_report_import_without_keras_or_frameworks():
 
 def test_science_and_probe_classes_import_without_keras():
     """Listing probes, `show` and `plot` load every probe class: none may import Keras."""
-    _import_without(_modules("science") + ["keras_landscape.engine.options",
-                                           "keras_landscape.experiment.spec",
-                                           "keras_landscape.models.files",
-                                           "keras_landscape.models.minimum",
-                                           "keras_landscape.models.recipes",
-                                           "keras_landscape.seeds"], discover=True)
+    _import_without(
+        _modules("science")
+        + [
+            "keras_landscape.engine.options",
+            "keras_landscape.experiment.spec",
+            "keras_landscape.models.files",
+            "keras_landscape.models.minimum",
+            "keras_landscape.models.recipes",
+            "keras_landscape.seeds",
+        ],
+        discover=True,
+    )
 
 
 def test_data_imports_without_keras():
@@ -113,4 +121,5 @@ def test_only_engine_backend_imports_tensorflow_or_jax():
             continue
         for module in _imports_of(path):
             assert module.split(".")[0] not in ("tensorflow", "jax"), (
-                f"{path.relative_to(ROOT)} imports {module}")
+                f"{path.relative_to(ROOT)} imports {module}"
+            )

@@ -6,15 +6,15 @@ import keras
 import numpy as np
 import pytest
 
-from keras_landscape.errors import UserError
 from keras_landscape.engine.landscape import clone_fresh
+from keras_landscape.engine.params import ParameterLayout, non_trainable_state
+from keras_landscape.errors import UserError
 from keras_landscape.models.loading import (
     check_same_architecture,
     load_custom_objects,
     load_model,
     model_with_theta,
 )
-from keras_landscape.engine.params import ParameterLayout, non_trainable_state
 
 
 def _bn_model(seed=0):
@@ -141,8 +141,9 @@ def test_bad_custom_objects_are_user_errors(tmp_path, spec, message):
 def test_custom_objects_file_that_fails_to_import(tmp_path):
     broken = tmp_path / "broken_layers.py"
     broken.write_text("raise RuntimeError('boom')\n")
-    with pytest.raises(UserError,
-                       match="Importing --custom-objects file .* failed: RuntimeError: boom"):
+    with pytest.raises(
+        UserError, match="Importing --custom-objects file .* failed: RuntimeError: boom"
+    ):
         load_custom_objects(str(broken))
 
 
@@ -170,8 +171,10 @@ def _bad_inputs(tmp_path):
     torch.write_bytes(b"PK\x03\x04")
     return {
         "missing": (tmp_path / "nope.keras", "does not exist"),
-        "saved_model": (saved_model,
-                        "is a TensorFlow SavedModel directory.*model.save\\('model.keras'\\)"),
+        "saved_model": (
+            saved_model,
+            "is a TensorFlow SavedModel directory.*model.save\\('model.keras'\\)",
+        ),
         "directory": (plain_dir, "is a directory, not a model file"),
         "random_keras": (_write_random(tmp_path / "random.keras"), "not a valid .keras archive"),
         "random_h5": (_write_random(tmp_path / "random.h5", seed=1), "is not an HDF5 file"),
@@ -182,8 +185,17 @@ def _bad_inputs(tmp_path):
     }
 
 
-BAD_INPUTS = ["missing", "saved_model", "directory", "random_keras", "random_h5",
-              "truncated_h5", "bad_zip_keras", "pt", "no_extension"]
+BAD_INPUTS = [
+    "missing",
+    "saved_model",
+    "directory",
+    "random_keras",
+    "random_h5",
+    "truncated_h5",
+    "bad_zip_keras",
+    "pt",
+    "no_extension",
+]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
@@ -197,23 +209,28 @@ def test_bad_model_files_are_user_errors_with_a_message(tmp_path, case):
 
 def _mlp(hidden, name, inputs=4, outputs=3):
     return keras.Sequential(
-        [keras.Input((inputs,)), keras.layers.Dense(hidden, name="hidden"),
-         keras.layers.Dense(outputs, name="head")],
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(hidden, name="hidden"),
+            keras.layers.Dense(outputs, name="head"),
+        ],
         name=name,
     )
 
 
 def test_check_same_architecture_returns_the_shared_layout():
-    layout = check_same_architecture([_mlp(5, "a"), _mlp(5, "b"), _mlp(5, "c")],
-                                     ["a.keras", "b.keras", "c.keras"])
+    layout = check_same_architecture(
+        [_mlp(5, "a"), _mlp(5, "b"), _mlp(5, "c")], ["a.keras", "b.keras", "c.keras"]
+    )
     assert layout.shapes == ((4, 5), (5,), (5, 3), (3,))
     assert layout.paths[0] == "a/hidden/kernel"
 
 
 def test_check_same_architecture_names_the_differing_variable():
     with pytest.raises(UserError) as info:
-        check_same_architecture([_mlp(5, "a"), _mlp(5, "b"), _mlp(6, "c")],
-                                ["a.keras", "b.keras", "c.keras"])
+        check_same_architecture(
+            [_mlp(5, "a"), _mlp(5, "b"), _mlp(6, "c")], ["a.keras", "b.keras", "c.keras"]
+        )
     message = str(info.value)
     assert "a.keras and c.keras do not share an architecture" in message
     assert "a/hidden/kernel (4, 5) vs c/hidden/kernel (4, 6)" in message
@@ -224,8 +241,11 @@ def test_check_same_architecture_through_saved_files(tmp_path):
     _mlp(5, "b", outputs=2).save(tmp_path / "b.h5")
     models = [load_model(tmp_path / "a.keras"), load_model(tmp_path / "b.h5")]
     # Keras drops the model-name prefix of paths when it loads a .keras Sequential.
-    with pytest.raises(UserError, match=r"variable 2 differs: (a/)?head/kernel \(5, 3\) vs "
-                                        r"(b/)?head/kernel \(5, 2\)"):
+    with pytest.raises(
+        UserError,
+        match=r"variable 2 differs: (a/)?head/kernel \(5, 3\) vs "
+        r"(b/)?head/kernel \(5, 2\)",
+    ):
         check_same_architecture(models, ["a", "b"])
 
 
@@ -252,8 +272,9 @@ def _subclassed():
     return model
 
 
-@pytest.mark.parametrize("build", [_bn_model, _functional, _subclassed],
-                         ids=["sequential", "functional", "subclassed"])
+@pytest.mark.parametrize(
+    "build", [_bn_model, _functional, _subclassed], ids=["sequential", "functional", "subclassed"]
+)
 def test_clone_fresh_same_layout_new_theta(build):
     model = build()
     theta = _theta(model)

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_landscape.errors import UserError
 from keras_landscape.engine.params import ParameterLayout, non_trainable_state
+from keras_landscape.errors import UserError
 
 
 def _two_layer(name="net", hidden=4, inputs=3, outputs=2):
@@ -139,9 +139,10 @@ def test_batchnorm_moving_statistics_are_kept_out_of_theta():
 
 def test_separately_built_models_of_one_architecture_match():
     first, second = _two_layer(name="x"), _two_layer(name="y")
-    assert ParameterLayout.from_model(first).describe_difference(
-        ParameterLayout.from_model(second)
-    ) is None
+    assert (
+        ParameterLayout.from_model(first).describe_difference(ParameterLayout.from_model(second))
+        is None
+    )
     ParameterLayout.from_model(first).check_compatible(ParameterLayout.from_model(second))
 
 
@@ -149,9 +150,7 @@ def test_describe_difference_names_the_first_differing_variable():
     small = ParameterLayout.from_model(_two_layer(name="small", hidden=4))
     wide = ParameterLayout.from_model(_two_layer(name="wide", hidden=5))
     text = small.describe_difference(wide)
-    assert text == (
-        "trainable variable 0 differs: small/a/kernel (3, 4) vs wide/a/kernel (3, 5)"
-    )
+    assert text == ("trainable variable 0 differs: small/a/kernel (3, 4) vs wide/a/kernel (3, 5)")
     other_head = ParameterLayout.from_model(_two_layer(name="head", outputs=3))
     assert "trainable variable 2 differs: net/b/kernel (4, 2) vs head/b/kernel (4, 3)" == (
         ParameterLayout.from_model(_two_layer()).describe_difference(other_head)

@@ -1,4 +1,5 @@
-"""`klandscape plot` and keras_landscape.report.plots: every figure written, named predictably, valid.
+"""`klandscape plot` and keras_landscape.report.plots: every figure written, named
+predictably, valid.
 
 Stores come from tests/synthetic_stores.py: written with keras_landscape.store.hdf5 alone (every
 result kind, an unknown probe, interrupted runs), and real connectivity stores made by
@@ -12,15 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+from synthetic_stores import (
+    complete_store,
+    interrupted_store,
+    new_store,
+    real_connectivity_stores,
+    write_string,
+)
+
 from keras_landscape.cli.main import EXIT_BAD_INPUT
 from keras_landscape.plugins.components import tree_layout
 from keras_landscape.report.plots import is_png, plot_store, read_path
-from keras_landscape.store.strings import string_prefixes
 from keras_landscape.store.hdf5 import Store
-from synthetic_stores import (complete_store, interrupted_store, new_store,
-                              real_connectivity_stores, write_string)
+from keras_landscape.store.strings import string_prefixes
 
 EXPECTED = {
     "connectivity_path_pair_0_1.png",
@@ -38,8 +44,10 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     folder = tmp_path_factory.mktemp("plot_stores")
-    return {"complete": complete_store(folder / "complete.h5"),
-            "interrupted": interrupted_store(folder / "interrupted.h5")}
+    return {
+        "complete": complete_store(folder / "complete.h5"),
+        "interrupted": interrupted_store(folder / "interrupted.h5"),
+    }
 
 
 def _assert_valid_pngs(paths):
@@ -64,8 +72,10 @@ def test_every_result_kind_gets_its_figure(stores, tmp_path):
 def test_all_paths_and_no_paths(stores, tmp_path):
     every = plot_store(stores["complete"], str(tmp_path / "all"), paths="all", runs=["barrier"])
     assert {Path(f.path).name for f in every.figures} == {
-        "barrier_path_pair_0_1-bisect_0.png", "barrier_path_pair_0_1-bisect_1.png",
-        "barrier_barrier.png"}
+        "barrier_path_pair_0_1-bisect_0.png",
+        "barrier_path_pair_0_1-bisect_1.png",
+        "barrier_barrier.png",
+    }
     none = plot_store(stores["complete"], str(tmp_path / "none"), paths="none")
     assert all(f.kind != "path" for f in none.figures) and len(none.figures) == 4
 
@@ -73,8 +83,12 @@ def test_all_paths_and_no_paths(stores, tmp_path):
 def test_interrupted_store_draws_what_is_there(stores, tmp_path):
     report = plot_store(stores["interrupted"], str(tmp_path / "figs"))
     names = {Path(f.path).name for f in report.figures}
-    assert names == {"connectivity_path_pair_0_1.png", "connectivity_path_pair_0_2.png",
-                     "curviness_path_level_0-pair_0_1.png", "curviness_path_level_0-pair_0_2.png"}
+    assert names == {
+        "connectivity_path_pair_0_1.png",
+        "connectivity_path_pair_0_2.png",
+        "curviness_path_level_0-pair_0_1.png",
+        "curviness_path_level_0-pair_0_2.png",
+    }
     _assert_valid_pngs(f.path for f in report.figures)
     unfinished = next(f for f in report.figures if f.string == "pair_0_2")
     assert "unfinished (depth 1 done)" in unfinished.caption
@@ -103,8 +117,15 @@ def test_the_last_curve_of_a_segment_counts(tmp_path):
     # a resumed run may check a segment again: the row written last is the one drawn
     with new_store(tmp_path / "dup.h5") as store:
         run = store.begin_run("connectivity", "connectivity", {})
-        write_string(run, "", rows=3, order=[0, 2, 1], verdict=None, depth_done=1,
-                     segments=[(0, 1, 0, 0.5), (0, 2, 1, 0.9), (2, 1, 1, 0.1), (0, 2, 1, 0.2)])
+        write_string(
+            run,
+            "",
+            rows=3,
+            order=[0, 2, 1],
+            verdict=None,
+            depth_done=1,
+            segments=[(0, 1, 0, 0.5), (0, 2, 1, 0.9), (2, 1, 1, 0.1), (0, 2, 1, 0.2)],
+        )
         assert string_prefixes(run) == [""]
         profile = read_path(run, "")
     assert np.nanmax(profile.path_y) == pytest.approx(0.02 + 0.2)
@@ -113,8 +134,9 @@ def test_the_last_curve_of_a_segment_counts(tmp_path):
 
 def test_tree_layout_has_no_crossings():
     # ((0, 2) at 0.04, (1, 3) at 0.08) at 0.25; leaf 4 never merges
-    layout = tree_layout([0.02, 0.03, 0.025, 0.04, 0.05],
-                         [[0.04, 0, 2, 5], [0.08, 1, 3, 6], [0.25, 5, 6, 7]])
+    layout = tree_layout(
+        [0.02, 0.03, 0.025, 0.04, 0.05], [[0.04, 0, 2, 5], [0.08, 1, 3, 6], [0.25, 5, 6, 7]]
+    )
     assert layout["leaves"] == [0, 2, 1, 3, 4]
     x = layout["x"]
     assert x[5] == 0.5 and x[6] == 2.5 and x[7] == 1.5
@@ -141,15 +163,20 @@ def test_plot_command(capsys, stores, tmp_path):
     code, out, err = run_cli(capsys, "plot", stores["interrupted"], "--json", "-q")
     assert code == 0, err
     document = json.loads(out)
-    assert document["directory"] == str(Path(stores["interrupted"]).with_name("interrupted_figures"))
+    assert document["directory"] == str(
+        Path(stores["interrupted"]).with_name("interrupted_figures")
+    )
     assert len(document["figures"]) == 4 and document["skipped"][0]["run"] == "curviness"
     _assert_valid_pngs(f["path"] for f in document["figures"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--format", "gif"], "Invalid value for '--format'"),
-    (["--run", "nosuch"], "has no run 'nosuch'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "gif"], "Invalid value for '--format'"),
+        (["--run", "nosuch"], "has no run 'nosuch'"),
+    ],
+)
 def test_plot_bad_input_exits_2(capsys, stores, tmp_path, args, message):
     code, out, err = run_cli(capsys, "plot", stores["complete"], "-o", str(tmp_path), *args)
     assert code == EXIT_BAD_INPUT and message in err and "Traceback" not in err
@@ -168,8 +195,9 @@ def test_plots_need_no_tensorflow(stores, tmp_path):
         "assert len(report.figures) == 9\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported'\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -198,13 +226,17 @@ def test_real_connectivity_store(tmp_path):
 def test_demo_writes_figures_and_says_where(capsys, tmp_path):
     # a quick demo: 2 models, 1 epoch (the README's demo trains 3 for 30 epochs)
     folder = tmp_path / "demo"
-    code, out, err = run_cli(capsys, "demo", "--out", str(folder), "--models", "2", "--epochs", "1",
-                          "-q")
+    code, out, err = run_cli(
+        capsys, "demo", "--out", str(folder), "--models", "2", "--epochs", "1", "-q"
+    )
     assert code == 0, err
     figures = sorted((folder / "figures").iterdir())
     assert f"figures: {folder}/figures/ ({len(figures)} files)" in out
     names = {p.name for p in figures}
-    assert {"connectivity_path_pair_0_1.png", "curviness_curviness.png",
-            "curviness_path_level_2-pair_0_1.png"} <= names
+    assert {
+        "connectivity_path_pair_0_1.png",
+        "curviness_curviness.png",
+        "curviness_path_level_2-pair_0_1.png",
+    } <= names
     _assert_valid_pngs(figures)
     assert (folder / "models" / "recipe.json").is_file()

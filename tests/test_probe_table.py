@@ -34,8 +34,16 @@ PROBES = sorted(registry.probes())
 DATA = "cubic:limit=64"
 SEED = 3
 SMALL = {  # applied to each probe whose Config has the field
-    "points": 4, "max_depth": 2, "max_steps": 100, "check_every": 25, "learning_rate": 0.01,
-    "grid": 20, "max_bisections": 2, "tolerance": 0.2, "partners": 1, "partner_steps": 100,
+    "points": 4,
+    "max_depth": 2,
+    "max_steps": 100,
+    "check_every": 25,
+    "learning_rate": 0.01,
+    "grid": 20,
+    "max_bisections": 2,
+    "tolerance": 0.2,
+    "partners": 1,
+    "partner_steps": 100,
     "relax_steps": 20,
 }
 TIMING = {"seconds"}
@@ -63,8 +71,10 @@ def table(tmp_path_factory):
     paths = []
     for k in range(3):
         keras.utils.set_random_seed(k)
-        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(4, activation="tanh"),
-                                  keras.layers.Dense(1)], name="tiny")
+        model = keras.Sequential(
+            [keras.Input((1,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)],
+            name="tiny",
+        )
         fit_full_batch(model, data.x_train, data.y_train, 150, 0.05)
         model.compile(loss="mse")
         paths.append(str(folder / f"tiny_{k}.keras"))
@@ -81,9 +91,18 @@ def table(tmp_path_factory):
         patch.setattr(RunRecord, "complete", recording)
         for rep in range(2):
             stores.append(str(folder / f"run_{rep}.h5"))
-            documents.append(execute(RunSpec(models=paths, data=DATA, probes=PROBES,
-                                             probe_options=_options(), out=stores[-1],
-                                             seed=SEED)))
+            documents.append(
+                execute(
+                    RunSpec(
+                        models=paths,
+                        data=DATA,
+                        probes=PROBES,
+                        probe_options=_options(),
+                        out=stores[-1],
+                        seed=SEED,
+                    )
+                )
+            )
     return {"raw": raw, "documents": documents, "stores": stores, "folder": folder}
 
 
@@ -100,8 +119,11 @@ def _non_finite(value, where="result"):
     if isinstance(value, (bool, np.bool_)) or value is None or isinstance(value, str):
         return []
     if isinstance(value, (int, float, np.number)):
-        return [] if math.isfinite(float(np.real(value))) and math.isfinite(
-            float(np.imag(value))) else [where]
+        return (
+            []
+            if math.isfinite(float(np.real(value))) and math.isfinite(float(np.imag(value)))
+            else [where]
+        )
     return [f"{where} (unexpected {type(value).__name__})"]
 
 
@@ -146,8 +168,9 @@ def test_probe_table(probe, table, capsys):
 
     # 5. plot: figures that exist, or the reason there are none
     figures_dir = table["folder"] / f"figures_{probe}"
-    code, out, err = run_cli(capsys, "plot", store_path, "--run", probe, "--json", "-q",
-                             "-o", str(figures_dir))
+    code, out, err = run_cli(
+        capsys, "plot", store_path, "--run", probe, "--json", "-q", "-o", str(figures_dir)
+    )
     assert code == 0, err
     report = json.loads(out)
     drawn = [f for f in report["figures"] if f["run"] == probe]

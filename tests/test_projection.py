@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from keras_landscape.data.specs import load_data
-from keras_landscape.errors import UserError
 from keras_landscape.engine import backend
 from keras_landscape.engine.kernels import optimizer_spec, padded_count
 from keras_landscape.engine.landscape import Landscape
 from keras_landscape.engine.projection import ProjectionConfig, project
+from keras_landscape.errors import UserError
 
 N, D = 200, 3
 
@@ -39,8 +39,15 @@ def problem(tmp_path_factory):
     design = np.hstack([x, np.ones((N, 1), np.float32)]).astype(np.float64)
     optimum, *_ = np.linalg.lstsq(design, y.astype(np.float64), rcond=None)
     minimum = float(np.mean((design @ optimum - y) ** 2))
-    return {"landscape": landscape, "design": design, "y": y.astype(np.float64),
-            "optimum": optimum, "minimum": minimum, "model": model, "data": f"npz:{path}"}
+    return {
+        "landscape": landscape,
+        "design": design,
+        "y": y.astype(np.float64),
+        "optimum": optimum,
+        "minimum": minimum,
+        "model": model,
+        "data": f"npz:{path}",
+    }
 
 
 def _energy(problem, theta, rows=None):
@@ -80,7 +87,9 @@ def test_projection_reaches_the_target_and_reports_true_levels(problem):
     assert np.all(result.levels <= target)
     assert np.all(result.levels >= problem["minimum"] * (1 - 1e-5))  # never below the minimum
     np.testing.assert_allclose(result.levels, landscape.levels(result.thetas), rtol=1e-6)
-    np.testing.assert_allclose(result.levels, [_energy(problem, t) for t in result.thetas], rtol=1e-5)
+    np.testing.assert_allclose(
+        result.levels, [_energy(problem, t) for t in result.thetas], rtol=1e-5
+    )
     assert np.all(result.steps > 0) and np.all(result.steps % config.check_every == 0)
     assert np.all(result.steps <= config.max_steps)
 
@@ -133,8 +142,9 @@ def test_one_sgd_step_is_theta_minus_lr_grad(problem):
     _, grad = landscape.loss_and_grad(theta)
     expected = theta.astype(np.float64) - lr * grad.astype(np.float64)
     np.testing.assert_allclose(result.thetas[0], expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(result.thetas[0], theta - lr * _gradient(problem, theta), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        result.thetas[0], theta - lr * _gradient(problem, theta), rtol=1e-5, atol=1e-6
+    )
     assert result.steps[0] == 1 and not result.reached[0]
 
 
@@ -188,11 +198,18 @@ def test_adam_beads_follow_keras_adam_step_for_step(problem):
     starts = _starts(3, seed=11)
     lr, beta_1, beta_2, epsilon, steps = 0.05, 0.8, 0.99, 0.05, 6
     settings = dict(learning_rate=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
-    ours = np.array([
-        project(landscape, starts, 0.0,
-                ProjectionConfig(max_steps=s, check_every=1, **settings), seed=0).thetas
-        for s in range(1, steps + 1)
-    ])  # (steps, K, P)
+    ours = np.array(
+        [
+            project(
+                landscape,
+                starts,
+                0.0,
+                ProjectionConfig(max_steps=s, check_every=1, **settings),
+                seed=0,
+            ).thetas
+            for s in range(1, steps + 1)
+        ]
+    )  # (steps, K, P)
     for k in range(3):
         optimizer = keras.optimizers.Adam(**settings)
         variable = keras.Variable(starts[k])
@@ -212,12 +229,21 @@ def test_sgd_with_momentum_follows_the_keras_momentum_formula(problem):
     landscape = problem["landscape"]
     starts = _starts(2, seed=12)
     lr, mu, steps = 0.05, 0.9, 7
-    config = ProjectionConfig(optimizer="sgd", optimizer_options="momentum=0.9", learning_rate=lr,
-                              max_steps=steps, check_every=2)
+    config = ProjectionConfig(
+        optimizer="sgd",
+        optimizer_options="momentum=0.9",
+        learning_rate=lr,
+        max_steps=steps,
+        check_every=2,
+    )
     result = project(landscape, starts, 0.0, config, seed=0)
-    plain = project(landscape, starts, 0.0,
-                    ProjectionConfig(optimizer="sgd", learning_rate=lr, max_steps=steps,
-                                     check_every=2), seed=0)
+    plain = project(
+        landscape,
+        starts,
+        0.0,
+        ProjectionConfig(optimizer="sgd", learning_rate=lr, max_steps=steps, check_every=2),
+        seed=0,
+    )
     for k in range(2):
         theta, velocity = starts[k].astype(np.float64), np.zeros(D + 1)
         for _ in range(steps):
@@ -228,13 +254,25 @@ def test_sgd_with_momentum_follows_the_keras_momentum_formula(problem):
     np.testing.assert_array_equal(result.steps, [steps, steps])
 
 
-@pytest.mark.parametrize("name, options", [("adamw", "weight_decay=0.05"), ("rmsprop", ""),
-                                           ("nadam", ""), ("RMSprop", "rho=0.8,centered=true")])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("adamw", "weight_decay=0.05"),
+        ("rmsprop", ""),
+        ("nadam", ""),
+        ("RMSprop", "rho=0.8,centered=true"),
+    ],
+)
 def test_other_keras_optimizers_descend(problem, name, options):
     landscape = problem["landscape"]
     starts = _starts(2, seed=13)
-    config = ProjectionConfig(optimizer=name, optimizer_options=options, learning_rate=0.05,
-                              max_steps=300, check_every=100)
+    config = ProjectionConfig(
+        optimizer=name,
+        optimizer_options=options,
+        learning_rate=0.05,
+        max_steps=300,
+        check_every=100,
+    )
     result = project(landscape, starts, 0.0, config, seed=0)
     start_levels = landscape.levels(starts)
     assert np.all(np.isfinite(result.levels))
@@ -247,24 +285,32 @@ def test_one_adamw_step_decays_the_weights_first(problem):
     landscape = problem["landscape"]
     theta = _starts(1, seed=14)[0].astype(np.float64)
     lr, wd, epsilon = 0.05, 0.5, 0.3
-    config = ProjectionConfig(optimizer="adamw", optimizer_options=f"weight_decay={wd}",
-                              learning_rate=lr, epsilon=epsilon, max_steps=1, check_every=1)
+    config = ProjectionConfig(
+        optimizer="adamw",
+        optimizer_options=f"weight_decay={wd}",
+        learning_rate=lr,
+        epsilon=epsilon,
+        max_steps=1,
+        check_every=1,
+    )
     result = project(landscape, theta[None].astype(np.float32), 0.0, config, seed=0)
     g = _gradient(problem, theta)
     adam = lr * g / (np.abs(g) + epsilon / math.sqrt(1 - config.beta_2))
-    np.testing.assert_allclose(result.thetas[0], theta * (1 - lr * wd) - adam, rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(result.thetas[0], theta * (1 - lr * wd) - adam, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(optimizer="adamm"), "Unknown optimizer 'adamm'"),
-    (dict(optimizer="adafactor"), "cannot train beads"),
-    (dict(optimizer="lossscaleoptimizer"), "cannot train beads"),
-    (dict(optimizer="sgd", optimizer_options="momentun=0.9"), "does not accept"),
-    (dict(optimizer="sgd", optimizer_options="momentum"), "Malformed optimizer_options"),
-    (dict(optimizer="adam", optimizer_options="clipnorm=1.0"), "beads would move each other"),
-    (dict(optimizer="adam", optimizer_options="beta_1=0.5"), "set it with the `beta_1` option"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(optimizer="adamm"), "Unknown optimizer 'adamm'"),
+        (dict(optimizer="adafactor"), "cannot train beads"),
+        (dict(optimizer="lossscaleoptimizer"), "cannot train beads"),
+        (dict(optimizer="sgd", optimizer_options="momentun=0.9"), "does not accept"),
+        (dict(optimizer="sgd", optimizer_options="momentum"), "Malformed optimizer_options"),
+        (dict(optimizer="adam", optimizer_options="clipnorm=1.0"), "beads would move each other"),
+        (dict(optimizer="adam", optimizer_options="beta_1=0.5"), "set it with the `beta_1` option"),
+    ],
+)
 def test_bad_optimizers_are_user_errors_before_any_step(problem, settings, message):
     config = ProjectionConfig(**settings)
     with pytest.raises(UserError, match=message):
@@ -289,8 +335,9 @@ def test_common_optimizer_names_validate_without_keras():
         "    else:\n"
         "        raise SystemExit(f'{bad} passed')\n"
     )
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                               timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
 
 
@@ -307,17 +354,24 @@ def test_a_frozen_row_keeps_its_parameters_and_optimizer_state(problem, name, op
     slots = kernel.initial_slots(config.learning_rate)
     # Two chunks: in the first both beads move, so that bead 1 has momentum to lose.
     x, y = landscape.training_tensors()
-    common = (ops.convert_to_tensor(np.zeros((width, D + 1), np.float32)),
-              ops.convert_to_tensor(landscape.fill_states(None, width)), landscape.non_trainable,
-              x, y, ops.convert_to_tensor(np.zeros((5, 1), np.int32)))
+    common = (
+        ops.convert_to_tensor(np.zeros((width, D + 1), np.float32)),
+        ops.convert_to_tensor(landscape.fill_states(None, width)),
+        landscape.non_trainable,
+        x,
+        y,
+        ops.convert_to_tensor(np.zeros((5, 1), np.int32)),
+    )
     active = ops.convert_to_tensor(np.ones(width, np.float32))
-    thetas, slots, _ = kernel(ops.convert_to_tensor(starts), slots, active, *common,
-                              ops.convert_to_tensor(np.int32(0)))
+    thetas, slots, _ = kernel(
+        ops.convert_to_tensor(starts), slots, active, *common, ops.convert_to_tensor(np.int32(0))
+    )
     before = [np.asarray(s) for s in slots]
     gate = np.ones(width, np.float32)
     gate[1] = 0.0
-    after_thetas, after, _ = kernel(thetas, slots, ops.convert_to_tensor(gate), *common,
-                                    ops.convert_to_tensor(np.int32(5)))
+    after_thetas, after, _ = kernel(
+        thetas, slots, ops.convert_to_tensor(gate), *common, ops.convert_to_tensor(np.int32(5))
+    )
     after = [np.asarray(s) for s in after]
     np.testing.assert_array_equal(np.asarray(after_thetas)[1], np.asarray(thetas)[1])
     assert np.abs(np.asarray(after_thetas)[0] - np.asarray(thetas)[0]).max() > 1e-3
@@ -341,9 +395,13 @@ def test_chunks_of_steps_continue_one_another(problem, name, options):
     np.testing.assert_array_equal(chunked.steps, whole.steps)
     restarted = starts
     for _ in range(3):  # what forgetting the optimizer state between loops would give
-        restarted = project(landscape, restarted, 0.0,
-                            ProjectionConfig(check_every=50, **{**base, "max_steps": 50}),
-                            seed=0).thetas
+        restarted = project(
+            landscape,
+            restarted,
+            0.0,
+            ProjectionConfig(check_every=50, **{**base, "max_steps": 50}),
+            seed=0,
+        ).thetas
     assert np.abs(restarted - whole.thetas).max() > 1e-3
 
 
@@ -389,6 +447,8 @@ def test_fast_float32_applies_to_the_landscapes_projections_only(problem, monkey
     assert on != off
     assert seen == [on, on, off, off, on, on]
     assert problem["landscape"].fast_float32 is False  # the module's landscape: untouched
+
+
 def _unit(v):
     v = np.asarray(v, np.float64)
     return v / np.linalg.norm(v)
@@ -401,8 +461,14 @@ def test_hyperplane_mode_keeps_beads_in_their_hyperplane(problem):
     normals = np.stack([_unit(rng.normal(size=D + 1)) for _ in range(3)])
     normals[2] = 0.0  # a zero row: unconstrained
     config = ProjectionConfig(learning_rate=0.05, max_steps=500, check_every=50)
-    result = project(landscape, starts, problem["minimum"] + 0.5, config, seed=0,
-                     normals=normals.astype(np.float32))
+    result = project(
+        landscape,
+        starts,
+        problem["minimum"] + 0.5,
+        config,
+        seed=0,
+        normals=normals.astype(np.float32),
+    )
     moves = result.thetas.astype(np.float64) - starts
     for k in range(2):
         assert np.linalg.norm(moves[k]) > 0.5
@@ -418,8 +484,9 @@ def test_one_sgd_step_in_a_hyperplane_drops_the_normal_component(problem):
     normal = _unit([1.0, 1.0, 0.0, -1.0])
     lr = 0.05
     config = ProjectionConfig(optimizer="sgd", learning_rate=lr, max_steps=1, check_every=1)
-    result = project(landscape, theta[None], 0.0, config, seed=0,
-                     normals=normal[None].astype(np.float32))
+    result = project(
+        landscape, theta[None], 0.0, config, seed=0, normals=normal[None].astype(np.float32)
+    )
     g = _gradient(problem, theta)
     expected = theta - lr * (g - (g @ normal) * normal)
     np.testing.assert_allclose(result.thetas[0], expected, rtol=1e-5, atol=1e-6)
@@ -436,8 +503,14 @@ def test_hyperplane_projection_converges_to_the_constrained_minimiser(problem):
     rhs = np.concatenate([2.0 / N * design.T @ y, [normal @ theta0]])
     constrained = np.linalg.solve(kkt, rhs)[: D + 1]
     config = ProjectionConfig(optimizer="sgd", learning_rate=0.2, max_steps=1500, check_every=500)
-    result = project(landscape, theta0[None].astype(np.float32), 0.0, config, seed=0,
-                     normals=normal[None].astype(np.float32))
+    result = project(
+        landscape,
+        theta0[None].astype(np.float32),
+        0.0,
+        config,
+        seed=0,
+        normals=normal[None].astype(np.float32),
+    )
     np.testing.assert_allclose(result.thetas[0], constrained, atol=2e-4)
     assert result.levels[0] > problem["minimum"]  # the plane misses the global minimiser
 
@@ -445,7 +518,9 @@ def test_hyperplane_projection_converges_to_the_constrained_minimiser(problem):
 def test_same_seed_same_result_full_batch(problem):
     landscape = problem["landscape"]
     config = ProjectionConfig(learning_rate=0.05, max_steps=300)
-    runs = [project(landscape, _starts(2), problem["minimum"] + 0.1, config, seed=s) for s in (1, 1, 2)]
+    runs = [
+        project(landscape, _starts(2), problem["minimum"] + 0.1, config, seed=s) for s in (1, 1, 2)
+    ]
     np.testing.assert_array_equal(runs[0].thetas, runs[1].thetas)
     np.testing.assert_array_equal(runs[0].steps, runs[1].steps)
     # full batch: the seed only draws mini-batches, so it changes nothing
@@ -477,8 +552,9 @@ def test_one_mini_batch_sgd_step_uses_the_seeded_indices(problem):
     landscape = problem["landscape"]
     theta = _starts(1, seed=8)[0]
     lr, batch, seed = 0.05, 16, 123
-    config = ProjectionConfig(optimizer="sgd", learning_rate=lr, max_steps=1, check_every=1,
-                              batch_size=batch)
+    config = ProjectionConfig(
+        optimizer="sgd", learning_rate=lr, max_steps=1, check_every=1, batch_size=batch
+    )
     result = project(landscape, theta[None], 0.0, config, seed=seed)
     rows = np.random.default_rng(seed).integers(0, N, size=(1, batch), dtype=np.int32)[0]
     expected = theta - lr * _gradient(problem, theta, rows)
@@ -491,8 +567,14 @@ def test_on_check_sees_every_level_check(problem):
     landscape = problem["landscape"]
     seen = []
     config = ProjectionConfig(learning_rate=0.05, max_steps=130, check_every=50)
-    result = project(landscape, _starts(2), 0.0, config, seed=0,
-                     on_check=lambda levels, steps: seen.append((levels.copy(), steps.copy())))
+    result = project(
+        landscape,
+        _starts(2),
+        0.0,
+        config,
+        seed=0,
+        on_check=lambda levels, steps: seen.append((levels.copy(), steps.copy())),
+    )
     assert [list(s) for _, s in seen] == [[50, 50], [100, 100], [130, 130]]
     np.testing.assert_array_equal(seen[-1][0], result.levels)
     assert np.all(np.diff([lv[0] for lv, _ in seen]) < 0)  # descending on a convex problem
@@ -502,16 +584,27 @@ def test_non_finite_start_is_left_alone(problem):
     landscape = problem["landscape"]
     starts = _starts(2)
     starts[0, 0] = np.nan
-    result = project(landscape, starts, problem["minimum"] + 0.1,
-                     ProjectionConfig(learning_rate=0.05, max_steps=2000), seed=0)
+    result = project(
+        landscape,
+        starts,
+        problem["minimum"] + 0.1,
+        ProjectionConfig(learning_rate=0.05, max_steps=2000),
+        seed=0,
+    )
     assert not result.reached[0] and result.steps[0] == 0
     assert math.isnan(result.levels[0])
     assert result.reached[1]
 
 
 def test_projection_config_validation():
-    for bad in (dict(optimizer="adamm"), dict(learning_rate=-1.0), dict(max_steps=0),
-                dict(check_every=0), dict(batch_size=0), dict(beta_1=1.0)):
+    for bad in (
+        dict(optimizer="adamm"),
+        dict(learning_rate=-1.0),
+        dict(max_steps=0),
+        dict(check_every=0),
+        dict(batch_size=0),
+        dict(beta_1=1.0),
+    ):
         with pytest.raises(UserError):
             ProjectionConfig(**bad).validate()
     ProjectionConfig(optimizer="sgd", batch_size=1).validate()

@@ -2,14 +2,15 @@
 
 from pathlib import Path
 
-from keras_landscape.report.reference import attribute_docs, probes_markdown
 from keras_landscape.registry import probes
+from keras_landscape.report.reference import attribute_docs, probes_markdown
 
 
 def test_docs_probe_reference_matches_the_registry():
     path = Path(__file__).resolve().parents[1] / "docs" / "probes.md"
     assert path.read_text() == probes_markdown(), (
-        "docs/probes.md is stale: regenerate it with `klandscape probes --markdown > docs/probes.md`"
+        "docs/probes.md is stale: regenerate it with "
+        "`klandscape probes --markdown > docs/probes.md`"
     )
 
 

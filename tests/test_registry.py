@@ -15,8 +15,11 @@ from keras_landscape.errors import UserError
 def clean_registry():
     """Whatever a test registers or discovers is undone afterwards."""
     registry.discover()
-    saved = (dict(registry._REGISTRY.probes), list(registry._REGISTRY.broken),
-             registry._REGISTRY.discovered)
+    saved = (
+        dict(registry._REGISTRY.probes),
+        list(registry._REGISTRY.broken),
+        registry._REGISTRY.discovered,
+    )
     yield registry._REGISTRY
     registry._REGISTRY.probes.clear()
     registry._REGISTRY.probes.update(saved[0])
@@ -102,11 +105,13 @@ def test_register_probe_with_origin_keyword(clean_registry):
 )
 def test_invalid_probe_classes_are_rejected(clean_registry, mutate, message):
     if mutate == "no_default":
+
         @dataclass
         class Config:
             alpha: float
             beta: int = 1
     elif mutate == "plain_config":
+
         class Config:
             alpha = 1.0
     else:
@@ -149,8 +154,15 @@ class _Typed:
 def test_make_config_coerces_strings_to_field_types():
     config = registry.make_config(
         _Typed,
-        {"alpha": "0.5", "strict": "true", "steps": "7", "sizes": "1,2", "levels": "0.1, 2",
-         "tag": "hello", "budget": "2.5"},
+        {
+            "alpha": "0.5",
+            "strict": "true",
+            "steps": "7",
+            "sizes": "1,2",
+            "levels": "0.1, 2",
+            "tag": "hello",
+            "budget": "2.5",
+        },
     )
     assert config == _TypedConfig(0.5, True, 7, [1, 2], (0.1, 2.0), "hello", 2.5)
     assert type(config.alpha) is float and type(config.steps) is int
@@ -159,8 +171,16 @@ def test_make_config_coerces_strings_to_field_types():
 
 @pytest.mark.parametrize(
     "raw, expected",
-    [("TRUE", True), ("yes", True), ("1", True), ("on", True),
-     ("false", False), ("No", False), ("0", False), ("off", False)],
+    [
+        ("TRUE", True),
+        ("yes", True),
+        ("1", True),
+        ("on", True),
+        ("false", False),
+        ("No", False),
+        ("0", False),
+        ("off", False),
+    ],
 )
 def test_make_config_bool_spellings(raw, expected):
     assert registry.make_config(_Typed, {"strict": raw}).strict is expected
@@ -184,8 +204,12 @@ def test_make_config_rejects_unknown_keys_naming_the_options():
 
 @pytest.mark.parametrize(
     "key, raw, expected_type",
-    [("alpha", "high", "float"), ("steps", "2.5", "int"), ("strict", "maybe", "bool"),
-     ("sizes", "1,x", "int")],
+    [
+        ("alpha", "high", "float"),
+        ("steps", "2.5", "int"),
+        ("strict", "maybe", "bool"),
+        ("sizes", "1,x", "int"),
+    ],
 )
 def test_make_config_rejects_bad_values(key, raw, expected_type):
     pattern = f"Bad value '.*' for typed.{key}: expected .*{expected_type}"
@@ -260,7 +284,8 @@ def test_broken_entry_point_is_reported_and_skipped(clean_registry, monkeypatch,
     assert entries["evaluate"].origin == "built-in"
     assert "exploding" not in entries and "test-invalid" not in entries
     assert set(entries) | {b.name for b in broken} == {ep.name for ep in real} | {
-        "exploding", "invalid"
+        "exploding",
+        "invalid",
     }
     ours = [(b.name, b.origin) for b in broken if b.name in ("exploding", "invalid")]
     assert ours == [("exploding", "plugin (unknown)"), ("invalid", "plugin (unknown)")]
@@ -295,7 +320,8 @@ def test_config_fields_lists_dataclass_fields():
 
 def test_forced_rediscovery_does_not_duplicate_broken_plugins(clean_registry, monkeypatch):
     monkeypatch.setattr(
-        registry, "metadata",
+        registry,
+        "metadata",
         types.SimpleNamespace(entry_points=lambda group: [_BrokenEntryPoint()]),
     )
     clean_registry.broken.clear()

@@ -17,9 +17,21 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_cubic_small_reproduction_shows_the_curviness_trend(tmp_path):
     completed = subprocess.run(
-        [sys.executable, "-m", "keras_landscape.cli.main", "-q", "run",
-         str(ROOT / "configs" / "cubic.yaml"), "--scale", "small", "--json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "keras_landscape.cli.main",
+            "-q",
+            "run",
+            str(ROOT / "configs" / "cubic.yaml"),
+            "--scale",
+            "small",
+            "--json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     table = json.loads(completed.stdout)["results"]["curviness"]

@@ -15,50 +15,58 @@ def _zoo(name: str):
     keras.utils.set_random_seed(1)
     l2 = keras.regularizers.L2(0.03)
     if name == "mlp_regularized_dropout":
-        model = keras.Sequential([
-            keras.Input((7,)),
-            layers.BatchNormalization(),  # on the shared input
-            layers.Dense(5, activation="relu", kernel_regularizer=l2, bias_regularizer=l2),
-            layers.BatchNormalization(scale=False),  # on a stacked value
-            layers.Dropout(0.5),
-            layers.Dense(3, activation="softmax"),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((7,)),
+                layers.BatchNormalization(),  # on the shared input
+                layers.Dense(5, activation="relu", kernel_regularizer=l2, bias_regularizer=l2),
+                layers.BatchNormalization(scale=False),  # on a stacked value
+                layers.Dropout(0.5),
+                layers.Dense(3, activation="softmax"),
+            ]
+        )
         x = np.random.default_rng(0).normal(size=(6, 7))
     elif name == "cnn_bn_pool":
-        model = keras.Sequential([
-            keras.Input((9, 9, 2)),
-            layers.Conv2D(4, 3, activation="relu", kernel_regularizer=l2),
-            layers.BatchNormalization(),
-            layers.MaxPooling2D(),
-            layers.Conv2D(5, 2, strides=2, padding="same", use_bias=False),
-            layers.Conv2D(3, 2, dilation_rate=1, padding="valid", activation="tanh"),
-            layers.Flatten(),
-            layers.Dense(4),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((9, 9, 2)),
+                layers.Conv2D(4, 3, activation="relu", kernel_regularizer=l2),
+                layers.BatchNormalization(),
+                layers.MaxPooling2D(),
+                layers.Conv2D(5, 2, strides=2, padding="same", use_bias=False),
+                layers.Conv2D(3, 2, dilation_rate=1, padding="valid", activation="tanh"),
+                layers.Flatten(),
+                layers.Dense(4),
+            ]
+        )
         x = np.random.default_rng(0).normal(size=(5, 9, 9, 2))
     elif name == "conv_channel_groups":
-        model = keras.Sequential([
-            keras.Input((8, 8, 2)),
-            layers.Conv2D(4, 3, activation="relu"),
-            layers.BatchNormalization(center=False),
-            layers.ReLU(max_value=1.5),
-            layers.ZeroPadding2D(1),
-            layers.AveragePooling2D(2),
-            layers.Conv2D(3, 1, activation="softmax"),
-            layers.Conv2D(5, 2),
-            layers.GlobalAveragePooling2D(keepdims=True),
-            layers.Flatten(),
-            layers.Dense(2),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((8, 8, 2)),
+                layers.Conv2D(4, 3, activation="relu"),
+                layers.BatchNormalization(center=False),
+                layers.ReLU(max_value=1.5),
+                layers.ZeroPadding2D(1),
+                layers.AveragePooling2D(2),
+                layers.Conv2D(3, 1, activation="softmax"),
+                layers.Conv2D(5, 2),
+                layers.GlobalAveragePooling2D(keepdims=True),
+                layers.Flatten(),
+                layers.Dense(2),
+            ]
+        )
         x = np.random.default_rng(0).normal(size=(5, 8, 8, 2))
     elif name == "conv1d_causal_global_pool":
-        model = keras.Sequential([
-            keras.Input((12, 3)),
-            layers.Conv1D(4, 3, padding="causal", activation="relu"),
-            layers.Conv1D(6, 2, dilation_rate=2, activation="relu"),
-            layers.GlobalAveragePooling1D(),
-            layers.Dense(2),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((12, 3)),
+                layers.Conv1D(4, 3, padding="causal", activation="relu"),
+                layers.Conv1D(6, 2, dilation_rate=2, activation="relu"),
+                layers.GlobalAveragePooling1D(),
+                layers.Dense(2),
+            ]
+        )
         x = np.random.default_rng(0).normal(size=(4, 12, 3))
     elif name == "functional_branches_shared_layer":
         inputs = keras.Input((6,))
@@ -71,12 +79,14 @@ def _zoo(name: str):
         model = keras.Model(inputs, outputs)
         x = np.random.default_rng(0).normal(size=(5, 6))
     elif name == "embedding_lstm":
-        model = keras.Sequential([
-            keras.Input((5,), dtype="int32"),
-            layers.Embedding(11, 4),
-            layers.LSTM(3, return_sequences=True),
-            layers.Dense(11),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((5,), dtype="int32"),
+                layers.Embedding(11, 4),
+                layers.LSTM(3, return_sequences=True),
+                layers.Dense(11),
+            ]
+        )
         x = np.random.default_rng(0).integers(0, 11, size=(4, 5))
     elif name == "gru_variants_backwards":
         inputs = keras.Input((6, 3))
@@ -87,14 +97,17 @@ def _zoo(name: str):
         model = keras.Model(inputs, outputs)
         x = np.random.default_rng(0).normal(size=(4, 6, 3))
     elif name == "masked_embedding_gru":
-        model = keras.Sequential([
-            keras.Input((5,), dtype="int32"),
-            layers.Embedding(11, 4, mask_zero=True),
-            layers.GRU(3),
-            layers.Dense(2),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((5,), dtype="int32"),
+                layers.Embedding(11, 4, mask_zero=True),
+                layers.GRU(3),
+                layers.Dense(2),
+            ]
+        )
         x = np.random.default_rng(0).integers(0, 11, size=(4, 5))
     elif name == "custom_add_loss_frozen":
+
         class Scale(layers.Layer):
             def build(self, shape):
                 self.w = self.add_weight(shape=(shape[-1],), initializer="ones")
@@ -104,15 +117,25 @@ def _zoo(name: str):
                 return inputs * self.w
 
         frozen, frozen_conv = layers.Dense(4), layers.Conv1D(2, 1)
-        model = keras.Sequential([keras.Input((3,)), frozen, Scale(), layers.Dense(6),
-                                  layers.Reshape((3, 2)), frozen_conv, layers.Flatten(),
-                                  layers.Dense(2)])
+        model = keras.Sequential(
+            [
+                keras.Input((3,)),
+                frozen,
+                Scale(),
+                layers.Dense(6),
+                layers.Reshape((3, 2)),
+                frozen_conv,
+                layers.Flatten(),
+                layers.Dense(2),
+            ]
+        )
         frozen.trainable = False
         frozen_conv.trainable = False
         x = np.random.default_rng(0).normal(size=(4, 3))
     elif name == "nested_model_two_inputs":
-        inner = keras.Sequential([keras.Input((4,)), layers.Dense(3, activation="tanh"),
-                                  layers.Dense(3)], name="inner")
+        inner = keras.Sequential(
+            [keras.Input((4,)), layers.Dense(3, activation="tanh"), layers.Dense(3)], name="inner"
+        )
         a, b = keras.Input((4,), name="a"), keras.Input((2,), name="b")
         merged = layers.Concatenate()([inner(a), layers.Dense(3)(b)])
         model = keras.Model([a, b], layers.Dense(2)(merged))
@@ -120,6 +143,7 @@ def _zoo(name: str):
         x = [rng.normal(size=(4, 4)).astype("float32"), rng.normal(size=(4, 2)).astype("float32")]
         return model, x
     elif name == "subclassed":
+
         class Net(keras.Model):
             def __init__(self):
                 super().__init__()
@@ -174,7 +198,9 @@ def test_stacked_forward_equals_separate_keras_calls(name, beads):
     state_layout = StateLayout.from_model(model)
     states = np.stack([state_layout.state_of(model) * (1.0 + 0.2 * k) for k in range(beads)])
     forward = engine.make_stacked_forward(model, layout, state_layout)
-    inputs = [ops.convert_to_tensor(v) for v in x] if isinstance(x, list) else ops.convert_to_tensor(x)
+    inputs = (
+        [ops.convert_to_tensor(v) for v in x] if isinstance(x, list) else ops.convert_to_tensor(x)
+    )
     predictions, regularizers = forward(
         ops.convert_to_tensor(thetas), ops.convert_to_tensor(states), nt, inputs
     )
@@ -184,11 +210,15 @@ def test_stacked_forward_equals_separate_keras_calls(name, beads):
     for k in range(beads):
         bead_nt = state_layout.non_trainable_values(states[k], non_trainable_state(model))
         y_pred, _, losses = model.stateless_call(
-            [ops.convert_to_tensor(w) for w in layout.unflatten(thetas[k])], bead_nt, x,
-            return_losses=True, **engine.inference_kwargs(model),
+            [ops.convert_to_tensor(w) for w in layout.unflatten(thetas[k])],
+            bead_nt,
+            x,
+            return_losses=True,
+            **engine.inference_kwargs(model),
         )
-        np.testing.assert_allclose(predictions[k], ops.convert_to_numpy(y_pred), rtol=2e-5,
-                                   atol=2e-5)
+        np.testing.assert_allclose(
+            predictions[k], ops.convert_to_numpy(y_pred), rtol=2e-5, atol=2e-5
+        )
         if k == 0:  # bead 0 has the model's own state: Keras's own call agrees
             layout.assign(model, thetas[k])
             expected = ops.convert_to_numpy(model(x, **engine.inference_kwargs(model)))
@@ -241,12 +271,18 @@ def test_walk_is_used_for_graph_models_and_not_for_masking_or_subclassed():
     from keras_landscape.engine import stacked
     from keras_landscape.engine.params import ParameterLayout
 
-    for name, walked in [("cnn_bn_pool", True), ("masked_embedding_gru", False),
-                         ("subclassed", False)]:
+    for name, walked in [
+        ("cnn_bn_pool", True),
+        ("masked_embedding_gru", False),
+        ("subclassed", False),
+    ]:
         model, _ = _zoo(name)
-        built = stacked.build_stacked_forward(model, ParameterLayout.from_model(model),
-                                              StateLayout.from_model(model),
-                                              engine.inference_kwargs(model))
+        built = stacked.build_stacked_forward(
+            model,
+            ParameterLayout.from_model(model),
+            StateLayout.from_model(model),
+            engine.inference_kwargs(model),
+        )
         assert (built is not None) is walked, name
 
 
@@ -259,26 +295,35 @@ def test_plan_names_how_each_layer_is_batched():
     from keras_landscape.engine.params import ParameterLayout, non_trainable_state
 
     expectations = {
-        "cnn_bn_pool": {"Conv2D": "grouped convolution", "MaxPooling2D": "beads as channel groups",
-                        "Flatten": "beads into batch", "Dense": "batched matmul",
-                        "BatchNormalization": "batched normalisation"},
-        "conv_channel_groups": {"ReLU": "beads as channel groups",
-                                "ZeroPadding2D": "beads as channel groups",
-                                "AveragePooling2D": "beads as channel groups",
-                                "GlobalAveragePooling2D": "beads into batch",
-                                "BatchNormalization": "batched normalisation"},
+        "cnn_bn_pool": {
+            "Conv2D": "grouped convolution",
+            "MaxPooling2D": "beads as channel groups",
+            "Flatten": "beads into batch",
+            "Dense": "batched matmul",
+            "BatchNormalization": "batched normalisation",
+        },
+        "conv_channel_groups": {
+            "ReLU": "beads as channel groups",
+            "ZeroPadding2D": "beads as channel groups",
+            "AveragePooling2D": "beads as channel groups",
+            "GlobalAveragePooling2D": "beads into batch",
+            "BatchNormalization": "batched normalisation",
+        },
         "gru_variants_backwards": {"GRU": "unrolled recurrence", "LSTM": "unrolled recurrence"},
         "embedding_lstm": {"Embedding": "stacked lookup", "LSTM": "unrolled recurrence"},
         "custom_add_loss_frozen": {"Scale": "mapped", "Dense": "batched matmul"},
-        "mlp_regularized_dropout": {"Dropout": "beads into batch",
-                                    "BatchNormalization": "batched normalisation"},
+        "mlp_regularized_dropout": {
+            "Dropout": "beads into batch",
+            "BatchNormalization": "batched normalisation",
+        },
     }
     for name, expected in expectations.items():
         model, x = _zoo(name)
         layout = ParameterLayout.from_model(model)
         state_layout = StateLayout.from_model(model)
-        forward = stacked.build_stacked_forward(model, layout, state_layout,
-                                                engine.inference_kwargs(model))
+        forward = stacked.build_stacked_forward(
+            model, layout, state_layout, engine.inference_kwargs(model)
+        )
         thetas = ops.convert_to_tensor(np.stack([layout.theta_of(model)] * 2))
         states = ops.convert_to_tensor(np.stack([state_layout.state_of(model)] * 2))
         nt = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]

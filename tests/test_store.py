@@ -26,11 +26,15 @@ MODEL_JSON = json.dumps({"class_name": "Sequential", "config": {"name": "m", "la
 
 
 def _layout(store, nt_paths=("bn/moving_mean", "bn/moving_variance")):
-    store.write_layout(PATHS, SHAPES, OFFSETS, P, model_config=MODEL_JSON, non_trainable_paths=nt_paths)
+    store.write_layout(
+        PATHS, SHAPES, OFFSETS, P, model_config=MODEL_JSON, non_trainable_paths=nt_paths
+    )
 
 
 def _new(tmp_path, name="run.h5", **kw):
-    return Store.create(tmp_path / name, versions=VERSIONS, command="klandscape probe a.keras b.keras", **kw)
+    return Store.create(
+        tmp_path / name, versions=VERSIONS, command="klandscape probe a.keras b.keras", **kw
+    )
 
 
 def test_round_trip_layout_models_data_and_attrs(tmp_path, rng):
@@ -39,11 +43,25 @@ def test_round_trip_layout_models_data_and_attrs(tmp_path, rng):
     mean, var = rng.standard_normal(5).astype(np.float32), np.arange(5, dtype=np.float64)
     with _new(tmp_path) as s:
         _layout(s)
-        s.write_data_info({"spec": "digits", "description": "8x8 digits", "loss": "sparse_ce",
-                           "level_fn": "error_rate", "split": "test", "n": 360, "classes": [0, 1]})
+        s.write_data_info(
+            {
+                "spec": "digits",
+                "description": "8x8 digits",
+                "loss": "sparse_ce",
+                "level_fn": "error_rate",
+                "split": "test",
+                "n": 360,
+                "classes": [0, 1],
+            }
+        )
         s.add_model("a", theta_a, source="a.keras", non_trainable=[mean, var], loss=0.25, level=3.5)
-        s.add_model("b", theta_b, source="trained:adam seed=1", role="endpoint",
-                    non_trainable={"seed/state": np.array([7, 9], dtype=np.int64)})
+        s.add_model(
+            "b",
+            theta_b,
+            source="trained:adam seed=1",
+            role="endpoint",
+            non_trainable={"seed/state": np.array([7, 9], dtype=np.int64)},
+        )
         s.add_model("a", theta_a, source="a.keras", non_trainable=[mean, var], loss=0.25, level=3.5)
     path = tmp_path / "run.h5"
     with Store.open(path) as s:
@@ -54,9 +72,14 @@ def test_round_trip_layout_models_data_and_attrs(tmp_path, rng):
         assert root["command"] == "klandscape probe a.keras b.keras"
         assert root["created"].endswith("Z") and root["updated"] >= root["created"]
         lay = s.read_layout()
-        assert lay == {"paths": PATHS, "shapes": SHAPES, "offsets": OFFSETS, "size": P,
-                       "model_config": MODEL_JSON,
-                       "non_trainable_paths": ["bn/moving_mean", "bn/moving_variance"]}
+        assert lay == {
+            "paths": PATHS,
+            "shapes": SHAPES,
+            "offsets": OFFSETS,
+            "size": P,
+            "model_config": MODEL_JSON,
+            "non_trainable_paths": ["bn/moving_mean", "bn/moving_variance"],
+        }
         info = s.read_data_info()
         assert info["spec"] == "digits" and info["level_fn"] == "error_rate"
         assert info["n"] == 360 and info["classes"] == [0, 1]
@@ -98,7 +121,12 @@ def test_run_whole_writes_subgroups_and_attrs(tmp_path, rng):
     beads = rng.standard_normal((4, P)).astype(np.float32)
     curves = rng.random((3, 11))
     with _new(tmp_path) as s:
-        run = s.begin_run("conn", "connectivity", {"alpha": np.float32(0.95), "levels": np.array([0.1, 0.3])}, seed=7)
+        run = s.begin_run(
+            "conn",
+            "connectivity",
+            {"alpha": np.float32(0.95), "levels": np.array([0.1, 0.3])},
+            seed=7,
+        )
         run.write("pair_0/level_0.3/beads", beads)
         run.write("pair_0/level_0.3/curves", curves)
         run.write("labels", np.array(["a", "bé"]))
@@ -106,14 +134,26 @@ def test_run_whole_writes_subgroups_and_attrs(tmp_path, rng):
         run.set_attrs("pair_0", a="m0", b="m1", connected=True)
         run.set_attrs("pair_0/level_0.3/beads", level=0.3, failed_segments=[])
         run.set_attrs(None, note="hello", extra={"k": (1, 2)})
-        run.complete({"connected": True, "beads": np.int64(4), "length": np.float32(1.25), "worst": float("nan")})
+        run.complete(
+            {
+                "connected": True,
+                "beads": np.int64(4),
+                "length": np.float32(1.25),
+                "worst": float("nan"),
+            }
+        )
     with Store.open(tmp_path / "run.h5") as s:
         assert s.run_names() == ["conn"]
         run = s.run("conn")
         assert run.probe == "connectivity" and run.status == "complete" and run.seed == 7
         assert run.config == {"alpha": 0.95, "levels": [0.1, 0.3]}
         assert run.result == {"connected": True, "beads": 4, "length": 1.25, "worst": None}
-        assert run.keys() == ["labels", "pair_0/level_0.3/beads", "pair_0/level_0.3/curves", "scalar"]
+        assert run.keys() == [
+            "labels",
+            "pair_0/level_0.3/beads",
+            "pair_0/level_0.3/curves",
+            "scalar",
+        ]
         np.testing.assert_array_equal(run.read("pair_0/level_0.3/beads"), beads)
         np.testing.assert_array_equal(run.read("pair_0/level_0.3/curves"), curves)
         assert list(run.read("labels")) == ["a", "bé"]
@@ -143,10 +183,13 @@ def test_append_survives_interruption_and_resume_with_truncate(tmp_path, rng):
     run.append("beads", rows[3])  # partial step: bead written, its loss not
     # Everything is flushed: another process sees every row while the writer is still open
     # (it must open without HDF5 file locking, since the writer holds the lock).
-    code = ("import sys, h5py; f = h5py.File(sys.argv[1], 'r', locking=False); "
-            "print(f['runs/dss/beads'].shape, f['runs/dss/bead_loss'].shape)")
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys, h5py; f = h5py.File(sys.argv[1], 'r', locking=False); "
+        "print(f['runs/dss/beads'].shape, f['runs/dss/bead_loss'].shape)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["(4,", f"{P})", "(3,)"]
     s.close()  # closed without complete(): simulated kill
@@ -207,12 +250,24 @@ def test_written_whole_then_appended(tmp_path):
 
 
 def test_json_numpy_values_and_non_finite():
-    value = {"a": np.float32(0.95), "b": np.array([[1.0, np.nan], [np.inf, -np.inf]]), "c": np.int32(3),
-             "d": (np.bool_(True), None), "e": np.array(np.float32(0.1)), "f": float("-inf")}
+    value = {
+        "a": np.float32(0.95),
+        "b": np.array([[1.0, np.nan], [np.inf, -np.inf]]),
+        "c": np.int32(3),
+        "d": (np.bool_(True), None),
+        "e": np.array(np.float32(0.1)),
+        "f": float("-inf"),
+    }
     text = to_json(value)
     assert "NaN" not in text and "Infinity" not in text
-    assert from_json(text) == {"a": 0.95, "b": [[1.0, None], [None, None]], "c": 3,
-                               "d": [True, None], "e": 0.1, "f": None}
+    assert from_json(text) == {
+        "a": 0.95,
+        "b": [[1.0, None], [None, None]],
+        "c": 3,
+        "d": [True, None],
+        "e": 0.1,
+        "f": None,
+    }
     with pytest.raises(TypeError):
         to_json({"x": object()})
 
@@ -291,7 +346,7 @@ def test_chunking_of_appended_datasets(tmp_path):
         assert big.chunks[1] * 4 <= (1 << 20)
 
 
-_PLAIN_READER = r'''
+_PLAIN_READER = r"""
 import json, sys
 import h5py, numpy as np
 
@@ -333,7 +388,7 @@ with h5py.File(sys.argv[1], "r") as f:
     out["run"] = [attrs(run), sorted(keys), run["beads"][()].tolist(),
                   run["pair_0/level_0.3/curve"][()].tolist(), attrs(run["pair_0"])]
 print(json.dumps(out, default=lambda o: o.item()))
-'''
+"""
 
 
 def test_readable_with_plain_h5py_following_the_docs(tmp_path, rng):
@@ -344,8 +399,15 @@ def test_readable_with_plain_h5py_following_the_docs(tmp_path, rng):
     path = tmp_path / "run.h5"
     with _new(tmp_path) as s:
         _layout(s)
-        s.write_data_info({"spec": "cubic", "loss": "mse", "level_fn": "mae", "split": "test",
-                           "description": "x^3"})
+        s.write_data_info(
+            {
+                "spec": "cubic",
+                "loss": "mse",
+                "level_fn": "mae",
+                "split": "test",
+                "description": "x^3",
+            }
+        )
         s.add_model("a", theta, source="a.keras", non_trainable=[np.ones(2), np.zeros(2)], loss=0.5)
         run = s.begin_run("conn", "connectivity", {"alpha": 0.95, "levels": [1.0, 0.3]}, seed=1)
         for b in beads:
@@ -355,21 +417,33 @@ def test_readable_with_plain_h5py_following_the_docs(tmp_path, rng):
         run.complete({"connected": False, "gap": float("inf")})
     script = tmp_path / "reader.py"
     script.write_text(_PLAIN_READER)
-    proc = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["keras_version"] == VERSIONS["keras_version"]
-    assert out["layout"] == [PATHS, OFFSETS, [list(s) for s in SHAPES], P, MODEL_JSON,
-                             ["bn/moving_mean", "bn/moving_variance"]]
+    assert out["layout"] == [
+        PATHS,
+        OFFSETS,
+        [list(s) for s in SHAPES],
+        P,
+        MODEL_JSON,
+        ["bn/moving_mean", "bn/moving_variance"],
+    ]
     m_attrs, m_theta, m_state, m_nt_paths, m_weights = out["model_a"]
     assert m_attrs == {"source": "a.keras", "role": "input", "loss": 0.5}
     np.testing.assert_array_equal(np.array(m_theta, np.float32), theta)
     assert m_state == [[1.0, 1.0], [0.0, 0.0]]
     assert m_nt_paths == ["bn/moving_mean", "bn/moving_variance"]
     assert np.array(m_weights[0]).shape == (3, 4) and m_weights[3] == float(theta[20])
-    assert out["data"] == {"spec": "cubic", "loss": "mse", "level_fn": "mae", "split": "test",
-                           "description": "x^3"}
+    assert out["data"] == {
+        "spec": "cubic",
+        "loss": "mse",
+        "level_fn": "mae",
+        "split": "test",
+        "description": "x^3",
+    }
     r_attrs, keys, r_beads, curve, pair_attrs = out["run"]
     assert r_attrs["probe"] == "connectivity" and r_attrs["status"] == "complete"
     assert r_attrs["config"] == {"alpha": 0.95, "levels": [1.0, 0.3]} and r_attrs["seed"] == 1
@@ -382,8 +456,10 @@ def test_readable_with_plain_h5py_following_the_docs(tmp_path, rng):
 
 
 def test_store_module_does_not_import_tensorflow_or_keras():
-    code = ("import sys, keras_landscape.store.hdf5; "
-            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, keras_landscape.store.hdf5; "
+        "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

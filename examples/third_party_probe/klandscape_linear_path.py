@@ -79,23 +79,33 @@ class LinearPathProbe(ProbeBase):
             )  # one batched call per data batch
             store.write(f"pair_{i}_{j}/levels", levels)  # streamed into /runs/linear_path
             top = float(np.max(levels))
-            rows.append({
-                "a": models[i].name,
-                "b": models[j].name,
-                "endpoint_levels": [float(levels[0]), float(levels[-1])],
-                "max_level": top,
-                "argmax_t": float(ts[int(np.argmax(levels))]),
-                "barrier": top - max(float(levels[0]), float(levels[-1])),
-                "levels": [float(v) for v in levels],
-            })
+            rows.append(
+                {
+                    "a": models[i].name,
+                    "b": models[j].name,
+                    "endpoint_levels": [float(levels[0]), float(levels[-1])],
+                    "max_level": top,
+                    "argmax_t": float(ts[int(np.argmax(levels))]),
+                    "barrier": top - max(float(levels[0]), float(levels[-1])),
+                    "levels": [float(v) for v in levels],
+                }
+            )
             task.advance()
         task.close()
         return {"level_fn": landscape.objective.level_fn, "pairs": rows}
 
     @classmethod
     def tables(cls, run_name: str, result: dict) -> list[dict]:
-        rows = [[f"{p['a']} - {p['b']}", max(p["endpoint_levels"]), p["max_level"],
-                 p["argmax_t"], p["barrier"]] for p in result["pairs"]]
+        rows = [
+            [
+                f"{p['a']} - {p['b']}",
+                max(p["endpoint_levels"]),
+                p["max_level"],
+                p["argmax_t"],
+                p["barrier"],
+            ]
+            for p in result["pairs"]
+        ]
         columns = ["pair", "higher end", "max on the line", "at t", "linear barrier"]
         notes = [f"level function {result.get('level_fn', '?')}"]
         return [table(run_name, columns, rows, notes)]

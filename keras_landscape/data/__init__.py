@@ -15,5 +15,13 @@ from keras_landscape.data.specs import (
     read_idx,
 )
 
-__all__ = ["KINDS", "Dataset", "Kind", "Teacher", "adapt_to_model", "load_data", "parse_spec",
-           "read_idx"]
+__all__ = [
+    "KINDS",
+    "Dataset",
+    "Kind",
+    "Teacher",
+    "adapt_to_model",
+    "load_data",
+    "parse_spec",
+    "read_idx",
+]

@@ -27,16 +27,24 @@ import math
 import re
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from keras_landscape.errors import UserError
 
-__all__ = ["KINDS", "Dataset", "Kind", "Teacher", "adapt_to_model", "load_data", "parse_spec",
-           "read_idx"]
+__all__ = [
+    "KINDS",
+    "Dataset",
+    "Kind",
+    "Teacher",
+    "adapt_to_model",
+    "load_data",
+    "parse_spec",
+    "read_idx",
+]
 
 
 @dataclass
@@ -176,9 +184,15 @@ def _inputs(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _supervised(spec: str, source: str, x_train: np.ndarray, y_train: np.ndarray,
-                x_test: np.ndarray | None, y_test: np.ndarray | None,
-                num_classes: int | None = None) -> Dataset:
+def _supervised(
+    spec: str,
+    source: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray | None,
+    y_test: np.ndarray | None,
+    num_classes: int | None = None,
+) -> Dataset:
     """Types arrays of a file source and infers the task from the targets' dtype and shape."""
     pairs = [(x_train, y_train)] + ([(x_test, y_test)] if x_test is not None else [])
     for x, y in pairs:
@@ -189,8 +203,10 @@ def _supervised(spec: str, source: str, x_train: np.ndarray, y_train: np.ndarray
             )
     ys = [y for _, y in pairs]
     if all(np.issubdtype(y.dtype, np.floating) for y in ys):
-        ys = [y.astype(np.float32).reshape(len(y), -1) if y.ndim == 1 else y.astype(np.float32)
-              for y in ys]
+        ys = [
+            y.astype(np.float32).reshape(len(y), -1) if y.ndim == 1 else y.astype(np.float32)
+            for y in ys
+        ]
         xs, task, num_classes = [_inputs(x) for x, _ in pairs], "regression", None
     elif all(np.issubdtype(y.dtype, np.integer) or y.dtype == bool for y in ys):
         if min(int(y.min()) for y in ys) < 0:
@@ -240,8 +256,16 @@ def _load_digits(spec: str, positionals: list[str], opts: _Options, seed: int) -
     test, train = order[:360], order[360:]
     x = (x / 16.0).astype(np.float32)
     y = y.astype(np.int32)
-    return Dataset(spec, x[train], y[train], x[test], y[test], "classification", 10,
-                   "digits (scikit-learn load_digits, 8x8 images flattened)")
+    return Dataset(
+        spec,
+        x[train],
+        y[train],
+        x[test],
+        y[test],
+        "classification",
+        10,
+        "digits (scikit-learn load_digits, 8x8 images flattened)",
+    )
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
@@ -261,15 +285,21 @@ def _polynomial_loader(target: Callable[[np.ndarray], np.ndarray], formula: str)
         n_test = opts.get_int("n_test", n // 5)
         # One seeded generator, two independent streams: changing n never changes the
         # test set, and vice versa.
-        train_rng, test_rng = (np.random.default_rng(s) for s in
-                               np.random.SeedSequence(opts.get_int("seed", seed)).spawn(2))
-        xs = [rng.uniform(0.0, 1.0, size=(m, 1)).astype(np.float32)
-              for rng, m in ((train_rng, n), (test_rng, n_test))]
+        train_rng, test_rng = (
+            np.random.default_rng(s)
+            for s in np.random.SeedSequence(opts.get_int("seed", seed)).spawn(2)
+        )
+        xs = [
+            rng.uniform(0.0, 1.0, size=(m, 1)).astype(np.float32)
+            for rng, m in ((train_rng, n), (test_rng, n_test))
+        ]
         # Targets are computed in float64 from the float32 inputs, then rounded once.
         ys = [target(x.astype(np.float64)).astype(np.float32) for x in xs]
         test = (xs[1], ys[1]) if n_test else (None, None)
-        return Dataset(spec, xs[0], ys[0], *test, "regression", None,
-                       f"synthetic y = {formula}, x ~ U[0, 1]")
+        return Dataset(
+            spec, xs[0], ys[0], *test, "regression", None, f"synthetic y = {formula}, x ~ U[0, 1]"
+        )
+
     return load
 
 
@@ -295,8 +325,12 @@ class Teacher:
         rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(5)[0])
         # Fan-in scaling keeps pre-activations O(1) for every d and h, so a useful fraction
         # of hidden units is active on Gaussian inputs.
-        return cls(rng.normal(0, 1 / math.sqrt(d), (d, h)), rng.normal(0, 0.5, h),
-                   rng.normal(0, 1 / math.sqrt(h), (h, out)), rng.normal(0, 0.5, out))
+        return cls(
+            rng.normal(0, 1 / math.sqrt(d), (d, h)),
+            rng.normal(0, 0.5, h),
+            rng.normal(0, 1 / math.sqrt(h), (h, out)),
+            rng.normal(0, 0.5, out),
+        )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Teacher outputs (n, out), float64, for inputs x of shape (n, d)."""
@@ -320,8 +354,13 @@ def _load_teacher(spec: str, positionals: list[str], opts: _Options, seed: int) 
         arrays += [x, y.astype(np.float32)]
     if not n_test:
         arrays[2:] = [None, None]
-    return Dataset(spec, *arrays, "regression", None,
-                   f"teacher ReLU net {d}-{h}-{out}, x ~ N(0, I), noise std {noise:g}")
+    return Dataset(
+        spec,
+        *arrays,
+        "regression",
+        None,
+        f"teacher ReLU net {d}-{h}-{out}, x ~ N(0, I), noise std {noise:g}",
+    )
 
 
 def _existing(spec: str, path: str, what: str) -> Path:
@@ -351,16 +390,20 @@ def _load_npz(spec: str, positionals: list[str], opts: _Options, seed: int) -> D
             "y_test=...) or numpy.savez(path, x=..., y=...)."
         ) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise UserError(f"Data spec {spec!r}: {str(path)!r} holds a single .npy array, "
-                        "not an .npz archive with keys x_train/y_train (or x/y).")
+        raise UserError(
+            f"Data spec {spec!r}: {str(path)!r} holds a single .npy array, "
+            "not an .npz archive with keys x_train/y_train (or x/y)."
+        )
     with archive:
         keys = set(archive.files)
         if {"x_train", "y_train"} <= keys:
             names = ["x_train", "y_train"]
             test = {"x_test", "y_test"} & keys
             if len(test) == 1:
-                raise UserError(f"Data spec {spec!r}: {str(path)!r} has {test.pop()} without "
-                                f"its partner; found keys {sorted(keys)}.")
+                raise UserError(
+                    f"Data spec {spec!r}: {str(path)!r} has {test.pop()} without "
+                    f"its partner; found keys {sorted(keys)}."
+                )
             names += ["x_test", "y_test"] if test else []
         elif {"x", "y"} <= keys:
             names = ["x", "y"]
@@ -396,13 +439,17 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = raw[3] if len(raw) >= 4 else 0
     header = 4 + 4 * ndim
     if len(raw) < header or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES:
-        raise UserError(f"{str(path)!r} is not an IDX file: its header (magic number "
-                        f"{raw[:4].hex() or 'missing'}) is not 00 00 TYPE NDIM.")
+        raise UserError(
+            f"{str(path)!r} is not an IDX file: its header (magic number "
+            f"{raw[:4].hex() or 'missing'}) is not 00 00 TYPE NDIM."
+        )
     dims = tuple(int(v) for v in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     if len(raw) - header != math.prod(dims) * dtype.itemsize:
-        raise UserError(f"{str(path)!r}: the IDX header promises shape {dims} of {dtype.name}, "
-                        f"but {len(raw) - header} data bytes follow (truncated or corrupt).")
+        raise UserError(
+            f"{str(path)!r}: the IDX header promises shape {dims} of {dtype.name}, "
+            f"but {len(raw) - header} data bytes follow (truncated or corrupt)."
+        )
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -424,11 +471,19 @@ def _load_idx(spec: str, positionals: list[str], opts: _Options, seed: int) -> D
             f"t10k-images-idx3-ubyte / t10k-labels-idx1-ubyte); found {names[:20]}."
         )
     if (("t10k", "images") in found) != (("t10k", "labels") in found):
-        raise UserError(f"Data spec {spec!r}: {str(folder)!r} has only one of the t10k "
-                        "images/labels files; provide both or neither.")
-    arrays = [read_idx(found[key]) if key in found else None
-              for key in [("train", "images"), ("train", "labels"),
-                          ("t10k", "images"), ("t10k", "labels")]]
+        raise UserError(
+            f"Data spec {spec!r}: {str(folder)!r} has only one of the t10k "
+            "images/labels files; provide both or neither."
+        )
+    arrays = [
+        read_idx(found[key]) if key in found else None
+        for key in [
+            ("train", "images"),
+            ("train", "labels"),
+            ("t10k", "images"),
+            ("t10k", "labels"),
+        ]
+    ]
     return _supervised(spec, f"idx {folder.name}", *arrays)
 
 
@@ -440,17 +495,25 @@ def _text_files(spec: str, path: Path, roles: list[str]) -> dict[str, str]:
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if not n.endswith("/")]
     else:
-        raise UserError(f"Data spec {spec!r}: {str(path)!r} is neither a directory nor a zip "
-                        "archive of word files (e.g. ptb.train.txt, ptb.valid.txt, ptb.test.txt).")
+        raise UserError(
+            f"Data spec {spec!r}: {str(path)!r} is neither a directory nor a zip "
+            "archive of word files (e.g. ptb.train.txt, ptb.valid.txt, ptb.test.txt)."
+        )
     chosen = {}
     for role in roles:
-        matches = sorted((len(n.split("/")[-1]), n) for n in names
-                         if n.split("/")[-1].endswith(f"{role}.txt") and "__MACOSX" not in n
-                         and not n.split("/")[-1].startswith("."))
+        matches = sorted(
+            (len(n.split("/")[-1]), n)
+            for n in names
+            if n.split("/")[-1].endswith(f"{role}.txt")
+            and "__MACOSX" not in n
+            and not n.split("/")[-1].startswith(".")
+        )
         # PTB archives may also hold ptb.char.train.txt: the shortest name is the word file.
         if len(matches) > 1 and matches[0][0] == matches[1][0]:
-            raise UserError(f"Data spec {spec!r}: several files end in {role}.txt in "
-                            f"{str(path)!r}: {[n for _, n in matches]}; keep one.")
+            raise UserError(
+                f"Data spec {spec!r}: several files end in {role}.txt in "
+                f"{str(path)!r}: {[n for _, n in matches]}; keep one."
+            )
         if matches:
             chosen[role] = matches[0][1]
     texts = {}
@@ -469,25 +532,32 @@ def _load_text(spec: str, positionals: list[str], opts: _Options, seed: int) -> 
     steps = opts.get_int("seq", 20, minimum=1)
     test_role = opts.get_str("split_test", "test")
     if test_role not in ("test", "valid"):
-        raise UserError(f"Option split_test={test_role!r} in data spec {spec!r} must be "
-                        "'test' or 'valid'.")
+        raise UserError(
+            f"Option split_test={test_role!r} in data spec {spec!r} must be 'test' or 'valid'."
+        )
     path = _existing(spec, positionals[0], "path")
     texts = _text_files(spec, path, ["train", test_role])
     if "train" not in texts:
-        raise UserError(f"Data spec {spec!r}: no file ending in train.txt in {str(path)!r} "
-                        "(expected Penn-Treebank-style ptb.train.txt / ptb.test.txt).")
+        raise UserError(
+            f"Data spec {spec!r}: no file ending in train.txt in {str(path)!r} "
+            "(expected Penn-Treebank-style ptb.train.txt / ptb.test.txt)."
+        )
     if test_role == "valid" and "valid" not in texts:
-        raise UserError(f"Data spec {spec!r}: split_test=valid, but {str(path)!r} has no "
-                        "file ending in valid.txt.")
+        raise UserError(
+            f"Data spec {spec!r}: split_test=valid, but {str(path)!r} has no "
+            "file ending in valid.txt."
+        )
     # Every line ends with <eos>, as in the usual PTB language-model set-up.
-    words = {role: [w for line in text.splitlines() for w in line.split() + ["<eos>"]]
-             for role, text in texts.items()}
+    words = {
+        role: [w for line in text.splitlines() for w in line.split() + ["<eos>"]]
+        for role, text in texts.items()
+    }
     counts = Counter(words["train"])
     ranked = sorted(counts, key=lambda w: (-counts[w], w))
     unseen = any(w not in counts for w in words.get(test_role, []))
     vocabulary = ranked[:cap]
     if (len(ranked) > cap or unseen) and "<unk>" not in vocabulary:
-        vocabulary = ranked[:cap - 1] + ["<unk>"]
+        vocabulary = ranked[: cap - 1] + ["<unk>"]
     index = {w: i for i, w in enumerate(vocabulary)}
     unk = index.get("<unk>")
     arrays = []
@@ -498,12 +568,21 @@ def _load_text(spec: str, positionals: list[str], opts: _Options, seed: int) -> 
         ids = np.array([index.get(w, unk) for w in words[role]], dtype=np.int32)
         count = (len(ids) - 1) // steps
         if count < 1:
-            raise UserError(f"Data spec {spec!r}: the {role} file has {len(ids)} tokens, too "
-                            f"few for one window of seq={steps} steps plus its shifted target.")
-        arrays += [ids[:count * steps].reshape(count, steps),
-                   ids[1:count * steps + 1].reshape(count, steps)]
-    return Dataset(spec, *arrays, "sequence", len(vocabulary),
-                   f"text {path.name}, vocabulary {len(vocabulary)}, windows of {steps} steps")
+            raise UserError(
+                f"Data spec {spec!r}: the {role} file has {len(ids)} tokens, too "
+                f"few for one window of seq={steps} steps plus its shifted target."
+            )
+        arrays += [
+            ids[: count * steps].reshape(count, steps),
+            ids[1 : count * steps + 1].reshape(count, steps),
+        ]
+    return Dataset(
+        spec,
+        *arrays,
+        "sequence",
+        len(vocabulary),
+        f"text {path.name}, vocabulary {len(vocabulary)}, windows of {steps} steps",
+    )
 
 
 def _load_tfds(spec: str, positionals: list[str], opts: _Options, seed: int) -> Dataset:
@@ -524,11 +603,19 @@ def _load_tfds(spec: str, positionals: list[str], opts: _Options, seed: int) -> 
     arrays, num_classes = [], None
     for split in positionals[1:] or ["train", "test"]:
         try:
-            data, info = tfds.load(name, split=split, as_supervised=True, with_info=True,
-                                   download=download, data_dir=data_dir)
+            data, info = tfds.load(
+                name,
+                split=split,
+                as_supervised=True,
+                with_info=True,
+                download=download,
+                data_dir=data_dir,
+            )
         except tfds.core.DatasetNotFoundError:
-            raise UserError(f"Data spec {spec!r}: TensorFlow Datasets has no dataset named "
-                            f"{name!r} (see `tfds.list_builders()`).") from None
+            raise UserError(
+                f"Data spec {spec!r}: TensorFlow Datasets has no dataset named "
+                f"{name!r} (see `tfds.list_builders()`)."
+            ) from None
         except Exception as error:  # tfds reports missing data and bad splits variously
             if not download and ("could not find data" in str(error) or "download" in str(error)):
                 raise UserError(
@@ -539,8 +626,9 @@ def _load_tfds(spec: str, positionals: list[str], opts: _Options, seed: int) -> 
                 ) from None
             if split == "test" and len(positionals) == 1 and "split" in str(error).lower():
                 break  # the dataset simply has no test split
-            raise UserError(f"Data spec {spec!r}: TFDS could not load {name!r} split "
-                            f"{split!r}: {error}") from None
+            raise UserError(
+                f"Data spec {spec!r}: TFDS could not load {name!r} split {split!r}: {error}"
+            ) from None
         if limit:
             data = data.take(limit)
         batches = list(tfds.as_numpy(data.batch(4096)))
@@ -552,8 +640,12 @@ def _load_tfds(spec: str, positionals: list[str], opts: _Options, seed: int) -> 
         if split == "train" and info.splits and "test" not in info.splits:
             break
     arrays += [None] * (4 - len(arrays))
-    return _supervised(spec, f"tfds {name} ({', '.join(positionals[1:] or ['train', 'test'])})",
-                       *arrays, num_classes=num_classes)
+    return _supervised(
+        spec,
+        f"tfds {name} ({', '.join(positionals[1:] or ['train', 'test'])})",
+        *arrays,
+        num_classes=num_classes,
+    )
 
 
 @dataclass(frozen=True)
@@ -570,18 +662,35 @@ class Kind:
 _SYNTHETIC = frozenset({"limit", "seed", "n", "n_test"})
 KINDS: dict[str, Kind] = {
     "digits": Kind(_load_digits, (), (), frozenset({"limit", "seed"}), "digits"),
-    "cubic": Kind(_polynomial_loader(_cubic, "8x^3 - 10x^2 + 3x"), (), (), _SYNTHETIC,
-                  "cubic:n=10000"),
-    "quadratic": Kind(_polynomial_loader(_quadratic, "0.5x^2 + 0.25x + 0.1"), (), (), _SYNTHETIC,
-                      "quadratic:n=10000"),
-    "teacher": Kind(_load_teacher, (), (), _SYNTHETIC | {"d", "h", "out", "noise"},
-                    "teacher:d=10,h=4,n=2000"),
+    "cubic": Kind(
+        _polynomial_loader(_cubic, "8x^3 - 10x^2 + 3x"), (), (), _SYNTHETIC, "cubic:n=10000"
+    ),
+    "quadratic": Kind(
+        _polynomial_loader(_quadratic, "0.5x^2 + 0.25x + 0.1"),
+        (),
+        (),
+        _SYNTHETIC,
+        "quadratic:n=10000",
+    ),
+    "teacher": Kind(
+        _load_teacher, (), (), _SYNTHETIC | {"d", "h", "out", "noise"}, "teacher:d=10,h=4,n=2000"
+    ),
     "npz": Kind(_load_npz, ("PATH",), (), frozenset({"limit"}), "npz:/data/mnist.npz"),
     "idx": Kind(_load_idx, ("DIR",), (), frozenset({"limit"}), "idx:/data/mnist"),
-    "text": Kind(_load_text, ("PATH",), (), frozenset({"limit", "vocab", "seq", "split_test"}),
-                 "text:/data/ptb.zip:seq=35"),
-    "tfds": Kind(_load_tfds, ("NAME",), ("SPLIT",), frozenset({"limit", "download", "data_dir"}),
-                 "tfds:mnist"),
+    "text": Kind(
+        _load_text,
+        ("PATH",),
+        (),
+        frozenset({"limit", "vocab", "seq", "split_test"}),
+        "text:/data/ptb.zip:seq=35",
+    ),
+    "tfds": Kind(
+        _load_tfds,
+        ("NAME",),
+        ("SPLIT",),
+        frozenset({"limit", "download", "data_dir"}),
+        "tfds:mnist",
+    ),
 }
 
 
@@ -608,17 +717,27 @@ def load_data(spec: str, seed: int = 0) -> Dataset:
     kind_name, positionals, options = parse_spec(spec)
     kind = KINDS.get(kind_name)
     if kind is None:
-        raise UserError(f"Unknown data kind {kind_name!r} in spec {spec!r}. Valid kinds: "
-                        + ", ".join(f"{k} (e.g. {v.example})" for k, v in KINDS.items()) + ".")
+        raise UserError(
+            f"Unknown data kind {kind_name!r} in spec {spec!r}. Valid kinds: "
+            + ", ".join(f"{k} (e.g. {v.example})" for k, v in KINDS.items())
+            + "."
+        )
     usage = ":".join([kind_name, *kind.positionals, *(f"[{p}]" for p in kind.optional_positionals)])
-    if not len(kind.positionals) <= len(positionals) <= len(kind.positionals) + len(
-            kind.optional_positionals):
-        raise UserError(f"Data spec {spec!r} has {len(positionals)} positional argument(s) "
-                        f"{positionals}; the form is {usage}[:key=val,...], e.g. {kind.example}.")
+    if (
+        not len(kind.positionals)
+        <= len(positionals)
+        <= len(kind.positionals) + len(kind.optional_positionals)
+    ):
+        raise UserError(
+            f"Data spec {spec!r} has {len(positionals)} positional argument(s) "
+            f"{positionals}; the form is {usage}[:key=val,...], e.g. {kind.example}."
+        )
     unknown = sorted(set(options) - kind.options)
     if unknown:
-        raise UserError(f"Unknown option(s) {', '.join(unknown)} in data spec {spec!r}; "
-                        f"{kind_name} accepts: {', '.join(sorted(kind.options))}.")
+        raise UserError(
+            f"Unknown option(s) {', '.join(unknown)} in data spec {spec!r}; "
+            f"{kind_name} accepts: {', '.join(sorted(kind.options))}."
+        )
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"The seed for data spec {spec!r} must be an integer >= 0, got {seed!r}.")
     opts = _Options(spec, options)
@@ -631,30 +750,57 @@ def load_data(spec: str, seed: int = 0) -> Dataset:
         train = _subset(len(data.x_train), limit)
         test = None if data.x_test is None else _subset(len(data.x_test), limit)
         data = dataclasses.replace(
-            data, x_train=data.x_train[train], y_train=data.y_train[train],
+            data,
+            x_train=data.x_train[train],
+            y_train=data.y_train[train],
             x_test=None if test is None else data.x_test[test],
-            y_test=None if test is None else data.y_test[test])
+            y_test=None if test is None else data.y_test[test],
+        )
     sizes = f"{len(data.x_train)} train / " + (
-        f"{len(data.x_test)} test" if data.x_test is not None else "no test")
-    classes = {"classification": f", {data.num_classes} classes",
-               "sequence": f", vocabulary {data.num_classes}"}.get(data.task, "")
+        f"{len(data.x_test)} test" if data.x_test is not None else "no test"
+    )
+    classes = {
+        "classification": f", {data.num_classes} classes",
+        "sequence": f", vocabulary {data.num_classes}",
+    }.get(data.task, "")
     y_shape = data.y_train.shape[1:] or "scalar"
-    data.description = (f"{data.description}: {sizes}, x {data.x_train.shape[1:]} "
-                        f"{data.x_train.dtype}, y {y_shape} {data.y_train.dtype}, "
-                        f"{data.task}{classes}")
+    data.description = (
+        f"{data.description}: {sizes}, x {data.x_train.shape[1:]} "
+        f"{data.x_train.dtype}, y {y_shape} {data.y_train.dtype}, "
+        f"{data.task}{classes}"
+    )
     return data
 
 
 # ---------------------------------------------------------------------------- adapting
 
 # Losses whose targets must have the model's output shape; sparse losses take int labels.
-_DENSE_TARGET_LOSSES = frozenset({
-    "categoricalcrossentropy", "categoricalfocalcrossentropy", "categoricalhinge",
-    "binarycrossentropy", "binaryfocalcrossentropy", "kldivergence", "kld",
-    "kullbackleiblerdivergence", "meansquarederror", "mse", "meanabsoluteerror", "mae",
-    "meansquaredlogarithmicerror", "msle", "meanabsolutepercentageerror", "mape", "huber",
-    "logcosh", "hinge", "squaredhinge", "poisson", "cosinesimilarity",
-})
+_DENSE_TARGET_LOSSES = frozenset(
+    {
+        "categoricalcrossentropy",
+        "categoricalfocalcrossentropy",
+        "categoricalhinge",
+        "binarycrossentropy",
+        "binaryfocalcrossentropy",
+        "kldivergence",
+        "kld",
+        "kullbackleiblerdivergence",
+        "meansquarederror",
+        "mse",
+        "meanabsoluteerror",
+        "mae",
+        "meansquaredlogarithmicerror",
+        "msle",
+        "meanabsolutepercentageerror",
+        "mape",
+        "huber",
+        "logcosh",
+        "hinge",
+        "squaredhinge",
+        "poisson",
+        "cosinesimilarity",
+    }
+)
 _ONE_HOT_BYTES = 2**30
 
 
@@ -674,14 +820,17 @@ def _conform(spec: str, what: str, have: tuple, want: tuple) -> tuple:
 
 def _one_hot(spec: str, labels: np.ndarray, width: int) -> np.ndarray:
     if labels.size * width * 4 > _ONE_HOT_BYTES:
-        raise UserError(f"Data spec {spec!r}: one-hot targets of {labels.size} x {width} would "
-                        "take over 1 GiB; use a sparse loss (sparse_categorical_crossentropy) "
-                        "with integer labels instead.")
+        raise UserError(
+            f"Data spec {spec!r}: one-hot targets of {labels.size} x {width} would "
+            "take over 1 GiB; use a sparse loss (sparse_categorical_crossentropy) "
+            "with integer labels instead."
+        )
     return np.eye(width, dtype=np.float32)[labels]
 
 
-def adapt_to_model(dataset: Dataset, input_shape: tuple, output_shape: tuple,
-                   loss_name: str | None = None) -> Dataset:
+def adapt_to_model(
+    dataset: Dataset, input_shape: tuple, output_shape: tuple, loss_name: str | None = None
+) -> Dataset:
     """Reshapes inputs and encodes targets to fit a model; returns a new Dataset.
 
     Args:
@@ -698,8 +847,10 @@ def adapt_to_model(dataset: Dataset, input_shape: tuple, output_shape: tuple,
     spec, task = dataset.spec, dataset.task
     input_shape, output_shape = tuple(input_shape), tuple(output_shape)
     shape = _conform(spec, "inputs", dataset.x_train.shape[1:], input_shape)
-    xs = [None if x is None else x.reshape((len(x),) + shape)
-          for x in (dataset.x_train, dataset.x_test)]
+    xs = [
+        None if x is None else x.reshape((len(x),) + shape)
+        for x in (dataset.x_train, dataset.x_test)
+    ]
     dense = (loss_name or "").replace("_", "").lower() in _DENSE_TARGET_LOSSES
     k = dataset.num_classes
     ys = [dataset.y_train, dataset.y_test]
@@ -709,26 +860,37 @@ def adapt_to_model(dataset: Dataset, input_shape: tuple, output_shape: tuple,
                 raise UserError(
                     f"The data spec {spec!r} has {k} classes, but the model has a single "
                     f"output {output_shape}; one output fits only binary labels. Give the "
-                    f"model an output of shape ({k},).")
-            ys = [None if y is None else y.astype(np.float32).reshape((len(y),) + output_shape)
-                  for y in ys]
+                    f"model an output of shape ({k},)."
+                )
+            ys = [
+                None if y is None else y.astype(np.float32).reshape((len(y),) + output_shape)
+                for y in ys
+            ]
         elif len(output_shape) == 1:
             if output_shape[0] is not None and output_shape[0] < k:
-                raise UserError(f"The data spec {spec!r} has {k} classes, but the model "
-                                f"outputs only {output_shape[0]} ({output_shape}).")
+                raise UserError(
+                    f"The data spec {spec!r} has {k} classes, but the model "
+                    f"outputs only {output_shape[0]} ({output_shape})."
+                )
             if dense:
                 ys = [None if y is None else _one_hot(spec, y, output_shape[0] or k) for y in ys]
         else:
-            raise UserError(f"The data spec {spec!r} holds class labels, but the model's output "
-                            f"shape is {output_shape}; a classifier outputs (classes,) or (1,).")
+            raise UserError(
+                f"The data spec {spec!r} holds class labels, but the model's output "
+                f"shape is {output_shape}; a classifier outputs (classes,) or (1,)."
+            )
     elif task == "sequence":
         steps = dataset.y_train.shape[1:]
         if len(output_shape) != 2 or output_shape[0] not in (None, steps[0]):
-            raise UserError(f"The data spec {spec!r} holds next-token targets of shape {steps}, "
-                            f"so the model must output (steps, vocabulary), got {output_shape}.")
+            raise UserError(
+                f"The data spec {spec!r} holds next-token targets of shape {steps}, "
+                f"so the model must output (steps, vocabulary), got {output_shape}."
+            )
         if output_shape[1] is not None and output_shape[1] < k:
-            raise UserError(f"The data spec {spec!r} has a vocabulary of {k} tokens, but the "
-                            f"model outputs only {output_shape[1]} scores per step.")
+            raise UserError(
+                f"The data spec {spec!r} has a vocabulary of {k} tokens, but the "
+                f"model outputs only {output_shape[1]} scores per step."
+            )
         if dense:
             ys = [None if y is None else _one_hot(spec, y, output_shape[1] or k) for y in ys]
     else:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
 
 import numpy as np
 from keras import ops
 
-from keras_landscape.engine import backend
-from keras_landscape.engine import stacked
+from keras_landscape.engine import backend, stacked
 from keras_landscape.engine.objectives import Objective
 from keras_landscape.engine.options import MIXES_BEADS, OPTIMIZERS, parse_optimizer_options
 from keras_landscape.engine.params import ParameterLayout
@@ -197,7 +196,10 @@ def make_stacked_forward(
     if forward is not None:
         return forward
     return _map_model(
-        model, layout, state_layout, call_kwargs,
+        model,
+        layout,
+        state_layout,
+        call_kwargs,
         lambda y_pred, _, losses: (y_pred, _regularizer(losses)),
     )
 
@@ -367,7 +369,7 @@ def optimizer_spec(config) -> OptimizerSpec:
     return OptimizerSpec(name, tuple(sorted(options.items())), float(config.learning_rate))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stateless_on_tensorflow(cls):
     """`cls` with Keras's backend-neutral update methods in place of its TensorFlow ones.
 
@@ -413,7 +415,8 @@ class ProjectionKernel:
         the learning rate's variable (the loop is shared by specs that differ in it)."""
         rate = self.optimizer.learning_rate
         return [
-            ops.convert_to_tensor(np.float32(learning_rate)) if v is rate
+            ops.convert_to_tensor(np.float32(learning_rate))
+            if v is rate
             else ops.convert_to_tensor(v.value)
             for v in self.optimizer.variables
         ]
@@ -480,8 +483,7 @@ def make_projection(
 
     vg = backend.value_and_grad(total_training_loss)
 
-    def project(thetas, slots, active, normals, states, non_trainable, x, y, indices,
-                first_step):
+    def project(thetas, slots, active, normals, states, non_trainable, x, y, indices, first_step):
         steps = ops.shape(indices)[0]
         moving = ops.expand_dims(active, 1) > 0.5
 

@@ -19,16 +19,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
-from keras_landscape.engine import backend
-from keras_landscape.engine import kernels
-from keras_landscape.engine.kernels import pad_rows, padded_count
-from keras_landscape.engine import stacked
 from keras_landscape.data.specs import Dataset, adapt_to_model
-from keras_landscape.errors import UserError
+from keras_landscape.engine import backend, kernels, stacked
+from keras_landscape.engine.kernels import pad_rows, padded_count
 from keras_landscape.engine.objectives import ResolvedObjective, resolve_objective
 from keras_landscape.engine.options import (
     BN_MODES,
@@ -36,9 +33,10 @@ from keras_landscape.engine.options import (
     DEFAULT_BN_BATCHES,
     DEFAULT_EVAL_BATCH,
 )
-from keras_landscape.engine.projection import project
 from keras_landscape.engine.params import ParameterLayout, non_trainable_state
+from keras_landscape.engine.projection import project
 from keras_landscape.engine.state import StateLayout, pooled_moments
+from keras_landscape.errors import UserError
 
 log = logging.getLogger("keras_landscape")
 
@@ -137,7 +135,9 @@ def resolve_xla(xla: bool | str, model) -> bool:
         return True
     has_conv = any("Conv" in type(layer).__name__ for layer in _all_layers(model))
     if has_conv:
-        log.info("XLA off for %s on CPU: it has convolutions (slower under XLA on CPU).", model.name)
+        log.info(
+            "XLA off for %s on CPU: it has convolutions (slower under XLA on CPU).", model.name
+        )
     return not has_conv
 
 
@@ -252,7 +252,8 @@ class Landscape:
                 )
             log.warning(
                 "%s: call() takes no `training` argument: beads are trained in inference mode "
-                "(BatchNorm on the carried statistics).", getattr(model, "name", "model")
+                "(BatchNorm on the carried statistics).",
+                getattr(model, "name", "model"),
             )
         self.bn_stats = bn_stats
         self.bn_batches, self.bn_batch_size = int(bn_batches), int(bn_batch_size)
@@ -333,12 +334,21 @@ class Landscape:
         """(P,) the parameters of a fresh random initialisation of this architecture."""
         return self.theta_of(clone_fresh(self.model, seed))
 
-    def project(self, starts: np.ndarray, target: float, config, seed: int, normals=None,
-                on_check=None, states=None):
+    def project(
+        self,
+        starts: np.ndarray,
+        target: float,
+        config,
+        seed: int,
+        normals=None,
+        on_check=None,
+        states=None,
+    ):
         """Train the rows of `starts` until their level is <= target: see
         `keras_landscape.engine.projection.project` (the science calls it through here)."""
-        return project(self, starts, target, config, seed, normals=normals, on_check=on_check,
-                       states=states)
+        return project(
+            self, starts, target, config, seed, normals=normals, on_check=on_check, states=states
+        )
 
     def initial_theta(self) -> np.ndarray:
         """theta of the landscape's own model."""
@@ -411,9 +421,9 @@ class Landscape:
             with backend.exact_float32():  # statistics decide levels: no TF32
                 moments = np.stack(
                     [
-                        np.asarray(
-                            kernel(stacked_thetas, stacked_states, self.non_trainable, x)
-                        )[:k]
+                        np.asarray(kernel(stacked_thetas, stacked_states, self.non_trainable, x))[
+                            :k
+                        ]
                         for x in self._statistics_batches()
                     ]
                 ).astype(np.float64)

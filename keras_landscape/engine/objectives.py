@@ -9,8 +9,8 @@ paper's level for regression). Both are recorded in every store.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import keras
 from keras import ops
@@ -19,7 +19,8 @@ from keras_landscape.errors import UserError
 
 LEVEL_FUNCTIONS = {
     "loss": "the training loss itself (mean per element, plus model regularisers)",
-    "error": "classification error in percent (argmax, or a 0.5 / logit-0 threshold for one output)",
+    "error": "classification error in percent (argmax, or a 0.5 / logit-0 threshold for one "
+    "output)",
     "perplexity": "exp of the mean cross-entropy (language models; needs a cross-entropy loss)",
     "<keras name>": "any per-sample Keras loss or metric function, e.g. mean_absolute_error",
 }
@@ -66,13 +67,17 @@ def parse_named_spec(spec: str) -> tuple[str, dict]:
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq:
-            raise UserError(f"Malformed option {item!r} in {spec!r}: options are written key=value.")
+            raise UserError(
+                f"Malformed option {item!r} in {spec!r}: options are written key=value."
+            )
         lowered = value.strip().lower()
         if lowered in ("true", "false"):
             options[key.strip()] = lowered == "true"
         else:
             try:
-                options[key.strip()] = float(value) if "." in value or "e" in lowered else int(value)
+                options[key.strip()] = (
+                    float(value) if "." in value or "e" in lowered else int(value)
+                )
             except ValueError:
                 options[key.strip()] = value.strip()
     return name.strip(), options
@@ -199,12 +204,16 @@ def _error_percent(from_logits: bool):
                 truth = ops.argmax(y_true, axis=-1)  # one-hot targets
             else:
                 truth = ops.cast(y_true, predicted.dtype)
-        return 100.0 * ops.cast(ops.not_equal(predicted, ops.cast(truth, predicted.dtype)), "float32")
+        return 100.0 * ops.cast(
+            ops.not_equal(predicted, ops.cast(truth, predicted.dtype)), "float32"
+        )
 
     return level
 
 
-def resolve_objective(model, loss_spec: str | None = None, level_fn: str = "loss") -> ResolvedObjective:
+def resolve_objective(
+    model, loss_spec: str | None = None, level_fn: str = "loss"
+) -> ResolvedObjective:
     """Loss and level function for a model.
 
     Args:

@@ -22,7 +22,16 @@ DEFAULT_BN_BATCH_SIZE = 128
 #: Keras's built-in optimizers whose step acts on each parameter separately, known here
 #: without importing Keras. Any other name is resolved with `keras.optimizers.get`.
 OPTIMIZERS = (
-    "adam", "sgd", "rmsprop", "adamw", "nadam", "adamax", "adagrad", "adadelta", "ftrl", "lion",
+    "adam",
+    "sgd",
+    "rmsprop",
+    "adamw",
+    "nadam",
+    "adamax",
+    "adagrad",
+    "adadelta",
+    "ftrl",
+    "lion",
 )
 # All beads are stepped as the rows of one (K, P) variable, so an optimizer whose step
 # depends on the whole variable would let one bead's gradient move another.
@@ -88,8 +97,11 @@ def parse_optimizer_options(text: str | dict | None) -> dict[str, Any]:
         if key in _OWN_FIELDS:
             raise UserError(
                 f"optimizer_options sets {key!r}; "
-                + ("the optimizer's name is `optimizer`." if key == "name" else
-                   f"set it with the `{key}` option instead.")
+                + (
+                    "the optimizer's name is `optimizer`."
+                    if key == "name"
+                    else f"set it with the `{key}` option instead."
+                )
             )
         if key in MIXES_BEADS and options[key] is not None:
             raise UserError(

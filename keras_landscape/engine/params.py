@@ -34,7 +34,7 @@ class ParameterLayout(FlatLayout):
     dtypes: tuple[str, ...]
 
     @classmethod
-    def from_model(cls, model) -> "ParameterLayout":
+    def from_model(cls, model) -> ParameterLayout:
         """The layout of `model.trainable_variables` (the model must be built)."""
         variables = list(model.trainable_variables)
         if not variables:
@@ -80,7 +80,7 @@ class ParameterLayout(FlatLayout):
         for variable, value in zip(model.trainable_variables, self.unflatten(theta)):
             variable.assign(value.astype(variable.dtype))
 
-    def describe_difference(self, other: "ParameterLayout") -> str | None:
+    def describe_difference(self, other: ParameterLayout) -> str | None:
         """A sentence naming the first difference between two layouts, or None if they match.
 
         Paths are compared by shape and order only: two separately built models of one
@@ -103,7 +103,7 @@ class ParameterLayout(FlatLayout):
                 )
         return None
 
-    def check_compatible(self, other: "ParameterLayout", names: tuple[str, str] = ("A", "B")):
+    def check_compatible(self, other: ParameterLayout, names: tuple[str, str] = ("A", "B")):
         """Raise UserError naming the first difference if the layouts differ."""
         difference = self.describe_difference(other)
         if difference is not None:
@@ -128,7 +128,7 @@ class ParameterLayout(FlatLayout):
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ParameterLayout":
+    def from_dict(cls, d: dict) -> ParameterLayout:
         shapes = tuple(tuple(int(x) for x in s) for s in d["shapes"])
         return cls(
             paths=tuple(d["paths"]),

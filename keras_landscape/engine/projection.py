@@ -22,6 +22,7 @@ from keras import ops
 from keras_landscape.engine.kernels import optimizer_spec, pad_rows, padded_count
 from keras_landscape.engine.options import ProjectionConfig
 
+
 @dataclass
 class ProjectionResult:
     """Where the beads ended.

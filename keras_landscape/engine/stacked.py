@@ -175,9 +175,25 @@ def _split_beads(outputs, k: int):
 
 
 _ELEMENTWISE = {
-    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish",
-    "sigmoid", "hard_sigmoid", "hard_silu", "hard_swish", "tanh", "softplus", "softsign",
-    "exponential", "mish", "log_sigmoid",
+    "linear",
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "gelu",
+    "silu",
+    "swish",
+    "sigmoid",
+    "hard_sigmoid",
+    "hard_silu",
+    "hard_swish",
+    "tanh",
+    "softplus",
+    "softsign",
+    "exponential",
+    "mish",
+    "log_sigmoid",
 }
 
 
@@ -262,9 +278,11 @@ def _recurrent(layer, value, inputs):
     """
     x = inputs.value if isinstance(inputs, _Stacked) else inputs
     steps = x.shape[-2]
-    if len(x.shape) != (4 if isinstance(inputs, _Stacked) else 3) or not isinstance(
-        steps, int
-    ) or steps > MAX_UNROLLED_STEPS:
+    if (
+        len(x.shape) != (4 if isinstance(inputs, _Stacked) else 3)
+        or not isinstance(steps, int)
+        or steps > MAX_UNROLLED_STEPS
+    ):
         return None
     cell = layer.cell
     kernel, recurrent = value(cell.kernel), value(cell.recurrent_kernel)
@@ -426,16 +444,38 @@ def _layer_types(names) -> tuple:
 
 # Built-in layers that treat every channel of every sample on its own (channels last)...
 _CHANNELWISE_NAMES = (
-    "ReLU", "LeakyReLU", "ELU",
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-    "GaussianNoise", "GaussianDropout", "AlphaDropout", "Identity",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
-    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-    "Cropping1D", "Cropping2D", "Cropping3D",
-    "UpSampling1D", "UpSampling2D", "UpSampling3D",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "Identity",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "MaxPooling3D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "AveragePooling3D",
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D",
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalAveragePooling3D",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
+    "Cropping1D",
+    "Cropping2D",
+    "Cropping3D",
+    "UpSampling1D",
+    "UpSampling2D",
+    "UpSampling3D",
 )
 _CHANNELWISE = _layer_types(_CHANNELWISE_NAMES)
 # ...and those that treat every sample on its own.
@@ -671,9 +711,11 @@ class StackedForward:
         name = getattr(self.model, "name", "model")
         log_once(self.model, f"Beads through {name} ({mode}): {plan}.")
         outputs = keras.tree.map_structure(
-            lambda o: o.value
-            if isinstance(o, _Stacked)
-            else ops.broadcast_to(ops.expand_dims(o, 0), (k,) + tuple(ops.shape(o))),
+            lambda o: (
+                o.value
+                if isinstance(o, _Stacked)
+                else ops.broadcast_to(ops.expand_dims(o, 0), (k,) + tuple(ops.shape(o)))
+            ),
             outputs,
         )
         if isinstance(outputs, (list, tuple)) and len(outputs) == 1:

@@ -22,7 +22,6 @@ import numpy as np
 from keras_landscape.flat import FlatLayout
 
 
-
 def _is_float(variable) -> bool:
     return "float" in str(variable.dtype)
 
@@ -64,7 +63,7 @@ class StateLayout(FlatLayout):
     bn_momentum: np.ndarray
 
     @classmethod
-    def from_model(cls, model) -> "StateLayout":
+    def from_model(cls, model) -> StateLayout:
         variables = list(model.non_trainable_variables)
         positions = [i for i, v in enumerate(variables) if _is_float(v)]
         shapes = tuple(tuple(int(d) for d in variables[i].shape) for i in positions)

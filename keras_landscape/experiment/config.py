@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import os
-import difflib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +66,32 @@ from keras_landscape.models.recipes import (
 from keras_landscape.report.plots import FORMATS, PATH_CHOICES
 from keras_landscape.store.hdf5 import refuse_existing
 
-TOP_KEYS = ("description", "models", "model", "data", "loss", "level_fn", "split", "probes",
-            "options", "seed", "out", "xla", "tf32", "eval_batch_size", "custom_objects",
-            "bn_stats", "bn_batches", "bn_batch_size", "unsafe", "plots", "scales")
+TOP_KEYS = (
+    "description",
+    "models",
+    "model",
+    "data",
+    "loss",
+    "level_fn",
+    "split",
+    "probes",
+    "options",
+    "seed",
+    "out",
+    "xla",
+    "tf32",
+    "eval_batch_size",
+    "custom_objects",
+    "bn_stats",
+    "bn_batches",
+    "bn_batch_size",
+    "unsafe",
+    "plots",
+    "scales",
+)
 MODEL_KEYS = ("builder", "replicas", "train", "dir") + tuple(
-    sorted({k for keys in BUILDERS.values() for k in keys}))
+    sorted({k for keys in BUILDERS.values() for k in keys})
+)
 TRAIN_KEYS = ("epochs", "batch_size", "learning_rate", "optimizer")
 PLOT_KEYS = ("format", "dir", "paths")
 DATA_PATH_KINDS = ("npz", "idx", "text")
@@ -113,15 +134,18 @@ def read_yaml(path: str) -> dict:
     """The YAML mapping in `path`; UserError for a missing file or bad YAML."""
     file = Path(path)
     if file.is_dir():
-        raise UserError(f"The config file {path!r} is a directory; give a YAML file such as "
-                        "configs/cubic.yaml.")
+        raise UserError(
+            f"The config file {path!r} is a directory; give a YAML file such as configs/cubic.yaml."
+        )
     if not file.is_file():
         raise UserError(f"The config file {path!r} does not exist.")
     try:
         document = yaml.safe_load(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise UserError(f"The config file {path!r} is not a text file (it is not valid UTF-8); "
-                        "give a YAML run config.") from None
+        raise UserError(
+            f"The config file {path!r} is not a text file (it is not valid UTF-8); "
+            "give a YAML run config."
+        ) from None
     except OSError as error:
         reason = error.strerror or error
         raise UserError(f"Cannot read the config file {path!r}: {reason}.") from None
@@ -133,8 +157,10 @@ def read_yaml(path: str) -> dict:
     if document is None:
         document = {}
     if not isinstance(document, dict):
-        raise UserError(f"The config file {path!r} must hold a mapping of keys (models, data, "
-                        f"probes, ...), not a {type(document).__name__}.")
+        raise UserError(
+            f"The config file {path!r} must hold a mapping of keys (models, data, "
+            f"probes, ...), not a {type(document).__name__}."
+        )
     return document
 
 
@@ -179,16 +205,23 @@ def apply_override(document: dict, key: str, value: Any, probe_options: set[str]
     if parts[0] == "probes" and len(parts) == 3:
         probes = _probe_map(document.get("probes", ["evaluate"]), "probes")
         if parts[1] not in probes:
-            _fail(f"probes.{parts[1]}", f"not a listed probe ({', '.join(probes)}); list it under "
-                  "probes to set its options")
+            _fail(
+                f"probes.{parts[1]}",
+                f"not a listed probe ({', '.join(probes)}); list it under "
+                "probes to set its options",
+            )
         probes[parts[1]][parts[2]] = value
         document["probes"] = [{n: o} if o else n for n, o in probes.items()]
         return
     if parts[0] not in TOP_KEYS and len(parts) == 1 and key not in probe_options:
         hint = _closest(key, [*TOP_KEYS, *probe_options])
-        _fail(key, "neither a config key nor an option of any probe"
-              + (f" (did you mean {hint}?)" if hint else "")
-              + f"; config keys: {', '.join(TOP_KEYS)}; probe options: `klandscape probes --markdown`")
+        _fail(
+            key,
+            "neither a config key nor an option of any probe"
+            + (f" (did you mean {hint}?)" if hint else "")
+            + f"; config keys: {', '.join(TOP_KEYS)}; "
+            "probe options: `klandscape probes --markdown`",
+        )
     if parts[0] not in TOP_KEYS and len(parts) == 1:
         document.setdefault("options", {})
         if not isinstance(document["options"], dict):
@@ -259,7 +292,9 @@ def _load(document, path, folder, scale, overrides, command) -> ExperimentConfig
             known = ", ".join(scales) or "none"
             raise ConfigError(f"--scale {scale}: unknown scale; the config defines: {known}")
         document = _merge(document, scales[scale])
-    all_options = {f.name for e in registry.probes().values() for f in registry.config_fields(e.cls)}
+    all_options = {
+        f.name for e in registry.probes().values() for f in registry.config_fields(e.cls)
+    }
     for key, value in overrides:
         apply_override(document, key, value, all_options)
     _check_keys(document, TOP_KEYS, "")
@@ -270,8 +305,12 @@ def _check_keys(mapping: dict, allowed, prefix: str) -> None:
     for key in mapping:
         if key not in allowed:
             hint = _closest(str(key), allowed)
-            _fail(f"{prefix}{key}", "unknown key" + (f" (did you mean {hint}?)" if hint else "")
-                  + f"; allowed: {', '.join(allowed)}")
+            _fail(
+                f"{prefix}{key}",
+                "unknown key"
+                + (f" (did you mean {hint}?)" if hint else "")
+                + f"; allowed: {', '.join(allowed)}",
+            )
 
 
 def _closest(word: str, choices) -> str | None:
@@ -359,7 +398,9 @@ def _data(value, folder: Path) -> list[str]:
                 spec = _string(value[key], f"data.{key}")
                 choices.append(_data_spec(spec, f"data.{key}", folder, must_exist=False))
         return choices
-    _fail("data", f"expected a data spec (e.g. cubic:n=10000) or {{online, offline}}, got {value!r}")
+    _fail(
+        "data", f"expected a data spec (e.g. cubic:n=10000) or {{online, offline}}, got {value!r}"
+    )
 
 
 def _recipe(value, where: str = "model") -> ModelRecipe:
@@ -372,8 +413,11 @@ def _recipe(value, where: str = "model") -> ModelRecipe:
     allowed = set(BUILDERS[builder]) | {"builder", "replicas", "train", "dir"}
     for key in value:
         if key not in allowed:
-            _fail(f"{where}.{key}", f"not an option of the {builder} builder; its options: "
-                  f"{', '.join(sorted(allowed))}")
+            _fail(
+                f"{where}.{key}",
+                f"not an option of the {builder} builder; its options: "
+                f"{', '.join(sorted(allowed))}",
+            )
     for key in ("input", "output"):
         if key not in value:
             _fail(f"{where}.{key}", "missing (the model's input shape and output width)")
@@ -389,8 +433,10 @@ def _recipe(value, where: str = "model") -> ModelRecipe:
         batch = _integer(batch, f"{where}.train.batch_size", 1)
     optimizer = _string(merged["optimizer"], f"{where}.train.optimizer").lower()
     if optimizer not in OPTIMIZERS:
-        _fail(f"{where}.train.optimizer", f"unknown optimizer {optimizer!r}; use one of "
-              f"{', '.join(OPTIMIZERS)}")
+        _fail(
+            f"{where}.train.optimizer",
+            f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}",
+        )
     recipe = ModelRecipe(
         builder=builder,
         input=_int_list(value["input"], f"{where}.input", allow_empty=False),
@@ -400,28 +446,37 @@ def _recipe(value, where: str = "model") -> ModelRecipe:
         kernel_size=_integer(value.get("kernel_size", 3), f"{where}.kernel_size", 1),
         pool=_integer(value.get("pool", 2), f"{where}.pool", 1),
         activation=_string(value.get("activation", "relu"), f"{where}.activation"),
-        output_activation=_string(value.get("output_activation"), f"{where}.output_activation",
-                                  allow_none=True),
+        output_activation=_string(
+            value.get("output_activation"), f"{where}.output_activation", allow_none=True
+        ),
         dropout=_number(value.get("dropout", 0.0), f"{where}.dropout", False),
         embedding=_integer(value.get("embedding", 0), f"{where}.embedding", 0),
         replicas=_integer(value.get("replicas", 2), f"{where}.replicas", 1),
-        train={"epochs": _integer(merged["epochs"], f"{where}.train.epochs", 1),
-               "batch_size": batch,
-               "learning_rate": _number(merged["learning_rate"], f"{where}.train.learning_rate", True),
-               "optimizer": optimizer},
+        train={
+            "epochs": _integer(merged["epochs"], f"{where}.train.epochs", 1),
+            "batch_size": batch,
+            "learning_rate": _number(merged["learning_rate"], f"{where}.train.learning_rate", True),
+            "optimizer": optimizer,
+        },
         dir=_string(value["dir"], f"{where}.dir") if value.get("dir") is not None else "",
     )
     if not 0.0 <= recipe.dropout < 1.0:
         _fail(f"{where}.dropout", f"a dropout rate in [0, 1), got {recipe.dropout}")
     if builder == "lstm" and (len(recipe.input) != 1 or recipe.embedding < 1 or not recipe.layers):
-        _fail(where, "the lstm builder needs input [steps], embedding >= 1 and layers "
-              "(LSTM units, e.g. [200, 200]); output is the vocabulary size")
+        _fail(
+            where,
+            "the lstm builder needs input [steps], embedding >= 1 and layers "
+            "(LSTM units, e.g. [200, 200]); output is the vocabulary size",
+        )
     if builder == "cnn":
         if not recipe.filters:
             _fail(f"{where}.filters", "the cnn builder needs at least one Conv2D layer")
         if len(recipe.input) != 3:
-            _fail(f"{where}.input", f"the cnn builder needs an image shape [height, width, "
-                  f"channels], got {recipe.input}")
+            _fail(
+                f"{where}.input",
+                f"the cnn builder needs an image shape [height, width, "
+                f"channels], got {recipe.input}",
+            )
     return recipe
 
 
@@ -487,11 +542,15 @@ def _probe_configs(value, shared: dict) -> tuple[list[str], dict[str, dict]]:
         _fail("probes", "list at least one probe (see `klandscape probes`)")
     known = registry.probes()
     fields_of, typed = {}, {}
-    for i, name in enumerate(probes):
+    for name in probes:
         if name not in known:
             hint = _closest(name, known)
-            _fail(f"probes.{name}", "unknown probe" + (f" (did you mean {hint}?)" if hint else "")
-                  + f"; known probes: {', '.join(known)}")
+            _fail(
+                f"probes.{name}",
+                "unknown probe"
+                + (f" (did you mean {hint}?)" if hint else "")
+                + f"; known probes: {', '.join(known)}",
+            )
         cls = known[name].cls
         fields_of[name] = {f.name: f for f in registry.config_fields(cls)}
     for key in shared:
@@ -508,8 +567,12 @@ def _probe_configs(value, shared: dict) -> tuple[list[str], dict[str, dict]]:
             source = f"probes.{name}.{key}" if key in options else f"options.{key}"
             if key not in fields:
                 hint = _closest(key, fields)
-                _fail(source, "unknown option" + (f" (did you mean {hint}?)" if hint else "")
-                      + f"; options of {name}: {', '.join(fields)}")
+                _fail(
+                    source,
+                    "unknown option"
+                    + (f" (did you mean {hint}?)" if hint else "")
+                    + f"; options of {name}: {', '.join(fields)}",
+                )
             values[key] = _option_value(raw, hints.get(key, str), source)
         try:
             config = cls.Config(**values)
@@ -559,8 +622,11 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
         _string(document["description"], "description")
     has_files, has_recipe = document.get("models") is not None, document.get("model") is not None
     if has_files == has_recipe:
-        _fail("models", "give either models (a list of model files) or model (an architecture "
-              "to train), not " + ("both" if has_files else "neither"))
+        _fail(
+            "models",
+            "give either models (a list of model files) or model (an architecture "
+            "to train), not " + ("both" if has_files else "neither"),
+        )
     recipe, models = None, []
     if has_files:
         files = document["models"]
@@ -580,8 +646,11 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
     data_choices = _data(document["data"], folder)
     loss = _string(document.get("loss"), "loss", allow_none=True)
     if recipe is not None and loss is None:
-        _fail("loss", "missing: a trained architecture needs a loss (e.g. mae, "
-              "sparse_categorical_crossentropy:from_logits=true)")
+        _fail(
+            "loss",
+            "missing: a trained architecture needs a loss (e.g. mae, "
+            "sparse_categorical_crossentropy:from_logits=true)",
+        )
     level_fn = _string(document.get("level_fn", "loss"), "level_fn")
     split = document.get("split")
     if split not in (None, "train", "test"):
@@ -591,7 +660,11 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
         _fail("options", f"expected a mapping of probe options, got {shared!r}")
     probes, probe_options = _probe_configs(document.get("probes"), shared)
     seed = _integer(document.get("seed", 0), "seed", 0)
-    out = _string(document["out"], "out") if document.get("out") is not None else default_out(source, scale)
+    out = (
+        _string(document["out"], "out")
+        if document.get("out") is not None
+        else default_out(source, scale)
+    )
     if recipe is not None and not recipe.dir:
         recipe.dir = str(Path(out).with_name(Path(out).stem + "-models"))
     custom = document.get("custom_objects")
@@ -634,8 +707,9 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
         bn_batch_size=bn_batch_size,
         command=command,
     )
-    return ExperimentConfig(source, scale, spec, recipe, data_choices, _plots(document.get("plots")),
-                     document)
+    return ExperimentConfig(
+        source, scale, spec, recipe, data_choices, _plots(document.get("plots")), document
+    )
 
 
 def describe(config: ExperimentConfig) -> dict:
@@ -676,11 +750,14 @@ def choose_data(config: ExperimentConfig, progress=None) -> str:
 def _with_limit(spec: str) -> str:
     """The spec reading one sample, to check cheaply that it is available."""
     kind, positionals, options = parse_spec(spec)
-    return ":".join([kind, *positionals, ",".join(f"{k}={v}" for k, v in {**options, "limit": 1}.items())])
+    return ":".join(
+        [kind, *positionals, ",".join(f"{k}={v}" for k, v in {**options, "limit": 1}.items())]
+    )
 
 
-def prepare(config: ExperimentConfig, progress=None, *, resume: bool = False,
-            overwrite: bool = False) -> Any:
+def prepare(
+    config: ExperimentConfig, progress=None, *, resume: bool = False, overwrite: bool = False
+) -> Any:
     """The RunSpec ready to execute: data chosen, a recipe's replicas trained (or reused).
 
     An existing store without resume or overwrite is refused before any training.
@@ -694,11 +771,17 @@ def prepare(config: ExperimentConfig, progress=None, *, resume: bool = False,
         refuse_existing(out)
     # A config run interrupted before its store was written (while training replicas)
     # resumes by reusing the trained models and starting the store.
-    spec = dataclasses.replace(config.spec, data=choose_data(config, progress),
-                               resume=resume and out.exists(), overwrite=overwrite)
+    spec = dataclasses.replace(
+        config.spec,
+        data=choose_data(config, progress),
+        resume=resume and out.exists(),
+        overwrite=overwrite,
+    )
     if config.recipe is not None and resume and out.exists():
         previous = read_stamp(Path(config.recipe.dir) / "recipe.json")
-        if previous is not None and previous != stamp(config.recipe, spec.data, spec.loss, spec.seed):
+        if previous is not None and previous != stamp(
+            config.recipe, spec.data, spec.loss, spec.seed
+        ):
             raise UserError(
                 f"Cannot resume {str(out)!r}: its models in {config.recipe.dir!r} were trained "
                 "from another model recipe, data, loss or seed than the config now gives. Resume "
@@ -709,5 +792,14 @@ def prepare(config: ExperimentConfig, progress=None, *, resume: bool = False,
     return spec
 
 
-__all__ = ["ConfigError", "ModelRecipe", "ExperimentConfig", "apply_override", "describe",
-           "load_config", "parse_value", "prepare", "read_yaml"]
+__all__ = [
+    "ConfigError",
+    "ModelRecipe",
+    "ExperimentConfig",
+    "apply_override",
+    "describe",
+    "load_config",
+    "parse_value",
+    "prepare",
+    "read_yaml",
+]

@@ -16,8 +16,9 @@ from keras_landscape.experiment.runner import run_experiment
 DEFAULT_FOLDER = "klandscape-demo"
 
 
-def demo_config(out_dir: str = DEFAULT_FOLDER, *, models: int = 3, epochs: int = 30,
-                seed: int = 0) -> dict:
+def demo_config(
+    out_dir: str = DEFAULT_FOLDER, *, models: int = 3, epochs: int = 30, seed: int = 0
+) -> dict:
     """The demo as a run-config mapping (the schema of keras_landscape.experiment.config).
 
     Three 64-32-10 ReLU MLPs (2,410 parameters) trained with Adam on digits; the level
@@ -26,7 +27,7 @@ def demo_config(out_dir: str = DEFAULT_FOLDER, *, models: int = 3, epochs: int =
     folder = Path(out_dir).as_posix()
     return {
         "description": "The first run: small MLPs on the embedded digits data, "
-                       "connectivity and curviness at test-error levels.",
+        "connectivity and curviness at test-error levels.",
         "model": {
             "builder": "mlp",
             "input": [64],
@@ -34,32 +35,50 @@ def demo_config(out_dir: str = DEFAULT_FOLDER, *, models: int = 3, epochs: int =
             "activation": "relu",
             "output": 10,
             "replicas": models,
-            "train": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.003,
-                      "optimizer": "adam"},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 64,
+                "learning_rate": 0.003,
+                "optimizer": "adam",
+            },
             "dir": f"{folder}/models",
         },
         "data": "digits",
         "loss": "sparse_categorical_crossentropy:from_logits=true",
         "level_fn": "error",
         "probes": ["evaluate", "connectivity", "curviness"],
-        "options": {"learning_rate": 0.001, "max_steps": 1500, "check_every": 25,
-                    "margin": 0.3, "retrain_endpoints": True},
+        "options": {
+            "learning_rate": 0.001,
+            "max_steps": 1500,
+            "check_every": 25,
+            "margin": 0.3,
+            "retrain_endpoints": True,
+        },
         "seed": seed,
         "out": f"{folder}/demo.h5",
         "plots": {"format": "png", "dir": f"{folder}/figures"},
     }
 
 
-def run_demo(out_dir: str = DEFAULT_FOLDER, *, models: int = 3, epochs: int = 30, seed: int = 0,
-             progress=None, resume: bool = False, command: str = "klandscape demo") -> dict:
+def run_demo(
+    out_dir: str = DEFAULT_FOLDER,
+    *,
+    models: int = 3,
+    epochs: int = 30,
+    seed: int = 0,
+    progress=None,
+    resume: bool = False,
+    command: str = "klandscape demo",
+) -> dict:
     """Train the demo models (reused if present), probe them, draw the figures.
 
     Returns:
         The run document ({"store", "models", "results"}) with "figures" (files written)
         and "figures_dir".
     """
-    config = load_config(demo_config(out_dir, models=models, epochs=epochs, seed=seed),
-                         command=command)
+    config = load_config(
+        demo_config(out_dir, models=models, epochs=epochs, seed=seed), command=command
+    )
     return run_experiment(config, progress, resume=resume, overwrite=not resume)
 
 
@@ -89,5 +108,7 @@ def summary_lines(document: dict) -> list[str]:
         )
     lines.append(f"store: {document['store']}")
     if document.get("figures_dir"):
-        lines.append(f"figures: {document['figures_dir']}/ ({len(document.get('figures', []))} files)")
+        lines.append(
+            f"figures: {document['figures_dir']}/ ({len(document.get('figures', []))} files)"
+        )
     return lines

@@ -7,35 +7,30 @@ The CLI only parses and prints; `execute` does the work and returns plain data.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
 
-from keras_landscape import __version__
-from keras_landscape.engine import backend
-from keras_landscape import registry
+from keras_landscape import __version__, registry
 from keras_landscape.data.specs import load_data
-from keras_landscape.errors import Interrupted, UserError
+from keras_landscape.engine import backend
 from keras_landscape.engine.landscape import Landscape
+from keras_landscape.engine.params import non_trainable_state
+from keras_landscape.errors import Interrupted, UserError
+from keras_landscape.experiment.config import prepare
+from keras_landscape.experiment.spec import RunSpec, default_store_path
 from keras_landscape.models.loading import (
     allow_unsafe_deserialization,
     check_same_architecture,
     load_custom_objects,
     load_model,
 )
-from keras_landscape.engine.params import non_trainable_state
-from keras_landscape.progress import NullProgress, Progress
-from keras_landscape.engine.options import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
-from keras_landscape.experiment.config import prepare
-from keras_landscape.experiment.spec import RunSpec, default_store_path
 from keras_landscape.models.minimum import Minimum
+from keras_landscape.progress import NullProgress, Progress
 from keras_landscape.report.plots import plot_store
 from keras_landscape.store.hdf5 import Store, refuse_existing, to_json
 
@@ -128,8 +123,17 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
 
 
 # What a store's results depend on besides the probe options: a resume must match them.
-IDENTITY_KEYS = ("spec", "loss", "loss_config", "level_fn", "split", "backend", "bn_stats",
-                 "bn_batches", "bn_batch_size")
+IDENTITY_KEYS = (
+    "spec",
+    "loss",
+    "loss_config",
+    "level_fn",
+    "split",
+    "backend",
+    "bn_stats",
+    "bn_batches",
+    "bn_batch_size",
+)
 
 
 def check_same_run(store: Store, landscape: Landscape, minima: list[Minimum]) -> None:
@@ -150,8 +154,12 @@ def check_same_run(store: Store, landscape: Landscape, minima: list[Minimum]) ->
         if minimum.name not in names:
             continue
         entry = entries[minimum.name]
-        same_state = minimum.state is None or not entry["non_trainable"] or np.array_equal(
-            landscape.state_layout.state_of_values(entry["non_trainable"]), minimum.state
+        same_state = (
+            minimum.state is None
+            or not entry["non_trainable"]
+            or np.array_equal(
+                landscape.state_layout.state_of_values(entry["non_trainable"]), minimum.state
+            )
         )
         if not np.array_equal(entry["theta"], minimum.theta) or not same_state:
             reasons.append(f"the weights of model {minimum.name!r} ({minimum.source})")
@@ -238,8 +246,14 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
     }
 
 
-def run_experiment(config, progress: Progress | None = None, *, resume: bool = False,
-                   overwrite: bool = False, plots: bool = True) -> dict:
+def run_experiment(
+    config,
+    progress: Progress | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    plots: bool = True,
+) -> dict:
     """A validated run config end to end: models (trained from its recipe or loaded), every
     probe into the store, then the figures. `klandscape run` and `klandscape demo` both
     call this.
@@ -259,8 +273,12 @@ def run_experiment(config, progress: Progress | None = None, *, resume: bool = F
     document["figures"] = []
     if config.plots is not None and plots:
         try:
-            report = plot_store(document["store"], config.plots["dir"],
-                                fmt=config.plots["format"], paths=config.plots["paths"])
+            report = plot_store(
+                document["store"],
+                config.plots["dir"],
+                fmt=config.plots["format"],
+                paths=config.plots["paths"],
+            )
         except KeyboardInterrupt:
             raise Interrupted(document["store"]) from None
         document["figures"] = [f.path for f in report.figures]
@@ -285,13 +303,17 @@ def run_probe(probe, landscape, minima, store: Store, spec: RunSpec, progress) -
         # An option newer than the store was run at its default there.
         defaults = {k: _jsonish(v) for k, v in dataclasses.asdict(type(probe.config)()).items()}
         changed = sorted(
-            k for k in set(stored) | set(config)
+            k
+            for k in set(stored) | set(config)
             if stored.get(k, defaults.get(k)) != _jsonish(config.get(k))
         )
         if changed:
+            differences = ", ".join(
+                f"{k} (stored {stored.get(k)!r}, now {config.get(k)!r})" for k in changed
+            )
             raise UserError(
                 f"Cannot resume run {run_name!r} in {store.path!r} with other options: "
-                f"{', '.join(f'{k} (stored {stored.get(k)!r}, now {config.get(k)!r})' for k in changed)}. "
+                f"{differences}. "
                 "Resume with the same options, or write a new store (--out) or --overwrite."
             )
     if existing and store.run(run_name).status == "complete":

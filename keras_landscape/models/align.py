@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_landscape.errors import UserError
 from keras_landscape.engine.params import ParameterLayout
+from keras_landscape.errors import UserError
 
 SUPPORTED_LAYERS = (
     "Weight matching supports single-input, single-output Sequential or functional models that "
@@ -107,13 +107,29 @@ def _layer_classes():
 
     L = keras.layers
     passthrough = (
-        L.InputLayer, L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Softmax, L.Identity, L.Dropout,
-        L.SpatialDropout1D, L.SpatialDropout2D, L.GaussianNoise, L.GaussianDropout,
-        L.AlphaDropout, L.ActivityRegularization,
+        L.InputLayer,
+        L.Activation,
+        L.ReLU,
+        L.LeakyReLU,
+        L.ELU,
+        L.Softmax,
+        L.Identity,
+        L.Dropout,
+        L.SpatialDropout1D,
+        L.SpatialDropout2D,
+        L.GaussianNoise,
+        L.GaussianDropout,
+        L.AlphaDropout,
+        L.ActivityRegularization,
     )
     spatial = (
-        L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.GlobalMaxPooling2D,
-        L.ZeroPadding2D, L.Cropping2D, L.UpSampling2D,
+        L.MaxPooling2D,
+        L.AveragePooling2D,
+        L.GlobalAveragePooling2D,
+        L.GlobalMaxPooling2D,
+        L.ZeroPadding2D,
+        L.Cropping2D,
+        L.UpSampling2D,
     )
     return L, passthrough, spatial
 
@@ -129,8 +145,9 @@ def _chain(model) -> list[tuple[object, tuple]]:
         graph = model._functional
         if graph is None:
             raise _unsupported(
-                model, "the Sequential model has no known input shape; start it with "
-                "keras.Input(shape) or build it"
+                model,
+                "the Sequential model has no known input shape; start it with "
+                "keras.Input(shape) or build it",
             )
     elif isinstance(model, Functional):
         if type(model).call is not Functional.call:
@@ -138,8 +155,9 @@ def _chain(model) -> list[tuple[object, tuple]]:
         graph = model
     else:
         raise _unsupported(
-            model, "subclassed models hide their wiring in call(), so the permutation "
-            "structure cannot be read; rebuild it as a Sequential or functional model"
+            model,
+            "subclassed models hide their wiring in call(), so the permutation "
+            "structure cannot be read; rebuild it as a Sequential or functional model",
         )
     inputs, outputs = keras.tree.flatten(graph.inputs), keras.tree.flatten(graph.outputs)
     if len(inputs) != 1 or len(outputs) != 1:
@@ -155,8 +173,9 @@ def _chain(model) -> list[tuple[object, tuple]]:
         node_inputs = op._inbound_nodes[node_index].input_tensors
         if len(node_inputs) != 1:
             raise _unsupported(
-                op, f"it takes {len(node_inputs)} input tensors (a branch, merge or residual "
-                "connection); only a plain chain of single-input layers is supported"
+                op,
+                f"it takes {len(node_inputs)} input tensors (a branch, merge or residual "
+                "connection); only a plain chain of single-input layers is supported",
             )
         tensor = node_inputs[0]
         chain.append((op, tuple(tensor.shape)))
@@ -233,8 +252,11 @@ def _plan(model) -> _Plan:
         elif kind is L.BatchNormalization:
             if layer.axis not in (-1, len(in_shape) - 1):
                 raise _unsupported(layer, f"it normalises axis {layer.axis}, not the last axis")
-            unknown = [w.path for w in layer.trainable_weights if w is not layer.gamma
-                       and w is not layer.beta]
+            unknown = [
+                w.path
+                for w in layer.trainable_weights
+                if w is not layer.gamma and w is not layer.beta
+            ]
             if unknown:
                 raise _unsupported(layer, f"it has unexpected trainable weights {unknown}")
             for variable in (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance):
@@ -257,11 +279,15 @@ def _plan(model) -> _Plan:
             if getattr(layer, "trainable_weights", None):
                 raise _unsupported(layer, "it has trainable weights of an unsupported kind")
             raise _unsupported(
-                layer, "it is not a known permutation-equivariant layer (custom, Lambda, "
-                "Reshape-like layers and raw keras.ops calls are refused)"
+                layer,
+                "it is not a known permutation-equivariant layer (custom, Lambda, "
+                "Reshape-like layers and raw keras.ops calls are refused)",
             )
-    missing = [ParameterLayout.from_model(model).paths[i] for i in
-               range(len(model.trainable_variables)) if i not in covered]
+    missing = [
+        ParameterLayout.from_model(model).paths[i]
+        for i in range(len(model.trainable_variables))
+        if i not in covered
+    ]
     if missing:
         raise _unsupported(model, f"trainable variables {missing} are outside the layer chain")
     return plan
@@ -319,8 +345,9 @@ def permute_theta(model, theta: np.ndarray, permutations: dict[str, list[int]]) 
     """
     layout, plan = ParameterLayout.from_model(model), _plan(model)
     theta = _as_theta(layout, theta, "theta")
-    arrays = _permute(layout.unflatten(theta), plan.trainable, _check_permutations(plan,
-                                                                                   permutations))
+    arrays = _permute(
+        layout.unflatten(theta), plan.trainable, _check_permutations(plan, permutations)
+    )
     return np.concatenate([a.ravel() for a in arrays]).astype(theta.dtype, copy=False)
 
 

@@ -7,10 +7,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_landscape.errors import UserError
-from keras_landscape.models.loading import allow_unsafe_deserialization, load_custom_objects, load_model
 from keras_landscape.engine.params import ParameterLayout
 from keras_landscape.engine.state import StateLayout
+from keras_landscape.errors import UserError
+from keras_landscape.models.loading import (
+    allow_unsafe_deserialization,
+    load_custom_objects,
+    load_model,
+)
 from keras_landscape.store.hdf5 import Store, reading
 from keras_landscape.store.strings import read_string, string_prefixes
 
@@ -36,18 +40,24 @@ def _architecture(store: Store, custom_objects: dict):
     )
 
 
-def stored_theta(store: Store, run: str | None, bead: int | None, string: str | None, model: str | None):
+def stored_theta(
+    store: Store, run: str | None, bead: int | None, string: str | None, model: str | None
+):
     """(theta, non-trainable state, description) for a bead of a run's string, or a stored
     model. The state is the bead's own (the BatchNorm statistics its stored level was
     evaluated with: a (S,) vector, see `keras_landscape.engine.state`) or the model's own list of
     non-trainable arrays; None when the store holds none for it."""
     if model is not None:
         if model not in store.model_names():
-            raise UserError(f"No model {model!r} in the store; it has {', '.join(store.model_names())}.")
+            raise UserError(
+                f"No model {model!r} in the store; it has {', '.join(store.model_names())}."
+            )
         entry = store.read_model(model)
         return entry["theta"], entry["non_trainable"] or None, f"model {model}"
     if run is None or bead is None:
-        raise UserError("Say what to export: --run R --bead I (a bead of a string) or --model NAME.")
+        raise UserError(
+            "Say what to export: --run R --bead I (a bead of a string) or --model NAME."
+        )
     record = store.run(run)
     prefixes = string_prefixes(record, relaxed=True)
     if string is None:
@@ -58,7 +68,9 @@ def stored_theta(store: Store, run: str | None, bead: int | None, string: str | 
             )
         string = prefixes[0]
     if string not in prefixes:
-        raise UserError(f"Run {run!r} has no string {string!r}; it has: {', '.join(prefixes) or 'none'}.")
+        raise UserError(
+            f"Run {run!r} has no string {string!r}; it has: {', '.join(prefixes) or 'none'}."
+        )
     stored = read_string(record, string)
     rows = stored.rows
     if not -len(rows) <= bead < len(rows):
@@ -71,8 +83,17 @@ def stored_theta(store: Store, run: str | None, bead: int | None, string: str | 
     return stored.beads[row], stored.state_of(row), f"bead {bead} of {where}"
 
 
-def export(store_path: str, out: str, *, run=None, bead=None, string=None, model=None,
-           custom_objects: str | None = None, unsafe: bool = False) -> str:
+def export(
+    store_path: str,
+    out: str,
+    *,
+    run=None,
+    bead=None,
+    string=None,
+    model=None,
+    custom_objects: str | None = None,
+    unsafe: bool = False,
+) -> str:
     """Write a stored bead or model as a Keras model file (.keras or .h5); returns a summary.
     `unsafe` lets Keras rebuild Lambda layers (see `models.allow_unsafe_deserialization`)."""
     if Path(out).suffix.lower() not in (".keras", ".h5"):
@@ -86,7 +107,9 @@ def export(store_path: str, out: str, *, run=None, bead=None, string=None, model
         first = store.read_model(store.model_names()[0]) if store.model_names() else None
     layout = ParameterLayout.from_model(target)
     if layout.size != theta.size:
-        raise UserError(f"The stored theta has {theta.size} parameters, the architecture {layout.size}.")
+        raise UserError(
+            f"The stored theta has {theta.size} parameters, the architecture {layout.size}."
+        )
     layout.assign(target, np.asarray(theta, np.float32))
     # Seed counters and anything the point has no own value for: the first model's.
     template = first["non_trainable"] if first is not None else []

@@ -18,12 +18,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_landscape.engine.params import ParameterLayout
 from keras_landscape.errors import UserError
 from keras_landscape.models.files import SUPPORTED, check_model_file
-from keras_landscape.engine.params import ParameterLayout
 
 log = logging.getLogger("keras_landscape")
-
 
 
 def load_custom_objects(spec: str | None) -> dict:
@@ -52,8 +51,7 @@ def load_custom_objects(spec: str | None) -> dict:
             module_spec.loader.exec_module(module)
         except Exception as error:
             raise UserError(
-                f"Importing --custom-objects file {spec!r} failed: "
-                f"{type(error).__name__}: {error}."
+                f"Importing --custom-objects file {spec!r} failed: {type(error).__name__}: {error}."
             ) from None
     else:
         try:

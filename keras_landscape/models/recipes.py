@@ -9,23 +9,37 @@ one compiled Keras call, because Keras pays a per-epoch overhead.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from keras_landscape.errors import ConfigError, UserError
 
 BUILDERS = {
     "mlp": ("input", "layers", "activation", "output", "output_activation", "dropout"),
-    "cnn": ("input", "filters", "kernel_size", "pool", "layers", "activation", "output",
-            "output_activation", "dropout"),
+    "cnn": (
+        "input",
+        "filters",
+        "kernel_size",
+        "pool",
+        "layers",
+        "activation",
+        "output",
+        "output_activation",
+        "dropout",
+    ),
     # token sequences: Embedding(output, embedding) -> LSTM(units) per `layers` -> Dense(output)
     "lstm": ("input", "embedding", "layers", "output", "dropout"),
 }
-OPTIMIZERS = {"adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "adamw": "AdamW",
-              "nadam": "Nadam", "adagrad": "Adagrad"}
+OPTIMIZERS = {
+    "adam": "Adam",
+    "sgd": "SGD",
+    "rmsprop": "RMSprop",
+    "adamw": "AdamW",
+    "nadam": "Nadam",
+    "adagrad": "Adagrad",
+}
 DEFAULT_TRAIN = {"epochs": 20, "batch_size": 32, "learning_rate": 1e-3, "optimizer": "adam"}
 
 
@@ -53,7 +67,6 @@ class ModelRecipe:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("dir", "replicas")}
 
 
-
 def _bad(where: str, message: str) -> None:
     raise ConfigError(f"{where}: {message}")
 
@@ -75,10 +88,16 @@ def build_model(recipe: ModelRecipe, name: str = "model"):
         return value
 
     hidden = activation(recipe.activation, "model.activation")
-    output = activation(recipe.output_activation, "model.output_activation") if recipe.output_activation else None
+    output = (
+        activation(recipe.output_activation, "model.output_activation")
+        if recipe.output_activation
+        else None
+    )
     if recipe.builder == "lstm":
-        layers = [keras.Input(tuple(recipe.input), dtype="int32"),
-                  keras.layers.Embedding(recipe.output, recipe.embedding)]
+        layers = [
+            keras.Input(tuple(recipe.input), dtype="int32"),
+            keras.layers.Embedding(recipe.output, recipe.embedding),
+        ]
         for units in recipe.layers:
             layers.append(keras.layers.LSTM(units, return_sequences=True))
             if recipe.dropout:
@@ -88,8 +107,9 @@ def build_model(recipe: ModelRecipe, name: str = "model"):
     layers = [keras.Input(tuple(recipe.input))]
     if recipe.builder == "cnn":
         for filters in recipe.filters:
-            layers.append(keras.layers.Conv2D(filters, recipe.kernel_size, padding="same",
-                                              activation=hidden))
+            layers.append(
+                keras.layers.Conv2D(filters, recipe.kernel_size, padding="same", activation=hidden)
+            )
             if recipe.pool > 1:
                 layers.append(keras.layers.MaxPooling2D(recipe.pool))
         layers.append(keras.layers.Flatten())
@@ -136,12 +156,19 @@ def _fit(model, x, y, train: dict, task) -> None:
     epochs = train["epochs"]
     if train["batch_size"] == "full":
         steps = _steps_per_call(epochs, len(x), x[:1].nbytes + y[:1].nbytes)
-        model.fit(np.tile(x, (steps,) + (1,) * (x.ndim - 1)), np.tile(y, (steps,) + (1,) * (y.ndim - 1)),
-                  batch_size=len(x), epochs=epochs // steps, shuffle=False, verbose=0,
-                  callbacks=[Advance(steps)])
+        model.fit(
+            np.tile(x, (steps,) + (1,) * (x.ndim - 1)),
+            np.tile(y, (steps,) + (1,) * (y.ndim - 1)),
+            batch_size=len(x),
+            epochs=epochs // steps,
+            shuffle=False,
+            verbose=0,
+            callbacks=[Advance(steps)],
+        )
     else:
-        model.fit(x, y, batch_size=train["batch_size"], epochs=epochs, verbose=0,
-                  callbacks=[Advance(1)])
+        model.fit(
+            x, y, batch_size=train["batch_size"], epochs=epochs, verbose=0, callbacks=[Advance(1)]
+        )
 
 
 def stamp(recipe: ModelRecipe, data_spec: str, loss: str, seed: int) -> dict:
@@ -156,7 +183,9 @@ def read_stamp(record: Path) -> dict | None:
         return None
 
 
-def train_replicas(recipe: ModelRecipe, data_spec: str, loss: str, seed: int, progress=None) -> list[str]:
+def train_replicas(
+    recipe: ModelRecipe, data_spec: str, loss: str, seed: int, progress=None
+) -> list[str]:
     """Build and train `recipe.replicas` models (seeds seed, seed + 1, ...) into recipe.dir.
 
     Models already there from the same recipe, data, loss and seed (recipe.json) are reused.
@@ -193,10 +222,15 @@ def train_replicas(recipe: ModelRecipe, data_spec: str, loss: str, seed: int, pr
             continue  # trained by an earlier, interrupted run of the same recipe
         keras.utils.set_random_seed(seed + i)
         model = build_model(recipe, name=f"{recipe.builder}_{i}")
-        adapted = adapt_to_model(dataset, model.input_shape[1:], model.output_shape[1:],
-                                 loss.partition(":")[0])
+        adapted = adapt_to_model(
+            dataset, model.input_shape[1:], model.output_shape[1:], loss.partition(":")[0]
+        )
         optimizer = keras.optimizers.get(
-            {"class_name": OPTIMIZERS[train["optimizer"]], "config": {"learning_rate": train["learning_rate"]}})
+            {
+                "class_name": OPTIMIZERS[train["optimizer"]],
+                "config": {"learning_rate": train["learning_rate"]},
+            }
+        )
         model.compile(optimizer=optimizer, loss=training_loss(loss))
         task = progress.task(f"training {path.stem} ({i + 1}/{len(paths)})", total=train["epochs"])
         _fit(model, adapted.x_train, adapted.y_train, train, task)

@@ -28,11 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_landscape.errors import UserError
 from keras_landscape import registry
+from keras_landscape.errors import UserError
 from keras_landscape.report.tables import string_level
 from keras_landscape.store.hdf5 import RunRecord, Store, reading
-from keras_landscape.store.strings import RELAXED_SUFFIX, natural_order, read_string, string_prefixes
+from keras_landscape.store.strings import (
+    RELAXED_SUFFIX,
+    natural_order,
+    read_string,
+    string_prefixes,
+)
 
 FORMATS = ("png", "svg", "pdf")
 PATH_CHOICES = ("best", "all", "none")
@@ -233,26 +238,59 @@ def draw_path(profile: PathProfile, run_name: str, ylabel: str):
     verdict = profile.verdict or {}
     names = (verdict.get("a") or "A", verdict.get("b") or "B")
     if profile.line_y is not None:
-        ax.plot(profile.line_x, profile.line_y, color="0.55", linestyle="--", linewidth=1.2,
-                label=f"straight line {names[0]}-{names[1]}")
+        ax.plot(
+            profile.line_x,
+            profile.line_y,
+            color="0.55",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"straight line {names[0]}-{names[1]}",
+        )
     n = len(profile.distances)
-    ax.plot(profile.path_x, profile.path_y, color="C0", linewidth=1.6,
-            label=f"DSS path ({n} beads)")
-    ax.plot(profile.distances, profile.bead_levels, "o", color="C1", markersize=5,
-            markeredgecolor="black", markeredgewidth=0.5, label="beads", zorder=3)
+    ax.plot(
+        profile.path_x, profile.path_y, color="C0", linewidth=1.6, label=f"DSS path ({n} beads)"
+    )
+    ax.plot(
+        profile.distances,
+        profile.bead_levels,
+        "o",
+        color="C1",
+        markersize=5,
+        markeredgecolor="black",
+        markeredgewidth=0.5,
+        label="beads",
+        zorder=3,
+    )
     if profile.relaxed is not None:
-        ax.plot(*profile.relaxed, "s-", color="C2", markersize=3, linewidth=1.0,
-                label="relaxed path (beads)")
+        ax.plot(
+            *profile.relaxed,
+            "s-",
+            color="C2",
+            markersize=3,
+            linewidth=1.0,
+            label="relaxed path (beads)",
+        )
     if profile.level is not None:
-        ax.axhline(profile.level, color="C3", linestyle=":", linewidth=1.5,
-                   label=f"level u = {profile.level:.4g}")
-    for x, y, name in ((0.0, profile.bead_levels[0], names[0]),
-                       (profile.distances[-1], profile.bead_levels[-1], names[1])):
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, -14), ha="center",
-                    fontsize=8)
-    values = [*profile.path_y, *profile.bead_levels,
-              *([] if profile.line_y is None else profile.line_y),
-              *([] if profile.level is None else [profile.level])]
+        ax.axhline(
+            profile.level,
+            color="C3",
+            linestyle=":",
+            linewidth=1.5,
+            label=f"level u = {profile.level:.4g}",
+        )
+    for x, y, name in (
+        (0.0, profile.bead_levels[0], names[0]),
+        (profile.distances[-1], profile.bead_levels[-1], names[1]),
+    ):
+        ax.annotate(
+            name, (x, y), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8
+        )
+    values = [
+        *profile.path_y,
+        *profile.bead_levels,
+        *([] if profile.line_y is None else profile.line_y),
+        *([] if profile.level is None else [profile.level]),
+    ]
     log = use_log_scale(values)
     if log:
         from matplotlib.ticker import FuncFormatter
@@ -264,14 +302,23 @@ def draw_path(profile: PathProfile, run_name: str, ylabel: str):
     ax.set_xlabel("distance along the path (Euclidean, parameter space)")
     ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
     if verdict:
-        state = "connected" if verdict.get("connected") else f"not connected ({verdict.get('reason')})"
+        state = (
+            "connected" if verdict.get("connected") else f"not connected ({verdict.get('reason')})"
+        )
         length = verdict.get("normalized_length")
         detail = f"{state}, normalized length {length:.3f}" if length is not None else state
     else:
         detail = f"unfinished (depth {profile.depth_done} done)"
     if verdict.get("reason") == "endpoint_above_level":
-        ax.text(0.5, 0.5, "an endpoint is above the level: no path was searched",
-                transform=ax.transAxes, ha="center", va="center", color="C3")
+        ax.text(
+            0.5,
+            0.5,
+            "an endpoint is above the level: no path was searched",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="C3",
+        )
     elif profile.unchecked:
         detail += f", {profile.unchecked} segment(s) not checked{'' if verdict else ' yet'}"
     ax.set_title(f"{run_name} {profile.key or ''}".strip() + f"\n{detail}", fontsize=10)
@@ -290,8 +337,6 @@ class NoFigure(Exception):
 def values(seq) -> list:
     """A result's list as floats (None stays None)."""
     return [None if v is None else float(v) for v in (seq or [])]
-
-
 
 
 def _safe(text: str) -> str:
@@ -343,8 +388,10 @@ def plot_store(
         names = store.run_names()
         unknown = [r for r in runs or [] if r not in names]
         if unknown:
-            raise UserError(f"The store {store_path!r} has no run {unknown[0]!r}; runs in it: "
-                            f"{', '.join(names) or 'none'}.")
+            raise UserError(
+                f"The store {store_path!r} has no run {unknown[0]!r}; runs in it: "
+                f"{', '.join(names) or 'none'}."
+            )
         out = Path(directory)
         if not names:
             report.skipped.append({"run": None, "reason": "the store has no runs yet"})
@@ -353,7 +400,9 @@ def plot_store(
     return report
 
 
-def _plot_run(run: RunRecord, data: dict, out: Path, fmt: str, paths: str, report: PlotReport) -> None:
+def _plot_run(
+    run: RunRecord, data: dict, out: Path, fmt: str, paths: str, report: PlotReport
+) -> None:
     result = run.result if isinstance(run.result, dict) else None
     label = level_label(data, result)
     drew = False
@@ -362,29 +411,54 @@ def _plot_run(run: RunRecord, data: dict, out: Path, fmt: str, paths: str, repor
         try:
             profile = read_path(run, key)
         except (KeyError, ValueError, IndexError) as error:
-            report.skipped.append({"run": run.name, "kind": "path", "string": key,
-                                   "reason": f"cannot read the string: {error}"})
+            report.skipped.append(
+                {
+                    "run": run.name,
+                    "kind": "path",
+                    "string": key,
+                    "reason": f"cannot read the string: {error}",
+                }
+            )
             continue
         if len(profile.distances) < 2:
-            report.skipped.append({"run": run.name, "kind": "path", "string": key,
-                                   "reason": "fewer than two beads stored"})
+            report.skipped.append(
+                {
+                    "run": run.name,
+                    "kind": "path",
+                    "string": key,
+                    "reason": "fewer than two beads stored",
+                }
+            )
             continue
         figure, caption = draw_path(profile, run.name, label)
         stem = f"{_safe(run.name)}_path_{_safe(key)}" if key else f"{_safe(run.name)}_path"
-        report.figures.append(FigureFile(_save(figure, out, stem, fmt), run.name, "path", key or None,
-                                         f"level along the path: {caption}"))
+        report.figures.append(
+            FigureFile(
+                _save(figure, out, stem, fmt),
+                run.name,
+                "path",
+                key or None,
+                f"level along the path: {caption}",
+            )
+        )
         drew = True
     cls = registry.probe_class(run.probe)
     plots = getattr(cls, "figures", None) or {}
     if not plots:
         if not drew:
             why = getattr(cls, "no_figure", None) or (
-                f"no figure is defined for probe {run.probe!r} results")
+                f"no figure is defined for probe {run.probe!r} results"
+            )
             report.skipped.append({"run": run.name, "reason": why})
         return
     if result is None:
-        report.skipped.append({"run": run.name, "reason": f"status {run.status}: no result yet"
-                               + (", only its paths are drawn" if drew else "")})
+        report.skipped.append(
+            {
+                "run": run.name,
+                "reason": f"status {run.status}: no result yet"
+                + (", only its paths are drawn" if drew else ""),
+            }
+        )
         return
     for kind, draw in plots.items():
         try:
@@ -392,8 +466,11 @@ def _plot_run(run: RunRecord, data: dict, out: Path, fmt: str, paths: str, repor
         except NoFigure as why:
             report.skipped.append({"run": run.name, "kind": kind, "reason": str(why)})
             continue
-        report.figures.append(FigureFile(_save(figure, out, f"{_safe(run.name)}_{kind}", fmt),
-                                         run.name, kind, None, caption))
+        report.figures.append(
+            FigureFile(
+                _save(figure, out, f"{_safe(run.name)}_{kind}", fmt), run.name, kind, None, caption
+            )
+        )
 
 
 def is_png(path: str | os.PathLike) -> bool:
@@ -402,6 +479,18 @@ def is_png(path: str | os.PathLike) -> bool:
         return handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-__all__ = ["FORMATS", "PATH_CHOICES", "FigureFile", "NoFigure", "PlotReport", "default_directory",
-           "is_png", "level_label", "new_figure", "plot_store", "read_path", "use_log_scale",
-           "values"]
+__all__ = [
+    "FORMATS",
+    "PATH_CHOICES",
+    "FigureFile",
+    "NoFigure",
+    "PlotReport",
+    "default_directory",
+    "is_png",
+    "level_label",
+    "new_figure",
+    "plot_store",
+    "read_path",
+    "use_log_scale",
+    "values",
+]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shlex
 
 from keras_landscape import registry
@@ -46,8 +45,12 @@ def mean_sd(mean, sd) -> str:
 
 def table(title: str, columns: list[str], rows: list[list], notes: list[str] | None = None) -> dict:
     """A table for `klandscape show`: every cell formatted by `fmt`."""
-    return {"title": title, "columns": columns, "rows": [[fmt(v) for v in row] for row in rows],
-            "notes": notes or []}
+    return {
+        "title": title,
+        "columns": columns,
+        "rows": [[fmt(v) for v in row] for row in rows],
+        "notes": notes or [],
+    }
 
 
 # ------------------------------------------------------------------------ result tables
@@ -99,15 +102,17 @@ def strings_of(run: RunRecord) -> list[dict]:
     for prefix in string_prefixes(run):
         stored = read_string(run, prefix)
         verdict = stored.verdict
-        out.append({
-            "key": prefix,
-            "beads": len(stored.order),
-            "depth_done": stored.depth_done,
-            "finished": verdict is not None,
-            "connected": None if verdict is None else bool(verdict.get("connected")),
-            "reason": None if verdict is None else verdict.get("reason"),
-            "level": verdict.get("level") if verdict is not None else string_level(run, prefix),
-        })
+        out.append(
+            {
+                "key": prefix,
+                "beads": len(stored.order),
+                "depth_done": stored.depth_done,
+                "finished": verdict is not None,
+                "connected": None if verdict is None else bool(verdict.get("connected")),
+                "reason": None if verdict is None else verdict.get("reason"),
+                "level": verdict.get("level") if verdict is not None else string_level(run, prefix),
+            }
+        )
     return out
 
 

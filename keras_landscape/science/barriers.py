@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.science.dss import DSSConfig, beads_of, check_segments
-from keras_landscape.store.strings import StringRecord
 from keras_landscape.errors import UserError
+from keras_landscape.science.dss import DSSConfig, beads_of, check_segments
 from keras_landscape.science.pairs import connect_pair
 from keras_landscape.seeds import derive_seed
+from keras_landscape.store.strings import StringRecord
 
 RELAXATIONS = ("none", "neb")
 
@@ -107,7 +107,11 @@ def saddle_bracket(
         ts, levels = run.read(f"{prefix}/linear_t"), run.read(f"{prefix}/linear_level")
     else:
         ts, levels = linear_profile(
-            landscape, a.theta, b.theta, config.grid, getattr(a, "state", None),
+            landscape,
+            a.theta,
+            b.theta,
+            config.grid,
+            getattr(a, "state", None),
             getattr(b, "state", None),
         )
         run.write(f"{prefix}/linear_t", ts)
@@ -132,12 +136,24 @@ def saddle_bracket(
         if level >= upper:
             level = middle
         verdict = connect_pair(
-            landscape, a, b, level, config, run, f"{prefix}/bisect_{k}",
-            derive_seed(seed, k), progress,
+            landscape,
+            a,
+            b,
+            level,
+            config,
+            run,
+            f"{prefix}/bisect_{k}",
+            derive_seed(seed, k),
+            progress,
         )
         bisections.append(
-            {"level": level, "connected": verdict["connected"], "reason": verdict["reason"],
-             "beads": verdict["beads"], "max_level": verdict["max_level"]}
+            {
+                "level": level,
+                "connected": verdict["connected"],
+                "reason": verdict["reason"],
+                "beads": verdict["beads"],
+                "max_level": verdict["max_level"],
+            }
         )
         before = (lower, upper)
         if verdict["connected"]:
@@ -159,7 +175,10 @@ def saddle_bracket(
         "saddle_level": {"lower": lower, "upper": upper},
         "barrier": upper - floor,
         "barrier_bracket": [lower - floor, upper - floor],
-        "estimators": {"upper": estimator, "lower": "dss-bisection (heuristic)" if k else "max endpoint level"},
+        "estimators": {
+            "upper": estimator,
+            "lower": "dss-bisection (heuristic)" if k else "max endpoint level",
+        },
         "best_path": best_path,
         "bisections": bisections,
     }
@@ -198,10 +217,19 @@ def relax_path(landscape, run, path_prefix: str, config) -> dict | None:
             )
             grad = grad.astype(np.float64)
             perpendicular = grad - np.dot(grad, tangent) * tangent
-            spring = config.spring * (
-                np.linalg.norm(thetas[i + 1] - thetas[i]) - np.linalg.norm(thetas[i] - thetas[i - 1])
-            ) * tangent
-            moved[i] = thetas[i] - config.relax_learning_rate * perpendicular + config.relax_learning_rate * spring
+            spring = (
+                config.spring
+                * (
+                    np.linalg.norm(thetas[i + 1] - thetas[i])
+                    - np.linalg.norm(thetas[i] - thetas[i - 1])
+                )
+                * tangent
+            )
+            moved[i] = (
+                thetas[i]
+                - config.relax_learning_rate * perpendicular
+                + config.relax_learning_rate * spring
+            )
         thetas = moved
     after = _path_maximum(landscape, thetas, states, config.points)
     if not after < before:

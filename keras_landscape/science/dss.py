@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from keras_landscape.errors import UserError
 from keras_landscape.engine.options import ProjectionConfig
+from keras_landscape.errors import UserError
 from keras_landscape.seeds import derive_seed
 from keras_landscape.store.strings import StringRecord
 
@@ -78,7 +78,9 @@ class DSSConfig(ProjectionConfig):
         if not self.slack >= 0:
             raise UserError(f"slack must be >= 0, got {self.slack}.")
         if self.points < 2 or self.max_depth < 0:
-            raise UserError(f"points must be >= 2 and max_depth >= 0 (got {self.points}, {self.max_depth}).")
+            raise UserError(
+                f"points must be >= 2 and max_depth >= 0 (got {self.points}, {self.max_depth})."
+            )
         if self.insertion not in INSERTIONS:
             raise UserError(f"Unknown insertion {self.insertion!r}: use one of {INSERTIONS}.")
         if self.projection_mode not in PROJECTION_MODES:
@@ -156,8 +158,14 @@ def beads_of(stored) -> tuple[list[Bead], int, dict[tuple[int, int], SegmentChec
     """A committed `store.strings.StoredString` as the DSS sees it: the string of Beads,
     the depth done, and the segment checks already stored (by (left row, right row))."""
     string = [
-        Bead(int(r), stored.beads[r], float(stored.bead_level[r]), int(stored.bead_depth[r]),
-             int(stored.bead_steps[r]), stored.state_of(r))
+        Bead(
+            int(r),
+            stored.beads[r],
+            float(stored.bead_level[r]),
+            int(stored.bead_depth[r]),
+            int(stored.bead_steps[r]),
+            stored.state_of(r),
+        )
         for r in stored.order
     ]
     checked = {
@@ -277,7 +285,11 @@ def connect(
 
     def finish(connected: bool, why: str) -> Connection:
         path, distance, normalized = _lengths(string)
-        maxima = [checked[(a.row, b.row)].maximum for a, b in zip(string, string[1:]) if (a.row, b.row) in checked]
+        maxima = [
+            checked[(a.row, b.row)].maximum
+            for a, b in zip(string, string[1:])
+            if (a.row, b.row) in checked
+        ]
         connection = Connection(
             connected=connected,
             level=float(level),
@@ -314,9 +326,14 @@ def connect(
                 record.add_curve(a.row, b.row, depth, check.levels)
         segments = list(zip(string, string[1:]))
         failing = [
-            i for i, (a, b) in enumerate(segments) if not checked[(a.row, b.row)].maximum <= threshold
+            i
+            for i, (a, b) in enumerate(segments)
+            if not checked[(a.row, b.row)].maximum <= threshold
         ]
-        worst_index = max(range(len(segments)), key=lambda i: checked[(segments[i][0].row, segments[i][1].row)].maximum)
+        worst_index = max(
+            range(len(segments)),
+            key=lambda i: checked[(segments[i][0].row, segments[i][1].row)].maximum,
+        )
         worst_check = checked[(segments[worst_index][0].row, segments[worst_index][1].row)]
         worst = {"index": worst_index, "max_level": worst_check.maximum, "t": worst_check.argmax_t}
         if progress is not None:
@@ -326,7 +343,10 @@ def connect(
             )
         if not failing:
             return finish(True, "connected")
-        if any(not math.isfinite(checked[(segments[i][0].row, segments[i][1].row)].maximum) for i in failing):
+        if any(
+            not math.isfinite(checked[(segments[i][0].row, segments[i][1].row)].maximum)
+            for i in failing
+        ):
             return finish(False, "non_finite")
         if depth >= config.max_depth:
             return finish(False, "depth_limit")
@@ -340,7 +360,11 @@ def connect(
             start_states.append(interpolate(np.array([t]), a.state, b.state)[0])
             direction = (b.theta - a.theta).astype(np.float64)
             norm = np.linalg.norm(direction)
-            normals.append(direction / norm if config.projection_mode == "hyperplane" and norm > 0 else np.zeros_like(direction))
+            normals.append(
+                direction / norm
+                if config.projection_mode == "hyperplane" and norm > 0
+                else np.zeros_like(direction)
+            )
         result = landscape.project(
             np.stack(starts),
             target,

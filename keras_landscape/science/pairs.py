@@ -25,15 +25,25 @@ def default_level(endpoint_levels, margin: float) -> float:
     return top * (1.0 + margin) if top > 0 else top + margin
 
 
-def connect_pair(landscape, a, b, level, config: DSSConfig, run, prefix: str, seed: int, progress) -> dict:
+def connect_pair(
+    landscape, a, b, level, config: DSSConfig, run, prefix: str, seed: int, progress
+) -> dict:
     """DSS between minima a and b at `level`, streamed under `prefix`; a finished one is reused."""
     record = StringRecord(run, prefix)
     verdict = record.verdict()
     if verdict is not None:
         return verdict
     connection: Connection = connect(
-        landscape, a.theta, b.theta, level, config, seed=seed, record=record, progress=progress,
-        state_a=getattr(a, "state", None), state_b=getattr(b, "state", None),
+        landscape,
+        a.theta,
+        b.theta,
+        level,
+        config,
+        seed=seed,
+        record=record,
+        progress=progress,
+        state_a=getattr(a, "state", None),
+        state_b=getattr(b, "state", None),
     )
     result = connection.to_dict()
     result.update({"a": a.name, "b": b.name, "prefix": prefix})

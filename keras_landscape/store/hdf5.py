@@ -20,8 +20,8 @@ import datetime as _dt
 import json
 import math
 import os
-from collections.abc import Mapping
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -379,7 +379,7 @@ def _chunks_for(row_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     budget = max(1, _CHUNK_BYTES // max(1, itemsize))
     out = []
     for i, d in enumerate(dims):
-        rest = int(np.prod(dims[i + 1:], dtype=np.int64)) if i + 1 < len(dims) else 1
+        rest = int(np.prod(dims[i + 1 :], dtype=np.int64)) if i + 1 < len(dims) else 1
         if rest >= budget:
             out.append(1)
             continue
@@ -422,7 +422,7 @@ class Store:
         versions: Mapping[str, str],
         command: str,
         overwrite: bool = False,
-    ) -> "Store":
+    ) -> Store:
         """Create a new store at ``path`` (parent directories made as needed).
 
         ``versions`` gives the root attributes ``package_version``, ``keras_version``,
@@ -433,7 +433,10 @@ class Store:
         """
         path = os.fspath(path)
         if os.path.isdir(path):
-            raise UserError(f"Cannot create the store {path!r}: it is a directory. Give a file path such as run.h5.")
+            raise UserError(
+                f"Cannot create the store {path!r}: it is a directory. Give a file path such as "
+                "run.h5."
+            )
         exists = os.path.lexists(path)
         if exists and not overwrite:
             refuse_existing(path)
@@ -463,9 +466,13 @@ class Store:
             "tensorflow_version": "none",
             "backend": "unknown",
         }
-        aliases = {"package": "package_version", "keras_landscape": "package_version",
-                   "keras": "keras_version", "tensorflow": "tensorflow_version",
-                   "tf": "tensorflow_version"}
+        aliases = {
+            "package": "package_version",
+            "keras_landscape": "package_version",
+            "keras": "keras_version",
+            "tensorflow": "tensorflow_version",
+            "tf": "tensorflow_version",
+        }
         for key, value in dict(versions or {}).items():
             key = aliases.get(str(key), str(key))
             attrs[key] = "none" if value is None else str(value)
@@ -494,7 +501,7 @@ class Store:
         return store
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> "Store":
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> Store:
         """Open an existing store for reading (``"r"``) or appending (``"a"``)."""
         if mode not in ("r", "a"):
             raise ValueError(f"Store.open mode must be 'r' or 'a', got {mode!r}")
@@ -530,7 +537,8 @@ class Store:
             raise UserError(
                 f"The file {path!r} is an HDF5 file but not a keras-landscape store: its root "
                 f"attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r}. A Keras model file "
-                "(.h5/.keras) is a model input, not a store; give the file klandscape wrote with --out."
+                "(.h5/.keras) is a model input, not a store; give the file klandscape wrote with "
+                "--out."
             )
         version = _plain(f.attrs.get("format_version"))
         if not isinstance(version, int) or isinstance(version, bool):
@@ -555,7 +563,7 @@ class Store:
                 self._f.flush()
             self._f.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -587,7 +595,9 @@ class Store:
         if not self.is_open:
             raise ValueError(f"the store {self.path!r} is closed")
         if self.mode == "r":
-            raise ValueError(f"the store {self.path!r} is open read-only; open it with mode 'a' to write")
+            raise ValueError(
+                f"the store {self.path!r} is open read-only; open it with mode 'a' to write"
+            )
 
     # --------------------------------------------------------------------- root info
 
@@ -622,7 +632,9 @@ class Store:
             raise ValueError(f"layout: the shapes hold {sum(counts)} values but size is {size}")
         for p, o, c in zip(paths, offsets, counts):
             if o < 0 or o + c > size:
-                raise ValueError(f"layout: variable {p!r} at offset {o} with {c} values exceeds size {size}")
+                raise ValueError(
+                    f"layout: variable {p!r} at offset {o} with {c} values exceeds size {size}"
+                )
         if "layout" in self._f:
             del self._f["layout"]
         g = self._f.create_group("layout")
@@ -704,7 +716,9 @@ class Store:
         if "layout" in self._f:
             size = int(_plain(self._f["layout"].attrs["size"]))
             if theta.size != size:
-                raise ValueError(f"model {name!r}: theta has {theta.size} values, the layout says {size}")
+                raise ValueError(
+                    f"model {name!r}: theta has {theta.size} values, the layout says {size}"
+                )
         if isinstance(non_trainable, Mapping):
             nt_items = [(str(p), v) for p, v in non_trainable.items()]
         else:
@@ -745,7 +759,9 @@ class Store:
         "attrs": {source, role, ...}}``."""
         if not self.has_model(name):
             names = ", ".join(self.model_names()) or "none"
-            raise UserError(f"The store {self.path!r} has no model {name!r}; models in it: {names}.")
+            raise UserError(
+                f"The store {self.path!r} has no model {name!r}; models in it: {names}."
+            )
         g = self._f["models"][name]
         nt, nt_paths = [], []
         if "non_trainable" in g:
@@ -771,7 +787,7 @@ class Store:
     def has_run(self, name: str) -> bool:
         return "runs" in self._f and name in self._f["runs"]
 
-    def run(self, name: str) -> "RunRecord":
+    def run(self, name: str) -> RunRecord:
         if not self.has_run(name):
             names = ", ".join(self.run_names()) or "none"
             raise UserError(f"The store {self.path!r} has no run {name!r}; runs in it: {names}.")
@@ -784,7 +800,7 @@ class Store:
         config: Mapping[str, Any],
         seed: int | None = None,
         resume: bool = False,
-    ) -> "RunRecord":
+    ) -> RunRecord:
         """Start run ``name`` (status ``running``). If it exists: with ``resume=True`` it is
         returned with status set back to ``running`` (``RunRecord.previous_status`` tells what it
         was, its datasets are kept); otherwise a UserError."""
@@ -902,7 +918,9 @@ class RunRecord:
 
     def fail(self, message: str, status: str = "failed") -> None:
         if status not in ("failed", "interrupted"):
-            raise ValueError(f"RunRecord.fail status must be 'failed' or 'interrupted', got {status!r}")
+            raise ValueError(
+                f"RunRecord.fail status must be 'failed' or 'interrupted', got {status!r}"
+            )
         self.store._writable()
         self._g.attrs["status"] = status
         self._g.attrs["error"] = str(message)
@@ -961,7 +979,10 @@ class RunRecord:
             itemsize = 8 if dtype is _STR else arr.dtype.itemsize
             maxshape = (None, *(None if d == 0 else d for d in arr.shape[1:]))
             self._g.create_dataset(
-                key, data=arr, dtype=dtype, maxshape=maxshape,
+                key,
+                data=arr,
+                dtype=dtype,
+                maxshape=maxshape,
                 chunks=_chunks_for(arr.shape[1:], itemsize),
             )
         self.store._touch()
@@ -976,7 +997,9 @@ class RunRecord:
             dtype = _h5_dtype(arr)
             itemsize = 8 if dtype is _STR else arr.dtype.itemsize
             self._g.create_dataset(
-                key, shape=(0, *arr.shape), dtype=dtype,
+                key,
+                shape=(0, *arr.shape),
+                dtype=dtype,
                 maxshape=(None, *(None if d == 0 else d for d in arr.shape)),
                 chunks=_chunks_for(arr.shape, itemsize),
             )
@@ -1005,7 +1028,9 @@ class RunRecord:
         if ds.ndim == 0 or ds.maxshape[0] is not None:
             raise ValueError(f"run {self.name!r}: dataset {key!r} is not resizable along rows")
         if n < 0 or n > ds.shape[0]:
-            raise ValueError(f"run {self.name!r}: cannot truncate {key!r} of {ds.shape[0]} rows to {n}")
+            raise ValueError(
+                f"run {self.name!r}: cannot truncate {key!r} of {ds.shape[0]} rows to {n}"
+            )
         if n != ds.shape[0]:
             ds.resize(n, axis=0)
         self.store._touch()

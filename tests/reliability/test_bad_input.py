@@ -8,8 +8,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from keras_landscape.cli.main import EXIT_BAD_INPUT
 
 LOGITS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -20,25 +20,29 @@ def files(tmp_path_factory, digits_model_file):
     """Models, stores and other files the cases point at."""
     folder = tmp_path_factory.mktemp("reliability")
     keras.utils.set_random_seed(1)
-    regression = keras.Sequential([keras.Input((1,)), keras.layers.Dense(4, activation="tanh"),
-                                   keras.layers.Dense(1)])
+    regression = keras.Sequential(
+        [keras.Input((1,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)]
+    )
     regression.compile(loss="mse")
     regression.save(folder / "regression.keras")
-    lam = keras.Sequential([keras.Input((64,)), keras.layers.Lambda(lambda x: x * 2.0),
-                            keras.layers.Dense(10)])
+    lam = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Lambda(lambda x: x * 2.0), keras.layers.Dense(10)]
+    )
     lam.compile(loss=LOGITS)
     lam.save(folder / "lambda.keras")
     (folder / "notes.txt").write_text("my notes\n")
     (folder / "binary.yaml").write_bytes(bytes(range(256)) * 4)
     (folder / "nan_levels.yaml").write_text(
-        f"models: [{digits_model_file}]\ndata: digits\nprobes: [{{curviness: {{levels: [.nan, 0.1]}}}}]\n"
+        f"models: [{digits_model_file}]\ndata: digits\n"
+        "probes: [{curviness: {levels: [.nan, 0.1]}}]\n"
     )
     (folder / "text.npz").write_text("not arrays\n")
     (folder / "configdir").mkdir()
     (folder / "outdir").mkdir()
     good_store = folder / "good.h5"
-    code = run_cli_plain("probe", str(digits_model_file), "--data", "digits",
-                         "--out", str(good_store), "-q")
+    code = run_cli_plain(
+        "probe", str(digits_model_file), "--data", "digits", "--out", str(good_store), "-q"
+    )
     assert code == 0
     raw = good_store.read_bytes()
     (folder / "truncated.h5").write_bytes(raw[: len(raw) // 3])
@@ -105,7 +109,9 @@ def _cases(f):
             "give one of them",
         ),
         "out is a directory": (
-            ["probe", good, *digits, "--out", str(d / "outdir")], "is a directory"),
+            ["probe", good, *digits, "--out", str(d / "outdir")],
+            "is a directory",
+        ),
         "overwrite a text file": (
             ["probe", good, *digits, "--overwrite", "--out", str(d / "notes.txt")],
             "replaces only keras-landscape stores",
@@ -123,8 +129,10 @@ def _cases(f):
         "config is a directory": (["run", str(d / "configdir")], "is a directory"),
         "config is binary": (["run", str(d / "binary.yaml")], "not a text file"),
         "config nan level": (["run", str(d / "nan_levels.yaml")], "positive, finite"),
-        "text file as npz": (["probe", good, "--data", f"npz:{d / 'text.npz'}"],
-                             "not an .npz archive"),
+        "text file as npz": (
+            ["probe", good, "--data", f"npz:{d / 'text.npz'}"],
+            "not an .npz archive",
+        ),
     }
 
 
@@ -134,8 +142,10 @@ CASES = list(_cases({"good": "g", "folder": Path("f"), "store": "s"}))
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_exits_2_with_a_message_that_names_the_fix(case, files, capsys, tmp_path):
     args, message = _cases(files)[case]
-    protected = {p: Path(p).read_bytes() for p in (files["good"], files["store"],
-                                                   str(files["folder"] / "notes.txt"))}
+    protected = {
+        p: Path(p).read_bytes()
+        for p in (files["good"], files["store"], str(files["folder"] / "notes.txt"))
+    }
     extra = [] if "--out" in args or args[0] != "probe" else ["--out", str(tmp_path / "x.h5")]
     code, out, err = run_cli(capsys, *args, *extra, "--json")
     assert code == EXIT_BAD_INPUT, (case, err)
@@ -149,8 +159,17 @@ def test_bad_input_exits_2_with_a_message_that_names_the_fix(case, files, capsys
 
 def test_unsafe_loads_a_lambda_model(files, capsys, tmp_path):
     path = str(files["folder"] / "lambda.keras")
-    code, out, err = run_cli(capsys, "probe", path, "--data", "digits", "--unsafe",
-                             "--out", str(tmp_path / "l.h5"), "--json")
+    code, out, err = run_cli(
+        capsys,
+        "probe",
+        path,
+        "--data",
+        "digits",
+        "--unsafe",
+        "--out",
+        str(tmp_path / "l.h5"),
+        "--json",
+    )
     assert code == 0, err
     assert json.loads(out)["results"]["evaluate"]["models"][0]["parameters"] == 650
 
@@ -167,7 +186,8 @@ def test_missing_model_is_reported_before_the_frameworks_load(tmp_path):
         f"rc = main(['probe', {str(tmp_path / 'a.keras')!r}, '--data', 'digits'])\n"
         "print(rc, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.stdout.split() == ["2", "False", "False"], result.stderr
     assert "does not exist" in result.stderr

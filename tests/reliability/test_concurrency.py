@@ -4,10 +4,9 @@ import subprocess
 import sys
 import textwrap
 
-import h5py
 import pytest
-
 from conftest import run_cli
+
 from keras_landscape.cli.main import EXIT_BAD_INPUT
 from keras_landscape.store.hdf5 import Store
 
@@ -31,8 +30,12 @@ HOLDER = textwrap.dedent(
 def holder(tmp_path):
     """A process that creates a store and keeps it open for writing until told to finish."""
     path = tmp_path / "busy.h5"
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout.readline().strip() == "ready"
     yield path, process
     if process.poll() is None:
@@ -51,8 +54,9 @@ def test_a_second_command_leaves_a_store_being_written_intact(
     flag, holder, capsys, digits_model_file
 ):
     path, process = holder
-    code, _, err = run_cli(capsys, "probe", str(digits_model_file), "--data", "digits",
-                           flag, "--out", str(path))
+    code, _, err = run_cli(
+        capsys, "probe", str(digits_model_file), "--data", "digits", flag, "--out", str(path)
+    )
     assert code == EXIT_BAD_INPUT, err
     assert "open in another process" in err and "Traceback" not in err
     _finish(process)  # the writer goes on as if nothing happened
@@ -62,11 +66,25 @@ def test_a_second_command_leaves_a_store_being_written_intact(
 
 def test_two_overwrites_at_once_leave_one_complete_store(tmp_path, digits_model_file):
     path = tmp_path / "twice.h5"
-    command = [sys.executable, "-m", "keras_landscape.cli.main", "probe", str(digits_model_file),
-               "--data", "digits", "--out", str(path), "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "keras_landscape.cli.main",
+        "probe",
+        str(digits_model_file),
+        "--data",
+        "digits",
+        "--out",
+        str(path),
+        "-q",
+    ]
     assert subprocess.run(command, capture_output=True, timeout=300).returncode == 0
-    runs = [subprocess.Popen(command + ["--overwrite"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    runs = [
+        subprocess.Popen(
+            command + ["--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outcomes = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
     assert any(code == 0 for code, _ in outcomes), outcomes
     for code, err in outcomes:
@@ -79,15 +97,20 @@ def test_two_overwrites_at_once_leave_one_complete_store(tmp_path, digits_model_
     assert not list(tmp_path.glob(".twice.h5.*.tmp"))  # no temporary file left behind
 
 
-def test_an_interrupted_replacement_leaves_the_old_store(tmp_path, digits_model_file, capsys,
-                                                        monkeypatch):
+def test_an_interrupted_replacement_leaves_the_old_store(
+    tmp_path, digits_model_file, capsys, monkeypatch
+):
     """Replacing writes a new file beside the old one: interrupted before the rename, the
     old store is untouched and the temporary file is removed."""
     from keras_landscape.store import hdf5 as store_module
 
     path = tmp_path / "old.h5"
-    assert run_cli(capsys, "probe", str(digits_model_file), "--data", "digits",
-                   "--out", str(path), "-q")[0] == 0
+    assert (
+        run_cli(
+            capsys, "probe", str(digits_model_file), "--data", "digits", "--out", str(path), "-q"
+        )[0]
+        == 0
+    )
     before = path.read_bytes()
 
     def interrupted(*args, **kwargs):

@@ -31,18 +31,40 @@ def pair(tmp_path_factory, digits_classifier, digits_data, full_batch_fit):
 
 
 def _command(pair, out, resume=False):
-    return [sys.executable, "-m", "keras_landscape.cli.main", "probe", *pair, "--data", "digits",
-            "--probe", "connectivity", "--set", "max_depth=4", "--set", "points=10",
-            "--set", "max_steps=1000", "--set", "learning_rate=0.01", "--out", str(out), "-q", "--json"] + (
-                ["--resume"] if resume else [])
+    return [
+        sys.executable,
+        "-m",
+        "keras_landscape.cli.main",
+        "probe",
+        *pair,
+        "--data",
+        "digits",
+        "--probe",
+        "connectivity",
+        "--set",
+        "max_depth=4",
+        "--set",
+        "points=10",
+        "--set",
+        "max_steps=1000",
+        "--set",
+        "learning_rate=0.01",
+        "--out",
+        str(out),
+        "-q",
+        "--json",
+    ] + (["--resume"] if resume else [])
 
 
 def _strings(path):
     with Store.open(path) as store:
         run = store.run("connectivity")
         result = run.result
-        arrays = {name: run.read(f"pair_0_1/{name}") for name in STRING_DATASETS
-                  if run.has(f"pair_0_1/{name}")}
+        arrays = {
+            name: run.read(f"pair_0_1/{name}")
+            for name in STRING_DATASETS
+            if run.has(f"pair_0_1/{name}")
+        }
     return result, arrays
 
 
@@ -60,16 +82,18 @@ def reference(pair, tmp_path_factory):
 def _trial(seed, pair, reference, tmp_path):
     seconds, expected, arrays = reference
     out = tmp_path / f"trial{seed}.h5"
-    process = subprocess.Popen(_command(pair, out), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _command(pair, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     time.sleep(np.random.default_rng(seed).uniform(0.3, 1.0) * seconds)
     killed = process.poll() is None
     if killed:
         os.kill(process.pid, signal.SIGKILL)
     process.wait()
     resume = out.exists()
-    done = subprocess.run(_command(pair, out, resume=resume), capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        _command(pair, out, resume=resume), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"]["connectivity"]["connected"] == expected["connected"]
     result, got = _strings(out)

@@ -6,6 +6,7 @@ import contextlib
 
 import jax
 
+
 def compile_function(fn, *, xla: bool = True, label: str = "function"):
     """jax.jit always compiles with XLA; `xla` and `label` exist for the TensorFlow twin."""
     del xla, label
