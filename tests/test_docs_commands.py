@@ -271,30 +271,19 @@ def doc_files(folder) -> Path:
 def _synthetic_store(path: Path) -> None:
     """A small store for `show`/`plot` when no slow command made the real one: the runs the
     docs show for that store, written with keras_landscape.store alone."""
-    from synthetic_stores import CONNECTED_SEGMENTS, interrupted_store, new_store, write_string
+    from synthetic_stores import (
+        CONNECTED_SEGMENTS,
+        _verdict,
+        interrupted_store,
+        new_store,
+        write_string,
+    )
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.name == "int.h5":  # the guide shows it interrupted
         interrupted_store(path)
         return
-    verdict = {
-        "connected": True,
-        "level": 0.05,
-        "reason": "connected",
-        "beads": 4,
-        "normalized_length": 1.2,
-        "path_length": 3.0,
-        "distance": 2.5,
-        "max_level": 0.04,
-        "depth": 2,
-        "projection_steps": 100,
-        "seconds": 0.1,
-        "endpoint_levels": [0.02, 0.025],
-        "worst_segment": None,
-        "explanation": "x",
-        "a": "a",
-        "b": "b",
-    }
+    verdict = _verdict()
     with new_store(path, models=("a", "b")) as store:
         if path.name == "m_eval.h5":
             run = store.begin_run("evaluate", "evaluate", {"allow_nonfinite": False})

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -311,8 +312,6 @@ class OptimizerSpec:
         Its variables are never assigned: `stateless_apply` reads their values from the
         projection loop's inputs and returns the new ones.
         """
-        import keras
-
         cls = type(keras.optimizers.get(self.name))
         if backend.name == "tensorflow":
             cls = _stateless_on_tensorflow(cls)
@@ -334,8 +333,6 @@ def optimizer_spec(config) -> OptimizerSpec:
     Raises:
         UserError: Keras does not know the name, or the optimizer rejects the arguments.
     """
-    import keras
-
     options = parse_optimizer_options(config.optimizer_options)
     name = config.optimizer_name
     try:
@@ -381,8 +378,6 @@ def _stateless_on_tensorflow(cls):
     versions (Nadam's `_backend_update_step` does). The methods are found by introspection
     rather than listed, so a new Keras release cannot add one silently.
     """
-    import keras
-
     bases = keras.optimizers.Optimizer.__bases__  # (the backend's layer, BaseOptimizer)
     if len(bases) != 2 or not hasattr(bases[1], "stateless_apply"):
         raise RuntimeError(f"Unexpected Keras optimizer classes {bases}: cannot step beads.")

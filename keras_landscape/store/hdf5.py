@@ -26,6 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from keras_landscape._version import __version__
 from keras_landscape.errors import UserError
 from keras_landscape.flat import split_flat
 
@@ -456,10 +457,7 @@ class Store:
             _release(claim)
             raise UserError(f"Cannot create the store {path!r}: {exc}.") from exc
         store = cls(f, path, "a")
-        try:
-            from keras_landscape._version import __version__ as pkg_version
-        except Exception:  # pragma: no cover - the package always has a version
-            pkg_version = "unknown"
+        pkg_version = __version__
         attrs = {
             "package_version": pkg_version,
             "keras_version": "unknown",
