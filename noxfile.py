@@ -27,9 +27,12 @@ def tests_tensorflow(session: nox.Session) -> None:
 
 @nox.session
 def tests_jax(session: nox.Session) -> None:
-    """The core tests under KERAS_BACKEND=jax in a process without TensorFlow."""
+    """Every JAX re-run (the engine's known answers, and the probes, models and stacked walk
+    marked slow) under KERAS_BACKEND=jax in a process without TensorFlow."""
     session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", "-q", "tests/test_jax_backend.py", *session.posargs)
+    session.run(
+        "python", "-m", "pytest", "-q", "-m", "", "tests/test_jax_backend.py", *session.posargs
+    )
 
 
 @nox.session
