@@ -25,6 +25,12 @@ class _Compiled:
         self._label = label
         self._graph = tf.function(fn, jit_compile=False, reduce_retracing=True)
         self._xla = tf.function(fn, jit_compile=True, reduce_retracing=True) if xla else None
+        # Kernels are built on purpose per model, optimizer and stack width: the same nested
+        # Python function compiled many times. TensorFlow's "frequent retracing" warning keys
+        # on its code object and would call that a mistake (the attribute is TF's own switch).
+        for compiled in (self._graph, self._xla):
+            if compiled is not None:
+                compiled._omit_frequent_tracing_warning = True
 
     def __call__(self, *args):
         if self._xla is not None:
