@@ -100,7 +100,7 @@ def strings_of(run: RunRecord) -> list[dict]:
     """The DSS strings stored in a run: key, beads on the string, depth done, verdict."""
     out = []
     for prefix in string_prefixes(run):
-        stored = read_string(run, prefix)
+        stored = read_string(run, prefix, arrays=False)  # beads can be large
         verdict = stored.verdict
         out.append(
             {

@@ -74,8 +74,8 @@ class StoredString:
 
     prefix: str
     order: list[int]
-    beads: np.ndarray
-    bead_level: np.ndarray
+    beads: np.ndarray | None
+    bead_level: np.ndarray | None
     bead_depth: np.ndarray | None = None
     bead_steps: np.ndarray | None = None
     bead_state: np.ndarray | None = None
@@ -86,6 +86,8 @@ class StoredString:
     @property
     def rows(self) -> list[int]:
         """The order without rows cut off by an interrupted write."""
+        if self.beads is None:  # read without its arrays
+            return list(self.order)
         return [r for r in self.order if r < len(self.beads)]
 
     def state_of(self, row: int) -> np.ndarray | None:
@@ -96,28 +98,35 @@ def _read_optional(run, name: str):
     return run.read(name) if run.has(name) else None
 
 
-def read_string(run, prefix: str) -> StoredString:
-    """The string at `prefix` as stored (read-only: rows of an unfinished depth included)."""
+def read_string(run, prefix: str, *, arrays: bool = True) -> StoredString:
+    """The string at `prefix` as stored (read-only: rows of an unfinished depth included).
+
+    With `arrays=False` only its order, depth and verdict are read (beads, levels and curves
+    are None / empty): cheap for listings of stores whose beads are large.
+    """
     attrs = run.get_attrs(prefix or None)
+    verdict = attrs.get("verdict") if isinstance(attrs.get("verdict"), dict) else None
+    depth_done = None if attrs.get("depth_done") is None else int(attrs["depth_done"])
+    order = [int(r) for r in run.read(key(prefix, "order"))]
+    if not arrays:
+        return StoredString(prefix, order, None, None, depth_done=depth_done, verdict=verdict)
     curves = []
     if run.has(key(prefix, "curves")) and run.has(key(prefix, "curve_segments")):
         for (left, right, depth), levels in zip(
             run.read(key(prefix, "curve_segments")), run.read(key(prefix, "curves"))
         ):
             curves.append((int(left), int(right), int(depth), np.asarray(levels, np.float64)))
-    verdict = attrs.get("verdict")
-    depth_done = attrs.get("depth_done")
     return StoredString(
         prefix=prefix,
-        order=[int(r) for r in run.read(key(prefix, "order"))],
+        order=order,
         beads=run.read(key(prefix, "beads")),
         bead_level=run.read(key(prefix, "bead_level")),
         bead_depth=_read_optional(run, key(prefix, "bead_depth")),
         bead_steps=_read_optional(run, key(prefix, "bead_steps")),
         bead_state=_read_optional(run, key(prefix, "bead_state")),
         curves=curves,
-        depth_done=None if depth_done is None else int(depth_done),
-        verdict=verdict if isinstance(verdict, dict) else None,
+        depth_done=depth_done,
+        verdict=verdict,
     )
 
 
