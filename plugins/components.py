@@ -12,7 +12,6 @@ from keras_landscape.report.plots import NoFigure, new_figure, values
 from keras_landscape.report.tables import fmt, table
 from keras_landscape.science.barriers import BisectionOptions, linear_profile, saddle_bracket
 from keras_landscape.science.dss import DSSConfig
-from keras_landscape.science.merge_tree import bottleneck_levels, count_components, merge_tree
 from keras_landscape.science.pairs import states_of
 from keras_landscape.seeds import derive_seed
 
@@ -248,6 +247,13 @@ class ComponentsProbe(PairProbe):
         return components_tables(run_name, result)
 
     def run(self, landscape, models, store, progress) -> dict:
+        # scipy's clustering takes 0.4 s to import: not when probes are only listed
+        from keras_landscape.science.merge_tree import (
+            bottleneck_levels,
+            count_components,
+            merge_tree,
+        )
+
         config = self.config
         minima, _ = self.pairs(landscape, models, store, progress)
         k = len(minima)
