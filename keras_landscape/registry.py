@@ -208,11 +208,14 @@ def broken_plugins() -> list[BrokenPlugin]:
     return list(_REGISTRY.broken)
 
 
-def probe_class(name: str) -> type | None:
-    """The class of the probe registered as `name`, or None (a store written by a probe
-    that is not installed here can still be shown and drawn)."""
-    entry = probes().get(name)
-    return entry.cls if entry is not None else None
+def output_hook(probe: str, hook: str) -> Any:
+    """The output hook `hook` of the probe registered as `probe` (one of ProbeBase's:
+    tables, figures, no_figure, expected_strings, expected_partners, string_level), or
+    ProbeBase's default where the probe has none or is not installed here (a store written
+    by a probe that is not installed can still be shown and drawn)."""
+    entry = probes().get(probe)
+    own = getattr(entry.cls, hook, None) if entry is not None else None
+    return own if own is not None else getattr(ProbeBase, hook)
 
 
 def get_probe(name: str) -> ProbeEntry:

@@ -34,6 +34,7 @@ from keras_landscape.report.tables import string_level
 from keras_landscape.store.hdf5 import RunRecord, Store, reading
 from keras_landscape.store.strings import (
     RELAXED_SUFFIX,
+    has_string,
     natural_order,
     read_string,
     string_prefixes,
@@ -161,7 +162,7 @@ def read_path(run: RunRecord, prefix: str) -> PathProfile:
     if level is None:
         level = string_level(run, prefix)
     relaxed = None
-    if prefix and f"{prefix}{RELAXED_SUFFIX}" in string_prefixes(run, relaxed=True):
+    if prefix and has_string(run, f"{prefix}{RELAXED_SUFFIX}"):
         copy = read_string(run, f"{prefix}{RELAXED_SUFFIX}")
         r_beads = copy.beads.astype(np.float64)
         r_steps = np.linalg.norm(np.diff(r_beads, axis=0), axis=1)
@@ -442,11 +443,10 @@ def _plot_run(
             )
         )
         drew = True
-    cls = registry.probe_class(run.probe)
-    plots = getattr(cls, "figures", None) or {}
+    plots = registry.output_hook(run.probe, "figures")
     if not plots:
         if not drew:
-            why = getattr(cls, "no_figure", None) or (
+            why = registry.output_hook(run.probe, "no_figure") or (
                 f"no figure is defined for probe {run.probe!r} results"
             )
             report.skipped.append({"run": run.name, "reason": why})

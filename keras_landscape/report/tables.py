@@ -74,11 +74,9 @@ def result_tables(name: str, probe: str, result: dict) -> list[dict]:
     The probe that wrote the result makes them (`ProbeBase.tables`); a probe without tables,
     or one not installed here, gets a table of its rows (`models`) or of its fields.
     """
-    cls = registry.probe_class(probe)
-    maker = getattr(cls, "tables", None)
-    if maker is not None and isinstance(result, dict):
+    if isinstance(result, dict):
         try:
-            made = maker(name, result)
+            made = registry.output_hook(probe, "tables")(name, result)
         except (KeyError, TypeError, ValueError, AttributeError):
             made = None  # a result of another shape (e.g. a plugin reusing a name)
         if made is not None:
@@ -91,9 +89,7 @@ def result_tables(name: str, probe: str, result: dict) -> list[dict]:
 
 def string_level(run: RunRecord, prefix: str) -> float | None:
     """The level a string without a verdict was started at, as its probe configured it."""
-    cls = registry.probe_class(run.probe)
-    hook = getattr(cls, "string_level", None) or registry.ProbeBase.string_level
-    return hook(run.config, prefix)
+    return registry.output_hook(run.probe, "string_level")(run.config, prefix)
 
 
 def strings_of(run: RunRecord) -> list[dict]:
@@ -118,8 +114,7 @@ def strings_of(run: RunRecord) -> list[dict]:
 
 def expected_strings(probe: str, config: dict, inputs: int) -> list[str] | None:
     """The strings a finished run of `probe` holds, as the probe says (None: unknown)."""
-    hook = getattr(registry.probe_class(probe), "expected_strings", None)
-    return hook(config, inputs) if hook is not None else None
+    return registry.output_hook(probe, "expected_strings")(config, inputs)
 
 
 def resume_command(command: str, store: str) -> str:
@@ -147,8 +142,7 @@ def run_progress(run: RunRecord, inputs: int) -> dict:
         "strings_expected": None if expected is None else len(expected),
         "not_started": None if expected is None else [k for k in expected if k not in present],
     }
-    hook = getattr(registry.probe_class(run.probe), "expected_partners", None)
-    partners = hook(run.config, inputs) if hook is not None else 0
+    partners = registry.output_hook(run.probe, "expected_partners")(run.config, inputs)
     if partners:
         progress["partners_trained"] = run.length("partners/theta")
         progress["partners_expected"] = partners

@@ -42,6 +42,11 @@ def natural_order(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
+def has_string(run, prefix: str) -> bool:
+    """Whether the run holds a string at `prefix`."""
+    return all(run.has(key(prefix, name)) for name in REQUIRED)
+
+
 def string_prefixes(run, relaxed: bool = False) -> list[str]:
     """Prefixes of the strings stored in a run ('' for a string at its root), naturally
     sorted; relaxed copies only with `relaxed`."""
@@ -209,6 +214,7 @@ __all__ = [
     "RELAXED_SUFFIX",
     "StoredString",
     "StringRecord",
+    "has_string",
     "key",
     "natural_order",
     "read_string",
