@@ -152,9 +152,10 @@ class CurvinessProbe(PairProbe):
         return curviness_tables(run_name, result)
 
     @staticmethod
-    def _levels(config: dict) -> list[float] | None:
-        """The configured levels, highest first (None: the defaults, known only at run time)."""
-        text = str(config.get("levels") or "").strip()
+    def _levels(text) -> list[float] | None:
+        """The `levels` option's levels, highest first (None: empty, the defaults, which are
+        known only at run time)."""
+        text = str(text or "").strip()
         return sorted(parse_levels(text), reverse=True) if text else None
 
     @classmethod
@@ -162,13 +163,13 @@ class CurvinessProbe(PairProbe):
         names = cls.pair_prefixes(config, inputs)
         if names is None:
             return None
-        count = len(cls._levels(config) or DEFAULT_FRACTIONS)
+        count = len(cls._levels(config.get("levels")) or DEFAULT_FRACTIONS)
         return [f"level_{k}/{name}" for k in range(count) for name in names]
 
     @classmethod
     def string_level(cls, config: dict, prefix: str) -> float | None:
         match = re.match(r"^level_(\d+)/", prefix)
-        levels = cls._levels(config) or []
+        levels = cls._levels(config.get("levels")) or []
         if match is None:
             return None
         k = int(match.group(1))
@@ -180,12 +181,10 @@ class CurvinessProbe(PairProbe):
         thetas = np.stack([m.theta for m in minima])
         states = states_of(minima, landscape)
         endpoint_levels = landscape.levels(thetas, states)
-        levels = (
-            parse_levels(config.levels)
-            if config.levels
-            else [default_level(endpoint_levels, config.margin) * f for f in DEFAULT_FRACTIONS]
+        levels = self._levels(config.levels) or sorted(
+            (default_level(endpoint_levels, config.margin) * f for f in DEFAULT_FRACTIONS),
+            reverse=True,
         )
-        levels = sorted(levels, reverse=True)
         task = progress.task("curviness", total=len(levels) * len(pairs))
         per_level = []
         for k, level in enumerate(levels):
