@@ -12,9 +12,9 @@ from keras_landscape.models.align import aligned_state, weight_matching
 from keras_landscape.plugins.pairs import PairOptions, PairProbe
 from keras_landscape.report.plots import NoFigure, new_figure
 from keras_landscape.report.tables import fmt, table
-from keras_landscape.science.barriers import BisectionOptions, relax_path, saddle_bracket
+from keras_landscape.science.barriers import BisectionOptions, bracket_search, relax_path
 from keras_landscape.science.dss import DSSConfig
-from keras_landscape.seeds import derive_seed
+from keras_landscape.science.lockstep import drive
 
 ALIGNMENTS = ("none", "weight-matching")
 
@@ -211,21 +211,37 @@ class BarrierProbe(PairProbe):
             raise UserError(f"Unknown align {config.align!r}: use one of {ALIGNMENTS}.")
         minima, pairs = self.pairs(landscape, models, store, progress)
         task = progress.task("barrier", total=len(pairs) * (2 if config.align != "none" else 1))
+        searches, aligned = [], []
+        for i, j in pairs:
+            a, b = minima[i], minima[j]
+            prefix = f"pair_{i}_{j}"
+            searches.append(
+                bracket_search(landscape, a, b, config, store, prefix, config.seed, task)
+            )
+            if config.align == "weight-matching":
+                # Align first: an unsupported architecture is reported before any long work.
+                alignment = self._align(landscape, a, b)
+                b = self._aligned_minimum(landscape, b, alignment)
+                prefix = f"{prefix}/aligned"
+                searches.append(
+                    bracket_search(landscape, a, b, config, store, prefix, config.seed, task)
+                )
+                aligned.append(alignment)
+        brackets = drive(landscape, searches, progress=task)
         results = []
         for index, (i, j) in enumerate(pairs):
             a, b = minima[i], minima[j]
-            prefix = f"pair_{i}_{j}"
-            # Align first: an unsupported architecture is reported before any long work.
-            alignment = self._align(landscape, a, b) if config.align == "weight-matching" else None
-            result = self._estimate(
-                landscape, a, b, store, prefix, derive_seed(config.seed, index), task
-            )
+            step = 2 if aligned else 1
+            result = self._relaxed(landscape, brackets[step * index], store, task)
             result["distance"] = float(np.linalg.norm(a.theta.astype(np.float64) - b.theta))
-            result["aligned"] = (
-                self._aligned(landscape, a, b, alignment, store, prefix, index, task)
-                if alignment is not None
-                else None
-            )
+            result["aligned"] = None
+            if aligned:
+                alignment = aligned[index]
+                other = self._relaxed(landscape, brackets[step * index + 1], store, task)
+                other["distance"] = alignment.distance_after
+                other["distance_raw"] = alignment.distance_before
+                other["permutations"] = alignment.permutations
+                result["aligned"] = other
             results.append(result)
         task.close()
         first = results[0]
@@ -244,8 +260,8 @@ class BarrierProbe(PairProbe):
         summary.update({"level_fn": landscape.objective.level_fn, "pairs": results})
         return summary
 
-    def _estimate(self, landscape, a, b, store, prefix, seed, task) -> dict:
-        result = saddle_bracket(landscape, a, b, self.config, store, prefix, seed, task)
+    def _relaxed(self, landscape, result: dict, store, task) -> dict:
+        """A pair's bracket with the elastic band's relaxed maximum (relax='neb')."""
         result["relaxed_max"] = None
         if self.config.relax == "neb" and result["best_path"]:
             relaxed = relax_path(landscape, store, result["best_path"], self.config)
@@ -258,23 +274,12 @@ class BarrierProbe(PairProbe):
     def _align(self, landscape, a, b):
         return weight_matching(landscape.model, a.theta, b.theta, seed=self.config.seed)
 
-    def _aligned(self, landscape, a, b, alignment, store, prefix, index, task) -> dict:
-        aligned_b = dataclasses.replace(
+    @staticmethod
+    def _aligned_minimum(landscape, b, alignment):
+        """B with its hidden units permuted onto A (parameters and BatchNorm state)."""
+        return dataclasses.replace(
             b,
             name=f"{b.name}_aligned",
             theta=alignment.theta.astype(np.float32),
             state=aligned_state(landscape, b.state, alignment.permutations),
         )
-        result = self._estimate(
-            landscape,
-            a,
-            aligned_b,
-            store,
-            f"{prefix}/aligned",
-            derive_seed(self.config.seed, index, 1),
-            task,
-        )
-        result["distance"] = alignment.distance_after
-        result["distance_raw"] = alignment.distance_before
-        result["permutations"] = alignment.permutations
-        return result

@@ -13,7 +13,6 @@ from keras_landscape.report.tables import fmt, table
 from keras_landscape.science.barriers import BisectionOptions, linear_profile, saddle_bracket
 from keras_landscape.science.dss import DSSConfig
 from keras_landscape.science.pairs import states_of
-from keras_landscape.seeds import derive_seed
 
 DEFAULT_GRID = 25
 
@@ -295,7 +294,7 @@ class ComponentsProbe(PairProbe):
                 config,
                 store,
                 f"pair_{i}_{j}",
-                derive_seed(config.seed, i, j),
+                config.seed,
                 task,
                 upper_bound=bound,
             )

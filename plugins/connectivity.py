@@ -9,8 +9,8 @@ import numpy as np
 from keras_landscape.plugins.pairs import PairOptions, PairProbe
 from keras_landscape.report.tables import fmt, table
 from keras_landscape.science.dss import DSSConfig
-from keras_landscape.science.pairs import connect_pair, default_level, states_of
-from keras_landscape.seeds import derive_seed
+from keras_landscape.science.lockstep import drive
+from keras_landscape.science.pairs import default_level, pair_search, states_of
 
 
 def connectivity_tables(name: str, result: dict) -> list[dict]:
@@ -103,27 +103,24 @@ class ConnectivityProbe(PairProbe):
         config = self.config
         minima, pairs = self.pairs(landscape, models, store, progress)
         task = progress.task("connectivity", total=len(pairs))
-        results = []
-        for index, (i, j) in enumerate(pairs):
-            a, b = minima[i], minima[j]
-            level = config.level
-            if level is None:
-                ends = landscape.levels(np.stack([a.theta, b.theta]), states_of([a, b], landscape))
-                level = default_level(ends, config.margin)
-            results.append(
-                connect_pair(
-                    landscape,
-                    a,
-                    b,
-                    level,
-                    config,
-                    store,
-                    f"pair_{i}_{j}",
-                    derive_seed(config.seed, index),
-                    task,
-                )
+        ends = landscape.levels(np.stack([m.theta for m in minima]), states_of(minima, landscape))
+        searches = [
+            pair_search(
+                landscape,
+                minima[i],
+                minima[j],
+                config.level
+                if config.level is not None
+                else default_level([ends[i], ends[j]], config.margin),
+                config,
+                store,
+                f"pair_{i}_{j}",
+                config.seed,
+                task,
             )
-            task.advance()
+            for i, j in pairs
+        ]
+        results = drive(landscape, searches, on_done=lambda *_: task.advance(), progress=task)
         task.close()
         return {
             **aggregate(results),

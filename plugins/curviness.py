@@ -13,7 +13,8 @@ from keras_landscape.plugins.pairs import PairOptions, PairProbe, parse_levels
 from keras_landscape.report.plots import NoFigure, new_figure, values
 from keras_landscape.report.tables import fmt, mean_sd, table
 from keras_landscape.science.dss import REASONS, DSSConfig
-from keras_landscape.science.pairs import connect_pair, default_level, states_of, summarize
+from keras_landscape.science.lockstep import drive
+from keras_landscape.science.pairs import default_level, pair_search, states_of, summarize
 from keras_landscape.seeds import derive_seed
 
 DEFAULT_FRACTIONS = (1.0, 0.75, 0.5)
@@ -186,38 +187,44 @@ class CurvinessProbe(PairProbe):
             reverse=True,
         )
         task = progress.task("curviness", total=len(levels) * len(pairs))
-        per_level = []
+        searches = []
         for k, level in enumerate(levels):
             if config.retrain_endpoints:
+                # Endpoints at each level start from the previous level's: retrained level
+                # by level first, then every string of every level runs in lockstep.
                 thetas, states, endpoint_levels = self._retrain(
                     landscape, thetas, states, endpoint_levels, level, store, k
                 )
-            results = []
-            for index, (i, j) in enumerate(pairs):
-                a, b = (
-                    dataclasses.replace(minima[n], theta=thetas[n], state=states[n]) for n in (i, j)
-                )
-                result = connect_pair(
+            searches.extend(
+                pair_search(
                     landscape,
-                    a,
-                    b,
+                    *(
+                        dataclasses.replace(minima[n], theta=thetas[n], state=states[n])
+                        for n in (i, j)
+                    ),
                     level,
                     config,
                     store,
                     f"level_{k}/pair_{i}_{j}",
-                    derive_seed(config.seed, k, index),
+                    config.seed,
                     task,
                 )
-                if config.retrain_endpoints and result["reason"] == "endpoint_above_level":
-                    result = {
-                        **result,
-                        "reason": "endpoint_not_retrained",
-                        "explanation": REASONS["endpoint_not_retrained"],
-                    }
-                results.append(result)
-                task.advance()
-            per_level.append(results)
+                for i, j in pairs
+            )
+        results = drive(landscape, searches, on_done=lambda *_: task.advance(), progress=task)
         task.close()
+        if config.retrain_endpoints:
+            results = [
+                {
+                    **r,
+                    "reason": "endpoint_not_retrained",
+                    "explanation": REASONS["endpoint_not_retrained"],
+                }
+                if r["reason"] == "endpoint_above_level"
+                else r
+                for r in results
+            ]
+        per_level = [results[k * len(pairs) : (k + 1) * len(pairs)] for k in range(len(levels))]
         return self._table(levels, per_level, landscape)
 
     def _retrain(self, landscape, thetas, states, endpoint_levels, level, store, k):

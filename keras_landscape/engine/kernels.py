@@ -23,6 +23,7 @@ import numpy as np
 from keras import ops
 
 from keras_landscape.engine import backend, stacked
+from keras_landscape.engine.backend.devices import padded_count
 from keras_landscape.engine.objectives import Objective
 from keras_landscape.engine.options import MIXES_BEADS, OPTIMIZERS, parse_optimizer_options
 from keras_landscape.engine.params import ParameterLayout
@@ -34,15 +35,10 @@ log = logging.getLogger("keras_landscape")
 SUMS = ("loss_sum", "level_sum", "loss_count", "level_count", "regularizer_sum")
 
 
-def padded_count(k: int) -> int:
-    """The next power of two >= k: stacks of beads are padded to it so that a compiled
-    function sees few shapes (each new shape is a new trace and, under XLA, a compilation)."""
-    return 1 << max(0, int(k) - 1).bit_length()
-
-
-def pad_rows(rows: np.ndarray, count: int | None = None) -> np.ndarray:
-    """rows padded with copies of its first row up to padded_count(count or len(rows))."""
-    target = padded_count(count if count is not None else len(rows))
+def pad_rows(rows: np.ndarray, count: int | None = None, width: int | None = None) -> np.ndarray:
+    """rows padded with copies of its first row up to `width` rows (default:
+    padded_count(count or len(rows)))."""
+    target = width or padded_count(count if count is not None else len(rows))
     if len(rows) >= target:
         return rows
     return np.concatenate([rows, np.repeat(rows[:1], target - len(rows), axis=0)])

@@ -25,7 +25,7 @@ from keras import ops
 
 from keras_landscape.data.specs import Dataset, adapt_to_model
 from keras_landscape.engine import backend, kernels, stacked
-from keras_landscape.engine.kernels import pad_rows, padded_count
+from keras_landscape.engine.kernels import pad_rows
 from keras_landscape.engine.objectives import ResolvedObjective, resolve_objective
 from keras_landscape.engine.options import (
     BN_MODES,
@@ -46,6 +46,8 @@ _BN_SAMPLE_SEED = 20170424
 # Activation memory one stacked evaluation call may use (thetas x batch x layer outputs);
 # more thetas than fit are evaluated in several calls.
 STACK_ACTIVATION_BYTES = 1 << 30
+# Parameter-sized tensors of one projection stack (beads, moments, gradients).
+STACK_PARAMETER_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,11 @@ class Landscape:
         bn_batches, bn_batch_size: the training samples statistics are recomputed on
             (the same fixed, seeded samples at every point; all of them when the training
             split is smaller).
+        devices: where stacks of beads run (`backend.devices_for(StrategySpec)`: one
+            device by default, or the replicas of a strategy, each projecting and
+            evaluating its share of every stack).
+        lockstep: probes run all their strings together (`science.lockstep`); False runs
+            them one after another (same results, for comparison and debugging).
 
     Every point has a state vector s (see `keras_landscape.engine.state`): evaluation methods take
     `states` (K, S) beside `thetas`; None uses the landscape model's own state.
@@ -203,6 +210,8 @@ class Landscape:
         bn_stats: str = "recompute",
         bn_batches: int = DEFAULT_BN_BATCHES,
         bn_batch_size: int = DEFAULT_BN_BATCH_SIZE,
+        devices: backend.Devices | None = None,
+        lockstep: bool = True,
     ):
         if bn_stats not in BN_MODES:
             raise UserError(f"Unknown bn_stats {bn_stats!r}: use one of {', '.join(BN_MODES)}.")
@@ -211,6 +220,8 @@ class Landscape:
                 f"bn_batches and bn_batch_size must be >= 1 (got {bn_batches}, {bn_batch_size})."
             )
         self.model = model
+        self.devices = devices or backend.devices_for(None)
+        self.lockstep = bool(lockstep)
         self.layout = ParameterLayout.from_model(model)
         self.objective: ResolvedObjective = resolve_objective(model, loss, level_fn)
         input_shape, output_shape = _model_io_shapes(model, dataset.x_train)
@@ -412,18 +423,17 @@ class Landscape:
             return states
         kernel = self._moments_kernel()
         mean_index, var_index = self.state_layout.bn_mean, self.state_layout.bn_var
-        step = self.max_stack_for(self.bn_batch_size)
+        step = self.max_stack_for(self.bn_batch_size) * self.devices.count
         for start in range(0, len(thetas), step):
             chunk = slice(start, start + step)
-            stacked_thetas = ops.convert_to_tensor(pad_rows(thetas[chunk]))
-            stacked_states = ops.convert_to_tensor(pad_rows(states[chunk]))
             k = len(thetas[chunk])
+            stacked_thetas, stacked_states = self._stacks(thetas[chunk], states[chunk])
             with backend.exact_float32():  # statistics decide levels: no TF32
                 moments = np.stack(
                     [
-                        np.asarray(kernel(stacked_thetas, stacked_states, self.non_trainable, x))[
-                            :k
-                        ]
+                        self._run_stack(
+                            kernel, (stacked_thetas, stacked_states, self.non_trainable, x), k
+                        )
                         for x in self._statistics_batches()
                     ]
                 ).astype(np.float64)
@@ -524,21 +534,26 @@ class Landscape:
             raise ValueError(f"thetas must have shape (K, {self.size}), got {thetas.shape}")
         states = self._evaluation_states(thetas, states, recompute)
         results = []
-        for start in range(0, len(thetas), self.max_stack):
-            chunk = thetas[start : start + self.max_stack]
-            stacked_thetas = ops.convert_to_tensor(pad_rows(chunk))
-            stacked_states = ops.convert_to_tensor(pad_rows(states[start : start + self.max_stack]))
-            total = np.zeros((padded_count(len(chunk)), len(kernels.SUMS)), np.float64)
+        step = self.max_stack * self.devices.count
+        for start in range(0, len(thetas), step):
+            chunk = thetas[start : start + step]
+            stacked_thetas, stacked_states = self._stacks(chunk, states[start : start + step])
+            total = np.zeros((len(chunk), len(kernels.SUMS)), np.float64)
             with backend.exact_float32():
                 for x, y, mask in self._batches[split].batches:
-                    total += np.asarray(
-                        self._stacked_sums(
-                            stacked_thetas, stacked_states, self.non_trainable, x, y, mask
-                        ),
-                        np.float64,
-                    )
+                    args = (stacked_thetas, stacked_states, self.non_trainable, x, y, mask)
+                    total += self._run_stack(self._stacked_sums, args, len(chunk))
             results.extend(Evaluation(*self._finalize(row, split)) for row in total[: len(chunk)])
         return results
+
+    def _stacks(self, *arrays: np.ndarray) -> list:
+        """Stacks padded for the devices and split across their replicas (see `_run_stack`)."""
+        width = self.devices.width(len(arrays[0]))
+        return [self.devices.put(ops.convert_to_tensor(pad_rows(a, width=width))) for a in arrays]
+
+    def _run_stack(self, kernel, args, k: int) -> np.ndarray:
+        """The first k rows of a stack kernel's result, each replica on its share."""
+        return self.devices.fetch(self.devices.call(kernel, args, k))[:k]
 
     @property
     def max_stack(self) -> int:
@@ -555,6 +570,16 @@ class Landscape:
             fits = max(1, STACK_ACTIVATION_BYTES // max(1, per_theta))
             cache[batch] = 1 << (int(fits).bit_length() - 1)
         return cache[batch]
+
+    def max_projection_stack(self, batch: int) -> int:
+        """Most beads one projection call trains on `batch` samples per step: the evaluation
+        budget for activations (see max_stack), and the stack's parameter-sized tensors
+        (beads, normals, gradients, optimizer moments: ~8 copies) within
+        STACK_PARAMETER_BYTES, per replica. Wider stacks are projected in parts
+        (`engine.projection`)."""
+        fits = max(1, STACK_PARAMETER_BYTES // max(1, 32 * self.size))
+        per_replica = min(self.max_stack_for(batch), 1 << (int(fits).bit_length() - 1))
+        return per_replica * self.devices.count
 
     def levels(self, thetas: np.ndarray, states=None) -> np.ndarray:
         """The level function for each row of `thetas` (K, P) on the evaluation split."""

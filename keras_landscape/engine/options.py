@@ -182,7 +182,73 @@ class ProjectionConfig:
             optimizer_spec(self)
 
 
+#: where stacks of beads run (--strategy; docs/scaling.md)
+STRATEGIES = ("one", "mirrored", "tpu", "multiworker")
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """Where stacks of beads run: `--strategy NAME[:key=value,...]` as plain data.
+
+    Attributes:
+        name: 'one' (one device), 'mirrored' (every local GPU, else the CPU: one process),
+            'tpu' (a TPU through its cluster resolver) or 'multiworker' (several processes,
+            one program: TF_CONFIG on TensorFlow, `jax.distributed` on JAX).
+        cpus: split the CPU into this many logical devices (mirrored; tests, CPU hosts).
+        tpu: the TPU's name or address (None: from the environment, e.g. TPU_NAME).
+    """
+
+    name: str = "one"
+    cpus: int | None = None
+    tpu: str | None = None
+
+    def __str__(self) -> str:
+        extra = [f"{k}={v}" for k, v in (("cpus", self.cpus), ("tpu", self.tpu)) if v]
+        return self.name + (":" + ",".join(extra) if extra else "")
+
+
+def parse_strategy(text: str | None, tpu: str | None = None) -> StrategySpec:
+    """'mirrored', 'mirrored:cpus=2', 'tpu', 'tpu:tpu=NAME', 'multiworker' -> StrategySpec.
+
+    Raises:
+        UserError: an unknown strategy or key, or a bad value.
+    """
+    text = str(text or "one").strip()
+    name, _, rest = text.partition(":")
+    name = name.strip().lower()
+    if name not in STRATEGIES:
+        raise UserError(
+            f"Unknown strategy {name!r}: use one of {', '.join(STRATEGIES)} (docs/scaling.md)."
+        )
+    values: dict[str, Any] = {"tpu": tpu}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in ("cpus", "tpu"):
+            raise UserError(
+                f"Bad strategy option {item!r} in {text!r}: the options are cpus=N "
+                "(mirrored) and tpu=NAME (tpu)."
+            )
+        values[key] = value.strip()
+    cpus = values.get("cpus")
+    if cpus is not None:
+        try:
+            cpus = int(cpus)
+        except ValueError:
+            cpus = 0
+        if cpus < 1 or name != "mirrored":
+            raise UserError(
+                f"Strategy {text!r}: cpus=N takes a whole number >= 1 and goes with mirrored."
+            )
+    if values.get("tpu") and name != "tpu":
+        raise UserError(f"A TPU name ({values['tpu']!r}) was given with strategy {name!r}.")
+    return StrategySpec(name, cpus, values.get("tpu") or None)
+
+
 __all__ = [
+    "STRATEGIES",
+    "StrategySpec",
+    "parse_strategy",
     "BN_MODES",
     "DEFAULT_BN_BATCHES",
     "DEFAULT_BN_BATCH_SIZE",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from keras import ops
 
-from keras_landscape.engine.kernels import optimizer_spec, pad_rows, padded_count
+from keras_landscape.engine.kernels import optimizer_spec, pad_rows
 from keras_landscape.engine.options import ProjectionConfig
 
 
@@ -42,11 +42,30 @@ class ProjectionResult:
     reached: np.ndarray
     states: np.ndarray | None = None
 
+    def rows(self, rows: slice) -> ProjectionResult:
+        """The result of some of the beads (a lockstep stack's share of one search)."""
+        return ProjectionResult(
+            self.thetas[rows],
+            self.levels[rows],
+            self.steps[rows],
+            self.reached[rows],
+            None if self.states is None else self.states[rows],
+        )
+
+    @staticmethod
+    def concatenate(parts: list[ProjectionResult]) -> ProjectionResult:
+        return ProjectionResult(
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in _FIELDS)
+        )
+
+
+_FIELDS = ("thetas", "levels", "steps", "reached", "states")
+
 
 def project(
     landscape,
     starts: np.ndarray,
-    target: float,
+    target: float | np.ndarray,
     config: ProjectionConfig,
     seed: int,
     normals: np.ndarray | None = None,
@@ -58,7 +77,8 @@ def project(
     Args:
         landscape: the Landscape (its training split drives the steps).
         starts: (K, P) starting points.
-        target: the level to reach (level-function units), e.g. alpha * u.
+        target: the level to reach (level-function units), e.g. alpha * u; one for all
+            beads or one per bead (K,) (lockstep stacks of strings at different levels).
         config: optimiser and budget (an unknown optimizer raises UserError here, before
             any step).
         seed: seeds the mini-batch draws (ignored for full batch).
@@ -71,12 +91,43 @@ def project(
 
     Returns:
         A ProjectionResult.
+
+    A stack wider than `landscape.max_projection_stack` beads is projected in parts of that
+    width, one after another, each with the same mini-batch draws: a bead's result does not
+    depend on the beads it is stacked with.
     """
     config.validate()
-    thetas = np.array(starts, np.float32, copy=True)
-    k, p = thetas.shape
+    starts = np.asarray(starts, np.float32)
+    k, p = starts.shape
+    targets = np.broadcast_to(np.asarray(target, np.float64), (k,))
     normals = np.zeros((k, p), np.float32) if normals is None else np.asarray(normals, np.float32)
-    starts_states = landscape.fill_states(states, k)
+    states = landscape.fill_states(states, k)
+    full_batch = config.batch_size is None or config.batch_size >= landscape.train_size
+    width = landscape.max_projection_stack(
+        landscape.train_size if full_batch else config.batch_size
+    )
+    parts = [
+        _project_stack(
+            landscape,
+            starts[rows],
+            targets[rows],
+            config,
+            seed,
+            normals[rows],
+            on_check,
+            states[rows],
+        )
+        for rows in (slice(i, i + width) for i in range(0, k, width))
+    ]
+    return parts[0] if len(parts) == 1 else ProjectionResult.concatenate(parts)
+
+
+def _project_stack(
+    landscape, starts, target, config, seed, normals, on_check, starts_states
+) -> ProjectionResult:
+    """`project` of one stack that fits memory (arguments as there, already filled)."""
+    thetas = np.array(starts, np.float32, copy=True)
+    k = len(thetas)
     # Beads train in train mode, as fit trains a model: their BatchNorm statistics are
     # then estimated at their weights (in both bn_stats modes), so a level is always that
     # of the function the bead would be as a saved model.
@@ -88,15 +139,18 @@ def project(
     spec = optimizer_spec(config)
     x, y = landscape.training_tensors()
     rng = np.random.default_rng(seed)
-    # Pad the stack to a power of two with frozen copies: few shapes, few compilations.
-    width = padded_count(k)
-    kernel = landscape.projection_kernel(full_batch, spec, width)
+    # Pad the stack to a power of two (per replica) with frozen copies: few shapes, few
+    # compilations; each replica projects its share of the rows.
+    devices = landscape.devices
+    width = devices.width(k)
+    kernel = landscape.projection_kernel(full_batch, spec, devices.kernel_width(width))
     # The optimizer's state (step count, moments) lives in these tensors only, carried from
     # one chunk of steps to the next: chunks continue one another as one long loop would.
     slots = kernel.initial_slots(config.learning_rate)
-    state = ops.convert_to_tensor(pad_rows(thetas, k))
-    normals_t = ops.convert_to_tensor(pad_rows(normals, k))
-    states_t = ops.convert_to_tensor(pad_rows(starts_states, k))
+    state, normals_t, states_t = (
+        devices.put(ops.convert_to_tensor(pad_rows(rows, width=width)))
+        for rows in (thetas, normals, starts_states)
+    )
     while True:
         active = ~(levels <= target) & (steps < config.max_steps) & np.isfinite(levels)
         if not active.any():
@@ -108,20 +162,24 @@ def project(
             indices = rng.integers(0, n, size=(chunk, config.batch_size), dtype=np.int32)
         gate = np.zeros(width, np.float32)
         gate[:k] = active
-        state, slots, _ = kernel(
-            state,
-            slots,
-            ops.convert_to_tensor(gate),
-            normals_t,
-            states_t,
-            landscape.non_trainable,
-            x,
-            y,
-            ops.convert_to_tensor(indices),
-            ops.convert_to_tensor(np.int32(steps.max())),
+        state, slots, _ = devices.call(
+            kernel,
+            (
+                state,
+                slots,
+                devices.put(ops.convert_to_tensor(gate)),
+                normals_t,
+                states_t,
+                landscape.non_trainable,
+                x,
+                y,
+                ops.convert_to_tensor(indices),
+                ops.convert_to_tensor(np.int32(steps.max())),
+            ),
+            k,
         )
         steps[active] += chunk
-        thetas = np.asarray(state)[:k]
+        thetas = devices.fetch(state)[:k]
         levels, used = levels.copy(), used.copy()
         levels[active], used[active] = landscape.levels_and_states(
             thetas[active], starts_states[active], recompute

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_landscape.errors import UserError
-from keras_landscape.science.dss import DSSConfig, beads_of, check_segments
-from keras_landscape.science.pairs import connect_pair
-from keras_landscape.seeds import derive_seed
+from keras_landscape.science.dss import Checks, DSSConfig, beads_of, check_segments
+from keras_landscape.science.lockstep import Search, run_one
+from keras_landscape.science.pairs import pair_search
 from keras_landscape.store.strings import StringRecord
 
 RELAXATIONS = ("none", "neb")
@@ -87,7 +87,28 @@ def saddle_bracket(
     progress,
     upper_bound: float | None = None,
 ) -> dict:
-    """Linear maximum and the DSS-bisection bracket of s(A, B) for one pair (resumable).
+    """Linear maximum and the DSS-bisection bracket of s(A, B) for one pair (resumable):
+    `bracket_search` run alone (see there)."""
+    return run_one(
+        landscape,
+        bracket_search(landscape, a, b, config, run, prefix, seed, progress, upper_bound),
+    )
+
+
+def bracket_search(
+    landscape,
+    a,
+    b,
+    config: DSSConfig,
+    run,
+    prefix: str,
+    seed: int,
+    progress,
+    upper_bound: float | None = None,
+) -> Search:
+    """Linear maximum and the DSS-bisection bracket of s(A, B) for one pair (resumable), as
+    a lockstep search (`keras_landscape.science.lockstep`: the bisections of many pairs
+    advance together).
 
     Args:
         landscape: the Landscape.
@@ -95,7 +116,7 @@ def saddle_bracket(
         config: DSSConfig + BisectionOptions fields (the barrier/components probe configs).
         run: the store run; DSS strings go under `<prefix>/bisect_<k>`, the linear profile
             under `<prefix>/linear_t` and `<prefix>/linear_level`.
-        seed: base seed of the pair.
+        seed: seeds the DSS strings' mini-batch draws (with their depth).
         upper_bound: a known upper bound on s (e.g. through other minima); bisection then
             searches below min(linear maximum, upper_bound).
 
@@ -106,14 +127,9 @@ def saddle_bracket(
     if run.has(f"{prefix}/linear_level"):
         ts, levels = run.read(f"{prefix}/linear_t"), run.read(f"{prefix}/linear_level")
     else:
-        ts, levels = linear_profile(
-            landscape,
-            a.theta,
-            b.theta,
-            config.grid,
-            getattr(a, "state", None),
-            getattr(b, "state", None),
-        )
+        segment = (a.theta, b.theta, getattr(a, "state", None), getattr(b, "state", None))
+        (check,) = yield Checks([segment], config.grid)
+        ts, levels = check.ts, check.levels
         run.write(f"{prefix}/linear_t", ts)
         run.write(f"{prefix}/linear_level", levels)
     ends = [float(levels[0]), float(levels[-1])]
@@ -135,16 +151,8 @@ def saddle_bracket(
         level = middle / config.alpha
         if level >= upper:
             level = middle
-        verdict = connect_pair(
-            landscape,
-            a,
-            b,
-            level,
-            config,
-            run,
-            f"{prefix}/bisect_{k}",
-            derive_seed(seed, k),
-            progress,
+        verdict = yield from pair_search(
+            landscape, a, b, level, config, run, f"{prefix}/bisect_{k}", seed, progress
         )
         bisections.append(
             {

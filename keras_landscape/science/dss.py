@@ -28,6 +28,7 @@ import numpy as np
 
 from keras_landscape.engine.options import ProjectionConfig
 from keras_landscape.errors import UserError
+from keras_landscape.science.lockstep import Levels, Projection, Request, Search, run_one
 from keras_landscape.seeds import derive_seed
 from keras_landscape.store.strings import StringRecord
 
@@ -208,6 +209,29 @@ def check_segments(landscape, pairs: list[tuple], points: int):
     return checks
 
 
+@dataclass
+class Checks(Request):
+    """Segments whose curves a search needs (`check_segments`): answers their checks."""
+
+    segments: list
+    points: int
+
+    def group(self, landscape) -> tuple:
+        del landscape
+        return ("Checks", self.points)
+
+    @classmethod
+    def serve(cls, landscape, requests: list[Checks]) -> list:
+        checks = check_segments(
+            landscape, [s for r in requests for s in r.segments], requests[0].points
+        )
+        answers, start = [], 0
+        for request in requests:
+            answers.append(checks[start : start + len(request.segments)])
+            start += len(request.segments)
+        return answers
+
+
 def _lengths(string: list[Bead]) -> tuple[float, float, float]:
     path = sum(
         float(np.linalg.norm(b.theta.astype(np.float64) - a.theta.astype(np.float64)))
@@ -233,7 +257,8 @@ def connect(
     state_a: np.ndarray | None = None,
     state_b: np.ndarray | None = None,
 ) -> Connection:
-    """Dynamic String Sampling between A and B at level u.
+    """Dynamic String Sampling between A and B at level u (one string; `search` is the
+    same walk as a lockstep search, for running many strings together).
 
     Args:
         landscape: the Landscape (level function on its evaluation split).
@@ -251,6 +276,38 @@ def connect(
     Returns:
         A Connection with the verdict, bead count (endpoints included), lengths and levels.
     """
+    return run_one(
+        landscape,
+        search(
+            landscape,
+            theta_a,
+            theta_b,
+            level,
+            config,
+            seed=seed,
+            record=record,
+            progress=progress,
+            state_a=state_a,
+            state_b=state_b,
+        ),
+    )
+
+
+def search(
+    landscape,
+    theta_a: np.ndarray,
+    theta_b: np.ndarray,
+    level: float,
+    config: DSSConfig | None = None,
+    *,
+    seed: int | None = None,
+    record: StringRecord | None = None,
+    progress=None,
+    state_a: np.ndarray | None = None,
+    state_b: np.ndarray | None = None,
+) -> Search:
+    """`connect` as a lockstep search (see `keras_landscape.science.lockstep`): yields
+    its evaluations, segment checks and projections, returns the Connection."""
     config = config or DSSConfig()
     config.validate()
     seed = config.seed if seed is None else seed
@@ -267,9 +324,7 @@ def connect(
             bead.state = landscape.state_or_own(bead.state)
     else:
         end_states = np.stack([landscape.state_or_own(s) for s in (state_a, state_b)])
-        ends, used = landscape.levels_and_states(
-            np.stack([theta_a, theta_b]).astype(np.float32), end_states
-        )
+        ends, used = yield Levels(np.stack([theta_a, theta_b]).astype(np.float32), end_states)
         string = [
             Bead(0, np.asarray(theta_a, np.float32), float(ends[0]), state=used[0]),
             Bead(1, np.asarray(theta_b, np.float32), float(ends[1]), state=used[1]),
@@ -320,7 +375,8 @@ def connect(
     while True:
         todo = [(a, b) for a, b in zip(string, string[1:]) if (a.row, b.row) not in checked]
         segment_ends = [(a.theta, b.theta, a.state, b.state) for a, b in todo]
-        for (a, b), check in zip(todo, check_segments(landscape, segment_ends, config.points)):
+        checks = (yield Checks(segment_ends, config.points)) if todo else []
+        for (a, b), check in zip(todo, checks):
             checked[(a.row, b.row)] = check
             if record is not None:
                 record.add_curve(a.row, b.row, depth, check.levels)
@@ -365,13 +421,13 @@ def connect(
                 if config.projection_mode == "hyperplane" and norm > 0
                 else np.zeros_like(direction)
             )
-        result = landscape.project(
+        result = yield Projection(
             np.stack(starts),
             target,
             projection,
-            seed=derive_seed(seed, depth),
-            normals=np.stack(normals).astype(np.float32),
-            states=np.stack(start_states),
+            derive_seed(seed, depth),
+            np.stack(normals).astype(np.float32),
+            np.stack(start_states),
         )
         new_string = list(string)
         for offset, (i, theta, bead_level, steps, state) in enumerate(

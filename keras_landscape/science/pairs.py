@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 
-from keras_landscape.science.dss import Connection, DSSConfig, connect
+from keras_landscape.science.dss import Connection, DSSConfig, search
+from keras_landscape.science.lockstep import Search, run_one
 from keras_landscape.store.strings import StringRecord
 
 
@@ -29,11 +30,21 @@ def connect_pair(
     landscape, a, b, level, config: DSSConfig, run, prefix: str, seed: int, progress
 ) -> dict:
     """DSS between minima a and b at `level`, streamed under `prefix`; a finished one is reused."""
+    return run_one(
+        landscape, pair_search(landscape, a, b, level, config, run, prefix, seed, progress)
+    )
+
+
+def pair_search(
+    landscape, a, b, level, config: DSSConfig, run, prefix: str, seed: int, progress
+) -> Search:
+    """`connect_pair` as a lockstep search (`keras_landscape.science.lockstep.drive` runs
+    many together); returns the pair's result dict."""
     record = StringRecord(run, prefix)
     verdict = record.verdict()
     if verdict is not None:
         return verdict
-    connection: Connection = connect(
+    connection: Connection = yield from search(
         landscape,
         a.theta,
         b.theta,
@@ -59,4 +70,4 @@ def summarize(values: list[float]) -> tuple[float | None, float | None]:
     return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
 
 
-__all__ = ["connect_pair", "default_level", "states_of", "summarize"]
+__all__ = ["connect_pair", "default_level", "pair_search", "states_of", "summarize"]

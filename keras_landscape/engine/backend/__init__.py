@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_landscape.engine.backend.devices import ONE, Devices, padded_count
 from keras_landscape.errors import UserError
 
 name: str = keras.backend.backend()
@@ -33,6 +34,29 @@ exact_float32 = _impl.exact_float32
 framework_versions = _impl.framework_versions
 accelerator_present = _impl.accelerator_present
 
+_devices: dict = {}
+
+
+def devices_for(spec=None) -> Devices:
+    """The process's Devices for a StrategySpec (None: one device), made once per process:
+    a strategy, a logical CPU split or `jax.distributed` can be set up only once, before
+    other framework work."""
+    from keras_landscape.engine.options import StrategySpec
+
+    spec = spec or StrategySpec()
+    if spec.name == "one":
+        return ONE
+    if _devices and spec not in _devices:
+        (other,) = _devices
+        raise UserError(
+            f"This process already runs with --strategy {other}; a process takes one "
+            f"strategy (asked for {spec})."
+        )
+    if spec not in _devices:
+        _devices[spec] = _impl.make_devices(spec)
+    return _devices[spec]
+
+
 __all__ = [
     "name",
     "compile_function",
@@ -43,4 +67,7 @@ __all__ = [
     "exact_float32",
     "framework_versions",
     "accelerator_present",
+    "Devices",
+    "devices_for",
+    "padded_count",
 ]

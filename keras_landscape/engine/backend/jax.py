@@ -5,6 +5,10 @@ from __future__ import annotations
 import contextlib
 
 import jax
+import numpy as np
+
+from keras_landscape.engine.backend.devices import Devices
+from keras_landscape.errors import UserError
 
 
 def compile_function(fn, *, xla: bool = True, label: str = "function"):
@@ -97,3 +101,140 @@ def framework_versions() -> dict[str, str]:
     """The versions a store records. TensorFlow's is "none" where it cannot be imported
     here (a JAX-only environment), even if another environment on the machine has it."""
     return {"tensorflow_version": _tensorflow_version(), "jax_version": jax.__version__}
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+class MeshDevices(Devices):
+    """Stacks of beads sharded over a `jax.sharding.Mesh` with one axis, 'beads': the same
+    compiled program runs everywhere (XLA's SPMD partitioning), each device on its share of
+    the bead axis; the other arguments are replicated. Across processes (after
+    `jax.distributed.initialize`) arrays are assembled from each process's shards."""
+
+    def __init__(self, devices: list, name: str):
+        super().__init__()
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        self.name = name
+        self.mesh = Mesh(np.array(devices), ("beads",))
+        self._beads = NamedSharding(self.mesh, PartitionSpec("beads"))
+        self._whole = NamedSharding(self.mesh, PartitionSpec())
+        self.count = len(devices)
+        self.process_index = jax.process_index()
+        self.processes = jax.process_count()
+        self._placed: dict[int, tuple] = {}  # id(tensor) -> (tensor, its replicated copy)
+
+    def _placed_on(self, value, sharding):
+        host = np.asarray(value)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    def put(self, value):
+        if getattr(getattr(value, "sharding", None), "mesh", None) == self.mesh:
+            return value
+        return self._placed_on(value, self._beads)
+
+    def _whole_copy(self, leaf):
+        """A replicated copy of data or weights, placed once per tensor."""
+        if getattr(getattr(leaf, "sharding", None), "mesh", None) == self.mesh:
+            return leaf  # an earlier call's output, already on the mesh
+        cached = self._placed.get(id(leaf))
+        if cached is not None and cached[0] is leaf:
+            return cached[1]
+        placed = self._placed_on(leaf, self._whole)
+        if isinstance(leaf, jax.Array):
+            self._placed[id(leaf)] = (leaf, placed)
+        return placed
+
+    def call(self, fn, args, real):
+        values = [jax.tree_util.tree_map(self._whole_copy, arg) for arg in args]
+        out = fn(*values)
+        first = jax.tree_util.tree_leaves(out)[0]
+        self._record(
+            [
+                (str(s.device), s.index[0].start or 0, int(s.data.shape[0]))
+                for s in first.addressable_shards
+            ],
+            real,
+        )
+        return out
+
+    def fetch(self, value) -> np.ndarray:
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+        return np.asarray(value)
+
+    def sync(self, tag: str) -> None:
+        if self.processes > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(tag)
+
+
+def _distributed() -> None:
+    """`jax.distributed.initialize`, from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID where set (else JAX's own detection: TPU pods, SLURM, ...)."""
+    import os
+
+    keys = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+    given = {k: os.environ.get(k) for k in keys}
+    kwargs = {}
+    if all(given.values()):
+        kwargs = {
+            "coordinator_address": given["JAX_COORDINATOR_ADDRESS"],
+            "num_processes": int(given["JAX_NUM_PROCESSES"]),
+            "process_id": int(given["JAX_PROCESS_ID"]),
+        }
+    elif any(given.values()):
+        missing = [k for k, v in given.items() if not v]
+        raise UserError(
+            f"--strategy multiworker on JAX: {', '.join(missing)} not set (set all of "
+            f"{', '.join(keys)}, or none for JAX's own cluster detection)."
+        )
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as error:
+        first = (str(error).strip().splitlines() or ["failed"])[0][:200]
+        raise UserError(
+            f"--strategy multiworker could not start jax.distributed: {first}. Set "
+            f"{', '.join(keys)} in every process (docs/scaling.md)."
+        ) from None
+
+
+def make_devices(spec) -> Devices:
+    """The Devices of a StrategySpec: 'one'; a mesh over the local devices ('mirrored'), the
+    TPU cores ('tpu') or every process's devices ('multiworker')."""
+    if spec.name == "one":
+        return Devices()
+    if spec.name == "multiworker":
+        _distributed()
+        return MeshDevices(jax.devices(), "multiworker")
+    if spec.name == "tpu":
+        try:
+            tpus = jax.devices("tpu")
+        except RuntimeError:
+            tpus = []
+        if not tpus:
+            raise UserError(
+                "--strategy tpu: JAX sees no TPU on this machine. Run on a TPU VM (with "
+                "jax[tpu] installed); without a TPU use --strategy one or mirrored "
+                "(docs/scaling.md)."
+            )
+        return MeshDevices(tpus, "tpu")
+    if spec.cpus:
+        try:
+            jax.config.update("jax_num_cpu_devices", int(spec.cpus))
+        except RuntimeError:
+            pass  # already started: checked below
+        cpus = jax.devices("cpu")
+        if len(cpus) != spec.cpus:
+            raise UserError(
+                f"Cannot split the CPU into {spec.cpus} devices: JAX has already started with "
+                f"{len(cpus)}. Choose the strategy before any JAX work, or set "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={spec.cpus}."
+            )
+        return MeshDevices(cpus, "mirrored")
+    return MeshDevices(jax.local_devices(), "mirrored")

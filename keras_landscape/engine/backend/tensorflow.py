@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 
+import numpy as np
 import tensorflow as tf
+
+from keras_landscape.engine.backend.devices import Devices
+from keras_landscape.errors import UserError
 
 log = logging.getLogger("keras_landscape")
 
@@ -191,3 +197,128 @@ def accelerator_present() -> bool:
 
 def framework_versions() -> dict[str, str]:
     return {"tensorflow_version": tf.__version__, "jax_version": "none"}
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+class StrategyDevices(Devices):
+    """Stacks of beads over the replicas of a tf.distribute strategy: each replica runs the
+    compiled kernel on its contiguous share of the bead axis (`strategy.run`), and results
+    are gathered whole (`strategy.gather`, an all-gather across workers)."""
+
+    def __init__(self, strategy, name: str):
+        super().__init__()
+        self.strategy = strategy
+        self.name = name
+        self.count = int(strategy.num_replicas_in_sync)
+        resolver = getattr(strategy, "cluster_resolver", None)
+        spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+        workers = len(spec.get("worker", [])) + len(spec.get("chief", []))
+        self.processes = max(1, workers) if name == "multiworker" else 1
+        task = getattr(resolver, "task_type", None), getattr(resolver, "task_id", None)
+        self.process_index = 0 if task[0] in (None, "chief") else int(task[1] or 0)
+        if task[0] == "worker" and "chief" in spec:
+            self.process_index += 1
+
+    def kernel_width(self, width: int) -> int:
+        return width // self.count
+
+    def put(self, value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return value
+        value = np.asarray(value)
+        share = len(value) // self.count
+
+        def local(context):
+            start = context.replica_id_in_sync_group * share
+            return tf.constant(value[start : start + share])
+
+        return self.strategy.experimental_distribute_values_from_function(local)
+
+    def call(self, fn, args, real):
+        out = self.strategy.run(fn, args=tuple(args))
+        first = tf.nest.flatten(out)[0]
+        locals_ = self.strategy.experimental_local_results(first)
+        share = int(locals_[0].shape[0])
+        local_ids = self._local_replica_ids(len(locals_))
+        self._record(
+            [(t.device, r * share, int(t.shape[0])) for t, r in zip(locals_, local_ids)], real
+        )
+        return out
+
+    def _local_replica_ids(self, local: int) -> list[int]:
+        """Global replica ids of this worker's replicas (workers hold equal contiguous
+        blocks in MultiWorkerMirroredStrategy)."""
+        return [self.process_index * local + i for i in range(local)]
+
+    def fetch(self, value) -> np.ndarray:
+        if isinstance(value, tf.distribute.DistributedValues):
+            value = self.strategy.gather(value, axis=0)
+        return np.asarray(value)
+
+    def sync(self, tag: str) -> None:
+        if self.processes > 1:  # an all-reduce every worker must join
+            self.strategy.reduce(
+                tf.distribute.ReduceOp.SUM,
+                self.strategy.run(lambda: tf.constant(1.0)),
+                axis=None,
+            )
+
+
+def _logical_cpus(count: int) -> list[str]:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+        )
+    except RuntimeError:
+        if len(tf.config.list_logical_devices("CPU")) != count:
+            raise UserError(
+                f"Cannot split the CPU into {count} devices: TensorFlow has already started "
+                "in this process. Choose the strategy before any TensorFlow work (in Python, "
+                "call keras_landscape.engine.backend.devices_for first)."
+            ) from None
+    return [f"/cpu:{i}" for i in range(count)]
+
+
+def make_devices(spec) -> Devices:
+    """The Devices of a StrategySpec (see `keras_landscape.engine.options.StrategySpec`)."""
+    if spec.name == "one":
+        return Devices()
+    if spec.name == "mirrored":
+        if spec.cpus:
+            devices = _logical_cpus(spec.cpus)
+        else:
+            gpus = tf.config.list_logical_devices("GPU")
+            devices = [d.name for d in gpus] or ["/cpu:0"]
+        return StrategyDevices(tf.distribute.MirroredStrategy(devices), "mirrored")
+    if spec.name == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise UserError(
+                "--strategy multiworker reads the cluster from the TF_CONFIG environment "
+                "variable, which is not set. Set it in every process (docs/scaling.md has a "
+                "two-host recipe), or use --strategy mirrored on one host."
+            )
+        try:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        except (ValueError, KeyError, json.JSONDecodeError) as error:
+            raise UserError(f"TF_CONFIG cannot be used for multiworker: {error}.") from None
+        return StrategyDevices(strategy, "multiworker")
+    return StrategyDevices(_tpu_strategy(spec.tpu), "tpu")
+
+
+def _tpu_strategy(name: str | None):
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    except Exception as error:  # every failure to find a TPU reads the same to a user
+        where = f"TPU {name!r}" if name else "a TPU (none named: --tpu NAME or TPU_NAME)"
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UserError(
+            f"--strategy tpu could not reach {where}: {first}. Run on a TPU VM or give the "
+            "TPU's name with --tpu; without a TPU use --strategy one or mirrored "
+            "(docs/scaling.md)."
+        ) from None
