@@ -26,7 +26,12 @@ from keras_landscape.cli.display import (
     results_summary,
     store_tables,
 )
-from keras_landscape.engine.options import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
+from keras_landscape.engine.options import (
+    BN_MODES,
+    DEFAULT_BN_BATCH_SIZE,
+    DEFAULT_BN_BATCHES,
+    parse_strategy,
+)
 from keras_landscape.errors import UserError
 from keras_landscape.experiment.config import describe, load_config, parse_value
 from keras_landscape.experiment.spec import RunSpec
@@ -160,6 +165,29 @@ def verbosity_options(command):
         callback=_set_quiet,
         help="No progress display.",
     )(command)
+
+
+def distribution_options(command):
+    """--strategy, --tpu and --lockstep/--no-lockstep (unset: the config's or the default)."""
+    options = [
+        click.option(
+            "--strategy",
+            default=None,
+            metavar="NAME[:cpus=N]",
+            help="Where stacks of beads run: one (default), mirrored (every local GPU; "
+            "mirrored:cpus=N splits the CPU), tpu, multiworker (docs/scaling.md).",
+        ),
+        click.option("--tpu", default=None, help="The TPU's name or address (default: TPU_NAME)."),
+        click.option(
+            "--lockstep/--no-lockstep",
+            default=None,
+            help="Run a probe's strings together in shared stacks (default) or one after "
+            "another (same results).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def _emit_json(document) -> None:
@@ -305,6 +333,7 @@ def probes_command(as_json: bool, markdown: bool) -> None:
     show_default=True,
     help="Samples per batch when recomputing BatchNorm statistics.",
 )
+@distribution_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verbosity_options
 @click.pass_obj
@@ -333,11 +362,15 @@ def probe_command(
     bn_stats,
     bn_batches,
     bn_batch_size,
+    strategy,
+    tpu,
+    lockstep,
     as_json,
 ) -> None:
     """Run probes on MODEL files (.keras or .h5) over the data SPEC."""
     for path in models:  # before the frameworks load: a missing file is reported at once
         check_model_file(path)
+    strategy = str(parse_strategy(strategy, tpu))  # a bad name too
     with _deferred_interrupts():
         from keras_landscape.experiment.runner import execute  # imports TensorFlow
 
@@ -370,6 +403,9 @@ def probe_command(
         bn_stats=bn_stats,
         bn_batches=bn_batches,
         bn_batch_size=bn_batch_size,
+        strategy=strategy,
+        tpu=tpu,
+        lockstep=True if lockstep is None else lockstep,
         command=state.command_line,
     )
     document = execute(spec, state.progress())
@@ -454,6 +490,7 @@ def plot_command(state: CliState, store, out_dir, fmt, runs, paths, as_json) -> 
 @click.option(
     "--dry-run", is_flag=True, help="Validate and print the resolved settings as JSON; run nothing."
 )
+@distribution_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verbosity_options
 @click.pass_obj
@@ -471,6 +508,9 @@ def run_command(
     no_plots,
     unsafe,
     dry_run,
+    strategy,
+    tpu,
+    lockstep,
     as_json,
 ) -> None:
     """Run the experiment described by a YAML config (see configs/)."""
@@ -483,6 +523,9 @@ def run_command(
         ("level", level),
         ("levels", levels),
         ("unsafe", unsafe or None),
+        ("strategy", strategy),
+        ("tpu", tpu),
+        ("lockstep", lockstep),
     ):
         if value is not None:
             overrides.append((key, value))
@@ -600,6 +643,9 @@ def export_command(store, run_name, bead, string, model, output, custom_objects,
         ),
         err=True,
     )
+
+
+cli.add_command(__import__("keras_landscape.cli.census", fromlist=["_"]).census_command)
 
 
 def _json_error(

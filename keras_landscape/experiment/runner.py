@@ -19,6 +19,7 @@ from keras_landscape import __version__, registry
 from keras_landscape.data.specs import load_data
 from keras_landscape.engine import backend
 from keras_landscape.engine.landscape import Landscape
+from keras_landscape.engine.options import parse_strategy
 from keras_landscape.engine.params import non_trainable_state
 from keras_landscape.errors import Interrupted, UserError
 from keras_landscape.experiment.config import prepare
@@ -97,8 +98,10 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
             f"Nothing to resume: there is no store {path!r}. Run the same command without "
             "--resume to start, or give the --out of the interrupted run."
         )
+    writer = landscape.devices.writer
     if spec.resume:
-        store = Store.open(path, "a")
+        # Processes other than the writer compute in a copy held in memory.
+        store = Store.open(path, "a") if writer else Store.scratch(path, copy_of=path)
         stored = store.read_layout()
         if [list(s) for s in stored["shapes"]] != [list(s) for s in landscape.layout.shapes]:
             store.close()
@@ -108,7 +111,12 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
         return store
     if Path(path).exists() and not spec.overwrite:
         refuse_existing(path)
-    store = Store.create(path, versions=versions(), command=spec.command, overwrite=spec.overwrite)
+    if writer:
+        store = Store.create(
+            path, versions=versions(), command=spec.command, overwrite=spec.overwrite
+        )
+    else:
+        store = Store.scratch(path, versions=versions(), command=spec.command)
     layout = landscape.layout
     store.write_layout(
         layout.paths,
@@ -202,6 +210,9 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
     """
     progress = progress or NullProgress()
     probes = build_probes(spec)
+    # Before any model is loaded: a strategy (a logical CPU split, a cluster) is set up
+    # before other framework work.
+    devices = backend.devices_for(parse_strategy(spec.strategy, spec.tpu))
     minima = load_minima(spec)
     dataset = load_data(spec.data, seed=spec.seed)
     landscape = Landscape(
@@ -216,11 +227,20 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
         bn_stats=spec.bn_stats,
         bn_batches=spec.bn_batches,
         bn_batch_size=spec.bn_batch_size,
+        devices=devices,
+        lockstep=spec.lockstep,
     )
+    if devices.count > 1:
+        progress.note(
+            f"--strategy {devices.name}: {devices.count} replicas"
+            + (f" in {devices.processes} processes" if devices.processes > 1 else "")
+            + "; every stack of beads is split across them"
+        )
     for minimum in minima:  # every model keeps its own BatchNorm statistics
         minimum.state = landscape.state_of(minimum.model)
     results = {}
     with open_store(spec, landscape) as store:
+        devices.sync("store open")  # a resumed store is read by every process first
         if spec.resume:
             check_same_run(store, landscape, minima)
         for index, minimum in enumerate(minima):
@@ -321,6 +341,7 @@ def run_probe(probe, landscape, minima, store: Store, spec: RunSpec, progress) -
         return store.run(run_name).result
     run = store.begin_run(run_name, probe.name, config, seed=spec.seed, resume=existing)
     started = time.perf_counter()
+    rows_before = dict(landscape.devices.rows)
     try:
         result = probe.run(landscape, minima, run, progress)
     except KeyboardInterrupt:
@@ -331,5 +352,12 @@ def run_probe(probe, landscape, minima, store: Store, spec: RunSpec, progress) -
         raise
     result = dict(result)
     result.setdefault("seconds", time.perf_counter() - started)
+    placement = landscape.devices.describe()
+    placement["rows_per_device"] = {
+        device: rows - rows_before.get(device, 0)
+        for device, rows in landscape.devices.rows.items()
+        if rows > rows_before.get(device, 0)
+    }
+    run.set_attrs(devices=placement)
     run.complete(result)
     return run.result

@@ -42,6 +42,9 @@ class RunSpec:
     bn_stats: str = BN_MODES[0]
     bn_batches: int = DEFAULT_BN_BATCHES
     bn_batch_size: int = DEFAULT_BN_BATCH_SIZE
+    strategy: str = "one"
+    tpu: str | None = None
+    lockstep: bool = True
     command: str = ""
 
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import io
 import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -405,6 +407,39 @@ def _as_array(value: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------- Store
 
 
+def _write_header(f: h5py.File, versions: Mapping[str, str], command: str) -> None:
+    """A new store's root attributes and groups (see `Store.create`)."""
+    pkg_version = __version__
+    attrs = {
+        "package_version": pkg_version,
+        "keras_version": "unknown",
+        "tensorflow_version": "none",
+        "backend": "unknown",
+    }
+    aliases = {
+        "package": "package_version",
+        "keras_landscape": "package_version",
+        "keras": "keras_version",
+        "tensorflow": "tensorflow_version",
+        "tf": "tensorflow_version",
+    }
+    for key, value in dict(versions or {}).items():
+        key = aliases.get(str(key), str(key))
+        attrs[key] = "none" if value is None else str(value)
+    attrs.setdefault("h5py_version", h5py.__version__)
+    attrs.setdefault("numpy_version", np.__version__)
+    now = utc_now()
+    f.attrs["format"] = FORMAT_NAME
+    f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+    for key, value in attrs.items():
+        _set_attr(f, key, value)
+    f.attrs["command"] = str(command)
+    f.attrs["created"] = now
+    f.attrs["updated"] = now
+    f.require_group("models")
+    f.require_group("runs")
+
+
 class Store:
     """One keras-landscape HDF5 file. Create with :meth:`create`, open with :meth:`open`."""
 
@@ -457,35 +492,7 @@ class Store:
             _release(claim)
             raise UserError(f"Cannot create the store {path!r}: {exc}.") from exc
         store = cls(f, path, "a")
-        pkg_version = __version__
-        attrs = {
-            "package_version": pkg_version,
-            "keras_version": "unknown",
-            "tensorflow_version": "none",
-            "backend": "unknown",
-        }
-        aliases = {
-            "package": "package_version",
-            "keras_landscape": "package_version",
-            "keras": "keras_version",
-            "tensorflow": "tensorflow_version",
-            "tf": "tensorflow_version",
-        }
-        for key, value in dict(versions or {}).items():
-            key = aliases.get(str(key), str(key))
-            attrs[key] = "none" if value is None else str(value)
-        attrs.setdefault("h5py_version", h5py.__version__)
-        attrs.setdefault("numpy_version", np.__version__)
-        now = utc_now()
-        f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = np.int64(FORMAT_VERSION)
-        for key, value in attrs.items():
-            _set_attr(f, key, value)
-        f.attrs["command"] = str(command)
-        f.attrs["created"] = now
-        f.attrs["updated"] = now
-        f.require_group("models")
-        f.require_group("runs")
+        _write_header(f, versions, command)
         f.flush()
         try:
             _move_into_place(temporary, path, replace=exists)
@@ -497,6 +504,26 @@ class Store:
         finally:
             _release(claim)
         return store
+
+    @classmethod
+    def scratch(
+        cls,
+        path: str | os.PathLike,
+        *,
+        copy_of: str | os.PathLike | None = None,
+        versions: Mapping[str, str] | None = None,
+        command: str = "",
+    ) -> Store:
+        """A store held in memory only, never written to disk: the store of a process that
+        computes but does not write (the other processes of a multiworker run). It starts
+        as a copy of the store at `copy_of` (a resumed run), else empty; `path` is the
+        writer's path, for messages."""
+        if copy_of is not None:
+            image = io.BytesIO(Path(copy_of).read_bytes())
+            return cls(h5py.File(image, "r+"), os.fspath(path), "a")
+        f = h5py.File(io.BytesIO(), "w")
+        _write_header(f, versions or {}, command)
+        return cls(f, os.fspath(path), "a")
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> Store:
