@@ -83,7 +83,12 @@ def _model_names(paths: list[str]) -> list[str]:
 
 
 def open_store(spec: RunSpec, landscape: Landscape) -> Store:
-    """A new store for this run, or the existing one when resuming (layouts must match)."""
+    """A new store for this run, or the existing one when resuming (layouts must match).
+
+    In a run of several processes every process takes the same decision here (they meet
+    before looking at the file), and only the writer touches the file: the others compute
+    in a copy held in memory.
+    """
     path = spec.out or default_store_path()
     if spec.resume and spec.overwrite:
         raise UserError(
@@ -98,9 +103,11 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
             f"Nothing to resume: there is no store {path!r}. Run the same command without "
             "--resume to start, or give the --out of the interrupted run."
         )
+    if not spec.resume and Path(path).exists() and not spec.overwrite:
+        refuse_existing(path)
+    landscape.devices.sync("store checked")  # every process decided before any writes
     writer = landscape.devices.writer
     if spec.resume:
-        # Processes other than the writer compute in a copy held in memory.
         store = Store.open(path, "a") if writer else Store.scratch(path, copy_of=path)
         stored = store.read_layout()
         if [list(s) for s in stored["shapes"]] != [list(s) for s in landscape.layout.shapes]:
@@ -109,8 +116,6 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
                 f"Cannot resume into {path!r}: it was written for another architecture."
             )
         return store
-    if Path(path).exists() and not spec.overwrite:
-        refuse_existing(path)
     if writer:
         store = Store.create(
             path, versions=versions(), command=spec.command, overwrite=spec.overwrite
@@ -263,6 +268,8 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
         "store": path,
         "models": [{"name": m.name, "source": m.source} for m in minima],
         "results": results,
+        "devices": devices.describe(),  # this process's replicas and the rows they ran
+        "writer": devices.writer,
     }
 
 
@@ -288,10 +295,12 @@ def run_experiment(
     Returns:
         The `execute` document plus "figures" (files written) and "figures_dir".
     """
+    # The strategy first: it must be set up before training touches the framework.
+    devices = backend.devices_for(parse_strategy(config.spec.strategy, config.spec.tpu))
     spec = prepare(config, progress, resume=resume, overwrite=overwrite)
     document = execute(spec, progress)
     document["figures"] = []
-    if config.plots is not None and plots:
+    if config.plots is not None and plots and devices.writer:
         try:
             report = plot_store(
                 document["store"],

@@ -173,6 +173,23 @@ class MeshDevices(Devices):
             multihost_utils.sync_global_devices(tag)
 
 
+@contextlib.contextmanager
+def _native_stdout_to_stderr():
+    """File descriptor 1 pointed at 2 inside the block (C++ libraries print on it; --json
+    output on stdout must stay one document)."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _distributed() -> None:
     """`jax.distributed.initialize`, from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
     JAX_PROCESS_ID where set (else JAX's own detection: TPU pods, SLURM, ...)."""
@@ -195,7 +212,11 @@ def _distributed() -> None:
         )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(**kwargs)
+        with _native_stdout_to_stderr():  # Gloo prints its connections on stdout
+            jax.distributed.initialize(**kwargs)
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("keras_landscape started")
     except (RuntimeError, ValueError) as error:
         first = (str(error).strip().splitlines() or ["failed"])[0][:200]
         raise UserError(

@@ -253,17 +253,19 @@ class StrategyDevices(Devices):
         return [self.process_index * local + i for i in range(local)]
 
     def fetch(self, value) -> np.ndarray:
-        if isinstance(value, tf.distribute.DistributedValues):
+        # A worker with one replica gets a plain tensor back from `run`: still its share.
+        if self.count > 1:
             value = self.strategy.gather(value, axis=0)
         return np.asarray(value)
 
     def sync(self, tag: str) -> None:
-        if self.processes > 1:  # an all-reduce every worker must join
-            self.strategy.reduce(
+        if self.processes > 1:  # an all-reduce every worker must join (and finish)
+            total = self.strategy.reduce(
                 tf.distribute.ReduceOp.SUM,
                 self.strategy.run(lambda: tf.constant(1.0)),
                 axis=None,
             )
+            float(total)
 
 
 def _logical_cpus(count: int) -> list[str]:
