@@ -19,7 +19,10 @@ a small CNN on 28x28 images, a small LSTM on token sequences; two batch sizes ea
 - plan: how the engine batches the beads through each layer (see keras_landscape.engine.stacked);
 - peak_rss_mb: the process's peak resident memory after the case.
 Plus `cubic`: DSS between two trained 1-4-4-1 sigmoid MLPs on the cubic regression (MAE)
-at one level. Not a test: the numbers describe the machine. See docs/performance.md.
+at one level; and at the top level `lockstep_speedup`: the curviness probe over 10 pairs x 3
+levels of five such networks, strings run one after another vs in lockstep (wall time of the
+probe's DSS, best of 2), with both runs' verdicts, bead counts and lengths compared in
+`lockstep`. Not a test: the numbers describe the machine. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ def _parse() -> argparse.Namespace:
     )
     parser.add_argument("--backend", choices=["tensorflow", "jax"], default=None)
     parser.add_argument("--out", default=None, help="also write the JSON here")
-    parser.add_argument("--cases", default="mlp,cnn,lstm", help="comma-separated subset")
+    parser.add_argument(
+        "--cases", default="mlp,cnn,lstm", help="comma-separated subset ('' for none)"
+    )
     return parser.parse_args()
 
 
@@ -174,29 +179,31 @@ def segment_speedup(landscape, points: int = 32, repeats: int = 3) -> float:
     return looped / batched
 
 
+def _cubic_model(seed: int):
+    """The paper's 1-4-4-1 sigmoid network, initialised from `seed`."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((1,)),
+            keras.layers.Dense(4, activation="sigmoid"),
+            keras.layers.Dense(4, activation="sigmoid"),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
+def _trained_cubic(landscape, seeds):
+    """Fresh cubic networks (one per seed) trained together down to MAE 0.1."""
+    starts = np.stack([landscape.theta_of(_cubic_model(s)) for s in seeds])
+    config = ProjectionConfig(learning_rate=1e-2, max_steps=20000, check_every=200)
+    return project(landscape, starts, 0.1, config, seed=0)
+
+
 def cubic(quick: bool) -> dict:
     data = load_data(f"cubic:n={2000 if quick else 10000}")
-
-    def build(seed):
-        keras.utils.set_random_seed(seed)
-        return keras.Sequential(
-            [
-                keras.Input((1,)),
-                keras.layers.Dense(4, activation="sigmoid"),
-                keras.layers.Dense(4, activation="sigmoid"),
-                keras.layers.Dense(1),
-            ]
-        )
-
+    build = _cubic_model
     landscape = Landscape(build(0), data, loss="mae", level_fn="mae")
-    starts = np.stack([landscape.theta_of(build(s)) for s in (1, 2)])
-    trained = project(
-        landscape,
-        starts,
-        0.1,
-        ProjectionConfig(learning_rate=1e-2, max_steps=20000, check_every=200),
-        seed=0,
-    )
+    trained = _trained_cubic(landscape, (1, 2))
     level = float(max(trained.levels)) * 1.05
     begin = time.perf_counter()
     result = connect(
@@ -213,6 +220,57 @@ def cubic(quick: bool) -> dict:
         "beads": result.beads,
         "normalized_length": result.normalized_length,
         "projection_steps": result.projection_steps,
+    }
+
+
+def lockstep(quick: bool) -> dict:
+    """The curviness probe over 10 pairs x 3 levels of the cubic network, one string after
+    another vs all strings in lockstep (the probe's wall time, best of 2 runs each)."""
+    import tempfile
+
+    from keras_landscape.models.minimum import Minimum
+    from keras_landscape.plugins.curviness import CurvinessProbe
+    from keras_landscape.progress import NullProgress
+    from keras_landscape.store.hdf5 import Store
+
+    data = load_data(f"cubic:n={2000 if quick else 10000}")
+    model = _cubic_model(0)
+    landscape = Landscape(model, data, loss="mae", level_fn="mae")
+    trained = _trained_cubic(landscape, range(1, 6))
+    minima = [
+        Minimum(f"replica_{i}", theta, "trained", state=landscape.state_or_own(None))
+        for i, theta in enumerate(trained.thetas)
+    ]
+    config = CurvinessProbe.Config(
+        levels="0.3,0.2,0.12", learning_rate=1e-2, max_steps=5000, check_every=100
+    )
+    timings, results = {}, {}
+    with tempfile.TemporaryDirectory() as folder:
+        for together in (False, True, False, True):
+            landscape.lockstep = together
+            path = os.path.join(folder, f"{together}-{time.perf_counter_ns()}.h5")
+            with Store.create(path, versions={}, command="benchmark") as store:
+                run = store.begin_run("curviness", "curviness", {}, seed=0)
+                begin = time.perf_counter()
+                result = CurvinessProbe(config).run(landscape, minima, run, NullProgress())
+                seconds = time.perf_counter() - begin
+            timings[together] = min(timings.get(together, float("inf")), seconds)
+            results[together] = result
+    details = [[(r["connected"], r["beads"]) for r in level] for level in results[True]["details"]]
+    lengths = [
+        abs(a["normalized_length"] - b["normalized_length"])
+        for la, lb in zip(results[True]["details"], results[False]["details"])
+        for a, b in zip(la, lb)
+    ]
+    return {
+        "strings": sum(len(level) for level in details),
+        "one_at_a_time_s": timings[False],
+        "lockstep_s": timings[True],
+        "same_verdicts_and_beads": details
+        == [[(r["connected"], r["beads"]) for r in level] for level in results[False]["details"]],
+        "max_length_difference": max(lengths),
+        "normalized_length": results[True]["normalized_length"],
+        "beads": results[True]["beads"],
     }
 
 
@@ -241,7 +299,7 @@ def main() -> None:
     n = 256 if ARGS.quick else 2048
     builders = {"mlp": mlp_case, "cnn": cnn_case, "lstm": lstm_case}
     cases = []
-    for key in ARGS.cases.split(","):
+    for key in filter(None, ARGS.cases.split(",")):
         name, model, data = builders[key](n)
         landscape = Landscape(model, data, loss=LOGITS, level_fn="loss")
         for batch in (32, 128):
@@ -282,6 +340,10 @@ def main() -> None:
         "cases": cases,
         "cubic": cubic(ARGS.quick),
     }
+    document["lockstep"] = lockstep(ARGS.quick)
+    document["lockstep_speedup"] = (
+        document["lockstep"]["one_at_a_time_s"] / document["lockstep"]["lockstep_s"]
+    )
     text = json.dumps(document, indent=2)
     print(text)
     if ARGS.out:

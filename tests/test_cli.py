@@ -95,7 +95,8 @@ def test_probe_json_matches_keras_and_show_reads_it_back(capsys, tmp_path, model
     )
     assert code == 0, err
     document = json.loads(out)  # exactly one JSON document, nothing else on stdout
-    assert set(document) == {"store", "models", "results"}
+    assert set(document) == {"store", "models", "results", "devices", "writer"}
+    assert document["writer"] is True and document["devices"]["strategy"] == "one"
     assert document["store"] == str(out_path) and out_path.exists()
     assert document["models"] == [{"name": "digits_mlp", "source": model_files["good"]}]
     [row] = document["results"]["evaluate"]["models"]

@@ -161,6 +161,7 @@ COMMANDS: list[Entry] = [
     Entry(r"^klandscape probes$", FAST, 0, stdout=r"connectivity"),
     Entry(r"^klandscape run configs/cubic\.yaml .*--dry-run$", FAST, 0, json_stdout=True),
     Entry(r"^klandscape (show|plot) runs/(ab|int|curv|m_eval)\.h5( |$)", FAST, 30),
+    Entry(r"^klandscape census configs/census_\w+\.yaml .*--dry-run$", FAST, 0, json_stdout=True),
     # -- slow: models, probes and experiments
     Entry(r"^klandscape demo --out demo1$", SLOW, 10, after=copy_demo_models),
     Entry(r"^klandscape probe a\.keras b\.h5 --data npz:mydata\.npz ", SLOW, 20),
@@ -193,6 +194,7 @@ COMMANDS: list[Entry] = [
         SLOW,
         20,
     ),
+    Entry(r"^klandscape census configs/census_quadratic\.yaml --scale small$", SLOW, 20),
     Entry(r"^klandscape export runs/(ab|int|curv)\.h5 ", SLOW, 50, tolerate=BEAD_RANGE),
 ]
 

@@ -303,38 +303,55 @@ def _polynomial_loader(target: Callable[[np.ndarray], np.ndarray], formula: str)
     return load
 
 
+TEACHER_ACTIVATIONS = ("relu", "square")
+
+
 @dataclass(frozen=True)
 class Teacher:
-    """The fixed random ReLU network behind ``teacher`` data: y = relu(x W1 + b1) W2 + b2.
+    """The fixed random network behind ``teacher`` data: y = act(x W1 + b1) W2 + b2.
+
+    act is ReLU (``act=relu``, the default) or the square z -> z^2 (``act=square``: with
+    ``bias=0`` the quadratic network y = U (W x)^2 of Freeman & Bruna, U = W2^T, W = W1^T).
 
     Attributes:
         w1: (d, h) first-layer weights, N(0, 1/d).
-        b1: (h,) hidden biases, N(0, 0.25).
+        b1: (h,) hidden biases, N(0, 0.25) (zeros with bias=0).
         w2: (h, out) output weights, N(0, 1/h).
-        b2: (out,) output biases, N(0, 0.25).
+        b2: (out,) output biases, N(0, 0.25) (zeros with bias=0).
+        activation: "relu" or "square".
     """
 
     w1: np.ndarray
     b1: np.ndarray
     w2: np.ndarray
     b2: np.ndarray
+    activation: str = "relu"
 
     @classmethod
-    def from_seed(cls, d: int, h: int, out: int, seed: int) -> Teacher:
-        """The teacher of ``teacher:d=D,h=H,out=OUT,seed=SEED`` (independent of n and noise)."""
+    def from_seed(
+        cls, d: int, h: int, out: int, seed: int, activation: str = "relu", bias: bool = True
+    ) -> Teacher:
+        """The teacher of ``teacher:d=D,h=H,out=OUT,seed=SEED,act=ACT,bias=B`` (independent
+        of n and noise). The same weights are drawn whatever act and bias are; bias=0 zeroes
+        the biases."""
+        if activation not in TEACHER_ACTIVATIONS:
+            raise ValueError(f"unknown teacher activation {activation!r}")
         rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(5)[0])
         # Fan-in scaling keeps pre-activations O(1) for every d and h, so a useful fraction
         # of hidden units is active on Gaussian inputs.
-        return cls(
-            rng.normal(0, 1 / math.sqrt(d), (d, h)),
-            rng.normal(0, 0.5, h),
-            rng.normal(0, 1 / math.sqrt(h), (h, out)),
-            rng.normal(0, 0.5, out),
-        )
+        w1 = rng.normal(0, 1 / math.sqrt(d), (d, h))
+        b1 = rng.normal(0, 0.5, h)
+        w2 = rng.normal(0, 1 / math.sqrt(h), (h, out))
+        b2 = rng.normal(0, 0.5, out)
+        if not bias:
+            b1, b2 = np.zeros_like(b1), np.zeros_like(b2)
+        return cls(w1, b1, w2, b2, activation)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Teacher outputs (n, out), float64, for inputs x of shape (n, d)."""
-        return np.maximum(x @ self.w1 + self.b1, 0.0) @ self.w2 + self.b2
+        z = x @ self.w1 + self.b1
+        hidden = np.square(z) if self.activation == "square" else np.maximum(z, 0.0)
+        return hidden @ self.w2 + self.b2
 
 
 def _load_teacher(spec: str, positionals: list[str], opts: _Options, seed: int) -> Dataset:
@@ -343,7 +360,16 @@ def _load_teacher(spec: str, positionals: list[str], opts: _Options, seed: int) 
     n_test = opts.get_int("n_test", 500)
     noise = opts.get_float("noise", 0.0)
     seed = opts.get_int("seed", seed)
-    teacher = Teacher.from_seed(d, h, out, seed)
+    activation = opts.get_str("act", "relu")
+    if activation not in TEACHER_ACTIVATIONS:
+        raise UserError(
+            f"Option act={activation!r} in data spec {spec!r} must be one of "
+            f"{', '.join(TEACHER_ACTIVATIONS)}."
+        )
+    bias = opts.get_str("bias", "1")
+    if bias not in ("0", "1"):
+        raise UserError(f"Option bias={bias!r} in data spec {spec!r} must be 0 or 1.")
+    teacher = Teacher.from_seed(d, h, out, seed, activation, bias == "1")
     # Stream 0 is the teacher's; inputs and noise of each split have their own streams, so
     # n, n_test and noise change nothing else.
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)[1:]]
@@ -359,7 +385,8 @@ def _load_teacher(spec: str, positionals: list[str], opts: _Options, seed: int) 
         *arrays,
         "regression",
         None,
-        f"teacher ReLU net {d}-{h}-{out}, x ~ N(0, I), noise std {noise:g}",
+        f"teacher {'ReLU' if activation == 'relu' else 'square'} net {d}-{h}-{out}"
+        f"{'' if bias == '1' else ' without biases'}, x ~ N(0, I), noise std {noise:g}",
     )
 
 
@@ -673,7 +700,11 @@ KINDS: dict[str, Kind] = {
         "quadratic:n=10000",
     ),
     "teacher": Kind(
-        _load_teacher, (), (), _SYNTHETIC | {"d", "h", "out", "noise"}, "teacher:d=10,h=4,n=2000"
+        _load_teacher,
+        (),
+        (),
+        _SYNTHETIC | {"d", "h", "out", "noise", "act", "bias"},
+        "teacher:d=10,h=4,n=2000",
     ),
     "npz": Kind(_load_npz, ("PATH",), (), frozenset({"limit"}), "npz:/data/mnist.npz"),
     "idx": Kind(_load_idx, ("DIR",), (), frozenset({"limit"}), "idx:/data/mnist"),

@@ -25,7 +25,12 @@ from keras import ops
 from keras_landscape.engine import backend, stacked
 from keras_landscape.engine.backend.devices import padded_count
 from keras_landscape.engine.objectives import Objective
-from keras_landscape.engine.options import MIXES_BEADS, OPTIMIZERS, parse_optimizer_options
+from keras_landscape.engine.options import (
+    MIXES_BEADS,
+    OPTIMIZERS,
+    ProjectionConfig,
+    parse_optimizer_options,
+)
 from keras_landscape.engine.params import ParameterLayout
 from keras_landscape.engine.state import StateLayout, batch_norm_layers
 from keras_landscape.errors import UserError
@@ -329,6 +334,17 @@ def optimizer_spec(config) -> OptimizerSpec:
     Raises:
         UserError: Keras does not know the name, or the optimizer rejects the arguments.
     """
+    return _optimizer_spec(tuple(getattr(config, k) for k in _SPEC_KEYS))
+
+
+_SPEC_KEYS = ("optimizer", "optimizer_options", "beta_1", "beta_2", "epsilon", "learning_rate")
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizer_spec(values: tuple) -> OptimizerSpec:
+    """`optimizer_spec` of the settings `values` (_SPEC_KEYS), built and checked once:
+    every projection of a run asks for the same one."""
+    config = ProjectionConfig(**dict(zip(_SPEC_KEYS, values)))
     options = parse_optimizer_options(config.optimizer_options)
     name = config.optimizer_name
     try:
@@ -394,9 +410,17 @@ class ProjectionKernel:
     projection starts from (step 0, zero moments, the learning rate).
     """
 
-    def __init__(self, run: Callable, optimizer):
+    def __init__(self, run: Callable, optimizer, width: int):
         self.run = run
         self.optimizer = optimizer
+        self.width = width
+
+    @property
+    def per_bead(self) -> list[bool]:
+        """For each optimizer variable (slot): whether it has one row per bead (moments),
+        rather than being shared (step count, learning rate)."""
+        shapes = [tuple(v.shape) for v in self.optimizer.variables]
+        return [len(shape) == 2 and int(shape[0]) == self.width for shape in shapes]
 
     def __call__(self, *args):
         return self.run(*args)

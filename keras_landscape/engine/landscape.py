@@ -348,7 +348,7 @@ class Landscape:
     def project(
         self,
         starts: np.ndarray,
-        target: float,
+        target: float | np.ndarray,
         config,
         seed: int,
         normals=None,
@@ -681,7 +681,7 @@ class Landscape:
                 with backend.float32_precision(fast=self.fast_float32):
                     return compiled(*args)
 
-            cache[key] = kernels.ProjectionKernel(run, keras_optimizer)
+            cache[key] = kernels.ProjectionKernel(run, keras_optimizer, width)
         return cache[key]
 
     def describe(self) -> dict:

@@ -122,6 +122,80 @@ def project(
     return parts[0] if len(parts) == 1 else ProjectionResult.concatenate(parts)
 
 
+class _Stack:
+    """The beads being trained, as device tensors: the rows of `rows` (bead indices) first,
+    padded to a width that is a power of two per replica with frozen copies (few shapes,
+    few compilations). As beads reach their targets the stack is compacted to a narrower
+    one, optimizer state included, so frozen beads stop costing steps (a lockstep stack's
+    slowest beads then run alone, as they would one string at a time)."""
+
+    def __init__(self, landscape, full_batch: bool, spec, learning_rate: float):
+        self.landscape, self.devices = landscape, landscape.devices
+        self.full_batch, self.spec, self.learning_rate = full_batch, spec, learning_rate
+        self.width = 0
+        self.slots = None
+
+    def load(self, rows, thetas, normals, states, slots=None) -> None:
+        """Bead rows `rows` of the host arrays on the devices (fresh optimizer state, or
+        `slots`: per-bead rows already taken for these beads)."""
+        devices = self.devices
+        self.rows = np.asarray(rows)
+        self.width = devices.width(len(self.rows))
+        self.kernel = self.landscape.projection_kernel(
+            self.full_batch, self.spec, devices.kernel_width(self.width)
+        )
+        self.state, self.normals, self.states = (
+            devices.put(ops.convert_to_tensor(pad_rows(a[self.rows], width=self.width)))
+            for a in (thetas, normals, states)
+        )
+        # The optimizer's state (step count, moments) lives in these tensors only, carried
+        # from one chunk of steps to the next: chunks continue one another as one long loop.
+        fresh = self.kernel.initial_slots(self.learning_rate)
+        if slots is not None:
+            fresh = [
+                devices.put(ops.convert_to_tensor(pad_rows(given, width=self.width)))
+                if row
+                else ops.convert_to_tensor(given)
+                for given, row in zip(slots, self.kernel.per_bead)
+            ]
+        self.slots = fresh
+
+    def compact(self, active, thetas, normals, states) -> None:
+        """Keep only the active beads (with their optimizer rows) in a narrower stack."""
+        keep = np.flatnonzero(active[self.rows])
+        slots = [
+            self.devices.fetch(slot)[keep] if row else self.devices.shared(slot)
+            for slot, row in zip(self.slots, self.kernel.per_bead)
+        ]
+        self.load(self.rows[keep], thetas, normals, states, slots)
+
+    def step(self, active, landscape, x, y, indices, first_step: int) -> None:
+        """`len(indices)` optimizer steps of the active beads (the others stay frozen)."""
+        gate = np.zeros(self.width, np.float32)
+        gate[: len(self.rows)] = active[self.rows]
+        devices = self.devices
+        self.state, self.slots, _ = devices.call(
+            self.kernel,
+            (
+                self.state,
+                self.slots,
+                devices.put(ops.convert_to_tensor(gate)),
+                self.normals,
+                self.states,
+                landscape.non_trainable,
+                x,
+                y,
+                ops.convert_to_tensor(indices),
+                ops.convert_to_tensor(np.int32(first_step)),
+            ),
+            len(self.rows),
+        )
+
+    def thetas(self) -> np.ndarray:
+        """The stack's beads (rows `rows`) on the host."""
+        return self.devices.fetch(self.state)[: len(self.rows)]
+
+
 def _project_stack(
     landscape, starts, target, config, seed, normals, on_check, starts_states
 ) -> ProjectionResult:
@@ -139,47 +213,23 @@ def _project_stack(
     spec = optimizer_spec(config)
     x, y = landscape.training_tensors()
     rng = np.random.default_rng(seed)
-    # Pad the stack to a power of two (per replica) with frozen copies: few shapes, few
-    # compilations; each replica projects its share of the rows.
     devices = landscape.devices
-    width = devices.width(k)
-    kernel = landscape.projection_kernel(full_batch, spec, devices.kernel_width(width))
-    # The optimizer's state (step count, moments) lives in these tensors only, carried from
-    # one chunk of steps to the next: chunks continue one another as one long loop would.
-    slots = kernel.initial_slots(config.learning_rate)
-    state, normals_t, states_t = (
-        devices.put(ops.convert_to_tensor(pad_rows(rows, width=width)))
-        for rows in (thetas, normals, starts_states)
-    )
+    stack = _Stack(landscape, full_batch, spec, config.learning_rate)
+    stack.load(np.arange(k), thetas, normals, starts_states)
     while True:
         active = ~(levels <= target) & (steps < config.max_steps) & np.isfinite(levels)
         if not active.any():
             break
+        if devices.width(int(active.sum())) < stack.width:
+            stack.compact(active, thetas, normals, starts_states)
         chunk = int(min(config.check_every, config.max_steps - steps[active].max()))
         if full_batch:
             indices = np.zeros((chunk, 1), np.int32)
         else:
             indices = rng.integers(0, n, size=(chunk, config.batch_size), dtype=np.int32)
-        gate = np.zeros(width, np.float32)
-        gate[:k] = active
-        state, slots, _ = devices.call(
-            kernel,
-            (
-                state,
-                slots,
-                devices.put(ops.convert_to_tensor(gate)),
-                normals_t,
-                states_t,
-                landscape.non_trainable,
-                x,
-                y,
-                ops.convert_to_tensor(indices),
-                ops.convert_to_tensor(np.int32(steps.max())),
-            ),
-            k,
-        )
+        stack.step(active, landscape, x, y, indices, int(steps.max()))
         steps[active] += chunk
-        thetas = devices.fetch(state)[:k]
+        thetas[stack.rows] = stack.thetas()
         levels, used = levels.copy(), used.copy()
         levels[active], used[active] = landscape.levels_and_states(
             thetas[active], starts_states[active], recompute

@@ -25,6 +25,9 @@ reference and examples; configs/ holds the shipped ones):
     seed: 0
     out: runs/cubic.h5
     xla: auto
+    strategy: one                       # one, mirrored[:cpus=N], tpu, multiworker
+    tpu: null                           # the TPU's name (strategy tpu)
+    lockstep: true                      # run a probe's strings together
     plots: true                         # or false, or {format: svg, dir: figures}
     scales: {small: {...}, full: {...}} # merged over the top level by --scale NAME
 
@@ -51,7 +54,12 @@ import yaml
 
 from keras_landscape import registry
 from keras_landscape.data.specs import KINDS, load_data, parse_spec
-from keras_landscape.engine.options import BN_MODES, DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_BATCHES
+from keras_landscape.engine.options import (
+    BN_MODES,
+    DEFAULT_BN_BATCH_SIZE,
+    DEFAULT_BN_BATCHES,
+    parse_strategy,
+)
 from keras_landscape.errors import ConfigError, UserError
 from keras_landscape.experiment.spec import RunSpec
 from keras_landscape.models.recipes import (
@@ -80,6 +88,9 @@ TOP_KEYS = (
     "out",
     "xla",
     "tf32",
+    "strategy",
+    "tpu",
+    "lockstep",
     "eval_batch_size",
     "custom_objects",
     "bn_stats",
@@ -266,32 +277,45 @@ def load_config(
     Raises:
         UserError (ConfigError): a bad key or value, with its key path.
     """
+    return load_with(source, base_dir, lambda *read: _load(*read, scale, overrides, command))
+
+
+def load_with(source: str | dict, base_dir: str | None, build):
+    """build(document, path, folder) of a YAML file or a mapping (a copy), where `folder`
+    is what relative input paths are resolved against; its ConfigErrors name the file."""
     if isinstance(source, dict):
         document, path = copy.deepcopy(source), ""
     else:
         document, path = read_yaml(source), str(source)
     folder = Path(base_dir) if base_dir is not None else (Path(path).parent if path else Path("."))
     try:
-        return _load(document, path, folder, scale, overrides, command)
+        return build(document, path, folder)
     except ConfigError as error:
         where = f"In {path}, " if path else ""
         raise ConfigError(f"{where}{error}") from None
 
 
-def _load(document, path, folder, scale, overrides, command) -> ExperimentConfig:
-    _check_keys(document, TOP_KEYS, "")
+def with_scale(document: dict, keys, scale: str | None, noun: str = "config") -> dict:
+    """The document with its `scales` checked against `keys` and removed, and the one
+    named `scale` merged over the top level."""
+    _check_keys(document, keys, "")
     scales = document.pop("scales", None) or {}
     if not isinstance(scales, dict):
         _fail("scales", "must be a mapping of scale name -> overrides")
     for name, over in scales.items():
         if not isinstance(over, dict):
             _fail(f"scales.{name}", "must be a mapping of keys to override")
-        _check_keys(over, [k for k in TOP_KEYS if k != "scales"], f"scales.{name}.")
+        _check_keys(over, [k for k in keys if k != "scales"], f"scales.{name}.")
     if scale is not None:
         if scale not in scales:
             known = ", ".join(scales) or "none"
-            raise ConfigError(f"--scale {scale}: unknown scale; the config defines: {known}")
+            raise ConfigError(f"--scale {scale}: unknown scale; the {noun} defines: {known}")
         document = _merge(document, scales[scale])
+    return document
+
+
+def _load(document, path, folder, scale, overrides, command) -> ExperimentConfig:
+    document = with_scale(document, TOP_KEYS, scale)
     all_options = {
         f.name for e in registry.probes().values() for f in registry.config_fields(e.cls)
     }
@@ -337,6 +361,12 @@ def _integer(value, where: str, minimum: int = 0) -> int:
             _fail(where, f"expected an integer, got {value!r}")
     if value < minimum:
         _fail(where, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _flag(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        _fail(where, f"expected true or false, got {value!r}")
     return value
 
 
@@ -451,6 +481,7 @@ def _recipe(value, where: str = "model") -> ModelRecipe:
         ),
         dropout=_number(value.get("dropout", 0.0), f"{where}.dropout", False),
         embedding=_integer(value.get("embedding", 0), f"{where}.embedding", 0),
+        use_bias=_flag(value.get("use_bias", True), f"{where}.use_bias"),
         replicas=_integer(value.get("replicas", 2), f"{where}.replicas", 1),
         train={
             "epochs": _integer(merged["epochs"], f"{where}.train.epochs", 1),
@@ -612,6 +643,14 @@ def _xla(value):
     return choices[value]
 
 
+def _strategy(document: dict) -> str:
+    value = document.get("strategy", "one")
+    try:
+        return str(parse_strategy(_string(value, "strategy"), document.get("tpu")))
+    except UserError as error:
+        _fail("strategy", str(error))
+
+
 def default_out(source: str, scale: str | None) -> str:
     stem = Path(source).stem if source else "run"
     return str(Path("klandscape-runs") / (f"{stem}-{scale}.h5" if scale else f"{stem}.h5"))
@@ -699,6 +738,9 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
         seed=seed,
         custom_objects=custom,
         xla=_xla(document.get("xla")),
+        strategy=_strategy(document),
+        tpu=_string(document.get("tpu"), "tpu", allow_none=True),
+        lockstep=_flag(document.get("lockstep", True), "lockstep"),
         fast_float32=tf32,
         eval_batch_size=eval_batch,
         unsafe=unsafe,

@@ -20,6 +20,7 @@ import numpy as np
 
 from keras_landscape.engine.params import ParameterLayout
 from keras_landscape.errors import UserError
+from keras_landscape.models import activations  # noqa: F401  (registers keras_landscape>square)
 from keras_landscape.models.files import SUPPORTED, check_model_file
 
 log = logging.getLogger("keras_landscape")

@@ -17,7 +17,7 @@ from pathlib import Path
 from keras_landscape.errors import ConfigError, UserError
 
 BUILDERS = {
-    "mlp": ("input", "layers", "activation", "output", "output_activation", "dropout"),
+    "mlp": ("input", "layers", "activation", "output", "output_activation", "dropout", "use_bias"),
     "cnn": (
         "input",
         "filters",
@@ -58,13 +58,19 @@ class ModelRecipe:
     output_activation: str | None = None
     dropout: float = 0.0
     embedding: int = 0
+    use_bias: bool = True
     replicas: int = 2
     train: dict = field(default_factory=lambda: dict(DEFAULT_TRAIN))
     dir: str = ""
 
     def architecture(self) -> dict:
-        """What determines the trained weights besides data, loss and seed."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("dir", "replicas")}
+        """What determines the trained weights besides data, loss and seed.
+
+        `use_bias` appears only when false, so that recipes written before it existed keep
+        their recorded stamps (and their trained models are reused).
+        """
+        skip = ("dir", "replicas") + (("use_bias",) if self.use_bias else ())
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
 def _bad(where: str, message: str) -> None:
@@ -80,7 +86,10 @@ def build_model(recipe: ModelRecipe, name: str = "model"):
     """A Keras model of the recipe (uncompiled, built, fresh random weights)."""
     import keras
 
+    from keras_landscape.models.activations import get_activation
+
     def activation(value, where):
+        value = get_activation(value)  # ours (square), else a Keras name
         try:
             keras.activations.get(value)
         except (ValueError, TypeError):
@@ -113,11 +122,12 @@ def build_model(recipe: ModelRecipe, name: str = "model"):
             if recipe.pool > 1:
                 layers.append(keras.layers.MaxPooling2D(recipe.pool))
         layers.append(keras.layers.Flatten())
+    bias = recipe.use_bias
     for width in recipe.layers:
-        layers.append(keras.layers.Dense(width, activation=hidden))
+        layers.append(keras.layers.Dense(width, activation=hidden, use_bias=bias))
         if recipe.dropout:
             layers.append(keras.layers.Dropout(recipe.dropout))
-    layers.append(keras.layers.Dense(recipe.output, activation=output))
+    layers.append(keras.layers.Dense(recipe.output, activation=output, use_bias=bias))
     return keras.Sequential(layers, name=name)
 
 

@@ -611,10 +611,12 @@ class Store:
         if self.mode != "r" and self.is_open:
             self._f.flush()
 
-    def _touch(self) -> None:
-        """Record the modification time and flush (after every mutation)."""
-        self._f.attrs["updated"] = utc_now()
-        self._f.flush()
+    def _touch(self, flush: bool = True) -> None:
+        """Record the modification time and flush (after every mutation, unless the writer
+        flushes at its own commit points: then both wait for the commit's write)."""
+        if flush:
+            self._f.attrs["updated"] = utc_now()
+            self._f.flush()
 
     def _writable(self) -> None:
         if not self.is_open:
@@ -1012,37 +1014,45 @@ class RunRecord:
             )
         self.store._touch()
 
-    def append(self, key: str, row) -> int:
+    def append(self, key: str, row, flush: bool = True) -> int:
         """Append one row to dataset ``key`` (created on first use from the row's shape and
-        dtype, resizable and chunked), flush, and return the new number of rows."""
+        dtype, resizable and chunked), flush (unless `flush` is False: rows that count only
+        once a later write commits them), and return the new number of rows."""
+        arr = _as_array(row)
+        return self.extend(key, arr.reshape((1, *arr.shape)), flush)
+
+    def extend(self, key: str, rows, flush: bool = True) -> int:
+        """Append the rows of ``rows`` (first axis) to dataset ``key`` in one write (see
+        `append`); returns the new number of rows."""
         self.store._writable()
         _check_key(key)
-        arr = _as_array(row)
-        if key not in self._g:
+        rows = _as_array(rows)
+        arr = rows[0] if len(rows) else rows.reshape(rows.shape[1:])
+        ds = self._g.get(key)
+        if ds is None:
             dtype = _h5_dtype(arr)
             itemsize = 8 if dtype is _STR else arr.dtype.itemsize
-            self._g.create_dataset(
+            ds = self._g.create_dataset(
                 key,
                 shape=(0, *arr.shape),
                 dtype=dtype,
                 maxshape=(None, *(None if d == 0 else d for d in arr.shape)),
                 chunks=_chunks_for(arr.shape, itemsize),
             )
-        ds = self._g[key]
         if not isinstance(ds, h5py.Dataset):
             raise ValueError(f"run {self.name!r}: {key!r} is a group, not a dataset")
         if ds.ndim == 0 or ds.maxshape[0] is not None:
             raise ValueError(f"run {self.name!r}: dataset {key!r} is not resizable along rows")
-        if tuple(ds.shape[1:]) != tuple(arr.shape):
+        if tuple(ds.shape[1:]) != tuple(rows.shape[1:]):
             raise ValueError(
-                f"run {self.name!r}: cannot append a row of shape {arr.shape} to dataset "
-                f"{key!r} whose rows have shape {tuple(ds.shape[1:])}"
+                f"run {self.name!r}: cannot append a row of shape {tuple(rows.shape[1:])} to "
+                f"dataset {key!r} whose rows have shape {tuple(ds.shape[1:])}"
             )
         n = int(ds.shape[0])
-        ds.resize(n + 1, axis=0)
-        ds[n] = arr
-        self.store._touch()
-        return n + 1
+        ds.resize(n + len(rows), axis=0)
+        ds[n:] = rows
+        self.store._touch(flush)
+        return n + len(rows)
 
     def truncate(self, key: str, n: int) -> None:
         """Keep the first ``n`` rows of dataset ``key`` (e.g. to drop a partial step before

@@ -144,30 +144,50 @@ class StringRecord:
 
     def __init__(self, run, prefix: str):
         self.run, self.prefix = run, prefix.strip("/")
+        # Bead and curve rows wait in memory for the write that commits them (one write
+        # per dataset per depth): rows without a commit would be cut off on resume anyway.
+        self._pending: dict[str, list] = {}
+        self._beads: int | None = None
 
     def key(self, name: str) -> str:
         return key(self.prefix, name)
 
     def add_bead(self, theta, level, depth, steps, state=None) -> int:
-        """Append a bead row; returns its row index."""
-        self.run.append(self.key("bead_level"), np.float64(level))
-        self.run.append(self.key("bead_depth"), np.int32(depth))
-        self.run.append(self.key("bead_steps"), np.int64(steps))
+        """Queue a bead row; returns its row index (written by the next commit_depth or
+        finish)."""
+        if self._beads is None:
+            beads = self.key("beads")
+            self._beads = self.run.length(beads) if self.run.has(beads) else 0
+        self._queue("bead_level", np.float64(level))
+        self._queue("bead_depth", np.int32(depth))
+        self._queue("bead_steps", np.int64(steps))
         if state is not None and np.size(state):
-            self.run.append(self.key("bead_state"), np.asarray(state, np.float32))
-        return self.run.append(self.key("beads"), np.asarray(theta, np.float32)) - 1
+            self._queue("bead_state", np.asarray(state, np.float32))
+        self._queue("beads", np.asarray(theta, np.float32))
+        self._beads += 1
+        return self._beads - 1
 
     def add_curve(self, left: int, right: int, depth: int, levels) -> None:
-        """Append the checked levels of the segment between bead rows left and right."""
-        self.run.append(self.key("curves"), np.asarray(levels, np.float64))
-        self.run.append(self.key("curve_segments"), np.array([left, right, depth], np.int64))
+        """Queue the checked levels of the segment between bead rows left and right."""
+        self._queue("curves", np.asarray(levels, np.float64))
+        self._queue("curve_segments", np.array([left, right, depth], np.int64))
+
+    def _queue(self, name: str, row) -> None:
+        self._pending.setdefault(name, []).append(row)
+
+    def _write_pending(self) -> None:
+        for name, rows in self._pending.items():
+            self.run.extend(self.key(name), np.stack(rows), flush=False)
+        self._pending.clear()
 
     def commit_depth(self, rows: list[int], depth: int) -> None:
         """The string after `depth` is complete: its bead rows from A to B."""
+        self._write_pending()
         self.run.write(self.key("order"), np.array(rows, np.int64))
         self.run.set_attrs(self.prefix or None, depth_done=depth)
 
     def finish(self, verdict: dict) -> None:
+        self._write_pending()
         self.run.set_attrs(self.prefix or None, verdict=verdict)
 
     def verdict(self) -> dict | None:

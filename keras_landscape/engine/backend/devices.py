@@ -76,6 +76,11 @@ class Devices:
         """The whole of a (possibly distributed) result, on this host, in every process."""
         return np.asarray(value)
 
+    def shared(self, value) -> np.ndarray:
+        """A value every replica holds the same copy of (an optimizer's step count), on the
+        host."""
+        return np.asarray(value)
+
     def sync(self, tag: str) -> None:
         """Wait until every process reaches this point (a no-op in one process)."""
         del tag

@@ -166,6 +166,11 @@ class MeshDevices(Devices):
             return np.asarray(multihost_utils.process_allgather(value, tiled=True))
         return np.asarray(value)
 
+    def shared(self, value) -> np.ndarray:
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            return np.asarray(value.addressable_data(0))
+        return np.asarray(value)
+
     def sync(self, tag: str) -> None:
         if self.processes > 1:
             from jax.experimental import multihost_utils

@@ -258,6 +258,9 @@ class StrategyDevices(Devices):
             value = self.strategy.gather(value, axis=0)
         return np.asarray(value)
 
+    def shared(self, value) -> np.ndarray:
+        return np.asarray(self.strategy.experimental_local_results(value)[0])
+
     def sync(self, tag: str) -> None:
         if self.processes > 1:  # an all-reduce every worker must join (and finish)
             total = self.strategy.reduce(

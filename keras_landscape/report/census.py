@@ -1,0 +1,457 @@
+"""The landscape census read back from its store: one row per grid point, and its figures.
+
+`klandscape census` (keras_landscape.experiment.census) copies each grid point's
+`components` and `curviness` runs into one store as `<point>.components` and
+`<point>.curviness`, marked with the attributes in CENSUS_ATTRS. Everything here reads that
+store alone (h5py, numpy, matplotlib; no Keras):
+
+- `read_census(path)`: the points in grid order, with their two probe results;
+- `census_rows(path)`: the census table, one row per point (width, depth, replicas, levels
+  of the minima, highest merge level, mean barrier, N_u, normalized length, ...);
+- `census_tables(path)`: the same for `klandscape census` to print, with N_u and curviness
+  tables per point;
+- `plot_census(path, directory)`: `census_summary` (highest merge level, barrier and
+  normalized length against the grid's first key) and `census_components` (N_u against the
+  level, one curve per point), beside the per-point figures of `klandscape plot`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from keras_landscape.errors import UserError
+from keras_landscape.report.plots import (
+    FigureFile,
+    _safe,
+    _save,
+    default_directory,
+    level_label,
+    new_figure,
+    plot_store,
+    use_log_scale,
+)
+from keras_landscape.report.tables import fmt, table
+from keras_landscape.store.hdf5 import Store, reading
+
+#: attributes a census run carries (set by experiment.census; `point` last, marking the copy)
+CENSUS_ATTRS = {
+    "point": "census_point",
+    "grid": "census_grid",
+    "index": "census_index",
+    "stamp": "census_stamp",
+    "models": "census_models",
+    "layout": "census_layout",
+}
+PROBES = ("components", "curviness")
+
+
+def census_points(store: Store) -> dict[str, dict]:
+    """{point: {"name", "index", "grid", "stamp", "parameters", "models", "runs": {probe:
+    {"run", "status", "result"}}}} for every census run of an open store."""
+    points: dict[str, dict] = {}
+    for name in store.run_names():
+        run = store.run(name)
+        attrs = run.get_attrs(None)
+        point = attrs.get(CENSUS_ATTRS["point"])
+        if not point or run.probe not in PROBES:
+            continue
+        entry = points.setdefault(
+            point,
+            {
+                "name": point,
+                "index": attrs.get(CENSUS_ATTRS["index"]),
+                "grid": attrs.get(CENSUS_ATTRS["grid"]) or {},
+                "stamp": attrs.get(CENSUS_ATTRS["stamp"]),
+                "parameters": attrs.get("parameters"),
+                "models": attrs.get(CENSUS_ATTRS["models"]) or [],
+                "runs": {},
+            },
+        )
+        entry["runs"][run.probe] = {
+            "run": name,
+            "status": run.status,
+            "config": run.config,
+            "result": run.result,
+        }
+    return points
+
+
+def read_census(path: str) -> dict:
+    """{"store", "data", "points": [point, ...] in grid order} (see `census_points`)."""
+    with reading(path), Store.open(path, "r") as store:
+        points = sorted(
+            census_points(store).values(), key=lambda p: (p["index"] is None, p["index"] or 0)
+        )
+        data = store.read_data_info()
+    if not points:
+        raise UserError(
+            f"The store {path!r} holds no census points: write one with `klandscape census "
+            "SWEEP.yaml` (a store of `klandscape run` or `probe` is read with `klandscape show`)."
+        )
+    return {"store": str(path), "data": data, "points": points}
+
+
+def _mean(values) -> float | None:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(finite)) if finite else None
+
+
+def _result(point: dict, probe: str) -> dict:
+    run = point["runs"].get(probe) or {}
+    return run.get("result") if isinstance(run.get("result"), dict) else {}
+
+
+def n_u_curve(result: dict) -> list[tuple[float, int]]:
+    """(level, N_u) of a components result, by increasing level."""
+    pairs = zip(result.get("levels") or [], result.get("n_components") or [])
+    return sorted((float(u), int(n)) for u, n in pairs if u is not None and n is not None)
+
+
+def n_u_runs(curve: list[tuple[float, int]]) -> str:
+    """'0 below 0.0012; 2 from 0.0012 to 0.004; 1 from 0.005 to 0.2' (constant runs)."""
+    runs: list[list] = []
+    for u, n in curve:
+        if runs and runs[-1][2] == n:
+            runs[-1][1] = u
+        else:
+            runs.append([u, u, n])
+    return "; ".join(
+        f"{n} at {fmt(a, 3)}" if a == b else f"{n} from {fmt(a, 3)} to {fmt(b, 3)}"
+        for a, b, n in runs
+    )
+
+
+def point_row(point: dict) -> dict:
+    """One census row from a point's two results (None where a value is missing)."""
+    components, curviness = _result(point, "components"), _result(point, "curviness")
+    minimum_levels = [v for v in components.get("minimum_levels") or [] if v is not None]
+    pairs = list((components.get("pairs") or {}).values())
+    barriers = [p.get("barrier") for p in pairs]
+    # a bracket's lower end rises above the higher minimum only where a DSS run failed:
+    # the pairs with evidence of a barrier (the other merge levels are upper bounds only)
+    separated = sum(
+        1
+        for p in pairs
+        if (p.get("saddle_level") or {}).get("lower") is not None
+        and p.get("barrier") is not None
+        and p["saddle_level"]["lower"]
+        > (p["saddle_level"]["upper"] - p["barrier"]) * (1 + 1e-6) + 1e-12
+    )
+    curve = n_u_curve(components)
+    highest = components.get("highest_merge_level")
+    levels = curviness.get("levels") or []
+    lowest = min(range(len(levels)), key=lambda i: levels[i]) if levels else None
+
+    def at_lowest(key):
+        values = curviness.get(key) or []
+        return values[lowest] if lowest is not None and lowest < len(values) else None
+
+    connected, failed = at_lowest("pairs"), at_lowest("failed")
+    top = max(minimum_levels) if minimum_levels else None
+    # DSS connects at u only through beads trained to alpha * u, and no bead goes below the
+    # lowest minimum: below lowest / alpha the census cannot tell whether minima connect.
+    alpha = ((point["runs"].get("components") or {}).get("config") or {}).get("alpha")
+    floor = min(minimum_levels) / alpha if minimum_levels and alpha else None
+    above = [n for u, n in curve if floor is not None and u >= floor]
+    return {
+        "point": point["name"],
+        **point["grid"],
+        "replicas": len(components.get("minima") or []) or None,
+        "parameters": point.get("parameters"),
+        "lowest_minimum": min(minimum_levels) if minimum_levels else None,
+        "highest_minimum": top,
+        "highest_merge_level": highest,
+        "merge_gap": None if highest is None or top is None else highest - top,
+        "mean_barrier": _mean(barriers),
+        "max_barrier": max((b for b in barriers if b is not None), default=None),
+        "separated_pairs": separated if pairs else None,
+        "all_pairs": len(pairs) or None,
+        "lowest_level": curve[0][0] if curve else None,
+        "n_u_lowest_level": curve[0][1] if curve else None,
+        "n_u_max": max((n for _, n in curve), default=None),
+        "dss_floor": floor,
+        "n_u_max_above_floor": max(above, default=None),
+        "curviness_level": levels[lowest] if lowest is not None else None,
+        "normalized_length": at_lowest("normalized_length"),
+        "normalized_length_sd": at_lowest("normalized_length_sd"),
+        "mean_normalized_length": _mean(curviness.get("normalized_length") or []),
+        "connected": connected,
+        "pairs": None if connected is None else connected + (failed or 0),
+        "complete": all(r["status"] == "complete" for r in point["runs"].values())
+        and set(point["runs"]) == set(PROBES),
+    }
+
+
+def census_rows(path: str) -> list[dict]:
+    """The census table: one row per grid point (see `point_row`)."""
+    return [point_row(p) for p in read_census(path)["points"]]
+
+
+def census_tables(path: str) -> list[dict]:
+    """Tables for `klandscape census` to print: the census, N_u per point, curviness."""
+    census = read_census(path)
+    points = census["points"]
+    keys = list(points[0]["grid"])
+    rows = [point_row(p) for p in points]
+    first = table(
+        "census",
+        [
+            *keys,
+            "reps",
+            "params",
+            "minima",
+            "highest merge",
+            "mean barrier",
+            "separated",
+            "N_u lowest u",
+            "max N_u",
+            "norm. length",
+            "connected",
+        ],
+        [
+            [
+                *[r.get(k) for k in keys],
+                r["replicas"],
+                r["parameters"],
+                f"{fmt(r['lowest_minimum'], 3)}-{fmt(r['highest_minimum'], 3)}",
+                r["highest_merge_level"],
+                r["mean_barrier"],
+                f"{fmt(r['separated_pairs'])}/{fmt(r['all_pairs'])}",
+                r["n_u_lowest_level"],
+                f"{fmt(r['n_u_max'])} ({fmt(r['n_u_max_above_floor'])})",
+                r["normalized_length"],
+                "n/a" if r["pairs"] is None else f"{r['connected']}/{r['pairs']}",
+            ]
+            for r in rows
+        ],
+        [
+            f"level function {level_label(census['data'])}; minima: lowest-highest level; "
+            "barrier: saddle-level upper bound - higher endpoint level, mean over pairs",
+            "separated: pairs whose saddle bracket starts above the higher minimum (a DSS "
+            "run failed there); the other pairs' merge levels are upper bounds only",
+            "N_u lowest u: at the lowest measured level; max N_u: over the measured levels, "
+            "(in brackets) over those at or above lowest minimum / alpha, below which DSS "
+            "cannot connect anything (its beads are trained to alpha x u)",
+            "norm. length (mean over connected pairs) and connected pairs at the lowest "
+            "curviness level",
+        ],
+    )
+    nu = table(
+        "census: N_u by level",
+        ["point", "N_u (components holding a sampled minimum)"],
+        [[p["name"], n_u_runs(n_u_curve(_result(p, "components"))) or "n/a"] for p in points],
+    )
+    curv_rows = []
+    for p in points:
+        result = _result(p, "curviness")
+        for i, level in enumerate(result.get("levels") or []):
+
+            def item(key, i=i, result=result):
+                values = result.get(key) or []
+                return values[i] if i < len(values) else None
+
+            good, bad = item("pairs") or 0, item("failed") or 0
+            curv_rows.append(
+                [
+                    p["name"],
+                    level,
+                    item("normalized_length"),
+                    item("normalized_length_sd"),
+                    item("beads"),
+                    f"{good}/{good + bad}",
+                ]
+            )
+    curv = table(
+        "census: curviness",
+        ["point", "level u", "norm. length", "sd", "beads", "connected"],
+        curv_rows,
+    )
+    return [first, nu, curv]
+
+
+# ------------------------------------------------------------------------------- figures
+
+
+def _axis(points: list[dict]) -> tuple[str | None, list[str]]:
+    """The x key (width if the grid has it, else its first key) and the series keys."""
+    keys = list(points[0]["grid"]) if points else []
+    if not keys:
+        return None, []
+    x = "width" if "width" in keys else keys[0]
+    return x, [k for k in keys if k != x]
+
+
+def _numeric(values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def draw_summary(census: dict):
+    """Highest merge level (with the minima's levels), barrier and normalized length
+    against the grid's first key, one line per value of the other keys."""
+    points = census["points"]
+    x_key, series_keys = _axis(points)
+    rows = [point_row(p) for p in points]
+    xs_all = [r.get(x_key) for r in rows]
+    numeric = _numeric(xs_all)
+    ticks = sorted(set(xs_all)) if numeric else list(dict.fromkeys(map(str, xs_all)))
+
+    def position(value):
+        return value if numeric else ticks.index(str(value))
+
+    groups: dict[tuple, list[tuple[dict, dict]]] = {}
+    for point, row in zip(points, rows):
+        groups.setdefault(tuple(row.get(k) for k in series_keys), []).append((point, row))
+    figure, axes = new_figure(14.0, 4.4, ncols=3)
+    label = level_label(census["data"])
+    for g, (key, members) in enumerate(groups.items()):
+        members.sort(key=lambda m: position(m[1].get(x_key)))
+        name = ", ".join(f"{k} {v}" for k, v in zip(series_keys, key))
+        suffix = f" ({name})" if name else ""
+        color = f"C{g % 10}"
+        xs = [position(r.get(x_key)) for _, r in members]
+
+        def line(ax, values, style, text, xs=xs, color=color, suffix=suffix):
+            keep = [(x, v) for x, v in zip(xs, values) if v is not None]
+            if keep:
+                ax.plot(*zip(*keep), style, color=color, label=text + suffix)
+
+        line(axes[0], [r["highest_merge_level"] for _, r in members], "o-", "highest merge")
+        line(axes[0], [r["highest_minimum"] for _, r in members], "v--", "highest minimum")
+        line(axes[0], [r["lowest_minimum"] for _, r in members], "^:", "lowest minimum")
+        line(axes[1], [r["mean_barrier"] for _, r in members], "o-", "mean barrier")
+        line(axes[1], [r["max_barrier"] for _, r in members], "x:", "max barrier")
+        levels = max(
+            (len(_result(p, "curviness").get("levels") or []) for p, _ in members), default=0
+        )
+        for k in range(levels):
+
+            def at(point, key="normalized_length", k=k):
+                values = sorted(
+                    zip(
+                        _result(point, "curviness").get("levels") or [],
+                        _result(point, "curviness").get(key) or [],
+                    ),
+                    key=lambda lv: -lv[0],
+                )
+                return values[k] if k < len(values) else (None, None)
+
+            us = {at(p)[0] for p, _ in members if at(p)[0] is not None}
+            which = f"u = {fmt(us.pop(), 3)}" if len(us) == 1 else f"level {k + 1} (highest 1)"
+            axes[2].plot(
+                [x for x, (p, _) in zip(xs, members) if at(p)[1] is not None],
+                [at(p)[1] for p, _ in members if at(p)[1] is not None],
+                "o-",
+                color=color,
+                alpha=1.0 - 0.6 * k / max(levels, 1),
+                label=f"{which}{suffix}",
+            )
+    for ax in axes[:2]:  # levels and barriers often span decades
+        if use_log_scale([y for line in ax.get_lines() for y in line.get_ydata()]):
+            ax.set_yscale("log")
+    axes[0].set_ylabel(label)
+    axes[0].set_title("highest merge level and the minima", fontsize=10)
+    axes[1].set_ylabel(f"barrier ({label})")
+    axes[1].set_title("barrier above the higher endpoint (over pairs)", fontsize=10)
+    axes[2].axhline(1.0, color="0.6", linestyle="--", linewidth=1)
+    axes[2].set_ylabel("normalized geodesic length (1 = straight)")
+    axes[2].set_title("normalized length (mean over connected pairs)", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel(x_key or "grid point")
+        if not numeric:
+            ax.set_xticks(range(len(ticks)), ticks)
+        elif all(v > 0 for v in ticks) and len(ticks) > 2 and max(ticks) / min(ticks) >= 8:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    figure.suptitle(f"landscape census: {len(points)} grid points", fontsize=11)
+    return figure, f"highest merge level, barrier and normalized length against {x_key}"
+
+
+def draw_components(census: dict):
+    """N_u against the level, one step curve per grid point: absolute levels (left), and
+    the level's excess over the point's lowest minimum, in percent (right)."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    points = census["points"]
+    figure, axes = new_figure(12.0, 4.6, ncols=2)
+    colors = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(points), 1)))
+    top, absolute = 1, []
+    for k, (color, point) in enumerate(zip(colors, points)):
+        curve = n_u_curve(_result(point, "components"))
+        if not curve:
+            continue
+        us, ns = zip(*curve)
+        top = max(top, *ns)
+        absolute += us
+        lifted = [n + 0.04 * k for n in ns]  # offset so that equal curves stay apart
+        axes[0].step(us, lifted, where="post", color=color, linewidth=1.6, label=point["name"])
+        lowest = min(_result(point, "components").get("minimum_levels") or [None], default=None)
+        if lowest:
+            excess = [(100.0 * (u / lowest - 1.0), n) for u, n in zip(us, lifted)]
+            excess = [(e, n) for e, n in excess if e > 0]
+            if excess:
+                axes[1].step(*zip(*excess), where="post", color=color, linewidth=1.6)
+    alphas = {
+        ((p["runs"].get("components") or {}).get("config") or {}).get("alpha") for p in points
+    }
+    if len(alphas) == 1 and (alpha := alphas.pop()):
+        axes[1].axvline(
+            100.0 * (1.0 / alpha - 1.0),
+            color="C3",
+            linestyle=":",
+            linewidth=1.2,
+            label=f"lowest / alpha (alpha {alpha:g}): DSS cannot connect below",
+        )
+        axes[1].legend(fontsize=7)
+    if use_log_scale(absolute):
+        axes[0].set_xscale("log")
+    axes[1].set_xscale("log")
+    for ax in axes:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(-0.2, top + 0.8)
+        ax.set_ylabel("N_u: components holding a sampled minimum")
+        ax.grid(alpha=0.3)
+    axes[0].set_xlabel(f"level u: {level_label(census['data'])}")
+    axes[1].set_xlabel("level above the point's lowest minimum: 100 (u / lowest - 1), %")
+    axes[0].legend(fontsize=7, ncols=2 if len(points) > 8 else 1)
+    figure.suptitle(
+        "N_u per grid point (curves offset slightly upwards to stay apart)", fontsize=10
+    )
+    return figure, f"N_u against the level for {len(points)} grid points"
+
+
+def plot_census(
+    path: str, directory: str | None = None, *, fmt: str = "png", paths: str = "none"
+) -> object:
+    """The census figures and every point's probe figures (`plot_store`), in `directory`
+    (default `<store stem>_figures` beside the store). Returns plot_store's PlotReport with
+    the census figures first."""
+    directory = directory or default_directory(path)
+    census = read_census(path)
+    report = plot_store(path, directory, fmt=fmt, paths=paths)
+    out = Path(directory)
+    made = []
+    for kind, draw in (("census_summary", draw_summary), ("census_components", draw_components)):
+        figure, caption = draw(census)
+        made.append(FigureFile(_save(figure, out, _safe(kind), fmt), "census", kind, None, caption))
+    report.figures[:0] = made
+    return report
+
+
+__all__ = [
+    "CENSUS_ATTRS",
+    "census_points",
+    "census_rows",
+    "census_tables",
+    "n_u_curve",
+    "plot_census",
+    "point_row",
+    "read_census",
+]
