@@ -12,6 +12,11 @@ Greedy breadth-first refinement of a piecewise-linear string [A, ..., B]:
    insertion point orthogonal to q - p (the talk's refinement). A bead that misses the target
    within its budget ends the search: not connected ("bead_not_reached").
 
+`connect` runs one string; `search` is the same walk as a lockstep search, so a probe runs
+all its strings together (`keras_landscape.science.lockstep`): their checks and their
+projections are served in shared stacks, and a string's `seconds` is then the wall time
+from its start to its verdict, shared with the strings it ran beside.
+
 The verdict is heuristic (a failure is not a proof of disconnection) and says why. Bead
 counts include both endpoints, so the first refinement gives 3, as in the authors' code.
 The normalised geodesic length is  sum_i ||b_{i+1} - b_i|| / ||B - A||  (1 on convex
