@@ -659,7 +659,8 @@ class Landscape:
         cache = self.__dict__.setdefault("_projection_kernels", {})
         key = (full_batch, optimizer.key, width)
         if key not in cache:
-            keras_optimizer = optimizer.build(width, self.size)
+            with self.devices.scope():  # under a strategy: one copy per replica
+                keras_optimizer = optimizer.build(width, self.size)
             compiled = backend.compile_function(
                 kernels.make_projection(
                     self.model,

@@ -14,6 +14,7 @@ only `writer` (process 0) writes the store.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -75,6 +76,11 @@ class Devices:
     def fetch(self, value) -> np.ndarray:
         """The whole of a (possibly distributed) result, on this host, in every process."""
         return np.asarray(value)
+
+    def scope(self):
+        """Where variables a kernel captures are made (a strategy's scope: one copy per
+        replica, on its device)."""
+        return contextlib.nullcontext()
 
     def shared(self, value) -> np.ndarray:
         """A value every replica holds the same copy of (an optimizer's step count), on the

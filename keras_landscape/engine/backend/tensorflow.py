@@ -261,6 +261,9 @@ class StrategyDevices(Devices):
     def shared(self, value) -> np.ndarray:
         return np.asarray(self.strategy.experimental_local_results(value)[0])
 
+    def scope(self):
+        return self.strategy.scope()
+
     def sync(self, tag: str) -> None:
         if self.processes > 1:  # an all-reduce every worker must join (and finish)
             total = self.strategy.reduce(
