@@ -15,10 +15,13 @@ only `writer` (process 0) writes the store.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+log = logging.getLogger("keras_landscape")
 
 
 def padded_count(k: int) -> int:
@@ -54,6 +57,13 @@ class Devices:
 
     def width(self, k: int) -> int:
         """Rows of a stack of k beads once padded: a power of two per replica."""
+        if 0 < k < self.count and self.split_note is None:
+            self.split_note = (
+                f"stacks of fewer beads than the {self.count} replicas occur (e.g. {k}): the "
+                "beads stay sharded and the other replicas run padding rows; the data batch "
+                "is not sharded instead"
+            )
+            log.info("--strategy %s: %s.", self.name, self.split_note)
         return self.count * padded_count(-(-max(1, int(k)) // self.count))
 
     def kernel_width(self, width: int) -> int:
