@@ -176,6 +176,11 @@ COMMANDS: list[Entry] = [
     ),
     Entry(r"^klandscape probe m/mlp_0\.keras .*--out runs/(m_eval|m01)\.h5$", SLOW, 20),
     Entry(r"^klandscape probe a\.keras b\.keras c\.h5 .*--out runs/curv\.h5$", SLOW, 20),
+    Entry(r"^klandscape probe a\.keras --data cubic --probe hessian --out runs/h\.h5$", SLOW, 20),
+    Entry(
+        r"^klandscape probe a\.keras b\.keras --data cubic --probe hessian .*h_path\.h5$", SLOW, 30
+    ),
+    Entry(r"^klandscape probe a\.keras b\.keras c\.h5 .*--out runs/plane\.h5$", SLOW, 20),
     Entry(r"^klandscape probe a\.keras .*--partners 1 .*--out runs/partner\.h5$", SLOW, 20),
     Entry(
         r"^klandscape probe a\.keras .*--json --out runs/json\.h5 -q$", SLOW, 20, json_stdout=True

@@ -160,7 +160,18 @@ def make_gradient_sums(
         _, sums, grad = vg(theta, state, non_trainable, x, y, mask, loss_weight, reg_weight)
         return sums, grad
 
+    gradient_sums.weighted = weighted  # make_hessian_vector_sums differentiates it twice
     return gradient_sums
+
+
+def make_hessian_vector_sums(
+    model, layout: ParameterLayout, state_layout: StateLayout, objective: Objective
+):
+    """fn(theta, v, state, nt, x, y, mask, loss_weight, reg_weight) -> this batch's share of
+    H v, H the Hessian of the training loss E (weighted as in `make_gradient_sums`; the
+    state is held fixed)."""
+    weighted = make_gradient_sums(model, layout, state_layout, objective).weighted
+    return backend.hessian_vector_product(weighted)
 
 
 def _map_model(model, layout: ParameterLayout, state_layout: StateLayout, call_kwargs, fn):
@@ -274,6 +285,7 @@ __all__ = [
     "split_theta",
     "make_batch_sums",
     "make_gradient_sums",
+    "make_hessian_vector_sums",
     "make_stacked_forward",
     "make_stacked_batch_sums",
     "make_batch_moments",

@@ -622,6 +622,32 @@ class Landscape:
                 grad += np.asarray(g, np.float64)
         return self._finalize(sums, split)[0], grad.astype(np.float32)
 
+    def hessian_vector(
+        self, theta: np.ndarray, v: np.ndarray, split: str = "train", state=None
+    ) -> np.ndarray:
+        """H v, H the Hessian of E (the training loss of `loss_and_grad`) at theta with the
+        state held fixed: exact over the whole split, streamed, float64 (P,)."""
+        batches = self._batches[split]
+        theta_t = ops.convert_to_tensor(np.asarray(theta, np.float32))
+        v_t = ops.convert_to_tensor(np.asarray(v, np.float32))
+        state_t = ops.convert_to_tensor(self._state_row(np.asarray(theta), state, False))
+        loss_weight = ops.convert_to_tensor(np.float32(1.0 / self._loss_elements(split)))
+        reg_weight = ops.convert_to_tensor(np.float32(1.0 / batches.n))
+        if not hasattr(self, "_hessian_vector_sums"):
+            self._hessian_vector_sums = backend.compile_function(
+                kernels.make_hessian_vector_sums(
+                    self.model, self.layout, self.state_layout, self.objective.objective
+                ),
+                xla=self.xla,
+                label=f"{getattr(self.model, 'name', 'model')} Hessian-vector product",
+            )
+        total = np.zeros(self.size, np.float64)
+        with backend.exact_float32():
+            for x, y, mask in batches.batches:
+                args = (state_t, self.non_trainable, x, y, mask, loss_weight, reg_weight)
+                total += np.asarray(self._hessian_vector_sums(theta_t, v_t, *args), np.float64)
+        return total
+
     def _loss_elements(self, split: str) -> float:
         """Total loss elements on a split (samples x per-sample elements, e.g. timesteps)."""
         key = f"_elements_{split}"

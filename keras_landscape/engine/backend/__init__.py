@@ -27,6 +27,7 @@ else:  # pragma: no cover - depends on the environment
 
 compile_function = _impl.compile_function
 value_and_grad = _impl.value_and_grad
+hessian_vector_product = _impl.hessian_vector_product
 map_beads = _impl.map_beads
 convolution = _impl.convolution
 float32_precision = _impl.float32_precision
@@ -61,6 +62,7 @@ __all__ = [
     "name",
     "compile_function",
     "value_and_grad",
+    "hessian_vector_product",
     "map_beads",
     "convolution",
     "float32_precision",

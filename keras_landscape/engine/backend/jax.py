@@ -28,6 +28,17 @@ def value_and_grad(fn):
     return wrapped
 
 
+def hessian_vector_product(fn):
+    """fn(theta, *args) -> (value, aux)  becomes  (theta, v, *args) -> d/dtheta <grad fn, v>:
+    the Hessian of fn times v, by forward over reverse (jax.jvp of jax.grad)."""
+
+    def wrapped(theta, v, *args):
+        grad = jax.grad(lambda t: fn(t, *args)[0])
+        return jax.jvp(grad, (theta,), (v,))[1]
+
+    return wrapped
+
+
 def map_beads(fn, elems):
     """Apply fn to every bead of `elems` (array or pytree, leading axis K) with jax.vmap."""
     return jax.vmap(fn)(elems)

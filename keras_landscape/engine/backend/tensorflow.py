@@ -72,6 +72,23 @@ def value_and_grad(fn):
     return wrapped
 
 
+def hessian_vector_product(fn):
+    """fn(theta, *args) -> (value, aux)  becomes  (theta, v, *args) -> d/dtheta <grad fn, v>:
+    the Hessian of fn times v, by reverse over reverse (two tapes)."""
+
+    def wrapped(theta, v, *args):
+        with tf.GradientTape() as outer:
+            outer.watch(theta)
+            with tf.GradientTape() as inner:
+                inner.watch(theta)
+                value, _ = fn(theta, *args)
+            grad = inner.gradient(value, theta)
+            along = tf.reduce_sum(grad * v)
+        return outer.gradient(along, theta)
+
+    return wrapped
+
+
 _warned_loop: set[str] = set()
 
 

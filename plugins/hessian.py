@@ -1,0 +1,299 @@
+"""Probe `hessian`: curvature of the training loss at each model and along stored paths.
+
+Top-k eigenvalues and eigenvectors (Lanczos), trace (Hutchinson) and spectral density
+(stochastic Lanczos quadrature) of the Hessian of the training loss E, through exact
+Hessian-vector products over the whole training split (`Landscape.hessian_vector`: one
+compiled kernel per batch, the state held fixed). With `path=STORE:RUN`, the top eigenvalue
+and the trace at every bead of every string stored in that run: how curvature changes
+along a low-loss path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from keras_landscape.errors import UserError
+from keras_landscape.registry import ProbeBase
+from keras_landscape.report.plots import NoFigure, new_figure
+from keras_landscape.report.tables import fmt, table
+from keras_landscape.science.hessian import hutchinson_trace, spectral_density, top_eigenpairs
+from keras_landscape.seeds import derive_seed
+from keras_landscape.store.hdf5 import Store
+from keras_landscape.store.strings import read_string, string_prefixes
+
+# keys of the random streams under the run's seed
+_EIGEN, _TRACE, _DENSITY = 1, 2, 3
+
+
+def hessian_tables(name: str, result: dict) -> list[dict]:
+    models = [m for m in result.get("models") or [] if isinstance(m, dict)]
+    k = max((len(m.get("eigenvalues") or []) for m in models), default=0)
+    rows = [
+        [m.get("model")]
+        + [(m.get("eigenvalues") or [None] * k)[i] for i in range(k)]
+        + [f"{fmt(m.get('trace'))} ± {fmt(m.get('trace_se'))}", m.get("max_residual")]
+        for m in models
+    ]
+    tables = [
+        table(
+            name,
+            ["model"] + [f"lambda_{i + 1}" for i in range(k)] + ["trace ± se", "max residual"],
+            rows,
+            [
+                "Hessian of the training loss on the training split (model's own state); "
+                "eigenvalues by Lanczos, trace by Hutchinson; residual: ||Hq - lambda q||"
+            ],
+        )
+    ]
+    for string in result.get("path") or []:
+        tables.append(
+            table(
+                f"{name}: path {string['string']}",
+                ["bead", "position", "level", "lambda_max", "trace ± se"],
+                [
+                    [
+                        b["bead"],
+                        b["position"],
+                        b["level"],
+                        b["top_eigenvalue"],
+                        f"{fmt(b['trace'])} ± {fmt(b['trace_se'])}",
+                    ]
+                    for b in string["beads"]
+                ],
+                ["position: arc length from A over the string's length"],
+            )
+        )
+    return tables
+
+
+def draw_density(result: dict, run_name: str, xlabel: str):
+    models = [m for m in result.get("models") or [] if m.get("density")]
+    if not models:
+        raise NoFigure("no spectral density in the result")
+    figure, ax = new_figure(7.0, 4.2)
+    for i, m in enumerate(models):
+        density = np.maximum(np.asarray(m["density"], float), 1e-12)
+        ax.semilogy(m["density_grid"], density, color=f"C{i % 10}", label=m["model"])
+    ax.set_xlabel("eigenvalue of the Hessian of the training loss")
+    ax.set_ylabel("density (stochastic Lanczos quadrature)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.suptitle(f"{run_name}: Hessian spectral density", fontsize=10)
+    return figure, f"spectral density of {len(models)} model(s)"
+
+
+def draw_path(result: dict, run_name: str, xlabel: str):
+    strings = result.get("path") or []
+    if not strings:
+        raise NoFigure("no path was measured (path=STORE:RUN)")
+    figure, (left, right) = new_figure(10.0, 4.2, ncols=2)
+    for i, string in enumerate(strings):
+        position = [b["position"] for b in string["beads"]]
+        left.plot(position, [b["top_eigenvalue"] for b in string["beads"]], "o-", color=f"C{i}")
+        right.plot(position, [b["trace"] for b in string["beads"]], "o-", color=f"C{i}")
+    for ax, label in ((left, "top eigenvalue"), (right, "trace")):
+        ax.set_xlabel("position along the string (arc length fraction, A = 0)")
+        ax.set_ylabel(f"Hessian {label}")
+        ax.grid(alpha=0.3)
+    figure.suptitle(f"{run_name}: curvature along {len(strings)} stored string(s)", fontsize=10)
+    return figure, f"curvature along {len(strings)} string(s)"
+
+
+class HessianProbe(ProbeBase):
+    """Top eigenvalues, trace and spectral density of the Hessian, at models and beads."""
+
+    name = "hessian"
+    summary = "Hessian of the training loss: top eigenvalues, trace, density; along paths."
+    result_fields = {
+        "models": "per model: eigenvalues (largest first), residuals (||Hq - lambda q|| of "
+        "each), max_residual, trace, trace_se (Hutchinson's standard error), density_grid, "
+        "density, density_sigma (stochastic Lanczos quadrature); eigenvectors are stored "
+        "as datasets models/<model>/eigenvectors",
+        "path": "with path=STORE:RUN: per stored string, per bead: bead, position (arc "
+        "length fraction from A), level (as stored), top_eigenvalue, trace, trace_se",
+    }
+
+    @dataclass
+    class Config:
+        """Options of `hessian`.
+
+        Attributes:
+            top_k: how many of the largest eigenvalues (and eigenvectors) to report.
+            lanczos_steps: Lanczos iterations for them (>= top_k; more: more accurate).
+            trace_samples: Rademacher vectors for Hutchinson's trace (0: no trace).
+            density_probes: random vectors for the spectral density (0: no density).
+            density_steps: Lanczos iterations per density vector.
+            density_points: grid points of the density.
+            path: 'STORE:RUN': also measure the top eigenvalue and the trace at every bead
+                of every string stored in that run of that store ('' : none).
+            seed: seeds the random vectors (--seed by default).
+        """
+
+        top_k: int = 3
+        lanczos_steps: int = 20
+        trace_samples: int = 10
+        density_probes: int = 2
+        density_steps: int = 20
+        density_points: int = 200
+        path: str = ""
+        seed: int = 0
+
+        def validate(self) -> None:
+            if self.top_k < 1 or self.lanczos_steps < self.top_k:
+                raise UserError(
+                    f"hessian needs top_k >= 1 and lanczos_steps >= top_k (got {self.top_k}, "
+                    f"{self.lanczos_steps})."
+                )
+            if min(self.trace_samples, self.density_probes) < 0 or self.density_steps < 1:
+                raise UserError(
+                    "trace_samples and density_probes must be >= 0 and density_steps >= 1."
+                )
+            if self.density_points < 2:
+                raise UserError(f"density_points must be >= 2, got {self.density_points}.")
+            if self.path and ":" not in self.path:
+                raise UserError(
+                    f"path {self.path!r}: give STORE:RUN, e.g. runs/ab.h5:connectivity."
+                )
+
+    figures = {"hessian_density": draw_density, "hessian_path": draw_path}
+
+    @classmethod
+    def tables(cls, run_name: str, result: dict) -> list[dict]:
+        return hessian_tables(run_name, result)
+
+    def run(self, landscape, models, store, progress) -> dict:
+        config = self.config
+        config.validate()
+        beads = self._path_beads(landscape, config.path) if config.path else []
+        task = progress.task("hessian", total=len(models) + sum(len(b[1]) for b in beads))
+        results = []
+        for minimum in models:
+            results.append(self._at_model(landscape, minimum, store))
+            task.advance()
+        path = []
+        for prefix, points in beads:
+            measured = []
+            for index, (bead, position, level, theta, state) in enumerate(points):
+                measured.append(
+                    self._at_bead(landscape, store, prefix, index, bead, theta, state)
+                    | {"bead": bead, "position": position, "level": level}
+                )
+                task.advance()
+            path.append({"string": prefix, "beads": measured})
+        task.close()
+        return {"models": results, "path": path, "source": config.path or None}
+
+    def _matvec(self, landscape, theta, state):
+        return lambda v: landscape.hessian_vector(theta, v, state=state)
+
+    def _at_model(self, landscape, minimum, store) -> dict:
+        config, key = self.config, f"models/{minimum.name}"
+        matvec = self._matvec(landscape, minimum.theta, minimum.state)
+        if store.has(f"{key}/eigenvalues"):  # a resumed run: this model is done
+            values = store.read(f"{key}/eigenvalues")
+            residuals = store.read(f"{key}/residuals")
+            trace = store.read(f"{key}/trace")
+            grid, density = store.read(f"{key}/density_grid"), store.read(f"{key}/density")
+            sigma = float(store.read(f"{key}/density_sigma"))
+        else:
+            seed = derive_seed(config.seed, _EIGEN)
+            values, vectors, residuals = top_eigenpairs(
+                matvec, landscape.size, config.top_k, config.lanczos_steps, seed
+            )
+            trace = np.array(self._trace(landscape, matvec))
+            if config.density_probes:
+                density = spectral_density(
+                    matvec,
+                    landscape.size,
+                    config.density_probes,
+                    config.density_steps,
+                    derive_seed(config.seed, _DENSITY),
+                    config.density_points,
+                )
+                grid, sigma, density = density["grid"], density["sigma"], density["density"]
+            else:
+                grid, density, sigma = np.zeros(0), np.zeros(0), float("nan")
+            store.write(f"{key}/eigenvectors", vectors.astype(np.float32))
+            store.write(f"{key}/residuals", residuals)
+            store.write(f"{key}/trace", trace)
+            store.write(f"{key}/density_grid", grid)
+            store.write(f"{key}/density", density)
+            store.write(f"{key}/density_sigma", np.float64(sigma))
+            store.write(f"{key}/eigenvalues", values)  # last: marks the model done
+        return {
+            "model": minimum.name,
+            "eigenvalues": [float(v) for v in values],
+            "residuals": [float(r) for r in residuals],
+            "max_residual": float(np.max(residuals)) if len(residuals) else None,
+            "trace": float(trace[0]),
+            "trace_se": float(trace[1]),
+            "density_grid": [float(g) for g in grid],
+            "density": [float(d) for d in density],
+            "density_sigma": sigma,
+        }
+
+    def _trace(self, landscape, matvec) -> tuple[float, float]:
+        samples = self.config.trace_samples
+        if not samples:
+            return float("nan"), float("nan")
+        return hutchinson_trace(
+            matvec, landscape.size, samples, derive_seed(self.config.seed, _TRACE)
+        )
+
+    def _at_bead(self, landscape, store, prefix, index, bead, theta, state) -> dict:
+        key = f"path/{prefix or 'root'}/bead_{index}"
+        if store.has(f"{key}/measures"):
+            top, trace, se = store.read(f"{key}/measures")
+        else:
+            matvec = self._matvec(landscape, theta, state)
+            values, _, _ = top_eigenpairs(
+                matvec,
+                landscape.size,
+                1,
+                self.config.lanczos_steps,
+                derive_seed(self.config.seed, _EIGEN),
+            )
+            trace, se = self._trace(landscape, matvec)
+            top = float(values[0])
+            store.write(f"{key}/measures", np.array([top, trace, se], np.float64))
+        return {"top_eigenvalue": float(top), "trace": float(trace), "trace_se": float(se)}
+
+    @staticmethod
+    def _path_beads(landscape, path: str) -> list[tuple[str, list]]:
+        """[(string prefix, [(bead row, position, level, theta, state)])] of a stored run."""
+        source, _, run_name = path.rpartition(":")
+        with Store.open(source) as other:
+            run = other.run(run_name)
+            found = []
+            for prefix in string_prefixes(run):
+                stored = read_string(run, prefix)
+                thetas = stored.beads[stored.order].astype(np.float64)
+                if thetas.shape[1] != landscape.size:
+                    raise UserError(
+                        f"path {path!r}: its beads have {thetas.shape[1]} parameters, the "
+                        f"models here {landscape.size}: the strings belong to another "
+                        "architecture."
+                    )
+                steps = np.linalg.norm(np.diff(thetas, axis=0), axis=1)
+                length = float(steps.sum()) or 1.0
+                positions = np.concatenate([[0.0], np.cumsum(steps) / length])
+                found.append(
+                    (
+                        prefix,
+                        [
+                            (
+                                int(row),
+                                float(position),
+                                float(stored.bead_level[row]),
+                                stored.beads[row],
+                                None if stored.bead_state is None else stored.bead_state[row],
+                            )
+                            for row, position in zip(stored.order, positions)
+                        ],
+                    )
+                )
+        if not found:
+            raise UserError(f"path {path!r}: the run holds no string.")
+        return found

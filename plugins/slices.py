@@ -1,0 +1,334 @@
+"""Probe `slices`: the loss and the level function on a line or a plane of parameter space.
+
+Three ways to choose the slice (`mode`):
+
+- `random`: around the first model, along one or two random directions with filter
+  normalisation (Li et al. 2018): each filter of a direction (a slice of a kernel along its
+  last axis: a Dense unit, a convolution's output channel) is scaled to the norm of the
+  model's filter; 1-D parameters (biases, BatchNorm scales and shifts) are left out of the
+  direction (`ignore_biases`, default) or normalised as a whole;
+- `models`: the line through two models (t = 0 at A, 1 at B), or the plane through three
+  (Garipov et al. 2018): A at the origin, x along B - A, y along the part of C - A
+  orthogonal to it, both in parameter units, so the three models sit at known points;
+- `hessian`: along the top one or two Hessian eigenvectors at the first model (unit
+  vectors: the axes are in parameter units).
+
+The grid (any number of points per axis) is evaluated as stacks of parameter vectors on
+the batched engine, row by row; the store holds explicit axes (`x`, `y`), the `loss` and
+`level` grids and a `done` mask, so an interrupted slice resumes where it stopped (no
+sentinel values: a point not yet evaluated is masked, a NaN is a NaN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from keras_landscape.errors import UserError
+from keras_landscape.registry import ProbeBase
+from keras_landscape.report.plots import NoFigure, new_figure
+from keras_landscape.report.tables import table
+from keras_landscape.science.hessian import top_eigenpairs
+from keras_landscape.seeds import derive_seed
+
+MODES = ("random", "models", "hessian")
+NORMALIZATIONS = ("filter", "layer", "none")
+
+
+def _axis(text: str, points: int, where: str) -> np.ndarray:
+    try:
+        low, high = (float(v) for v in str(text).split(":"))
+    except ValueError:
+        raise UserError(f"{where} {text!r}: give 'low:high', e.g. -1:1.") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise UserError(f"{where} {text!r}: low must be below high, both finite.")
+    return np.linspace(low, high, points)
+
+
+def normalized_direction(
+    direction: np.ndarray, theta: np.ndarray, layout, how: str, ignore_biases: bool
+) -> np.ndarray:
+    """A direction scaled filter by filter (or layer by layer) to the norms of theta's."""
+    out = np.zeros_like(direction, np.float64)
+    for offset, shape in zip(layout.offsets, layout.shapes):
+        size = int(np.prod(shape)) if shape else 1
+        d = direction[offset : offset + size].astype(np.float64).reshape(shape or (1,))
+        w = theta[offset : offset + size].astype(np.float64).reshape(shape or (1,))
+        if len(shape) <= 1:
+            if ignore_biases:
+                continue
+            d = d * np.linalg.norm(w) / max(np.linalg.norm(d), 1e-12) if how != "none" else d
+        elif how == "filter":
+            axes = tuple(range(len(shape) - 1))
+            d_norm = np.sqrt((d**2).sum(axis=axes, keepdims=True))
+            w_norm = np.sqrt((w**2).sum(axis=axes, keepdims=True))
+            d = d * w_norm / np.maximum(d_norm, 1e-12)
+        elif how == "layer":
+            d = d * np.linalg.norm(w) / max(np.linalg.norm(d), 1e-12)
+        out[offset : offset + size] = d.reshape(-1)
+    return out
+
+
+def slices_tables(name: str, result: dict) -> list[dict]:
+    marks = result.get("marks") or []
+    rows = [[m["model"], m["x"], m.get("y"), m["loss"], m["level"]] for m in marks]
+    loss = np.array(result.get("loss") or [], dtype=float)
+    finite = loss[np.isfinite(loss)] if loss.size else loss
+    notes = [
+        f"mode {result.get('mode')}, {result.get('dims')}-D, grid "
+        f"{len(result.get('x') or [])} x {len(result.get('y') or [1])}"
+        + (
+            f"; loss on the grid from {finite.min():.4g} to {finite.max():.4g}"
+            if finite.size
+            else ""
+        )
+    ]
+    return [table(name, ["model", "x", "y", "loss", "level"], rows, notes)]
+
+
+def draw_slice(result: dict, run_name: str, xlabel: str):
+    x = np.asarray(result.get("x") or [], float)
+    if not x.size:
+        raise NoFigure("the result has no grid")
+    level = np.asarray(result["level"], float)
+    loss = np.asarray(result["loss"], float)
+    marks = result.get("marks") or []
+    if result.get("dims") == 1:
+        figure, ax = new_figure(7.0, 4.2)
+        ax.plot(x, loss[0], "-", color="C0", label="training loss")
+        ax.plot(x, level[0], "--", color="C1", label=f"level ({xlabel})")
+        for m in marks:
+            ax.plot([m["x"]], [m["level"]], "ko")
+            ax.annotate(m["model"], (m["x"], m["level"]), xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel(result.get("x_label") or "x")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    else:
+        y = np.asarray(result["y"], float)
+        figure, ax = new_figure(6.4, 5.2)
+        finite = level[np.isfinite(level)]
+        if not finite.size:
+            raise NoFigure("no finite level on the grid")
+        contour = ax.contourf(x, y, level, levels=20, cmap="viridis")
+        ax.contour(x, y, level, levels=10, colors="white", linewidths=0.5)
+        figure.colorbar(contour, ax=ax, label=f"level ({xlabel})")
+        for m in marks:
+            ax.plot([m["x"]], [m["y"]], "r*", markersize=10)
+            ax.annotate(m["model"], (m["x"], m["y"]), xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel(result.get("x_label") or "x")
+        ax.set_ylabel(result.get("y_label") or "y")
+    figure.suptitle(f"{run_name}: {result.get('mode')} slice", fontsize=10)
+    return figure, f"{result.get('dims')}-D {result.get('mode')} slice"
+
+
+class SlicesProbe(ProbeBase):
+    """Loss and level on a 1-D or 2-D slice: random (filter-normalised), through models, or
+    along Hessian eigenvectors."""
+
+    name = "slices"
+    summary = "1-D/2-D loss and level slices: random filter-normalised, through models, Hessian."
+    result_fields = {
+        "mode": "random, models or hessian",
+        "dims": "1 or 2",
+        "x, y": "the axes (y is [0.0] for a 1-D slice)",
+        "x_label, y_label": "what the axes measure",
+        "loss": "(len(y), len(x)) training loss on the training split at each grid point",
+        "level": "(len(y), len(x)) level function on the evaluation split (the path view: "
+        "BatchNorm statistics recomputed under bn_stats=recompute)",
+        "marks": "the input models on the slice: model, x, y, loss, level",
+    }
+
+    @dataclass
+    class Config:
+        """Options of `slices`.
+
+        Attributes:
+            mode: 'random' (around the first model), 'models' (the line through two models
+                or the plane through three) or 'hessian' (top eigenvectors at the first model).
+            dims: 1 or 2 (mode 'models': 1 with two models, 2 with three).
+            x_range: 'low:high' of the x axis (direction units: 1 = one filter-normalised
+                step; mode models: fractions of |B - A| on the line, and on the plane the
+                margins around the three models in parameter units; hessian: parameter
+                units).
+            y_range: 'low:high' of the y axis (2-D), in the same units.
+            x_points: grid points on the x axis.
+            y_points: grid points on the y axis (2-D; any size: non-square grids work).
+            normalization: 'filter' (Li et al.), 'layer' or 'none' (mode random).
+            ignore_biases: leave 1-D parameters (biases, BatchNorm) out of random directions.
+            seed: seeds the random directions (--seed by default).
+        """
+
+        mode: str = "random"
+        dims: int = 1
+        x_range: str = "-1:1"
+        y_range: str = "-1:1"
+        x_points: int = 21
+        y_points: int = 21
+        normalization: str = "filter"
+        ignore_biases: bool = True
+        seed: int = 0
+
+        def validate(self) -> None:
+            if self.mode not in MODES:
+                raise UserError(f"Unknown mode {self.mode!r}: use one of {MODES}.")
+            if self.dims not in (1, 2):
+                raise UserError(f"dims must be 1 or 2, got {self.dims}.")
+            if self.normalization not in NORMALIZATIONS:
+                raise UserError(
+                    f"Unknown normalization {self.normalization!r}: use one of {NORMALIZATIONS}."
+                )
+            if self.x_points < 2 or (self.dims == 2 and self.y_points < 2):
+                raise UserError("x_points (and y_points for 2-D) must be >= 2.")
+            _axis(self.x_range, 2, "x_range")
+            _axis(self.y_range, 2, "y_range")
+
+    figures = {"slice": draw_slice}
+
+    @classmethod
+    def tables(cls, run_name: str, result: dict) -> list[dict]:
+        return slices_tables(run_name, result)
+
+    def run(self, landscape, models, store, progress) -> dict:
+        config = self.config
+        config.validate()
+        origin, directions, labels = self._frame(landscape, models)
+        x = _axis(config.x_range, config.x_points, "x_range")
+        y = (
+            _axis(config.y_range, config.y_points, "y_range")
+            if len(directions) == 2
+            else np.zeros(1)
+        )
+        if self._placed(models) is not None:  # the plane's axes cover the three models
+            x, y = self._covering(models, origin, directions, x, y)
+        store.write("directions", np.stack(directions).astype(np.float32))
+        store.write("x", x)
+        store.write("y", y)
+        shape = (len(y), len(x))
+        loss = store.read("loss") if store.has("loss") else np.full(shape, np.nan)
+        level = store.read("level") if store.has("level") else np.full(shape, np.nan)
+        done = store.read("done").astype(bool) if store.has("done") else np.zeros(shape, bool)
+        state = landscape.state_or_own(getattr(models[0], "state", None))
+        task = progress.task("slices", total=len(y))
+        for row in range(len(y)):
+            if not done[row].all():
+                coords = [(a, y[row]) for a in x]
+                thetas = np.stack([self._point(origin, directions, c) for c in coords])
+                loss[row], level[row] = self._evaluate(landscape, thetas, state)
+                done[row] = True
+                store.write("loss", loss)
+                store.write("level", level)
+                store.write("done", done.astype(np.int8))
+            task.advance()
+        task.close()
+        marks = self._marks(landscape, models, origin, directions)
+        return {
+            "mode": config.mode,
+            "dims": len(directions),
+            "x": [float(v) for v in x],
+            "y": [float(v) for v in y],
+            "x_label": labels[0],
+            "y_label": labels[1] if len(labels) > 1 else None,
+            "loss": loss.tolist(),
+            "level": level.tolist(),
+            "marks": marks,
+            "normalization": config.normalization if config.mode == "random" else None,
+        }
+
+    # ------------------------------------------------------------------ the frame
+    def _frame(self, landscape, models):
+        """(origin, unit-or-normalised directions, axis labels)."""
+        config = self.config
+        origin = models[0].theta.astype(np.float64)
+        if config.mode == "models":
+            if len(models) not in (2, 3):
+                raise UserError(
+                    f"mode models takes two models (a line) or three (a plane), got {len(models)}."
+                )
+            u = models[1].theta.astype(np.float64) - origin
+            if len(models) == 2:
+                return origin, [u], ["t (0 = A, 1 = B)"]
+            c = models[2].theta.astype(np.float64) - origin
+            e1 = u / np.linalg.norm(u)
+            v = c - (c @ e1) * e1
+            return origin, [e1, v / np.linalg.norm(v)], ["along B - A", "towards C"]
+        if config.mode == "hessian":
+            state = getattr(models[0], "state", None)
+            _, vectors, _ = top_eigenpairs(
+                lambda v: landscape.hessian_vector(origin, v, state=state),
+                landscape.size,
+                config.dims,
+                max(20, config.dims),
+                derive_seed(config.seed, 1),
+            )
+            labels = ["top Hessian eigenvector", "second Hessian eigenvector"]
+            return origin, list(vectors[: config.dims]), labels[: config.dims]
+        rng = np.random.default_rng(derive_seed(config.seed, 2))
+        directions = [
+            normalized_direction(
+                rng.standard_normal(landscape.size),
+                origin,
+                landscape.layout,
+                config.normalization,
+                config.ignore_biases,
+            )
+            for _ in range(config.dims)
+        ]
+        labels = [
+            f"random direction {i + 1} ({config.normalization}-normalised)"
+            for i in range(config.dims)
+        ]
+        return origin, directions, labels
+
+    def _placed(self, models):
+        return models if self.config.mode == "models" and len(models) == 3 else None
+
+    @staticmethod
+    def _coordinates(theta, origin, directions) -> tuple[float, float]:
+        offset = theta.astype(np.float64) - origin
+        coords = [float(offset @ d / (d @ d)) for d in directions]
+        return coords[0], coords[1] if len(coords) > 1 else 0.0
+
+    def _covering(self, models, origin, directions, x, y):
+        """Axes of the plane through three models spanning them, widened by the ranges."""
+        points = np.array([self._coordinates(m.theta, origin, directions) for m in models])
+        (x_low, y_low), (x_high, y_high) = points.min(axis=0), points.max(axis=0)
+        return (
+            np.linspace(x_low + x[0], x_high + x[-1], len(x)),
+            np.linspace(y_low + y[0], y_high + y[-1], len(y)),
+        )
+
+    @staticmethod
+    def _point(origin, directions, coords) -> np.ndarray:
+        theta = origin.copy()
+        for c, d in zip(coords, directions):
+            theta = theta + c * d
+        return theta.astype(np.float32)
+
+    @staticmethod
+    def _evaluate(landscape, thetas, state) -> tuple[np.ndarray, np.ndarray]:
+        states = np.repeat(state[None, :], len(thetas), axis=0)
+        levels, used = landscape.levels_and_states(thetas, states)
+        losses = np.array([e.loss for e in landscape.evaluate_many(thetas, "train", used)])
+        return losses, levels
+
+    def _marks(self, landscape, models, origin, directions) -> list[dict]:
+        """The input models on the slice, at their own coordinates, evaluated at the
+        projected point (the model itself when it lies in the slice)."""
+        shown = models if self.config.mode == "models" else models[:1]
+        marks = []
+        for m in shown:
+            x, y = self._coordinates(m.theta, origin, directions)
+            theta = self._point(origin, directions, (x, y)[: len(directions)])
+            state = landscape.state_or_own(getattr(m, "state", None))
+            losses, levels = self._evaluate(landscape, theta[None, :], state)
+            marks.append(
+                {
+                    "model": m.name,
+                    "x": x,
+                    "y": y,
+                    "loss": float(losses[0]),
+                    "level": float(levels[0]),
+                }
+            )
+        return marks

@@ -1,0 +1,106 @@
+"""The slices probe against known answers.
+
+- A 1-D random slice of a quadratic bowl (linear regression, MSE) is the analytic parabola
+  E0 + a g.d + a^2 d^T H d / 2, with H = (2/n) [X 1]^T [X 1] and d the stored direction;
+  filter normalisation gives d the norm of the model's kernel, and no bias component.
+- The plane through three models passes through them: each model's mark has the loss
+  Keras's own evaluate gives for that model file.
+- A non-square 2-D grid has explicit axes, full masks and (y, x)-shaped grids in the store.
+- The line through two models puts them at t = 0 and t = 1.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+
+def _run(paths, data, out, **options):
+    from keras_landscape.experiment.runner import RunSpec, execute
+
+    spec = RunSpec(models=paths, data=data, probes=["slices"], options=options, out=str(out))
+    return execute(spec)["results"]["slices"]
+
+
+def _read(out, key):
+    from keras_landscape.store.hdf5 import Store
+
+    with Store.open(out) as store:
+        return store.run("slices").read(key)
+
+
+def test_random_slice_of_a_quadratic_bowl_is_the_analytic_parabola(linreg_models, tmp_path):
+    x = linreg_models["x"].astype(np.float64)
+    y = linreg_models["y"].astype(np.float64)[:, 0]
+    design = np.hstack([x, np.ones((len(x), 1))])
+    hessian = 2.0 / len(x) * design.T @ design
+    out = tmp_path / "s.h5"
+    result = _run(
+        linreg_models["paths"][:1], linreg_models["data"], out, x_points=9, x_range="-2:2"
+    )
+    (d,) = _read(out, "directions").astype(np.float64)
+    model = keras.saving.load_model(linreg_models["paths"][0])
+    theta = np.concatenate([v.numpy().reshape(-1) for v in model.trainable_variables])
+    assert d[-1] == 0.0  # the bias is left out
+    np.testing.assert_allclose(np.linalg.norm(d[:3]), np.linalg.norm(theta[:3]), rtol=1e-6)
+    a = np.array(result["x"])
+    residual = design @ theta - y
+    gradient = 2.0 / len(x) * design.T @ residual
+    expected = np.mean(residual**2) + a * (gradient @ d) + 0.5 * a**2 * (d @ hessian @ d)
+    np.testing.assert_allclose(result["loss"][0], expected, rtol=1e-5, atol=1e-6)
+    # the loss level function on the training split is the same function
+    assert result["marks"][0]["x"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_plane_through_three_models_passes_through_them(linreg_models, tmp_path):
+    paths = linreg_models["paths"][:3]
+    result = _run(
+        paths,
+        linreg_models["data"],
+        tmp_path / "p.h5",
+        mode="models",
+        dims=2,
+        x_points=5,
+        y_points=4,
+        x_range="-0.5:0.5",
+        y_range="-0.5:0.5",
+    )
+    x, y = linreg_models["x"], linreg_models["y"]
+    for mark, path in zip(result["marks"], paths):
+        model = keras.saving.load_model(path)
+        expected = model.evaluate(x, y, verbose=0, batch_size=len(x))
+        assert mark["loss"] == pytest.approx(expected, rel=1e-5)
+    a, b = result["marks"][0], result["marks"][1]
+    assert (a["x"], a["y"]) == pytest.approx((0.0, 0.0), abs=1e-6)
+    assert b["y"] == pytest.approx(0.0, abs=1e-5) and b["x"] > 0
+    grid_x, grid_y = result["x"], result["y"]
+    for mark in result["marks"]:  # the grid covers the three models
+        assert grid_x[0] < mark["x"] < grid_x[-1] and grid_y[0] < mark["y"] < grid_y[-1]
+
+
+def test_non_square_grid_has_axes_and_a_mask(linreg_models, tmp_path):
+    out = tmp_path / "g.h5"
+    result = _run(
+        linreg_models["paths"][:1], linreg_models["data"], out, dims=2, x_points=4, y_points=3
+    )
+    assert np.array(result["loss"]).shape == (3, 4)
+    assert np.isfinite(np.array(result["level"])).all()
+    assert _read(out, "done").shape == (3, 4) and _read(out, "done").all()
+    assert len(_read(out, "x")) == 4 and len(_read(out, "y")) == 3
+
+
+def test_line_through_two_models(linreg_models, tmp_path):
+    result = _run(
+        linreg_models["paths"][:2],
+        linreg_models["data"],
+        tmp_path / "l.h5",
+        mode="models",
+        x_range="-0.5:1.5",
+        x_points=5,
+    )
+    assert [m["x"] for m in result["marks"]] == pytest.approx([0.0, 1.0], abs=1e-6)
+    assert result["x"] == pytest.approx([-0.5, 0.0, 0.5, 1.0, 1.5])
+    # t = 0 and t = 1 are grid points: the models' own losses
+    assert result["loss"][0][1] == pytest.approx(result["marks"][0]["loss"], rel=1e-6)
+    assert result["loss"][0][3] == pytest.approx(result["marks"][1]["loss"], rel=1e-6)
