@@ -34,6 +34,7 @@ float32_precision = _impl.float32_precision
 exact_float32 = _impl.exact_float32
 framework_versions = _impl.framework_versions
 accelerator_present = _impl.accelerator_present
+summary_writer = _impl.summary_writer
 
 _devices: dict = {}
 
@@ -69,6 +70,7 @@ __all__ = [
     "exact_float32",
     "framework_versions",
     "accelerator_present",
+    "summary_writer",
     "Devices",
     "devices_for",
     "padded_count",

@@ -275,3 +275,17 @@ def make_devices(spec) -> Devices:
             )
         return MeshDevices(cpus, "mirrored")
     return MeshDevices(jax.local_devices(), "mirrored")
+
+
+def summary_writer(log_dir: str):
+    """TensorBoard event files through TensorFlow's tf.summary, where TensorFlow is
+    installed beside JAX (TensorBoard's own format)."""
+    try:
+        from keras_landscape.engine.backend.tensorflow import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "TensorBoard logs (log_dir) are written with tf.summary, and TensorFlow is not "
+            "installed here. Install tensorflow, or leave log_dir out (the store keeps every "
+            "result)."
+        ) from None
+    return SummaryWriter(log_dir)

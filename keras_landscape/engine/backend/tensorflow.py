@@ -347,3 +347,36 @@ def _tpu_strategy(name: str | None):
             "TPU's name with --tpu; without a TPU use --strategy one or mirrored "
             "(docs/scaling.md)."
         ) from None
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+class SummaryWriter:
+    """TensorBoard event files (tf.summary): scalars and histograms by tag and step."""
+
+    def __init__(self, log_dir: str):
+        try:
+            import tensorboard  # noqa: F401  (tf.summary writes through it)
+        except ImportError:
+            raise UserError(
+                "TensorBoard logs (log_dir) need the tensorboard package: pip install "
+                "'keras-landscape[tensorboard]' (or tensorboard), or leave log_dir out (the "
+                "store keeps every result)."
+            ) from None
+        self._writer = tf.summary.create_file_writer(str(log_dir))
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        with self._writer.as_default():
+            tf.summary.scalar(tag, float(value), step=int(step))
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        with self._writer.as_default():
+            tf.summary.histogram(tag, np.asarray(values, np.float64), step=int(step))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+
+def summary_writer(log_dir: str) -> SummaryWriter:
+    return SummaryWriter(log_dir)

@@ -1,0 +1,196 @@
+"""`LandscapeCallback`: run probes every N epochs of `model.fit`, into one store.
+
+    >>> from keras_landscape.callbacks import LandscapeCallback
+    >>> callback = LandscapeCallback(
+    ...     data="cubic", probes=["barrier", "hessian"], every=5, store="runs/fit.h5",
+    ...     options={"max_bisections": 0, "top_k": 1}, log_dir="logs/landscape")
+    >>> model.fit(x, y, epochs=50, callbacks=[callback])
+
+At the end of every `every`-th epoch the callback takes the model's weights as a checkpoint
+(`epoch_<E>` in the store's models) and runs each probe on it. Pair probes (`barrier`,
+`connectivity`, `curviness`, `components`) see the previous checkpoint and this one (at the
+first checkpoint: the weights fit started from), so `barrier` with `max_bisections=0` is
+the linear barrier to the previous checkpoint. Other probes see this checkpoint alone,
+e.g. `hessian` gives its top eigenvalues. Each result is a run `<probe>_epoch<E>` of the
+store. Results are also written to TensorBoard when `log_dir` is given: every number of a
+result as a scalar `<probe>/<field>` at step E, every list of numbers as a histogram.
+
+The landscape is built once, from the model being fitted, on `data` (a data spec or a
+`Dataset`): its loss is the model's compiled loss unless `loss` is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+from keras_landscape.data.specs import Dataset, load_data
+from keras_landscape.engine import backend
+from keras_landscape.engine.landscape import Landscape
+from keras_landscape.errors import UserError
+from keras_landscape.experiment.runner import build_probes, versions
+from keras_landscape.experiment.spec import RunSpec
+from keras_landscape.models.minimum import Minimum
+from keras_landscape.progress import NullProgress
+from keras_landscape.store.hdf5 import Store
+
+#: probes that measure pairs of models
+PAIR_PROBES = ("barrier", "connectivity", "curviness", "components")
+
+
+class LandscapeCallback(keras.callbacks.Callback):
+    """Probes every `every` epochs during `model.fit` (see the module docstring).
+
+    Args:
+        data: a data spec (`docs/data-specs.md`) or a `Dataset`.
+        probes: registered probe names.
+        every: run them at the end of every `every`-th epoch (epochs counted from 1).
+        store: the HDF5 store to append to (created if missing; a run of the same name in
+            it is refused, as `klandscape probe` refuses it).
+        options: probe options (as `--set`), given to every probe that has them.
+        loss, level_fn, split: as `klandscape probe` (default: the compiled loss, 'loss').
+        log_dir: write TensorBoard scalars and histograms there (None: none).
+        seed: the probes' seed.
+    """
+
+    def __init__(
+        self,
+        data: str | Dataset,
+        probes: list[str],
+        *,
+        every: int = 1,
+        store: str | os.PathLike,
+        options: dict | None = None,
+        loss: str | None = None,
+        level_fn: str = "loss",
+        split: str | None = None,
+        log_dir: str | os.PathLike | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if int(every) < 1:
+            raise UserError(f"every must be >= 1, got {every}.")
+        self.every = int(every)
+        self.store_path = os.fspath(store)
+        self.loss, self.level_fn, self.split = loss, level_fn, split
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        # Options are checked now, before fit starts: a typo fails at once.
+        spec = RunSpec(models=[], data="", probes=list(probes), options=dict(options or {}))
+        spec.seed = seed
+        self._probes = build_probes(spec)
+        self._data = data
+        self._landscape = None
+        self._previous: Minimum | None = None
+        self._writer = None
+        self.history: list[dict] = []  # (epoch, probe, result) of every run, in order
+
+    # ------------------------------------------------------------------ fit hooks
+    def on_train_begin(self, logs=None) -> None:
+        self._previous = self._checkpoint(0)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        number = epoch + 1
+        if number % self.every:
+            return
+        current = self._checkpoint(number)
+        with self._open() as store:
+            if current.name not in store.model_names():
+                store.add_model(current.name, current.theta, source=current.source, role="input")
+            for probe in self._probes:
+                minima = [self._previous, current] if probe.name in PAIR_PROBES else [current]
+                result = self._run(store, probe, minima, number)
+                self.history.append({"epoch": number, "probe": probe.name, "result": result})
+                self._log(probe.name, result, number)
+        self._previous = current
+
+    def on_train_end(self, logs=None) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    # ------------------------------------------------------------------ the work
+    @property
+    def landscape(self) -> Landscape:
+        if self._landscape is None:
+            data = self._data if isinstance(self._data, Dataset) else load_data(self._data)
+            self._landscape = Landscape(
+                self.model, data, loss=self.loss, level_fn=self.level_fn, split=self.split
+            )
+        return self._landscape
+
+    def _checkpoint(self, epoch: int) -> Minimum:
+        landscape = self.landscape
+        return Minimum(
+            f"epoch_{epoch}",
+            landscape.theta_of(self.model).astype(np.float32),
+            f"fit:epoch {epoch}",
+            state=landscape.state_of(self.model),
+        )
+
+    def _open(self) -> Store:
+        if os.path.exists(self.store_path):
+            return Store.open(self.store_path, "a")
+        store = Store.create(self.store_path, versions=versions(), command="LandscapeCallback")
+        layout = self.landscape.layout
+        store.write_layout(layout.paths, layout.shapes, layout.offsets, layout.size)
+        store.write_data_info(self.landscape.describe())
+        return store
+
+    def _run(self, store: Store, probe, minima: list[Minimum], epoch: int) -> dict:
+        for minimum in minima:
+            if minimum.name not in store.model_names():
+                store.add_model(minimum.name, minimum.theta, source=minimum.source, role="input")
+        name = f"{probe.name}_epoch{epoch:04d}"
+        run = store.begin_run(name, probe.name, dataclasses.asdict(probe.config), seed=None)
+        started = time.perf_counter()
+        try:
+            result = dict(probe.run(self.landscape, minima, run, NullProgress()))
+        except Exception as error:
+            run.fail(f"{type(error).__name__}: {error}")
+            raise
+        result.setdefault("seconds", time.perf_counter() - started)
+        run.complete(result)
+        return run.result
+
+    def _log(self, probe: str, result: dict, epoch: int) -> None:
+        if self.log_dir is None:
+            return
+        if self._writer is None:
+            self._writer = backend.summary_writer(self.log_dir)
+        for tag, value in _numbers(result, probe):
+            if isinstance(value, list):
+                self._writer.histogram(tag, value, epoch)
+            else:
+                self._writer.scalar(tag, value, epoch)
+        self._writer.flush()
+
+
+def _numbers(value, tag: str, depth: int = 0):
+    """(tag, number) and (tag, [numbers]) pairs of a result, nested keys joined by '/';
+    lists of records are indexed (models/0/eigenvalues)."""
+    if depth > 4:
+        return
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (int, float)):
+        if math.isfinite(value):
+            yield tag, float(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key != "seconds":
+                yield from _numbers(item, f"{tag}/{key}", depth + 1)
+    elif isinstance(value, list) and value:
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            finite = [float(v) for v in value if math.isfinite(v)]
+            if finite:
+                yield tag, finite
+        elif all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                yield from _numbers(item, f"{tag}/{i}", depth + 1)
+
+
+__all__ = ["LandscapeCallback", "PAIR_PROBES"]
