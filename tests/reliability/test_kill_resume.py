@@ -106,6 +106,9 @@ def _trial(seed, pair, reference, tmp_path):
     return killed and resume
 
 
+# Slow (-m slow, ~50 s): the default suite keeps in-process interrupt-and-resume checks
+# (connectivity, barrier, scaling); this one kills real processes with SIGKILL.
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0])
 def test_killed_runs_resume_to_the_uninterrupted_store(seed, pair, reference, tmp_path):
     _trial(seed, pair, reference, tmp_path)
