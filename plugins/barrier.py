@@ -13,8 +13,13 @@ from keras_landscape.plugins.pairs import PairOptions, PairProbe
 from keras_landscape.report.plots import NoFigure, new_figure
 from keras_landscape.report.tables import fmt, table
 from keras_landscape.science.barriers import BisectionOptions, bracket_search, relax_path
+from keras_landscape.science.curves import CURVES, fit_curve
 from keras_landscape.science.dss import DSSConfig
 from keras_landscape.science.lockstep import drive
+from keras_landscape.seeds import derive_seed
+
+#: key of the curve's t draws under the run's seed
+_CURVE = 11
 
 ALIGNMENTS = ("none", "weight-matching")
 
@@ -182,7 +187,10 @@ class BarrierProbe(PairProbe):
         "barrier": "saddle_level.upper - max(endpoint_levels)",
         "barrier_bracket": "[lower, upper] - max(endpoint_levels)",
         "endpoint_levels": "level function at A and B",
-        "relaxed_max": "maximum of the nudged-elastic-band path, when relax=neb lowered it",
+        "relaxed_max": "maximum of the relaxed path: the nudged elastic band's when relax=neb "
+        "lowered it, the trained curve's with relax=bezier or polychain",
+        "lowest_path": "per pair: which path gave the lowest maximum (linear, dss, neb, "
+        "bezier, polychain) and that maximum",
         "aligned": "with align=weight-matching: the same figures after permuting B's hidden "
         "units to match A (distance, linear_max, saddle_level, barrier), raw ones beside",
         "pairs": "per pair: all of the above, estimators, best_path, bisections",
@@ -232,12 +240,22 @@ class BarrierProbe(PairProbe):
         for index, (i, j) in enumerate(pairs):
             a, b = minima[i], minima[j]
             step = 2 if aligned else 1
-            result = self._relaxed(landscape, brackets[step * index], store, task)
+            result = self._relaxed(
+                landscape, brackets[step * index], store, task, a, b, f"pair_{i}_{j}"
+            )
             result["distance"] = float(np.linalg.norm(a.theta.astype(np.float64) - b.theta))
             result["aligned"] = None
             if aligned:
                 alignment = aligned[index]
-                other = self._relaxed(landscape, brackets[step * index + 1], store, task)
+                other = self._relaxed(
+                    landscape,
+                    brackets[step * index + 1],
+                    store,
+                    task,
+                    a,
+                    self._aligned_minimum(landscape, b, alignment),
+                    f"pair_{i}_{j}/aligned",
+                )
                 other["distance"] = alignment.distance_after
                 other["distance_raw"] = alignment.distance_before
                 other["permutations"] = alignment.permutations
@@ -254,22 +272,61 @@ class BarrierProbe(PairProbe):
                 "barrier_bracket",
                 "endpoint_levels",
                 "relaxed_max",
+                "lowest_path",
                 "aligned",
             )
         }
         summary.update({"level_fn": landscape.objective.level_fn, "pairs": results})
         return summary
 
-    def _relaxed(self, landscape, result: dict, store, task) -> dict:
-        """A pair's bracket with the elastic band's relaxed maximum (relax='neb')."""
+    def _relaxed(self, landscape, result: dict, store, task, a, b, prefix: str) -> dict:
+        """A pair's bracket with the relaxed path's maximum (relax='neb' on the best DSS
+        path, or a trained Bezier curve / polygonal chain between the minima), and which
+        path gave the lowest maximum."""
+        config = self.config
         result["relaxed_max"] = None
-        if self.config.relax == "neb" and result["best_path"]:
-            relaxed = relax_path(landscape, store, result["best_path"], self.config)
+        if config.relax == "neb" and result["best_path"]:
+            relaxed = relax_path(landscape, store, result["best_path"], config)
             if relaxed and relaxed["kept"]:
                 result["relaxed_max"] = relaxed["relaxed_max"]
-                result["relaxed_barrier"] = relaxed["relaxed_max"] - max(result["endpoint_levels"])
+        elif config.relax in CURVES:
+            result["relaxed_max"] = self._curve(landscape, store, a, b, prefix)
+        if result["relaxed_max"] is not None:
+            result["relaxed_barrier"] = result["relaxed_max"] - max(result["endpoint_levels"])
+        candidates = {"linear": result["linear_max"]}
+        if result["best_path"]:
+            candidates["dss"] = result["saddle_level"]["upper"]
+        if result["relaxed_max"] is not None:
+            candidates[config.relax] = result["relaxed_max"]
+        best = min(candidates, key=lambda name: candidates[name])
+        result["lowest_path"] = {"path": best, "max_level": candidates[best]}
         task.advance()
         return result
+
+    def _curve(self, landscape, store, a, b, prefix: str) -> float:
+        """The maximum of the trained curve (stored under <prefix>/curve_*, reused on
+        resume)."""
+        config, key = self.config, f"{prefix}/curve_{self.config.relax}"
+        if not store.has(f"{key}/level"):
+            curve = fit_curve(
+                landscape,
+                config.relax,
+                a.theta,
+                b.theta,
+                steps=config.relax_steps,
+                learning_rate=config.relax_learning_rate,
+                samples=config.curve_samples,
+                grid=config.grid,
+                seed=derive_seed(config.seed, _CURVE),
+                state_a=a.state,
+                state_b=b.state,
+            )
+            store.write(f"{key}/bend", curve["bend"])
+            store.write(f"{key}/t", curve["ts"])
+            store.write(f"{key}/training_loss", curve["losses"])
+            store.write(f"{key}/level", curve["levels"])  # last: marks it done
+        levels = store.read(f"{key}/level")
+        return float(np.max(levels)) if np.all(np.isfinite(levels)) else float("inf")
 
     def _align(self, landscape, a, b):
         return weight_matching(landscape.model, a.theta, b.theta, seed=self.config.seed)

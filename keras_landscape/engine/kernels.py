@@ -164,6 +164,28 @@ def make_gradient_sums(
     return gradient_sums
 
 
+def make_stacked_gradient_sums(
+    model, layout: ParameterLayout, state_layout: StateLayout, objective: Objective
+):
+    """fn(thetas (K, P), states, nt, x, y, mask, loss_weight, reg_weight) -> (sums (K, 5),
+    grads (K, P)): each bead's batch sums and its share of the gradient of E (weighted as in
+    `make_gradient_sums`, states held fixed), for all beads in one call."""
+    stacked_sums = make_stacked_batch_sums(model, layout, state_layout, objective)
+
+    def weighted(thetas, states, non_trainable, x, y, mask, loss_weight, reg_weight):
+        sums = stacked_sums(thetas, states, non_trainable, x, y, mask)
+        # beads are independent: d(sum over beads)/d(theta_k) is bead k's gradient
+        return ops.sum(sums[:, 0] * loss_weight + sums[:, 4] * reg_weight), sums
+
+    vg = backend.value_and_grad(weighted)
+
+    def gradient_sums(thetas, states, non_trainable, x, y, mask, loss_weight, reg_weight):
+        _, sums, grads = vg(thetas, states, non_trainable, x, y, mask, loss_weight, reg_weight)
+        return sums, grads
+
+    return gradient_sums
+
+
 def make_hessian_vector_sums(
     model, layout: ParameterLayout, state_layout: StateLayout, objective: Objective
 ):
@@ -286,6 +308,7 @@ __all__ = [
     "make_batch_sums",
     "make_gradient_sums",
     "make_hessian_vector_sums",
+    "make_stacked_gradient_sums",
     "make_stacked_forward",
     "make_stacked_batch_sums",
     "make_batch_moments",

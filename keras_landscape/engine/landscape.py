@@ -622,6 +622,46 @@ class Landscape:
                 grad += np.asarray(g, np.float64)
         return self._finalize(sums, split)[0], grad.astype(np.float32)
 
+    def losses_and_grads(
+        self, thetas: np.ndarray, states=None, split: str = "train"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """E and grad E at every row of `thetas` (K, P) with its row of `states`, held fixed:
+        exact over the split, streamed, all rows in one compiled call per batch
+        ((K,) float64 losses, (K, P) float32 gradients; `loss_and_grad` for many)."""
+        thetas = np.asarray(thetas, np.float32)
+        states = self.fill_states(states, len(thetas))
+        batches = self._batches[split]
+        if not hasattr(self, "_stacked_gradient_sums"):
+            self._stacked_gradient_sums = backend.compile_function(
+                kernels.make_stacked_gradient_sums(
+                    self.model, self.layout, self.state_layout, self.objective.objective
+                ),
+                xla=self.xla,
+                label=f"{getattr(self.model, 'name', 'model')} batched gradient",
+            )
+        weights = (
+            ops.convert_to_tensor(np.float32(1.0 / self._loss_elements(split))),
+            ops.convert_to_tensor(np.float32(1.0 / batches.n)),
+        )
+        losses, grads = [], []
+        for start in range(0, len(thetas), self.max_stack):
+            chunk = thetas[start : start + self.max_stack]
+            k = len(chunk)
+            thetas_t = ops.convert_to_tensor(pad_rows(chunk))
+            states_t = ops.convert_to_tensor(pad_rows(states[start : start + self.max_stack]))
+            sums = np.zeros((len(thetas_t), len(kernels.SUMS)), np.float64)
+            grad = np.zeros((len(thetas_t), self.size), np.float64)
+            with backend.exact_float32():
+                for x, y, mask in batches.batches:
+                    s, g = self._stacked_gradient_sums(
+                        thetas_t, states_t, self.non_trainable, x, y, mask, *weights
+                    )
+                    sums += np.asarray(s, np.float64)
+                    grad += np.asarray(g, np.float64)
+            losses.extend(self._finalize(row, split)[0] for row in sums[:k])
+            grads.append(grad[:k].astype(np.float32))
+        return np.array(losses), np.concatenate(grads)
+
     def hessian_vector(
         self, theta: np.ndarray, v: np.ndarray, split: str = "train", state=None
     ) -> np.ndarray:

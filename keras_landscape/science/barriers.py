@@ -25,7 +25,7 @@ from keras_landscape.science.lockstep import Search, run_one
 from keras_landscape.science.pairs import pair_search
 from keras_landscape.store.strings import StringRecord
 
-RELAXATIONS = ("none", "neb")
+RELAXATIONS = ("none", "neb", "bezier", "polychain")
 
 
 @dataclass
@@ -37,10 +37,15 @@ class BisectionOptions:
         tolerance: stop bisecting when upper - lower <= tolerance * max(|upper|, 1e-12)
             (relative, level-function units).
         max_bisections: at most this many DSS runs per pair.
-        relax: 'none' or 'neb' (nudged elastic band on the best path, see relax_steps).
-        relax_steps: gradient steps of the nudged elastic band.
-        relax_learning_rate: its step size (parameter units per unit gradient).
-        spring: its spring constant along the path.
+        relax: 'none', 'neb' (a climbing-image nudged elastic band on the best DSS path),
+            'bezier' or 'polychain' (a quadratic Bezier curve or a chain with one bend
+            between the two minima, its bend trained on the loss integrated over the
+            curve: Garipov et al. 2018).
+        relax_steps: gradient steps of the elastic band, or of the bend's training.
+        relax_learning_rate: their step size (the band: parameter units per unit
+            gradient; the bend: Adam's learning rate).
+        spring: the elastic band's spring constant along the path.
+        curve_samples: values of t drawn per step of the bend's training.
     """
 
     grid: int = 100
@@ -50,6 +55,7 @@ class BisectionOptions:
     relax_steps: int = 200
     relax_learning_rate: float = 1e-2
     spring: float = 1.0
+    curve_samples: int = 8
 
     def validate_bisection(self) -> None:
         if self.grid < 2 or self.max_bisections < 0 or not self.tolerance > 0:
@@ -59,6 +65,8 @@ class BisectionOptions:
             )
         if self.relax not in RELAXATIONS:
             raise UserError(f"Unknown relax {self.relax!r}: use one of {RELAXATIONS}.")
+        if self.curve_samples < 1:
+            raise UserError(f"curve_samples must be >= 1, got {self.curve_samples}.")
         if self.relax_steps < 0 or not self.relax_learning_rate > 0 or not self.spring >= 0:
             raise UserError(
                 "The elastic band needs relax_steps >= 0, relax_learning_rate > 0 and spring "
@@ -199,13 +207,18 @@ def _path_maximum(landscape, thetas: np.ndarray, states: np.ndarray, points: int
 
 
 def relax_path(landscape, run, path_prefix: str, config) -> dict | None:
-    """Nudged elastic band on a stored string's interior beads; the new maximum if lower.
+    """Climbing-image nudged elastic band on a stored string's interior beads; the new
+    maximum if lower.
 
-    The band moves each interior bead along minus the gradient of the training loss with its
-    component along the path tangent removed, plus a spring force along the tangent that
-    keeps beads spread. The relaxed string is re-checked with `config.points` points per
-    segment; it is stored under `<path_prefix>_relaxed` only if its maximum is lower. Each
-    bead keeps its state (BatchNorm statistics recomputed as it moves under 'recompute').
+    At each step the gradients of the training loss at all interior beads come from one
+    stacked call (`Landscape.losses_and_grads`, the beads' states held fixed, BatchNorm
+    statistics recomputed first under 'recompute'). Each bead moves along minus its
+    gradient with the part along the path tangent removed, plus a spring force along the
+    tangent that keeps beads spread; the highest bead instead climbs: its gradient's
+    tangent part is reversed and it feels no spring, so it converges to the saddle between
+    its neighbours (Henkelman, Uberuaga & Jonsson 2000). The relaxed string is re-checked
+    with `config.points` points per segment and stored under `<path_prefix>_relaxed` only
+    if its maximum is lower.
     """
     record = StringRecord(run, path_prefix)
     loaded = record.load()
@@ -215,30 +228,23 @@ def relax_path(landscape, run, path_prefix: str, config) -> dict | None:
     thetas = np.stack([b.theta for b in string]).astype(np.float64)
     states = np.stack([landscape.state_or_own(b.state) for b in string])
     before = _path_maximum(landscape, thetas, states, config.points)
+    rate = config.relax_learning_rate
     for _ in range(config.relax_steps):
-        moved = thetas.copy()
-        for i in range(1, len(thetas) - 1):
-            tangent = thetas[i + 1] - thetas[i - 1]
-            tangent /= max(np.linalg.norm(tangent), 1e-12)
-            _, grad = landscape.loss_and_grad(
-                thetas[i].astype(np.float32), state=states[i], recompute=landscape.recomputes
-            )
-            grad = grad.astype(np.float64)
-            perpendicular = grad - np.dot(grad, tangent) * tangent
-            spring = (
-                config.spring
-                * (
-                    np.linalg.norm(thetas[i + 1] - thetas[i])
-                    - np.linalg.norm(thetas[i] - thetas[i - 1])
-                )
-                * tangent
-            )
-            moved[i] = (
-                thetas[i]
-                - config.relax_learning_rate * perpendicular
-                + config.relax_learning_rate * spring
-            )
-        thetas = moved
+        inner = thetas[1:-1].astype(np.float32)
+        used = landscape.recompute_states(inner, states[1:-1]) if landscape.recomputes else None
+        losses, grads = landscape.losses_and_grads(inner, states[1:-1] if used is None else used)
+        tangents = thetas[2:] - thetas[:-2]
+        tangents /= np.maximum(np.linalg.norm(tangents, axis=1, keepdims=True), 1e-12)
+        grads = grads.astype(np.float64)
+        along = np.sum(grads * tangents, axis=1, keepdims=True)
+        stretch = np.linalg.norm(thetas[2:] - thetas[1:-1], axis=1) - np.linalg.norm(
+            thetas[1:-1] - thetas[:-2], axis=1
+        )
+        spring = config.spring * stretch[:, None] * tangents
+        moves = -rate * (grads - along * tangents) + rate * spring
+        top = int(np.argmax(losses))
+        moves[top] = -rate * (grads[top] - 2.0 * along[top] * tangents[top])
+        thetas[1:-1] += moves
     after = _path_maximum(landscape, thetas, states, config.points)
     if not after < before:
         return {"relaxed_max": None, "path_max_before": before, "kept": False}
