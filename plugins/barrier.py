@@ -13,13 +13,15 @@ from keras_landscape.plugins.pairs import PairOptions, PairProbe
 from keras_landscape.report.plots import NoFigure, new_figure
 from keras_landscape.report.tables import fmt, table
 from keras_landscape.science.barriers import BisectionOptions, bracket_search, relax_path
-from keras_landscape.science.curves import CURVES, fit_curve
-from keras_landscape.science.dss import DSSConfig
+from keras_landscape.science.bootstrap import path_intervals, resampled_levels
+from keras_landscape.science.curves import CURVES, curve_points, fit_curve
+from keras_landscape.science.dss import DSSConfig, interpolate
 from keras_landscape.science.lockstep import drive
 from keras_landscape.seeds import derive_seed
+from keras_landscape.store.strings import has_string, read_string
 
-#: key of the curve's t draws under the run's seed
-_CURVE = 11
+#: keys of the curve's t draws and of the bootstrap's resamples under the run's seed
+_CURVE, _BOOTSTRAP = 11, 13
 
 ALIGNMENTS = ("none", "weight-matching")
 
@@ -97,7 +99,38 @@ def barrier_tables(name: str, result: dict) -> list[dict]:
                 aligned_rows,
             )
         )
+    interval_rows = [
+        [
+            _pair_label(p, i),
+            split,
+            path,
+            v["max_level"],
+            _span(v["max_interval"]),
+            v["barrier"],
+            _span(v["barrier_interval"]),
+        ]
+        for i, p in enumerate(pairs)
+        for split in ("train", "test")
+        for path, v in ((p.get("intervals") or {}).get(split) or {}).items()
+    ]
+    if interval_rows:
+        first = next(p["intervals"] for p in pairs if p.get("intervals"))
+        tables.append(
+            table(
+                f"{name}: bootstrap intervals",
+                ["pair", "split", "path", "max", "max interval", "barrier", "barrier interval"],
+                interval_rows,
+                [
+                    f"{100 * first['confidence']:g}% percentile intervals over "
+                    f"{first['resamples']} resamples of the split's samples"
+                ],
+            )
+        )
     return tables
+
+
+def _span(values) -> str:
+    return f"[{fmt(values[0])}, {fmt(values[1])}]"
 
 
 def _pair_label(pair: dict, index: int) -> str:
@@ -191,6 +224,10 @@ class BarrierProbe(PairProbe):
         "lowered it, the trained curve's with relax=bezier or polychain",
         "lowest_path": "per pair: which path gave the lowest maximum (linear, dss, neb, "
         "bezier, polychain) and that maximum",
+        "intervals": "per pair (bootstrap > 0): per split (train, test), per measured path "
+        "(linear, dss, neb, bezier, polychain): max_level and barrier on that split, with "
+        "max_interval and barrier_interval over resamples of its samples; confidence, "
+        "resamples",
         "aligned": "with align=weight-matching: the same figures after permuting B's hidden "
         "units to match A (distance, linear_max, saddle_level, barrier), raw ones beside",
         "pairs": "per pair: all of the above, estimators, best_path, bisections",
@@ -203,9 +240,22 @@ class BarrierProbe(PairProbe):
         Attributes:
             align: 'none' or 'weight-matching' (permute B's hidden units to A before
                 measuring; Dense/Conv2D stacks; raw and aligned figures are both reported).
+            bootstrap: resamples of the evaluation samples for the intervals of each
+                path's maximum and barrier, on the train and the test split (0: none).
+            confidence: the intervals' coverage (0.95: the 2.5 and 97.5 percentiles).
         """
 
         align: str = "none"
+        bootstrap: int = 200
+        confidence: float = 0.95
+
+        def validate(self) -> None:
+            super().validate()
+            if self.bootstrap < 0 or not 0 < self.confidence < 1:
+                raise UserError(
+                    f"bootstrap must be >= 0 and confidence in (0, 1) (got {self.bootstrap}, "
+                    f"{self.confidence})."
+                )
 
     figures = {"barrier": draw_barrier}
 
@@ -300,8 +350,70 @@ class BarrierProbe(PairProbe):
             candidates[config.relax] = result["relaxed_max"]
         best = min(candidates, key=lambda name: candidates[name])
         result["lowest_path"] = {"path": best, "max_level": candidates[best]}
+        if config.bootstrap:
+            result["intervals"] = self._intervals(landscape, store, result, a, b, prefix)
         task.advance()
         return result
+
+    def _paths(self, landscape, store, result, a, b, prefix) -> dict:
+        """Each measured path as its checked points and their states: name -> (K, P),
+        (K, S)."""
+        config = self.config
+        ends = np.stack([landscape.state_or_own(s) for s in (a.state, b.state)])
+        ts = store.read(f"{prefix}/linear_t")
+        paths = {"linear": (interpolate(ts, a.theta, b.theta), interpolate(ts, *ends))}
+        strings = {"dss": result["best_path"]}
+        if config.relax == "neb" and result["relaxed_max"] is not None:
+            strings["neb"] = f"{result['best_path']}_relaxed"
+        for name, string in strings.items():
+            if string and has_string(store, string):
+                stored = read_string(store, string)
+                thetas = stored.beads[stored.order]
+                states = (
+                    stored.bead_state[stored.order]
+                    if stored.bead_state is not None
+                    else landscape.fill_states(None, len(thetas))
+                )
+                grid = np.linspace(0.0, 1.0, config.points + 1)
+                paths[name] = (
+                    np.concatenate([interpolate(grid, p, q) for p, q in zip(thetas, thetas[1:])]),
+                    np.concatenate([interpolate(grid, p, q) for p, q in zip(states, states[1:])]),
+                )
+        if config.relax in CURVES:
+            key = f"{prefix}/curve_{config.relax}"
+            ts = store.read(f"{key}/t")
+            points = curve_points(config.relax, a.theta, store.read(f"{key}/bend"), b.theta, ts)
+            paths[config.relax] = (points.astype(np.float32), interpolate(ts, *ends))
+        return paths
+
+    def _intervals(self, landscape, store, result, a, b, prefix) -> dict:
+        """Bootstrap intervals of every measured path's maximum and barrier, per split (the
+        same draws for every path of a split)."""
+        config = self.config
+        splits = [s for s in ("train", "test") if landscape.dataset.has_split(s)]
+        out = {"confidence": config.confidence, "resamples": config.bootstrap}
+        for index, split in enumerate(splits):
+            seed = derive_seed(config.seed, _BOOTSTRAP, index)
+            out[split] = {}
+            for name, (points, states) in self._paths(
+                landscape, store, result, a, b, prefix
+            ).items():
+                _, used = landscape.levels_and_states(points, states)
+                sums, counts, offsets = landscape.sample_levels(points, split, used)
+                levels = resampled_levels(
+                    sums, counts, offsets, landscape.finalize_levels, config.bootstrap, seed
+                )
+                point = landscape.finalize_levels(sums.sum(1) / counts.sum(1) + offsets)
+                intervals = path_intervals(
+                    levels, slice(None), (0, len(points) - 1), config.confidence
+                )
+                out[split][name] = {
+                    "max_level": float(point.max()),
+                    "barrier": float(point.max() - max(point[0], point[-1])),
+                    "max_interval": intervals["max"],
+                    "barrier_interval": intervals["barrier"],
+                }
+        return out
 
     def _curve(self, landscape, store, a, b, prefix: str) -> float:
         """The maximum of the trained curve (stored under <prefix>/curve_*, reused on

@@ -300,6 +300,36 @@ def make_stacked_batch_sums(
     return stacked_sums
 
 
+def _per_sample_levels(objective: Objective, y, y_pred, mask):
+    """(B, 2): each sample's level sum and element count (masked), the level's own
+    elements (timesteps, outputs) summed within the sample."""
+    values = ops.cast(objective.level(y, y_pred, objective.loss(y, y_pred)), "float32")
+    weight = ops.broadcast_to(_broadcast_mask(mask, values), ops.shape(values))
+    values = ops.where(weight > 0, values, 0.0)
+    axes = tuple(range(1, len(values.shape)))
+    if axes:
+        values, weight = ops.sum(values, axis=axes), ops.sum(weight, axis=axes)
+    return ops.stack([values, weight], axis=-1)
+
+
+def make_stacked_sample_levels(
+    model, layout: ParameterLayout, state_layout: StateLayout, objective: Objective
+):
+    """fn(thetas (K, P), states (K, S), nt, x, y, mask) -> ((K, B, 2) per-sample level sums
+    and counts, (K,) regularizers): what a bootstrap over samples resamples."""
+    forward = make_stacked_forward(model, layout, state_layout)
+
+    def sample_levels(thetas, states, non_trainable, x, y, mask):
+        predictions, regularizers = forward(thetas, states, non_trainable, x)
+        y, mask = ops.stop_gradient(y), ops.stop_gradient(mask)
+        per_sample = backend.map_beads(
+            lambda prediction: _per_sample_levels(objective, y, prediction, mask), predictions
+        )
+        return per_sample, regularizers
+
+    return sample_levels
+
+
 __all__ = [
     "pad_rows",
     "padded_count",
@@ -309,6 +339,7 @@ __all__ = [
     "make_gradient_sums",
     "make_hessian_vector_sums",
     "make_stacked_gradient_sums",
+    "make_stacked_sample_levels",
     "make_stacked_forward",
     "make_stacked_batch_sums",
     "make_batch_moments",

@@ -622,6 +622,52 @@ class Landscape:
                 grad += np.asarray(g, np.float64)
         return self._finalize(sums, split)[0], grad.astype(np.float32)
 
+    def sample_levels(
+        self, thetas: np.ndarray, split: str | None = None, states=None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each sample's share of the level function at every row of `thetas` (K, P), with
+        `states` as given (use `levels_and_states` first for the path view): (level sums
+        (K, n), element counts (K, n), offsets (K,): the regularizer where the level is the
+        loss, else 0). Row k's level is finalize_levels(sums[k].sum() / counts[k].sum() +
+        offsets[k]); resampling the samples gives a bootstrap (`science.bootstrap`)."""
+        split = split or self.split
+        thetas = np.asarray(thetas, np.float32)
+        states = self.fill_states(states, len(thetas))
+        batches = self._batches[split]
+        if not hasattr(self, "_sample_levels"):
+            self._sample_levels = backend.compile_function(
+                kernels.make_stacked_sample_levels(
+                    self.model, self.layout, self.state_layout, self.objective.objective
+                ),
+                xla=self.xla,
+                label=f"{getattr(self.model, 'name', 'model')} per-sample levels",
+            )
+        sums, counts, regularizers = [], [], []
+        for start in range(0, len(thetas), self.max_stack):
+            k = len(thetas[start : start + self.max_stack])
+            thetas_t = ops.convert_to_tensor(pad_rows(thetas[start : start + self.max_stack]))
+            states_t = ops.convert_to_tensor(pad_rows(states[start : start + self.max_stack]))
+            parts, regularizer = [], None
+            with backend.exact_float32():
+                for x, y, mask in batches.batches:
+                    values, regularizer = self._sample_levels(
+                        thetas_t, states_t, self.non_trainable, x, y, mask
+                    )
+                    parts.append(np.asarray(values, np.float64)[:k, : int(np.sum(mask))])
+            joined = np.concatenate(parts, axis=1)
+            sums.append(joined[..., 0])
+            counts.append(joined[..., 1])
+            regularizers.append(np.asarray(regularizer, np.float64)[:k])
+        offsets = np.concatenate(regularizers)
+        if not self.objective.objective.level_includes_regularizer:
+            offsets = np.zeros_like(offsets)
+        return np.concatenate(sums), np.concatenate(counts), offsets
+
+    def finalize_levels(self, means: np.ndarray) -> np.ndarray:
+        """Mean level values -> the level function's reported values (e.g. exp for
+        perplexity), elementwise."""
+        return np.vectorize(self.objective.finalize_level, otypes=[np.float64])(means)
+
     def losses_and_grads(
         self, thetas: np.ndarray, states=None, split: str = "train"
     ) -> tuple[np.ndarray, np.ndarray]:
