@@ -107,7 +107,8 @@ class HessianProbe(ProbeBase):
     name = "hessian"
     summary = "Hessian of the training loss: top eigenvalues, trace, density; along paths."
     result_fields = {
-        "models": "per model: eigenvalues (largest first), residuals (||Hq - lambda q|| of "
+        "models": "per model: layers (per_layer: variable, parameters, top_eigenvalue of its "
+        "block), eigenvalues (largest first), residuals (||Hq - lambda q|| of "
         "each), max_residual, trace, trace_se (Hutchinson's standard error), density_grid, "
         "density, density_sigma (stochastic Lanczos quadrature); eigenvectors are stored "
         "as datasets models/<model>/eigenvectors",
@@ -126,6 +127,8 @@ class HessianProbe(ProbeBase):
             density_probes: random vectors for the spectral density (0: no density).
             density_steps: Lanczos iterations per density vector.
             density_points: grid points of the density.
+            per_layer: also the top eigenvalue of each variable's own block of the Hessian
+                (H restricted to that kernel's or bias's parameters).
             path: 'STORE:RUN': also measure the top eigenvalue and the trace at every bead
                 of every string stored in that run of that store ('' : none).
             seed: seeds the random vectors (--seed by default).
@@ -137,6 +140,7 @@ class HessianProbe(ProbeBase):
         density_probes: int = 2
         density_steps: int = 20
         density_points: int = 200
+        per_layer: bool = False
         path: str = ""
         seed: int = 0
 
@@ -222,8 +226,10 @@ class HessianProbe(ProbeBase):
             store.write(f"{key}/density", density)
             store.write(f"{key}/density_sigma", np.float64(sigma))
             store.write(f"{key}/eigenvalues", values)  # last: marks the model done
+        blocks = self._blocks(landscape, matvec) if config.per_layer else None
         return {
             "model": minimum.name,
+            **({"layers": blocks} if blocks is not None else {}),
             "eigenvalues": [float(v) for v in values],
             "residuals": [float(r) for r in residuals],
             "max_residual": float(np.max(residuals)) if len(residuals) else None,
@@ -233,6 +239,29 @@ class HessianProbe(ProbeBase):
             "density": [float(d) for d in density],
             "density_sigma": sigma,
         }
+
+    def _blocks(self, landscape, matvec) -> list[dict]:
+        """The top eigenvalue of each variable's diagonal block of H (Lanczos on the block:
+        H v for v zero outside the variable, read inside it)."""
+        layout, found = landscape.layout, []
+        for path, offset, shape in zip(layout.paths, layout.offsets, layout.shapes):
+            size = int(np.prod(shape)) if shape else 1
+            rows = slice(offset, offset + size)
+
+            def block(v, rows=rows):
+                full = np.zeros(landscape.size)
+                full[rows] = v
+                return np.asarray(matvec(full))[rows]
+
+            values, _, _ = top_eigenpairs(
+                block,
+                size,
+                1,
+                min(self.config.lanczos_steps, size),
+                derive_seed(self.config.seed, _EIGEN),
+            )
+            found.append({"variable": path, "parameters": size, "top_eigenvalue": float(values[0])})
+        return found
 
     def _trace(self, landscape, matvec) -> tuple[float, float]:
         samples = self.config.trace_samples

@@ -5,7 +5,8 @@
   as many Lanczos steps as parameters every quadrature node of the density is an eigenvalue
   of H (the rule is exact) and the density integrates to 1.
 - A small tanh MLP: the top eigenvalues equal those of its explicit Hessian, built here by
-  differentiating Keras's own loss twice with TensorFlow (GradientTape.jacobian).
+  differentiating Keras's own loss twice with TensorFlow (GradientTape.jacobian); with
+  per_layer, each variable's top eigenvalue is that of its diagonal block.
 - Along a stored DSS string: one measure per bead, positions from 0 to 1, and the first
   bead's top eigenvalue equals the first model's.
 - The science alone: Lanczos on a random symmetric matrix finds its top eigenpairs.
@@ -102,8 +103,19 @@ def test_small_mlp_matches_its_explicit_hessian(tmp_path):
         [np.reshape(b.numpy(), (grads.shape[0], -1)) for b in blocks], axis=1
     ).astype(np.float64)
     exact = np.sort(np.linalg.eigvalsh((explicit + explicit.T) / 2))[::-1]
-    result = _run([path], "cubic:limit=64", tmp_path / "mlp.h5", top_k=3, lanczos_steps=10)
+    result = _run(
+        [path], "cubic:limit=64", tmp_path / "mlp.h5", top_k=3, lanczos_steps=10, per_layer=True
+    )
     np.testing.assert_allclose(result["models"][0]["eigenvalues"], exact[:3], rtol=1e-3, atol=1e-5)
+    # each variable's block of the explicit Hessian: its own top eigenvalue
+    start = 0
+    for layer, variable in zip(result["models"][0]["layers"], variables):
+        size = int(np.prod(variable.shape))
+        block = explicit[start : start + size, start : start + size]
+        top = np.linalg.eigvalsh((block + block.T) / 2)[-1]
+        assert layer["parameters"] == size
+        assert layer["top_eigenvalue"] == pytest.approx(top, rel=1e-3, abs=1e-5)
+        start += size
 
 
 def test_curvature_along_a_stored_string(linreg_models, tmp_path):

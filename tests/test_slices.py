@@ -104,3 +104,50 @@ def test_line_through_two_models(linreg_models, tmp_path):
     # t = 0 and t = 1 are grid points: the models' own losses
     assert result["loss"][0][1] == pytest.approx(result["marks"][0]["loss"], rel=1e-6)
     assert result["loss"][0][3] == pytest.approx(result["marks"][1]["loss"], rel=1e-6)
+
+
+class _StopAfter:
+    """A progress whose task raises KeyboardInterrupt after `rows` advances."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def task(self, *args, **kwargs):
+        return self
+
+    def advance(self, amount=1):
+        self.rows -= 1
+        if self.rows == 0:
+            raise KeyboardInterrupt
+
+    def update(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+    def note(self, message):
+        pass
+
+
+def test_interrupted_slice_resumes_without_redoing_rows(linreg_models, tmp_path):
+    from keras_landscape.errors import Interrupted
+    from keras_landscape.experiment.runner import RunSpec, execute
+    from keras_landscape.store.hdf5 import Store
+
+    options = {"dims": 2, "x_points": 4, "y_points": 5}
+    paths, data = linreg_models["paths"][:1], linreg_models["data"]
+    whole = _run(paths, data, tmp_path / "whole.h5", **options)
+    out = tmp_path / "cut.h5"
+    spec = RunSpec(models=paths, data=data, probes=["slices"], options=options, out=str(out))
+    with pytest.raises(Interrupted):
+        execute(spec, _StopAfter(2))
+    done = _read(out, "done")
+    assert done[:2].all() and not done[2:].any()
+    with Store.open(out) as store:
+        first_rows = store.run("slices").read("loss")[:2].copy()
+    spec.resume = True
+    resumed = execute(spec)["results"]["slices"]
+    np.testing.assert_allclose(np.array(resumed["loss"])[:2], first_rows)
+    np.testing.assert_allclose(resumed["loss"], whole["loss"], rtol=1e-6)
+    assert _read(out, "done").all()
