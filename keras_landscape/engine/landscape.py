@@ -622,6 +622,18 @@ class Landscape:
                 grad += np.asarray(g, np.float64)
         return self._finalize(sums, split)[0], grad.astype(np.float32)
 
+    def _lazy_kernel(self, make, what: str):
+        """The compiled kernel `make(model, layout, state_layout, objective)`, made on first
+        use (kernels only some probes need)."""
+        cache = self.__dict__.setdefault("_lazy_kernels", {})
+        if make not in cache:
+            cache[make] = backend.compile_function(
+                make(self.model, self.layout, self.state_layout, self.objective.objective),
+                xla=self.xla,
+                label=f"{getattr(self.model, 'name', 'model')} {what}",
+            )
+        return cache[make]
+
     def sample_levels(
         self, thetas: np.ndarray, split: str | None = None, states=None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -634,14 +646,7 @@ class Landscape:
         thetas = np.asarray(thetas, np.float32)
         states = self.fill_states(states, len(thetas))
         batches = self._batches[split]
-        if not hasattr(self, "_sample_levels"):
-            self._sample_levels = backend.compile_function(
-                kernels.make_stacked_sample_levels(
-                    self.model, self.layout, self.state_layout, self.objective.objective
-                ),
-                xla=self.xla,
-                label=f"{getattr(self.model, 'name', 'model')} per-sample levels",
-            )
+        kernel = self._lazy_kernel(kernels.make_stacked_sample_levels, "per-sample levels")
         sums, counts, regularizers = [], [], []
         for start in range(0, len(thetas), self.max_stack):
             k = len(thetas[start : start + self.max_stack])
@@ -650,9 +655,7 @@ class Landscape:
             parts, regularizer = [], None
             with backend.exact_float32():
                 for x, y, mask in batches.batches:
-                    values, regularizer = self._sample_levels(
-                        thetas_t, states_t, self.non_trainable, x, y, mask
-                    )
+                    values, regularizer = kernel(thetas_t, states_t, self.non_trainable, x, y, mask)
                     parts.append(np.asarray(values, np.float64)[:k, : int(np.sum(mask))])
             joined = np.concatenate(parts, axis=1)
             sums.append(joined[..., 0])
@@ -677,14 +680,7 @@ class Landscape:
         thetas = np.asarray(thetas, np.float32)
         states = self.fill_states(states, len(thetas))
         batches = self._batches[split]
-        if not hasattr(self, "_stacked_gradient_sums"):
-            self._stacked_gradient_sums = backend.compile_function(
-                kernels.make_stacked_gradient_sums(
-                    self.model, self.layout, self.state_layout, self.objective.objective
-                ),
-                xla=self.xla,
-                label=f"{getattr(self.model, 'name', 'model')} batched gradient",
-            )
+        kernel = self._lazy_kernel(kernels.make_stacked_gradient_sums, "batched gradient")
         weights = (
             ops.convert_to_tensor(np.float32(1.0 / self._loss_elements(split))),
             ops.convert_to_tensor(np.float32(1.0 / batches.n)),
@@ -699,9 +695,7 @@ class Landscape:
             grad = np.zeros((len(thetas_t), self.size), np.float64)
             with backend.exact_float32():
                 for x, y, mask in batches.batches:
-                    s, g = self._stacked_gradient_sums(
-                        thetas_t, states_t, self.non_trainable, x, y, mask, *weights
-                    )
+                    s, g = kernel(thetas_t, states_t, self.non_trainable, x, y, mask, *weights)
                     sums += np.asarray(s, np.float64)
                     grad += np.asarray(g, np.float64)
             losses.extend(self._finalize(row, split)[0] for row in sums[:k])
@@ -719,19 +713,12 @@ class Landscape:
         state_t = ops.convert_to_tensor(self._state_row(np.asarray(theta), state, False))
         loss_weight = ops.convert_to_tensor(np.float32(1.0 / self._loss_elements(split)))
         reg_weight = ops.convert_to_tensor(np.float32(1.0 / batches.n))
-        if not hasattr(self, "_hessian_vector_sums"):
-            self._hessian_vector_sums = backend.compile_function(
-                kernels.make_hessian_vector_sums(
-                    self.model, self.layout, self.state_layout, self.objective.objective
-                ),
-                xla=self.xla,
-                label=f"{getattr(self.model, 'name', 'model')} Hessian-vector product",
-            )
+        kernel = self._lazy_kernel(kernels.make_hessian_vector_sums, "Hessian-vector product")
         total = np.zeros(self.size, np.float64)
         with backend.exact_float32():
             for x, y, mask in batches.batches:
                 args = (state_t, self.non_trainable, x, y, mask, loss_weight, reg_weight)
-                total += np.asarray(self._hessian_vector_sums(theta_t, v_t, *args), np.float64)
+                total += np.asarray(kernel(theta_t, v_t, *args), np.float64)
         return total
 
     def _loss_elements(self, split: str) -> float:
