@@ -186,6 +186,28 @@ def fit_full_batch(model, x, y, steps: int, learning_rate: float, loss=None):
     return model
 
 
+def save_tiny_cubic_models(folder, seeds, data: str = "cubic:limit=64") -> list[str]:
+    """1-4-1 tanh networks (one per seed) fitted briefly on `data` (150 full-batch Adam
+    steps at 0.05) and saved as folder/tiny_<seed>.keras; their paths."""
+    import keras
+
+    from keras_landscape.data.specs import load_data
+
+    dataset = load_data(data)
+    paths = []
+    for seed in seeds:
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(
+            [keras.Input((1,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)],
+            name="tiny",
+        )
+        fit_full_batch(model, dataset.x_train, dataset.y_train, 150, 0.05)
+        model.compile(loss="mse")
+        paths.append(str(folder / f"tiny_{seed}.keras"))
+        model.save(paths[-1])
+    return paths
+
+
 @pytest.fixture(scope="session")
 def full_batch_fit():
     """fit_full_batch(model, x, y, steps, learning_rate, loss=None) -> the trained model."""

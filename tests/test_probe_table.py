@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fit_full_batch, run_cli
+from conftest import run_cli, save_tiny_cubic_models
 
 from keras_landscape import registry
 
@@ -60,25 +60,11 @@ def _options() -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     """{"raw": {probe: what run returned}, "documents": [execute(...)] * 2, "stores": [...]}."""
-    import keras
-
-    from keras_landscape.data.specs import load_data
     from keras_landscape.experiment.runner import RunSpec, execute
     from keras_landscape.store.hdf5 import RunRecord
 
     folder = tmp_path_factory.mktemp("probe_table")
-    data = load_data(DATA)
-    paths = []
-    for k in range(3):
-        keras.utils.set_random_seed(k)
-        model = keras.Sequential(
-            [keras.Input((1,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)],
-            name="tiny",
-        )
-        fit_full_batch(model, data.x_train, data.y_train, 150, 0.05)
-        model.compile(loss="mse")
-        paths.append(str(folder / f"tiny_{k}.keras"))
-        model.save(paths[-1])
+    paths = save_tiny_cubic_models(folder, range(3), DATA)
 
     raw, complete = {}, RunRecord.complete
 

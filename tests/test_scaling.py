@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fit_full_batch, run_cli
+from conftest import run_cli, save_tiny_cubic_models
 
 from keras_landscape.science.lockstep import Levels, Projection, drive
 
@@ -119,24 +119,7 @@ def test_driver_keeps_apart_beads_that_draw_different_mini_batches():
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    import keras
-
-    from keras_landscape.data.specs import load_data
-
-    folder = tmp_path_factory.mktemp("scaling")
-    data = load_data(DATA)
-    paths = []
-    for k in range(3):
-        keras.utils.set_random_seed(k)
-        model = keras.Sequential(
-            [keras.Input((1,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)],
-            name="tiny",
-        )
-        fit_full_batch(model, data.x_train, data.y_train, 150, 0.05)
-        model.compile(loss="mse")
-        paths.append(str(folder / f"tiny_{k}.keras"))
-        model.save(paths[-1])
-    return paths
+    return save_tiny_cubic_models(tmp_path_factory.mktemp("scaling"), range(3), DATA)
 
 
 def _execute(paths, out, **extra):
