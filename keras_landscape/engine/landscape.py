@@ -423,11 +423,9 @@ class Landscape:
             return states
         kernel = self._moments_kernel()
         mean_index, var_index = self.state_layout.bn_mean, self.state_layout.bn_var
-        step = self.max_stack_for(self.bn_batch_size) * self.devices.count
-        for start in range(0, len(thetas), step):
-            chunk = slice(start, start + step)
+        stacks = self._stack_chunks(thetas, states, self.max_stack_for(self.bn_batch_size))
+        for chunk, stacked_thetas, stacked_states in stacks:
             k = len(thetas[chunk])
-            stacked_thetas, stacked_states = self._stacks(thetas[chunk], states[chunk])
             with backend.exact_float32():  # statistics decide levels: no TF32
                 moments = np.stack(
                     [
@@ -436,7 +434,7 @@ class Landscape:
                         )
                         for x in self._statistics_batches()
                     ]
-                ).astype(np.float64)
+                )
             mean, variance = pooled_moments(moments[..., mean_index], moments[..., var_index])
             states[chunk, mean_index] = mean
             states[chunk, var_index] = np.maximum(variance, 0.0)
@@ -534,26 +532,41 @@ class Landscape:
             raise ValueError(f"thetas must have shape (K, {self.size}), got {thetas.shape}")
         states = self._evaluation_states(thetas, states, recompute)
         results = []
-        step = self.max_stack * self.devices.count
-        for start in range(0, len(thetas), step):
-            chunk = thetas[start : start + step]
-            stacked_thetas, stacked_states = self._stacks(chunk, states[start : start + step])
-            total = np.zeros((len(chunk), len(kernels.SUMS)), np.float64)
+        for chunk, stacked_thetas, stacked_states in self._stack_chunks(
+            thetas, states, self.max_stack
+        ):
+            k = len(thetas[chunk])
+            total = np.zeros((k, len(kernels.SUMS)), np.float64)
             with backend.exact_float32():
                 for x, y, mask in self._batches[split].batches:
                     args = (stacked_thetas, stacked_states, self.non_trainable, x, y, mask)
-                    total += self._run_stack(self._stacked_sums, args, len(chunk))
-            results.extend(Evaluation(*self._finalize(row, split)) for row in total[: len(chunk)])
+                    total += self._run_stack(self._stacked_sums, args, k)
+            results.extend(Evaluation(*self._finalize(row, split)) for row in total)
         return results
 
-    def _stacks(self, *arrays: np.ndarray) -> list:
-        """Stacks padded for the devices and split across their replicas (see `_run_stack`)."""
-        width = self.devices.width(len(arrays[0]))
-        return [self.devices.put(ops.convert_to_tensor(pad_rows(a, width=width))) for a in arrays]
+    def _stack_chunks(self, thetas: np.ndarray, states: np.ndarray, per_replica: int):
+        """(rows, stacked thetas, stacked states) for each chunk of at most `per_replica`
+        rows per replica: padded for the devices and split across their replicas (see
+        `_run_stack`)."""
+        step = per_replica * self.devices.count
+        for start in range(0, len(thetas), step):
+            rows = slice(start, start + step)
+            width = self.devices.width(len(thetas[rows]))
+            yield (
+                rows,
+                *(
+                    self.devices.put(ops.convert_to_tensor(pad_rows(a[rows], width=width)))
+                    for a in (thetas, states)
+                ),
+            )
 
-    def _run_stack(self, kernel, args, k: int) -> np.ndarray:
-        """The first k rows of a stack kernel's result, each replica on its share."""
-        return self.devices.fetch(self.devices.call(kernel, args, k))[:k]
+    def _run_stack(self, kernel, args, k: int):
+        """The first k rows of a stack kernel's result (each output of a tuple), float64,
+        each replica on its share."""
+        out = self.devices.call(kernel, args, k)
+        if isinstance(out, (tuple, list)):
+            return tuple(np.asarray(self.devices.fetch(o), np.float64)[:k] for o in out)
+        return np.asarray(self.devices.fetch(out), np.float64)[:k]
 
     @property
     def max_stack(self) -> int:
@@ -648,19 +661,18 @@ class Landscape:
         batches = self._batches[split]
         kernel = self._lazy_kernel(kernels.make_stacked_sample_levels, "per-sample levels")
         sums, counts, regularizers = [], [], []
-        for start in range(0, len(thetas), self.max_stack):
-            k = len(thetas[start : start + self.max_stack])
-            thetas_t = ops.convert_to_tensor(pad_rows(thetas[start : start + self.max_stack]))
-            states_t = ops.convert_to_tensor(pad_rows(states[start : start + self.max_stack]))
+        for chunk, thetas_t, states_t in self._stack_chunks(thetas, states, self.max_stack):
+            k = len(thetas[chunk])
             parts, regularizer = [], None
             with backend.exact_float32():
                 for x, y, mask in batches.batches:
-                    values, regularizer = kernel(thetas_t, states_t, self.non_trainable, x, y, mask)
-                    parts.append(np.asarray(values, np.float64)[:k, : int(np.sum(mask))])
+                    args = (thetas_t, states_t, self.non_trainable, x, y, mask)
+                    values, regularizer = self._run_stack(kernel, args, k)
+                    parts.append(values[:, : int(np.sum(mask))])
             joined = np.concatenate(parts, axis=1)
             sums.append(joined[..., 0])
             counts.append(joined[..., 1])
-            regularizers.append(np.asarray(regularizer, np.float64)[:k])
+            regularizers.append(regularizer)
         offsets = np.concatenate(regularizers)
         if not self.objective.objective.level_includes_regularizer:
             offsets = np.zeros_like(offsets)
@@ -686,20 +698,18 @@ class Landscape:
             ops.convert_to_tensor(np.float32(1.0 / batches.n)),
         )
         losses, grads = [], []
-        for start in range(0, len(thetas), self.max_stack):
-            chunk = thetas[start : start + self.max_stack]
-            k = len(chunk)
-            thetas_t = ops.convert_to_tensor(pad_rows(chunk))
-            states_t = ops.convert_to_tensor(pad_rows(states[start : start + self.max_stack]))
-            sums = np.zeros((len(thetas_t), len(kernels.SUMS)), np.float64)
-            grad = np.zeros((len(thetas_t), self.size), np.float64)
+        for chunk, thetas_t, states_t in self._stack_chunks(thetas, states, self.max_stack):
+            k = len(thetas[chunk])
+            sums = np.zeros((k, len(kernels.SUMS)), np.float64)
+            grad = np.zeros((k, self.size), np.float64)
             with backend.exact_float32():
                 for x, y, mask in batches.batches:
-                    s, g = kernel(thetas_t, states_t, self.non_trainable, x, y, mask, *weights)
-                    sums += np.asarray(s, np.float64)
-                    grad += np.asarray(g, np.float64)
-            losses.extend(self._finalize(row, split)[0] for row in sums[:k])
-            grads.append(grad[:k].astype(np.float32))
+                    args = (thetas_t, states_t, self.non_trainable, x, y, mask, *weights)
+                    s, g = self._run_stack(kernel, args, k)
+                    sums += s
+                    grad += g
+            losses.extend(self._finalize(row, split)[0] for row in sums)
+            grads.append(grad.astype(np.float32))
         return np.array(losses), np.concatenate(grads)
 
     def hessian_vector(
