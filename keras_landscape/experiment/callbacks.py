@@ -21,10 +21,8 @@ The landscape is built once, from the model being fitted, on `data` (a data spec
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import time
 
 import keras
 import numpy as np
@@ -32,8 +30,9 @@ import numpy as np
 from keras_landscape.data.specs import Dataset, load_data
 from keras_landscape.engine import backend
 from keras_landscape.engine.landscape import Landscape
+from keras_landscape.engine.params import non_trainable_state
 from keras_landscape.errors import UserError
-from keras_landscape.experiment.runner import build_probes, versions
+from keras_landscape.experiment.runner import build_probes, run_probe, versions, write_header
 from keras_landscape.experiment.spec import RunSpec
 from keras_landscape.models.minimum import Minimum
 from keras_landscape.progress import NullProgress
@@ -80,12 +79,14 @@ class LandscapeCallback(keras.callbacks.Callback):
         self.loss, self.level_fn, self.split = loss, level_fn, split
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         # Options are checked now, before fit starts: a typo fails at once.
-        spec = RunSpec(models=[], data="", probes=list(probes), options=dict(options or {}))
-        spec.seed = seed
-        self._probes = build_probes(spec)
+        self._spec = RunSpec(
+            models=[], data="", probes=list(probes), options=dict(options or {}), seed=seed
+        )
+        self._probes = build_probes(self._spec)
         self._data = data
         self._landscape = None
         self._previous: Minimum | None = None
+        self._non_trainable: dict[str, list] = {}  # checkpoint -> its non-trainable values
         self._writer = None
         self.history: list[dict] = []  # (epoch, probe, result) of every run, in order
 
@@ -99,11 +100,26 @@ class LandscapeCallback(keras.callbacks.Callback):
             return
         current = self._checkpoint(number)
         with self._open() as store:
-            if current.name not in store.model_names():
-                store.add_model(current.name, current.theta, source=current.source, role="input")
+            for minimum in (self._previous, current):
+                if minimum.name not in store.model_names():
+                    store.add_model(
+                        minimum.name,
+                        minimum.theta,
+                        source=minimum.source,
+                        role="input",
+                        non_trainable=self._non_trainable.pop(minimum.name),
+                    )
             for probe in self._probes:
                 minima = [self._previous, current] if probe.name in PAIR_PROBES else [current]
-                result = self._run(store, probe, minima, number)
+                result = run_probe(
+                    probe,
+                    self.landscape,
+                    minima,
+                    store,
+                    self._spec,
+                    NullProgress(),
+                    run_name=f"{probe.name}_epoch{number:04d}",
+                )
                 self.history.append({"epoch": number, "probe": probe.name, "result": result})
                 self._log(probe.name, result, number)
         self._previous = current
@@ -124,6 +140,7 @@ class LandscapeCallback(keras.callbacks.Callback):
 
     def _checkpoint(self, epoch: int) -> Minimum:
         landscape = self.landscape
+        self._non_trainable[f"epoch_{epoch}"] = non_trainable_state(self.model)
         return Minimum(
             f"epoch_{epoch}",
             landscape.theta_of(self.model).astype(np.float32),
@@ -135,26 +152,8 @@ class LandscapeCallback(keras.callbacks.Callback):
         if os.path.exists(self.store_path):
             return Store.open(self.store_path, "a")
         store = Store.create(self.store_path, versions=versions(), command="LandscapeCallback")
-        layout = self.landscape.layout
-        store.write_layout(layout.paths, layout.shapes, layout.offsets, layout.size)
-        store.write_data_info(self.landscape.describe())
+        write_header(store, self.landscape)
         return store
-
-    def _run(self, store: Store, probe, minima: list[Minimum], epoch: int) -> dict:
-        for minimum in minima:
-            if minimum.name not in store.model_names():
-                store.add_model(minimum.name, minimum.theta, source=minimum.source, role="input")
-        name = f"{probe.name}_epoch{epoch:04d}"
-        run = store.begin_run(name, probe.name, dataclasses.asdict(probe.config), seed=None)
-        started = time.perf_counter()
-        try:
-            result = dict(probe.run(self.landscape, minima, run, NullProgress()))
-        except Exception as error:
-            run.fail(f"{type(error).__name__}: {error}")
-            raise
-        result.setdefault("seconds", time.perf_counter() - started)
-        run.complete(result)
-        return run.result
 
     def _log(self, probe: str, result: dict, epoch: int) -> None:
         if self.log_dir is None:

@@ -122,6 +122,13 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
         )
     else:
         store = Store.scratch(path, versions=versions(), command=spec.command)
+    write_header(store, landscape)
+    return store
+
+
+def write_header(store: Store, landscape: Landscape) -> None:
+    """A new store's parameter layout (with the model's config, so beads can be exported
+    as models) and what the landscape measures."""
     layout = landscape.layout
     store.write_layout(
         layout.paths,
@@ -132,7 +139,6 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
         non_trainable_paths=[v.path for v in landscape.model.non_trainable_variables],
     )
     store.write_data_info(landscape.describe())
-    return store
 
 
 # What a store's results depend on besides the probe options: a resume must match them.
@@ -320,9 +326,12 @@ def _jsonish(value):
     return json.loads(to_json(value))
 
 
-def run_probe(probe, landscape, minima, store: Store, spec: RunSpec, progress) -> dict:
-    """One probe in its own run group: status running -> complete | failed | interrupted."""
-    run_name = probe.name
+def run_probe(
+    probe, landscape, minima, store: Store, spec: RunSpec, progress, run_name: str | None = None
+) -> dict:
+    """One probe in its own run group (`run_name`, default the probe's name): status
+    running -> complete | failed | interrupted."""
+    run_name = run_name or probe.name
     existing = run_name in store.run_names()
     if existing and not spec.resume:
         raise UserError(f"The store already has a run {run_name!r}; use --resume or another --out.")
