@@ -10,7 +10,6 @@ import click
 
 from keras_landscape.cli.display import print_tables
 from keras_landscape.experiment.census import describe_census, load_census
-from keras_landscape.experiment.config import parse_value
 from keras_landscape.store import to_json
 
 
@@ -27,9 +26,9 @@ def _quiet(ctx, param, value) -> None:
 
 
 def _assignments(settings: tuple[str, ...]) -> list[tuple[str, object]]:
-    from keras_landscape.cli.main import _parse_assignments
+    from keras_landscape.cli.main import config_overrides  # main imports this module
 
-    return [(k, parse_value(v)) for k, v in _parse_assignments(settings, "--set option").items()]
+    return config_overrides(settings)
 
 
 @click.command("census")

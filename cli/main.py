@@ -128,6 +128,11 @@ def _parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
     return options
 
 
+def config_overrides(settings: tuple[str, ...]) -> list[tuple[str, object]]:
+    """--set KEY=VALUE of `run` and `census`: (dotted key, YAML value) pairs, in order."""
+    return [(k, parse_value(v)) for k, v in _parse_assignments(settings, "--set option").items()]
+
+
 def _state(ctx: click.Context) -> CliState:
     root = ctx.find_root()
     if root.obj is None:  # invoked without main() (click's CliRunner on `cli`)
@@ -514,9 +519,7 @@ def run_command(
     as_json,
 ) -> None:
     """Run the experiment described by a YAML config (see configs/)."""
-    overrides = [
-        (k, parse_value(v)) for k, v in _parse_assignments(settings, "--set option").items()
-    ]
+    overrides = config_overrides(settings)
     for key, value in (
         ("out", out),
         ("seed", seed),

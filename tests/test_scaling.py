@@ -303,6 +303,19 @@ def _two_processes(paths, out, envs, timeout=300) -> list[dict]:
     return documents
 
 
+def _assert_two_processes_match_one(paths, tmp_path, envs, backend: str) -> None:
+    """Two processes (environments `envs`) write one store, process 0 alone; each process's
+    replica computed rows; the store equals a one-process run's."""
+    documents = _two_processes(paths, tmp_path / "two.h5", envs)
+    assert [d["writer"] for d in documents] == [True, False]
+    for document in documents:  # each process's own replica computed rows
+        rows = document["devices"]["rows_per_device"]
+        assert document["devices"]["processes"] == 2 and sum(rows.values()) > 0, rows
+    single = _cli(paths, tmp_path / "one.h5", env={"KERAS_BACKEND": backend})
+    assert single.returncode == 0, single.stderr[-2000:]
+    _assert_store_equals(tmp_path / "two.h5", tmp_path / "one.h5")
+
+
 def _assert_store_equals(a: Path, b: Path) -> None:
     from keras_landscape.store.hdf5 import Store
     from keras_landscape.store.strings import read_string
@@ -327,14 +340,7 @@ def test_two_tensorflow_workers_on_loopback_write_the_one_process_store(tiny_mod
         }
         for i in range(2)
     ]
-    documents = _two_processes(tiny_models, tmp_path / "mw.h5", envs)
-    assert [d["writer"] for d in documents] == [True, False]
-    for document in documents:  # each worker's own replica computed rows
-        rows = document["devices"]["rows_per_device"]
-        assert document["devices"]["processes"] == 2 and sum(rows.values()) > 0, rows
-    single = _cli(tiny_models, tmp_path / "one.h5", env={"KERAS_BACKEND": "tensorflow"})
-    assert single.returncode == 0, single.stderr[-2000:]
-    _assert_store_equals(tmp_path / "mw.h5", tmp_path / "one.h5")
+    _assert_two_processes_match_one(tiny_models, tmp_path, envs, "tensorflow")
 
 
 @pytest.mark.slow
@@ -350,14 +356,7 @@ def test_two_jax_processes_on_loopback_write_the_one_process_store(tiny_models, 
         }
         for i in range(2)
     ]
-    documents = _two_processes(tiny_models, tmp_path / "jd.h5", envs)
-    assert [d["writer"] for d in documents] == [True, False]
-    for document in documents:
-        rows = document["devices"]["rows_per_device"]
-        assert document["devices"]["processes"] == 2 and sum(rows.values()) > 0, rows
-    single = _cli(tiny_models, tmp_path / "one.h5", env={"KERAS_BACKEND": "jax"})
-    assert single.returncode == 0, single.stderr[-2000:]
-    _assert_store_equals(tmp_path / "jd.h5", tmp_path / "one.h5")
+    _assert_two_processes_match_one(tiny_models, tmp_path, envs, "jax")
 
 
 @pytest.mark.slow

@@ -112,6 +112,7 @@ def project(
             starts[rows],
             targets[rows],
             config,
+            full_batch,
             seed,
             normals[rows],
             on_check,
@@ -197,7 +198,7 @@ class _Stack:
 
 
 def _project_stack(
-    landscape, starts, target, config, seed, normals, on_check, starts_states
+    landscape, starts, target, config, full_batch, seed, normals, on_check, starts_states
 ) -> ProjectionResult:
     """`project` of one stack that fits memory (arguments as there, already filled)."""
     thetas = np.array(starts, np.float32, copy=True)
@@ -209,7 +210,6 @@ def _project_stack(
     levels, used = landscape.levels_and_states(thetas, starts_states, recompute)
     steps = np.zeros(k, np.int64)
     n = landscape.train_size
-    full_batch = config.batch_size is None or config.batch_size >= n
     spec = optimizer_spec(config)
     x, y = landscape.training_tensors()
     rng = np.random.default_rng(seed)

@@ -33,7 +33,14 @@ import numpy as np
 
 from keras_landscape.engine.options import ProjectionConfig
 from keras_landscape.errors import UserError
-from keras_landscape.science.lockstep import Levels, Projection, Request, Search, run_one
+from keras_landscape.science.lockstep import (
+    Levels,
+    Projection,
+    Request,
+    Search,
+    run_one,
+    split_rows,
+)
 from keras_landscape.seeds import derive_seed
 from keras_landscape.store.strings import StringRecord
 
@@ -230,11 +237,7 @@ class Checks(Request):
         checks = check_segments(
             landscape, [s for r in requests for s in r.segments], requests[0].points
         )
-        answers, start = [], 0
-        for request in requests:
-            answers.append(checks[start : start + len(request.segments)])
-            start += len(request.segments)
-        return answers
+        return split_rows(checks, [len(r.segments) for r in requests])
 
 
 def _lengths(string: list[Bead]) -> tuple[float, float, float]:

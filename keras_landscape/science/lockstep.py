@@ -59,7 +59,7 @@ class Levels(Request):
             [landscape.fill_states(r.states, n) for r, n in zip(requests, sizes)]
         )
         levels, used = landscape.levels_and_states(thetas, states)
-        return list(zip(_split(levels, sizes), _split(used, sizes)))
+        return list(zip(split_rows(levels, sizes), split_rows(used, sizes)))
 
 
 @dataclass
@@ -109,8 +109,10 @@ def _slices(sizes: list[int]) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:])]
 
 
-def _split(array: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
-    return [array[rows] for rows in _slices(sizes)]
+def split_rows(rows, sizes: list[int]) -> list:
+    """`rows` (an array or a list) cut into consecutive parts of `sizes`: each request's
+    share of a stacked answer."""
+    return [rows[part] for part in _slices(sizes)]
 
 
 def drive(
@@ -180,4 +182,4 @@ def run_one(landscape, search: Search):
     return drive(landscape, [search], together=True)[0]
 
 
-__all__ = ["Levels", "Projection", "Request", "Search", "drive", "run_one"]
+__all__ = ["Levels", "Projection", "Request", "Search", "drive", "run_one", "split_rows"]
