@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.engine.options import ProjectionConfig
+from keras_landscape.errors import UserError
 from keras_landscape.plugins.pairs import PairOptions, PairProbe, parse_levels
 from keras_landscape.report.plots import NoFigure, new_figure, values
 from keras_landscape.report.tables import fmt, mean_sd, table
@@ -18,6 +20,9 @@ from keras_landscape.science.pairs import default_level, pair_search, states_of,
 from keras_landscape.seeds import derive_seed
 
 DEFAULT_FRACTIONS = (1.0, 0.75, 0.5)
+ENDPOINTS = ("stopped", "retrain", "fresh")
+#: keys of the fresh-endpoint streams under the run's seed (see keras_landscape.seeds)
+FRESH_INIT, FRESH_STEPS = 7933, 7937
 
 
 def curviness_tables(name: str, result: dict) -> list[dict]:
@@ -28,6 +33,8 @@ def curviness_tables(name: str, result: dict) -> list[dict]:
         return [values[i] if i < len(values) else None for i in range(len(levels))]
 
     length, length_sd = column("normalized_length"), column("normalized_length_sd")
+    weights = column("weights_normalized_length")
+    weights_sd = column("weights_normalized_length_sd")
     beads, beads_sd = column("beads"), column("beads_sd")
     good, failed, reasons = column("pairs"), column("failed"), column("reasons")
     rows = []
@@ -39,6 +46,7 @@ def curviness_tables(name: str, result: dict) -> list[dict]:
                 level,
                 f"{good[i] or 0}/{total}",
                 mean_sd(length[i], length_sd[i]),
+                mean_sd(weights[i], weights_sd[i]),
                 mean_sd(beads[i], beads_sd[i]),
                 why,
             ]
@@ -48,7 +56,8 @@ def curviness_tables(name: str, result: dict) -> list[dict]:
         f"{result.get('level_fn', '?')}; beads include both endpoints"
         + (f"; {fmt(result['seconds'], 3)} s" if result.get("seconds") is not None else "")
     ]
-    return [table(name, ["level u", "connected", "norm. length", "beads", "failures"], rows, notes)]
+    columns = ["level u", "connected", "norm. length", "(weights only)", "beads", "failures"]
+    return [table(name, columns, rows, notes)]
 
 
 def draw_curviness(result: dict, run_name: str, xlabel: str):
@@ -121,13 +130,15 @@ class CurvinessProbe(PairProbe):
         "levels": "the levels, highest first (level-function units)",
         "normalized_length": "mean over connected pairs, per level (None if none connected)",
         "normalized_length_sd": "sample standard deviation over connected pairs, per level",
+        "weights_normalized_length": "the same over the weights only, biases left out (as the "
+        "authors' cubic script measured it), per level; its sd in weights_normalized_length_sd",
         "beads": "mean bead count (endpoints included) over connected pairs, per level",
         "beads_sd": "its sample standard deviation",
         "pairs": "connected pairs per level",
         "failed": "pairs not connected per level",
         "reasons": "per level, how many pairs failed for which reason (the connectivity "
-        "reasons, and endpoint_not_retrained: with retrain_endpoints, an endpoint's "
-        "retraining did not reach alpha x level within max_steps)",
+        "reasons, and endpoint_not_retrained: with endpoints 'retrain' or 'fresh', an "
+        "endpoint's training did not reach the level within its step budget)",
         "details": "per level, per pair: the connectivity fields",
     }
 
@@ -138,15 +149,50 @@ class CurvinessProbe(PairProbe):
         Attributes:
             levels: '0.3,0.2,0.1' or 'start:stop:count'; empty: max endpoint level
                 * (1 + margin) times 1, 0.75 and 0.5.
-            retrain_endpoints: train endpoints that lie above a level down to alpha * level
-                (from their state at the previous, higher level) instead of reporting the
-                pair as not connected ('endpoint_above_level').
+            retrain_endpoints: the same as endpoints='retrain' (kept for older configs).
+            endpoints: how each level's endpoints are obtained. 'stopped': the models as
+                given (a pair with an endpoint above the level fails with
+                'endpoint_above_level'). 'retrain': endpoints above a level are trained down
+                to endpoint_target x level from their state at the previous, higher level.
+                'fresh' (the authors' scripts): at every level each pair gets two new models
+                of the same architecture, trained from a random initialisation until they
+                reach endpoint_target x level (partner_steps, partner_learning_rate); the
+                given models then only fix the architecture and the number of pairs.
+                Empty: 'retrain' with retrain_endpoints, else 'stopped'.
+            endpoint_target: the fraction of the level that retrained or fresh endpoints
+                are trained to (None: alpha; 1: the level itself, as in the authors'
+                scripts, so that endpoints sit just below the level).
         """
 
         levels: str = ""
         retrain_endpoints: bool = False
+        endpoints: str = ""
+        endpoint_target: float | None = None
+
+        def endpoint_mode(self) -> str:
+            """'stopped', 'retrain' or 'fresh' (see `endpoints`)."""
+            return self.endpoints or ("retrain" if self.retrain_endpoints else "stopped")
+
+        def endpoint_fraction(self) -> float:
+            return self.alpha if self.endpoint_target is None else self.endpoint_target
 
     figures = {"curviness": draw_curviness}
+
+    def validate_config(self) -> None:
+        super().validate_config()
+        config = self.config
+        if config.endpoints not in ("",) + ENDPOINTS:
+            raise UserError(
+                f"endpoints must be one of {', '.join(ENDPOINTS)} (or empty), got "
+                f"{config.endpoints!r}."
+            )
+        if config.retrain_endpoints and config.endpoints not in ("", "retrain"):
+            raise UserError(
+                f"retrain_endpoints=true contradicts endpoints={config.endpoints!r}: set one."
+            )
+        target = config.endpoint_target
+        if target is not None and not 0 < target <= 1:
+            raise UserError(f"endpoint_target must be in (0, 1], got {target}.")
 
     @classmethod
     def tables(cls, run_name: str, result: dict) -> list[dict]:
@@ -186,34 +232,49 @@ class CurvinessProbe(PairProbe):
             (default_level(endpoint_levels, config.margin) * f for f in DEFAULT_FRACTIONS),
             reverse=True,
         )
+        mode = config.endpoint_mode()
+        fresh = self._fresh(landscape, levels, pairs, store, progress) if mode == "fresh" else None
         task = progress.task("curviness", total=len(levels) * len(pairs))
         searches = []
         for k, level in enumerate(levels):
-            if config.retrain_endpoints:
+            if mode == "retrain":
                 # Endpoints at each level start from the previous level's: retrained level
                 # by level first, then every string of every level runs in lockstep.
                 thetas, states, endpoint_levels = self._retrain(
                     landscape, thetas, states, endpoint_levels, level, store, k
                 )
-            searches.extend(
-                pair_search(
-                    landscape,
-                    *(
+            for p, (i, j) in enumerate(pairs):
+                if fresh is None:
+                    ends = [
                         dataclasses.replace(minima[n], theta=thetas[n], state=states[n])
                         for n in (i, j)
-                    ),
-                    level,
-                    config,
-                    store,
-                    f"level_{k}/pair_{i}_{j}",
-                    config.seed,
-                    task,
+                    ]
+                else:
+                    ends = [
+                        dataclasses.replace(
+                            minima[n],
+                            name=f"fresh_{k}_{i}_{j}_{side}",
+                            source=f"trained:fresh endpoint {side} of pair {i}-{j} at level {k}",
+                            theta=fresh[0][k, p, side],
+                            state=fresh[1][k, p, side],
+                        )
+                        for side, n in enumerate((i, j))
+                    ]
+                searches.append(
+                    pair_search(
+                        landscape,
+                        *ends,
+                        level,
+                        config,
+                        store,
+                        f"level_{k}/pair_{i}_{j}",
+                        config.seed,
+                        task,
+                    )
                 )
-                for i, j in pairs
-            )
         results = drive(landscape, searches, on_done=lambda *_: task.advance(), progress=task)
         task.close()
-        if config.retrain_endpoints:
+        if mode != "stopped":
             results = [
                 {
                     **r,
@@ -241,7 +302,7 @@ class CurvinessProbe(PairProbe):
         if len(above):
             result = landscape.project(
                 thetas[above],
-                self.config.alpha * level,
+                self.config.endpoint_fraction() * level,
                 self.config.projection(),
                 seed=derive_seed(self.config.seed, 104729, k),
                 states=states[above],
@@ -253,12 +314,74 @@ class CurvinessProbe(PairProbe):
             store.write(f"{key}/state", states)
         return thetas, states, landscape.levels(thetas, states)
 
+    def _fresh(self, landscape, levels, pairs, store, progress):
+        """The authors' endpoints: for every level k and pair p, two models trained from a
+        random initialisation until level <= endpoint_target x level, all in one stacked
+        projection (stored under fresh_endpoints/, reused on resume).
+
+        Returns (thetas (L, K, 2, P), states (L, K, 2, S)).
+        """
+        config = self.config
+        shape = (len(levels), len(pairs), 2)
+        if store.has("fresh_endpoints/theta"):
+            thetas = store.read("fresh_endpoints/theta")
+            states = (
+                store.read("fresh_endpoints/state")
+                if store.has("fresh_endpoints/state")
+                else np.zeros((len(thetas), landscape.state_size), np.float32)
+            )
+        else:
+            count = int(np.prod(shape))
+            task = progress.task(f"training {count} fresh endpoints from random inits", total=None)
+            starts = np.stack(
+                [
+                    landscape.fresh_theta(derive_seed(config.seed, FRESH_INIT, k, i, j, side))
+                    for k in range(len(levels))
+                    for i, j in pairs
+                    for side in (0, 1)
+                ]
+            )
+            targets = np.repeat(
+                [config.endpoint_fraction() * level for level in levels], 2 * len(pairs)
+            )
+            projection = ProjectionConfig(
+                **{
+                    **vars(config.projection()),
+                    "max_steps": config.partner_steps,
+                    "learning_rate": config.partner_learning_rate or config.learning_rate,
+                }
+            )
+            result = landscape.project(
+                starts,
+                targets,
+                projection,
+                seed=derive_seed(config.seed, FRESH_STEPS),
+                on_check=lambda _, steps: task.update(status=f"step {int(np.max(steps))}"),
+            )
+            task.close()
+            missed = int(np.sum(~result.reached))
+            if missed:
+                progress.note(
+                    f"{missed} of {count} fresh endpoints did not reach their level within "
+                    f"partner_steps={config.partner_steps}; their pairs fail with "
+                    "endpoint_not_retrained (raise partner_steps or partner_learning_rate)"
+                )
+            thetas, states = result.thetas, result.states
+            store.write("fresh_endpoints/theta", thetas)
+            store.write("fresh_endpoints/level", np.asarray(result.levels, np.float64))
+            store.write("fresh_endpoints/steps", np.asarray(result.steps, np.int64))
+            if states.shape[1]:
+                store.write("fresh_endpoints/state", states)
+        return thetas.reshape(shape + (-1,)), states.reshape(shape + (-1,))
+
     @staticmethod
     def _table(levels, per_level, landscape) -> dict:
         table = {
             "levels": levels,
             "normalized_length": [],
             "normalized_length_sd": [],
+            "weights_normalized_length": [],
+            "weights_normalized_length_sd": [],
             "beads": [],
             "beads_sd": [],
             "pairs": [],
@@ -268,9 +391,12 @@ class CurvinessProbe(PairProbe):
         for results in per_level:
             good = [r for r in results if r["connected"]]
             length, length_sd = summarize([r["normalized_length"] for r in good])
+            weights, weights_sd = summarize([r.get("weights_normalized_length") for r in good])
             beads, beads_sd = summarize([r["beads"] for r in good])
             table["normalized_length"].append(length)
             table["normalized_length_sd"].append(length_sd)
+            table["weights_normalized_length"].append(weights)
+            table["weights_normalized_length_sd"].append(weights_sd)
             table["beads"].append(beads)
             table["beads_sd"].append(beads_sd)
             table["pairs"].append(len(good))

@@ -5,6 +5,8 @@ on the straight line, a connected level set), so DSS needs several depths: enoug
 interrupt it half way and check that a resumed run finishes exactly like an uninterrupted one.
 """
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -317,3 +319,120 @@ def test_curviness_with_one_model_trains_a_partner(cubic_models, tmp_path):
     (detail,) = result["details"][0]
     assert (detail["a"], detail["b"]) == ("m1", "m1_partner0")
     np.testing.assert_allclose(detail["endpoint_levels"], [model_level, level], rtol=1e-5)
+
+
+# ------------------------------------------------------------------- endpoint protocols
+
+
+def _curviness_spec(paths, out, **options):
+    return RunSpec(
+        models=paths,
+        data="cubic:n=200,seed=0",
+        probes=["curviness"],
+        options={"max_depth": 3, "learning_rate": 0.01, **options},
+        level_fn="mean_absolute_error",
+        out=str(out),
+        seed=3,
+    )
+
+
+def test_fresh_endpoints_are_new_models_trained_to_each_level(cubic_models, tmp_path):
+    """endpoints='fresh' (the authors' scripts): per level and pair, two models from random
+    inits trained until level <= endpoint_target x level; the input models only fix the
+    architecture and the pairs."""
+    paths, landscape = cubic_models
+    given = [landscape.theta_of(load_model(p)) for p in paths]
+    levels = [0.2, 0.15]
+    spec = _curviness_spec(
+        paths,
+        tmp_path / "f.h5",
+        levels="0.2,0.15",
+        endpoints="fresh",
+        endpoint_target=1.0,
+        partner_steps=4000,
+        partner_learning_rate=0.02,
+    )
+    result = execute(spec)["results"]["curviness"]
+    with Store.open(tmp_path / "f.h5") as store:
+        run = store.run("curviness")
+        thetas = run.read("fresh_endpoints/theta")
+        stored_levels = run.read("fresh_endpoints/level")
+        steps = run.read("fresh_endpoints/steps")
+    assert thetas.shape == (4, landscape.size)  # 2 levels x 1 pair x 2 sides
+    for k, level in enumerate(levels):
+        (detail,) = result["details"][k]
+        ends = stored_levels[2 * k : 2 * k + 2]
+        # each trained from scratch, stopped at the first check at or below the level itself
+        assert np.all(ends <= level) and np.all(steps[2 * k : 2 * k + 2] % 50 == 0)
+        np.testing.assert_allclose(detail["endpoint_levels"], ends, rtol=1e-5)
+        np.testing.assert_allclose(landscape.levels(thetas[2 * k : 2 * k + 2]), ends, rtol=1e-5)
+        assert detail["a"] == f"fresh_{k}_0_1_0" and detail["b"] == f"fresh_{k}_0_1_1"
+        for theta in thetas[2 * k : 2 * k + 2]:
+            assert min(np.linalg.norm(theta - g) for g in given) > 0.1
+    assert not np.allclose(thetas[0], thetas[1])  # two different random inits
+    assert steps.max() > 0
+    # resumed: the stored endpoints are reused, not trained again
+    again = execute(RunSpec(**{**vars(spec), "resume": True}))["results"]["curviness"]
+    assert again["normalized_length"] == result["normalized_length"]
+
+
+def test_endpoint_target_sets_how_far_below_the_level_endpoints_are_retrained(
+    cubic_models, tmp_path
+):
+    paths, landscape = cubic_models
+    ends = np.array([landscape.level(landscape.theta_of(load_model(p))) for p in paths])
+    level = 0.8 * ends.max()
+    above = ends > level  # the endpoints to retrain; the other one is kept as it is
+    reached = {}
+    for target in (1.0, 0.95):
+        out = tmp_path / f"t{target}.h5"
+        execute(
+            _curviness_spec(
+                paths, out, levels=str(level), endpoints="retrain", endpoint_target=target
+            )
+        )
+        with Store.open(out) as store:
+            thetas = store.run("curviness").read("level_0/endpoints/theta")
+        reached[target] = landscape.levels(thetas)
+        assert np.all(reached[target][above] <= target * level)
+        np.testing.assert_allclose(reached[target][~above], ends[~above], rtol=1e-5)
+    assert np.all(reached[0.95][above] < reached[1.0][above])
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"endpoints": "scratch"}, "endpoints must be one of stopped, retrain, fresh"),
+        ({"endpoints": "fresh", "retrain_endpoints": True}, "contradicts"),
+        ({"endpoint_target": 1.5}, "endpoint_target must be in (0, 1]"),
+    ],
+)
+def test_bad_endpoint_options_are_refused_before_any_work(options, words):
+    from keras_landscape.errors import UserError
+    from keras_landscape.experiment.runner import build_probes
+
+    with pytest.raises(UserError, match=re.escape(words)):
+        build_probes(RunSpec(models=[], data="cubic", probes=["curviness"], options=options))
+
+
+def test_weights_only_length_leaves_the_biases_out(cubic_models):
+    """The authors' cubic script measured lengths over weights only: bias_mask picks the 9
+    bias entries of the 1-4-4-1 net; a detour through the biases alone lengthens the path
+    over all parameters (sqrt 2 here) and not over the weights."""
+    from keras_landscape.science.dss import Bead, _lengths, _weights_only, connect
+
+    _, landscape = cubic_models
+    mask = landscape.layout.bias_mask()
+    assert mask.sum() == 4 + 4 + 1 and mask.size == landscape.size
+    a = np.zeros(landscape.size, np.float32)
+    b = a.copy()
+    b[~mask] = 2.0 / np.sqrt((~mask).sum())  # ||b - a|| = 2, all in the weights
+    middle = (a + b) / 2
+    middle[mask] = 1.0 / np.sqrt(mask.sum())  # 1 away from the chord, all in the biases
+    string = [Bead(i, t, 0.0) for i, t in enumerate((a, middle, b))]
+    assert _lengths(string)[2] == pytest.approx(np.sqrt(2), rel=1e-6)
+    assert _lengths(string, _weights_only(landscape))[2] == pytest.approx(1.0, rel=1e-6)
+    theta = landscape.initial_theta()
+    connection = connect(landscape, theta, theta + b, level=1e3)  # far above: straight
+    assert connection.beads == 2
+    assert connection.normalized_length == connection.weights_normalized_length == 1.0

@@ -311,3 +311,34 @@ def test_model_with_theta_writes_theta_and_state_into_a_clone(rng):
     for a in non_trainable_state(clone):
         np.testing.assert_array_equal(a, 0.75)
     np.testing.assert_array_equal(_theta(model), before)
+
+
+def test_recipe_initializers_reach_every_dense_layer():
+    """kernel_initializer / bias_initializer (the authors' U[-1, 1] weights and N(0, 1)
+    biases) replace Keras's Glorot kernels and zero biases; a bad spec is a ConfigError."""
+    from keras_landscape.errors import ConfigError
+    from keras_landscape.models.recipes import ModelRecipe, build_model
+
+    recipe = ModelRecipe(
+        "mlp",
+        [1],
+        1,
+        layers=[64, 64],
+        activation="sigmoid",
+        kernel_initializer="random_uniform:minval=-1,maxval=1",
+        bias_initializer="random_normal:stddev=1",
+    )
+    keras.utils.set_random_seed(0)
+    model = build_model(recipe)
+    kernels = [v.numpy() for v in model.trainable_variables if v.path.endswith("kernel")]
+    biases = [v.numpy() for v in model.trainable_variables if v.path.endswith("bias")]
+    middle = kernels[1]  # 64 x 64: Glorot's limit would be sqrt(6 / 128) = 0.22
+    assert np.abs(middle).max() <= 1.0 and np.abs(middle).max() > 0.95
+    assert abs(middle.std() - 1 / np.sqrt(3)) < 0.02  # U[-1, 1]
+    assert all(np.abs(b).max() > 0 for b in biases)
+    assert abs(np.concatenate(biases).std() - 1.0) < 0.15
+    assert "kernel_initializer" in recipe.architecture()
+    plain = ModelRecipe("mlp", [1], 1, layers=[4])
+    assert "kernel_initializer" not in plain.architecture()  # older stamps unchanged
+    with pytest.raises(ConfigError, match="not a Keras initializer"):
+        build_model(ModelRecipe("mlp", [1], 1, layers=[4], kernel_initializer="nonsense"))

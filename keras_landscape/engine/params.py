@@ -50,6 +50,15 @@ class ParameterLayout(FlatLayout):
             dtypes=tuple(str(v.dtype) for v in variables),
         )
 
+    def bias_mask(self) -> np.ndarray:
+        """(P,) bool: True on the entries of bias variables (a path ending in 'bias').
+        Freeman & Bruna's cubic script measured path lengths on the other entries only."""
+        mask = np.zeros(self.size, bool)
+        for path, offset, shape in zip(self.paths, self.offsets, self.shapes):
+            if path.rsplit("/", 1)[-1] == "bias":
+                mask[offset : offset + int(np.prod(shape, dtype=np.int64))] = True
+        return mask
+
     def flatten(self, weights) -> np.ndarray:
         """Concatenate per-variable arrays (in layout order) into a float32 theta."""
         weights = list(weights)

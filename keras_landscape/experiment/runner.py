@@ -303,6 +303,7 @@ def run_experiment(
     """
     # The strategy first: it must be set up before training touches the framework.
     devices = backend.devices_for(parse_strategy(config.spec.strategy, config.spec.tpu))
+    build_probes(config.spec)  # every probe option checked before any training
     spec = prepare(config, progress, resume=resume, overwrite=overwrite)
     document = execute(spec, progress)
     document["figures"] = []

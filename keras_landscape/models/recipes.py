@@ -17,7 +17,17 @@ from pathlib import Path
 from keras_landscape.errors import ConfigError, UserError
 
 BUILDERS = {
-    "mlp": ("input", "layers", "activation", "output", "output_activation", "dropout", "use_bias"),
+    "mlp": (
+        "input",
+        "layers",
+        "activation",
+        "output",
+        "output_activation",
+        "dropout",
+        "use_bias",
+        "kernel_initializer",
+        "bias_initializer",
+    ),
     "cnn": (
         "input",
         "filters",
@@ -28,6 +38,8 @@ BUILDERS = {
         "output",
         "output_activation",
         "dropout",
+        "kernel_initializer",
+        "bias_initializer",
     ),
     # token sequences: Embedding(output, embedding) -> LSTM(units) per `layers` -> Dense(output)
     "lstm": ("input", "embedding", "layers", "output", "dropout"),
@@ -59,6 +71,8 @@ class ModelRecipe:
     dropout: float = 0.0
     embedding: int = 0
     use_bias: bool = True
+    kernel_initializer: str = ""
+    bias_initializer: str = ""
     replicas: int = 2
     train: dict = field(default_factory=lambda: dict(DEFAULT_TRAIN))
     dir: str = ""
@@ -66,10 +80,12 @@ class ModelRecipe:
     def architecture(self) -> dict:
         """What determines the trained weights besides data, loss and seed.
 
-        `use_bias` appears only when false, so that recipes written before it existed keep
-        their recorded stamps (and their trained models are reused).
+        `use_bias` appears only when false, and the initializers only when set, so that
+        recipes written before they existed keep their recorded stamps (and their trained
+        models are reused).
         """
         skip = ("dir", "replicas") + (("use_bias",) if self.use_bias else ())
+        skip += tuple(k for k in ("kernel_initializer", "bias_initializer") if not getattr(self, k))
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -80,6 +96,29 @@ def _bad(where: str, message: str) -> None:
 # Rows of full-batch data tiled into one Keras epoch (many optimiser steps per compiled call).
 _TILE_BYTES = 64 << 20
 _MAX_STEPS_PER_CALL = 200
+
+
+def initializer(spec: str, where: str):
+    """A Keras initializer from 'name' or 'name:key=value,...' (e.g. 'random_uniform:
+    minval=-1,maxval=1', 'random_normal:stddev=1'); '' keeps the layer's default (None)."""
+    import keras
+
+    if not spec:
+        return None
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals:
+            _bad(where, f"{spec!r}: options are key=value, got {item!r}")
+        try:
+            options[key.strip()] = float(value)
+        except ValueError:
+            options[key.strip()] = value.strip()
+    try:
+        return keras.initializers.get({"class_name": name.strip(), "config": options})
+    except (ValueError, TypeError) as error:
+        _bad(where, f"not a Keras initializer: {spec!r} ({error})")
 
 
 def build_model(recipe: ModelRecipe, name: str = "model"):
@@ -113,21 +152,28 @@ def build_model(recipe: ModelRecipe, name: str = "model"):
                 layers.append(keras.layers.Dropout(recipe.dropout))
         layers.append(keras.layers.Dense(recipe.output, activation=output))
         return keras.Sequential(layers, name=name)
+    inits = {}
+    for key in ("kernel_initializer", "bias_initializer"):
+        value = initializer(getattr(recipe, key), f"model.{key}")
+        if value is not None:
+            inits[key] = value
     layers = [keras.Input(tuple(recipe.input))]
     if recipe.builder == "cnn":
         for filters in recipe.filters:
             layers.append(
-                keras.layers.Conv2D(filters, recipe.kernel_size, padding="same", activation=hidden)
+                keras.layers.Conv2D(
+                    filters, recipe.kernel_size, padding="same", activation=hidden, **inits
+                )
             )
             if recipe.pool > 1:
                 layers.append(keras.layers.MaxPooling2D(recipe.pool))
         layers.append(keras.layers.Flatten())
     bias = recipe.use_bias
     for width in recipe.layers:
-        layers.append(keras.layers.Dense(width, activation=hidden, use_bias=bias))
+        layers.append(keras.layers.Dense(width, activation=hidden, use_bias=bias, **inits))
         if recipe.dropout:
             layers.append(keras.layers.Dropout(recipe.dropout))
-    layers.append(keras.layers.Dense(recipe.output, activation=output, use_bias=bias))
+    layers.append(keras.layers.Dense(recipe.output, activation=output, use_bias=bias, **inits))
     return keras.Sequential(layers, name=name)
 
 

@@ -154,6 +154,7 @@ class Connection:
     seconds: float
     endpoint_levels: list[float]
     worst_segment: dict | None = None
+    weights_normalized_length: float | None = None
     string: list[np.ndarray] = field(default_factory=list, repr=False)
     string_states: list[np.ndarray] = field(default_factory=list, repr=False)
 
@@ -240,16 +241,25 @@ class Checks(Request):
         return split_rows(checks, [len(r.segments) for r in requests])
 
 
-def _lengths(string: list[Bead]) -> tuple[float, float, float]:
-    path = sum(
-        float(np.linalg.norm(b.theta.astype(np.float64) - a.theta.astype(np.float64)))
-        for a, b in zip(string, string[1:])
-    )
-    distance = float(
-        np.linalg.norm(string[-1].theta.astype(np.float64) - string[0].theta.astype(np.float64))
-    )
+def _lengths(string: list[Bead], keep=slice(None)) -> tuple[float, float, float]:
+    """(path length, endpoint distance, their ratio) over the entries `keep` of theta."""
+
+    def gap(a, b):
+        return float(np.linalg.norm(b.theta[keep].astype(np.float64) - a.theta[keep]))
+
+    path = sum(gap(a, b) for a, b in zip(string, string[1:]))
+    distance = gap(string[0], string[-1])
     normalized = path / distance if distance > 0 else 1.0
     return path, distance, normalized
+
+
+def _weights_only(landscape):
+    """The entries of theta that are not biases (None: no layout, or no biases)."""
+    layout = getattr(landscape, "layout", None)
+    if layout is None or not hasattr(layout, "bias_mask"):
+        return None
+    biases = layout.bias_mask()
+    return ~biases if biases.any() and not biases.all() else None
 
 
 def connect(
@@ -348,6 +358,8 @@ def search(
 
     def finish(connected: bool, why: str) -> Connection:
         path, distance, normalized = _lengths(string)
+        weights = _weights_only(landscape)
+        weights_length = normalized if weights is None else _lengths(string, weights)[2]
         maxima = [
             checked[(a.row, b.row)].maximum
             for a, b in zip(string, string[1:])
@@ -367,6 +379,7 @@ def search(
             seconds=time.perf_counter() - started,
             endpoint_levels=endpoint_levels,
             worst_segment=worst,
+            weights_normalized_length=weights_length,
             string=[b.theta for b in string],
             string_states=[b.state for b in string],
         )
