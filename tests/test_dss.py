@@ -149,6 +149,24 @@ def test_convex_pair_connects_with_the_straight_line(linreg, endpoints):
         _assert_consistent(landscape, connection, a, b, level, config)
 
 
+def test_first_bead_is_trained_even_where_the_line_passes(linreg):
+    """first_bead (the authors' scripts): a midpoint bead is trained before any check can
+    stop DSS, so a convex pair that the straight line joins gets 3 beads; on this convex
+    problem the midpoint already lies below alpha x level, so the bead stays there and the
+    path is the straight line."""
+    landscape = linreg["landscape"]
+    a, b = _partially_trained(linreg, 1, 15), _partially_trained(linreg, 2, 25)
+    level = float(landscape.levels(np.stack([a, b])).max())
+    plain = connect(landscape, a, b, level, DSSConfig())
+    forced = connect(landscape, a, b, level, DSSConfig(first_bead=True, learning_rate=0.01))
+    assert plain.beads == 2 and plain.depth == 0
+    assert forced.connected and forced.beads == 3 and forced.depth == 1
+    middle = forced.string[1]
+    np.testing.assert_allclose(middle, (a + b) / 2, atol=1e-6)
+    assert landscape.level(middle) <= DSSConfig().alpha * level
+    assert forced.normalized_length == pytest.approx(1.0, abs=1e-6)
+
+
 def test_convex_pair_below_an_endpoint_is_reported_not_connected(linreg):
     landscape = linreg["landscape"]
     a = linreg["optimum"]

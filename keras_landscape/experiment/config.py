@@ -483,11 +483,11 @@ def _recipe(value, where: str = "model") -> ModelRecipe:
         embedding=_integer(value.get("embedding", 0), f"{where}.embedding", 0),
         use_bias=_flag(value.get("use_bias", True), f"{where}.use_bias"),
         kernel_initializer=_string(
-            value.get("kernel_initializer"), f"{where}.kernel_initializer", allow_none=True
+            value.get("kernel_initializer") or None, f"{where}.kernel_initializer", allow_none=True
         )
         or "",
         bias_initializer=_string(
-            value.get("bias_initializer"), f"{where}.bias_initializer", allow_none=True
+            value.get("bias_initializer") or None, f"{where}.bias_initializer", allow_none=True
         )
         or "",
         replicas=_integer(value.get("replicas", 2), f"{where}.replicas", 1),

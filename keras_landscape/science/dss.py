@@ -73,6 +73,9 @@ class DSSConfig(ProjectionConfig):
         projection_mode: 'plain' (train from the insertion point, as in the paper) or
             'hyperplane' (the bead stays in the hyperplane through the insertion point
             orthogonal to the segment; keeps beads evenly spread).
+        first_bead: always insert and train a bead at the midpoint first, even where the
+            straight line already passes (the authors' scripts do: their bead counts start
+            at 3). Off: a passing straight line is the answer (2 beads).
         seed: seeds mini-batch draws and partner initialisations (--seed by default).
     """
 
@@ -82,6 +85,7 @@ class DSSConfig(ProjectionConfig):
     max_depth: int = 10
     insertion: str = "midpoint"
     projection_mode: str = "plain"
+    first_bead: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -407,6 +411,8 @@ def search(
             for i, (a, b) in enumerate(segments)
             if not checked[(a.row, b.row)].maximum <= threshold
         ]
+        if config.first_bead and len(segments) == 1 and config.max_depth > 0:
+            failing = [0]  # the authors' first bead, trained whatever the line's maximum
         worst_index = max(
             range(len(segments)),
             key=lambda i: checked[(segments[i][0].row, segments[i][1].row)].maximum,
@@ -431,7 +437,9 @@ def search(
         starts, start_states, normals = [], [], []
         for i in failing:
             a, b = segments[i]
-            t = 0.5 if config.insertion == "midpoint" else checked[(a.row, b.row)].argmax_t
+            forced = config.first_bead and len(segments) == 1
+            midpoint = config.insertion == "midpoint" or forced
+            t = 0.5 if midpoint else checked[(a.row, b.row)].argmax_t
             t = min(max(t, 1.0 / config.points), 1.0 - 1.0 / config.points)
             starts.append((1.0 - t) * a.theta + t * b.theta)
             start_states.append(interpolate(np.array([t]), a.state, b.state)[0])

@@ -1,0 +1,126 @@
+"""Our curviness curves next to Freeman & Bruna's (ICLR 2017), as in docs/reproductions.md.
+
+    python benchmarks/paper_figures.py cubic runs/cubic-full.h5 "authors' protocol" \
+        [STORE LABEL ...] [--weights] [--out docs/figures/cubic_full_vs_paper.png]
+
+Each STORE's `curviness` run (STORE:RUN for another run name) is drawn as mean +- sample sd
+over its connected pairs; the paper's values (docs/reference/freeman_bruna_2017.json, read
+off the vector figures of the authors' repository) as black squares with their bars.
+`--weights` draws the weights-only normalized length (biases left out, as the authors'
+cubic script measured it) dashed beside the all-parameter one. Prints a JSON summary.
+Needs only h5py and matplotlib (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from keras_landscape.report.plots import new_figure, values
+from keras_landscape.store.hdf5 import Store
+
+REFERENCE = Path(__file__).resolve().parent.parent / "docs/reference/freeman_bruna_2017.json"
+
+
+def curviness_of(spec: str) -> dict:
+    path, _, run = spec.partition(":")
+    with Store.open(path) as store:
+        return dict(store.run(run or "curviness").result)
+
+
+def _draw(ax, levels, means, sds, **style):
+    keep = [i for i, m in enumerate(means) if m is not None]
+    ax.errorbar(
+        [levels[i] for i in keep],
+        [means[i] for i in keep],
+        yerr=[sds[i] or 0.0 for i in keep],
+        capsize=3,
+        **style,
+    )
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("figure", help="cubic, quadratic, mnist_cnn, cifar10_cnn or ptb_lstm")
+    parser.add_argument("pairs", nargs="+", help="STORE[:RUN] LABEL [STORE LABEL ...]")
+    parser.add_argument("--weights", action="store_true", help="also the weights-only length")
+    parser.add_argument("--log", action="store_true", help="log-scaled level axis")
+    parser.add_argument("--out", default=None, help="figure file (default: docs/figures/...)")
+    args = parser.parse_args(argv)
+    if len(args.pairs) % 2:
+        parser.error("give a LABEL after every STORE")
+    paper = json.loads(REFERENCE.read_text())["figures"][args.figure]
+    figure, (left, right) = new_figure(11.0, 4.4, ncols=2)
+    summary = {"figure": args.figure, "paper": paper, "ours": {}}
+    for ax, key in ((left, "normalized_length"), (right, "beads")):
+        rows = paper[key]
+        ax.errorbar(
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            yerr=[r[2] for r in rows],
+            fmt="s-",
+            color="black",
+            capsize=3,
+            markersize=4,
+            label="Freeman & Bruna 2017 (their figure)",
+        )
+    for n, (store, label) in enumerate(zip(args.pairs[::2], args.pairs[1::2])):
+        result = curviness_of(store)
+        levels = values(result["levels"])
+        color = f"C{n}"
+        _draw(
+            left,
+            levels,
+            values(result["normalized_length"]),
+            values(result["normalized_length_sd"]),
+            fmt="o-",
+            color=color,
+            label=f"{label}: all parameters",
+        )
+        if args.weights and result.get("weights_normalized_length"):
+            _draw(
+                left,
+                levels,
+                values(result["weights_normalized_length"]),
+                values(result["weights_normalized_length_sd"]),
+                fmt="o--",
+                color=color,
+                alpha=0.6,
+                label=f"{label}: weights only",
+            )
+        _draw(
+            right,
+            levels,
+            values(result["beads"]),
+            values(result["beads_sd"]),
+            fmt="o-",
+            color=color,
+            label=label,
+        )
+        summary["ours"][label] = {
+            k: result.get(k)
+            for k in ("levels", "normalized_length", "weights_normalized_length", "beads", "pairs")
+        }
+    for ax, ylabel in (
+        (left, "normalized geodesic length (1 = straight)"),
+        (right, "beads per string (endpoints included)"),
+    ):
+        ax.set_xlabel(f"level: {paper['level']}")
+        ax.set_ylabel(ylabel)
+        if args.log:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    right.set_yscale("log")
+    figure.suptitle(f"{args.figure}: ours against the paper's figure (bars: ours sd over pairs)")
+    out = Path(args.out or f"docs/figures/{args.figure}_vs_paper.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110, bbox_inches="tight")
+    summary["figure_file"] = str(out)
+    print(json.dumps({k: v for k, v in summary.items() if k != "paper"}, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
