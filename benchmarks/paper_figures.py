@@ -47,6 +47,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--weights", action="store_true", help="also the weights-only length")
     parser.add_argument("--log", action="store_true", help="log-scaled level axis")
     parser.add_argument("--out", default=None, help="figure file (default: docs/figures/...)")
+    parser.add_argument(
+        "--markdown", action="store_true", help="also print a level x store table (markdown)"
+    )
     args = parser.parse_args(argv)
     if len(args.pairs) % 2:
         parser.error("give a LABEL after every STORE")
@@ -118,8 +121,40 @@ def main(argv=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110, bbox_inches="tight")
     summary["figure_file"] = str(out)
-    print(json.dumps({k: v for k, v in summary.items() if k != "paper"}, default=str))
+    if args.markdown:
+        print(markdown(paper, summary["ours"]))
+    else:
+        print(json.dumps({k: v for k, v in summary.items() if k != "paper"}, default=str))
     return summary
+
+
+def markdown(paper: dict, ours: dict) -> str:
+    """One row per level: the paper's length (beads), then each store's length over all
+    parameters / over the weights only (beads), means over the connected pairs."""
+
+    def cell(value, digits=3):
+        return "-" if value is None else f"{value:.{digits}g}"
+
+    reference = {round(r[0], 6): r[1] for r in paper["normalized_length"]}
+    reference_beads = {round(r[0], 6): r[1] for r in paper["beads"]}
+    levels = sorted({round(u, 6) for o in ours.values() for u in o["levels"]}, reverse=True)
+    head = ["level", "paper"] + list(ours)
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for u in levels:
+        row = [f"{u:g}", f"{cell(reference.get(u))} ({cell(reference_beads.get(u), 2)})"]
+        for result in ours.values():
+            rounded = [round(v, 6) for v in result["levels"]]
+            if u not in rounded:
+                row.append("")
+                continue
+            k = rounded.index(u)
+            weights = (result.get("weights_normalized_length") or [None] * len(rounded))[k]
+            row.append(
+                f"{cell(result['normalized_length'][k])} / {cell(weights)} "
+                f"({cell(result['beads'][k], 2)}; {result['pairs'][k]})"
+            )
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from synthetic_stores import cubic_models
 from keras_landscape.cli.main import EXIT_BAD_INPUT
 from keras_landscape.experiment.config import ModelRecipe, choose_data, load_config
 from keras_landscape.experiment.demo import demo_config
+from keras_landscape.experiment.runner import build_probes
 from keras_landscape.models.recipes import _steps_per_call, build_model
 from keras_landscape.report.plots import is_png
 
@@ -253,11 +254,15 @@ def test_shipped_configs_validate(capsys):
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     assert demo == demo_config()  # `klandscape demo` and configs/demo.yaml stay one run
     for name in ("demo", "cubic", "quadratic", "mnist_cnn", "cifar10_cnn", "ptb_lstm"):
-        for scale in ([], ["--scale", "small"]):
-            if name == "demo" and scale:
-                continue
-            resolved = _dryrun_cli(capsys, str(ROOT / "configs" / f"{name}.yaml"), *scale)
+        path = ROOT / "configs" / f"{name}.yaml"
+        scales = list(yaml.safe_load(path.read_text()).get("scales") or {})
+        if name not in ("demo", "cifar10_cnn"):
+            assert "full" in scales  # every reproduction has its full-scale table
+        for scale in [None] + scales:
+            resolved = _dryrun_cli(capsys, str(path), *(["--scale", scale] if scale else []))
             assert resolved["run"]["probes"][0] == "evaluate"
+            # every probe option of every scale is valid (checked before any training)
+            build_probes(load_config(str(path), scale=scale).spec)
     cubic = _dryrun_cli(capsys, str(ROOT / "configs/cubic.yaml"))
     assert cubic["model"]["layers"] == [4, 4] and cubic["model"]["activation"] == "sigmoid"
     assert cubic["run"]["loss"] == "mae" and cubic["run"]["data"] == "cubic:n=10000"
