@@ -46,6 +46,7 @@ def main(argv=None) -> dict:
     parser.add_argument("pairs", nargs="+", help="STORE[:RUN] LABEL [STORE LABEL ...]")
     parser.add_argument("--weights", action="store_true", help="also the weights-only length")
     parser.add_argument("--log", action="store_true", help="log-scaled level axis")
+    parser.add_argument("--xlim", default=None, help="LO,HI: the level range drawn")
     parser.add_argument("--out", default=None, help="figure file (default: docs/figures/...)")
     parser.add_argument(
         "--markdown", action="store_true", help="also print a level x store table (markdown)"
@@ -113,6 +114,8 @@ def main(argv=None) -> dict:
         ax.set_ylabel(ylabel)
         if args.log:
             ax.set_xscale("log")
+        if args.xlim:
+            ax.set_xlim(*sorted(float(v) for v in args.xlim.split(",")))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     right.set_yscale("log")

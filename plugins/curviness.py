@@ -35,6 +35,10 @@ def curviness_tables(name: str, result: dict) -> list[dict]:
     length, length_sd = column("normalized_length"), column("normalized_length_sd")
     weights = column("weights_normalized_length")
     weights_sd = column("weights_normalized_length_sd")
+    # the weights-only length gets a column where it differs (a model with biases)
+    split = any(
+        w is not None and m is not None and abs(w - m) > 1e-9 for w, m in zip(weights, length)
+    )
     beads, beads_sd = column("beads"), column("beads_sd")
     good, failed, reasons = column("pairs"), column("failed"), column("reasons")
     rows = []
@@ -46,7 +50,7 @@ def curviness_tables(name: str, result: dict) -> list[dict]:
                 level,
                 f"{good[i] or 0}/{total}",
                 mean_sd(length[i], length_sd[i]),
-                mean_sd(weights[i], weights_sd[i]),
+                *([mean_sd(weights[i], weights_sd[i])] if split else []),
                 mean_sd(beads[i], beads_sd[i]),
                 why,
             ]
@@ -56,7 +60,9 @@ def curviness_tables(name: str, result: dict) -> list[dict]:
         f"{result.get('level_fn', '?')}; beads include both endpoints"
         + (f"; {fmt(result['seconds'], 3)} s" if result.get("seconds") is not None else "")
     ]
-    columns = ["level u", "connected", "norm. length", "(weights only)", "beads", "failures"]
+    columns = ["level u", "connected", "norm. length"]
+    columns += ["(weights only)"] if split else []
+    columns += ["beads", "failures"]
     return [table(name, columns, rows, notes)]
 
 
@@ -104,6 +110,17 @@ def draw_curviness(result: dict, run_name: str, xlabel: str):
                 ax.annotate(text, (level, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
         if key == "normalized_length":
             ax.axhline(1.0, color="0.6", linestyle="--", linewidth=1, label="straight line")
+            weights = values(result.get("weights_normalized_length"))
+            shown = [i for i in keep if i < len(weights) and weights[i] is not None]
+            if shown and any(abs(weights[i] - means[i]) > 1e-3 * means[i] for i in shown):
+                ax.plot(
+                    [levels[i] for i in shown],
+                    [weights[i] for i in shown],
+                    "s--",
+                    color="C1",
+                    markersize=4,
+                    label="weights only (biases left out)",
+                )
         ax.margins(x=0.08, y=0.15)
         ax.set_xlabel(f"level u: {xlabel}  (right = lower = harder)")
         ax.set_ylabel(ylabel)
