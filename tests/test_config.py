@@ -302,6 +302,14 @@ def test_full_batch_steps_divide_the_epochs():
     assert _steps_per_call(100, 10**7, 800) == 1  # big data: no tiled copy
 
 
+def test_a_bad_probe_option_is_refused_before_any_training(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, _with(probes=["evaluate", {"curviness": {"endpoint_target": 2}}]))
+    code, out, err = run_cli(capsys, "run", path)
+    assert code == EXIT_BAD_INPUT and "endpoint_target must be in (0, 1]" in err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()  # nothing trained
+
+
 def test_run_trains_probes_and_plots(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     document = _with(
