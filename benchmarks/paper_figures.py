@@ -1,13 +1,14 @@
 """Our curviness curves next to Freeman & Bruna's (ICLR 2017), as in docs/reproductions.md.
 
     python benchmarks/paper_figures.py cubic runs/cubic-full.h5 "authors' protocol" \
-        [STORE LABEL ...] [--weights] [--out docs/figures/cubic_full_vs_paper.png]
+        [STORE LABEL ...] [--length all|weights|both] [--xlim LO,HI] [--log] [--markdown]
+        [--out docs/figures/cubic_vs_paper.png]
 
 Each STORE's `curviness` run (STORE:RUN for another run name) is drawn as mean +- sample sd
 over its connected pairs; the paper's values (docs/reference/freeman_bruna_2017.json, read
 off the vector figures of the authors' repository) as black squares with their bars.
-`--weights` draws the weights-only normalized length (biases left out, as the authors'
-cubic script measured it) dashed beside the all-parameter one. Prints a JSON summary.
+`--length weights` draws the weights-only normalized length (biases left out, as the
+authors' cubic script measured it), `--length both` both. Prints a JSON summary.
 Needs only h5py and matplotlib (no TensorFlow).
 """
 
@@ -44,7 +45,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("figure", help="cubic, quadratic, mnist_cnn, cifar10_cnn or ptb_lstm")
     parser.add_argument("pairs", nargs="+", help="STORE[:RUN] LABEL [STORE LABEL ...]")
-    parser.add_argument("--weights", action="store_true", help="also the weights-only length")
+    parser.add_argument(
+        "--length",
+        choices=("all", "weights", "both"),
+        default="all",
+        help="normalized length over all parameters, the weights only, or both",
+    )
     parser.add_argument("--log", action="store_true", help="log-scaled level axis")
     parser.add_argument("--xlim", default=None, help="LO,HI: the level range drawn")
     parser.add_argument("--out", default=None, help="figure file (default: docs/figures/...)")
@@ -73,25 +79,26 @@ def main(argv=None) -> dict:
         result = curviness_of(store)
         levels = values(result["levels"])
         color = f"C{n}"
-        _draw(
-            left,
-            levels,
-            values(result["normalized_length"]),
-            values(result["normalized_length_sd"]),
-            fmt="o-",
-            color=color,
-            label=f"{label}: all parameters",
-        )
-        if args.weights and result.get("weights_normalized_length"):
+        if args.length != "weights":
+            _draw(
+                left,
+                levels,
+                values(result["normalized_length"]),
+                values(result["normalized_length_sd"]),
+                fmt="o-",
+                color=color,
+                label=f"{label}: all parameters" if args.length == "both" else label,
+            )
+        if args.length != "all" and result.get("weights_normalized_length"):
             _draw(
                 left,
                 levels,
                 values(result["weights_normalized_length"]),
                 values(result["weights_normalized_length_sd"]),
-                fmt="o--",
+                fmt="o--" if args.length == "both" else "o-",
                 color=color,
-                alpha=0.6,
-                label=f"{label}: weights only",
+                alpha=0.6 if args.length == "both" else 1.0,
+                label=f"{label}: weights only" if args.length == "both" else label,
             )
         _draw(
             right,
@@ -106,8 +113,9 @@ def main(argv=None) -> dict:
             k: result.get(k)
             for k in ("levels", "normalized_length", "weights_normalized_length", "beads", "pairs")
         }
+    measure = {"all": "", "weights": ", weights only", "both": ""}[args.length]
     for ax, ylabel in (
-        (left, "normalized geodesic length (1 = straight)"),
+        (left, f"normalized geodesic length{measure} (1 = straight)"),
         (right, "beads per string (endpoints included)"),
     ):
         ax.set_xlabel(f"level: {paper['level']}")
