@@ -79,36 +79,24 @@ def main(argv=None) -> dict:
         result = curviness_of(store)
         levels = values(result["levels"])
         color = f"C{n}"
-        if args.length != "weights":
-            _draw(
+        both = args.length == "both"
+        series = [
+            (left, "normalized_length", "o-", 1.0, ": all parameters" if both else ""),
+            (
                 left,
-                levels,
-                values(result["normalized_length"]),
-                values(result["normalized_length_sd"]),
-                fmt="o-",
-                color=color,
-                label=f"{label}: all parameters" if args.length == "both" else label,
-            )
-        if args.length != "all" and result.get("weights_normalized_length"):
-            _draw(
-                left,
-                levels,
-                values(result["weights_normalized_length"]),
-                values(result["weights_normalized_length_sd"]),
-                fmt="o--" if args.length == "both" else "o-",
-                color=color,
-                alpha=0.6 if args.length == "both" else 1.0,
-                label=f"{label}: weights only" if args.length == "both" else label,
-            )
-        _draw(
-            right,
-            levels,
-            values(result["beads"]),
-            values(result["beads_sd"]),
-            fmt="o-",
-            color=color,
-            label=label,
-        )
+                "weights_normalized_length",
+                "o--" if both else "o-",
+                0.6 if both else 1.0,
+                ": weights only" if both else "",
+            ),
+            (right, "beads", "o-", 1.0, ""),
+        ]
+        skip = {"all": "weights_normalized_length", "weights": "normalized_length"}
+        for ax, key, fmt, alpha, suffix in series:
+            if key == skip.get(args.length) or not result.get(key):
+                continue
+            means, sds = values(result[key]), values(result[f"{key}_sd"])
+            _draw(ax, levels, means, sds, fmt=fmt, color=color, alpha=alpha, label=label + suffix)
         summary["ours"][label] = {
             k: result.get(k)
             for k in ("levels", "normalized_length", "weights_normalized_length", "beads", "pairs")
