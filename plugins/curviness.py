@@ -9,9 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keras_landscape.engine.options import ProjectionConfig
 from keras_landscape.errors import UserError
-from keras_landscape.plugins.pairs import PairOptions, PairProbe, parse_levels
+from keras_landscape.plugins.pairs import (
+    PairOptions,
+    PairProbe,
+    parse_levels,
+    partner_projection,
+)
 from keras_landscape.report.plots import NoFigure, new_figure, values
 from keras_landscape.report.tables import fmt, mean_sd, table
 from keras_landscape.science.dss import REASONS, DSSConfig
@@ -361,17 +365,10 @@ class CurvinessProbe(PairProbe):
             targets = np.repeat(
                 [config.endpoint_fraction() * level for level in levels], 2 * len(pairs)
             )
-            projection = ProjectionConfig(
-                **{
-                    **vars(config.projection()),
-                    "max_steps": config.partner_steps,
-                    "learning_rate": config.partner_learning_rate or config.learning_rate,
-                }
-            )
             result = landscape.project(
                 starts,
                 targets,
-                projection,
+                partner_projection(config),
                 seed=derive_seed(config.seed, FRESH_STEPS),
                 on_check=lambda _, steps: task.update(status=f"step {int(np.max(steps))}"),
             )

@@ -54,6 +54,18 @@ class PairOptions:
             raise UserError(f"margin must be >= 0, got {self.margin}.")
 
 
+def partner_projection(config) -> ProjectionConfig:
+    """The projection settings for models trained from a random initialisation (partners,
+    fresh endpoints): the DSS ones with `partner_steps` and `partner_learning_rate`."""
+    return ProjectionConfig(
+        **{
+            **vars(config.projection()),
+            "max_steps": config.partner_steps,
+            "learning_rate": config.partner_learning_rate or config.learning_rate,
+        }
+    )
+
+
 def with_partners(
     landscape, minima: list, config, run, progress
 ) -> tuple[list, list[tuple[int, int]]]:
@@ -82,15 +94,8 @@ def with_partners(
                 for i in range(missing)
             ]
         )
-        projection = ProjectionConfig(
-            **{
-                **vars(config.projection()),
-                "max_steps": config.partner_steps,
-                "learning_rate": config.partner_learning_rate or config.learning_rate,
-            }
-        )
         result = landscape.project(
-            starts, target, projection, seed=derive_seed(config.seed, PARTNER_STEPS)
+            starts, target, partner_projection(config), seed=derive_seed(config.seed, PARTNER_STEPS)
         )
         states = result.states  # BatchNorm statistics estimated at the partner's weights
         for i in np.flatnonzero(~result.reached):

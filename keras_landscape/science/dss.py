@@ -411,8 +411,10 @@ def search(
             for i, (a, b) in enumerate(segments)
             if not checked[(a.row, b.row)].maximum <= threshold
         ]
-        if config.first_bead and len(segments) == 1 and config.max_depth > 0:
-            failing = [0]  # the authors' first bead, trained whatever the line's maximum
+        # the authors' first bead: trained at the midpoint whatever the line's maximum
+        first = config.first_bead and len(segments) == 1 and config.max_depth > 0
+        if first:
+            failing = [0]
         worst_index = max(
             range(len(segments)),
             key=lambda i: checked[(segments[i][0].row, segments[i][1].row)].maximum,
@@ -437,8 +439,7 @@ def search(
         starts, start_states, normals = [], [], []
         for i in failing:
             a, b = segments[i]
-            forced = config.first_bead and len(segments) == 1
-            midpoint = config.insertion == "midpoint" or forced
+            midpoint = config.insertion == "midpoint" or first
             t = 0.5 if midpoint else checked[(a.row, b.row)].argmax_t
             t = min(max(t, 1.0 / config.points), 1.0 - 1.0 / config.points)
             starts.append((1.0 - t) * a.theta + t * b.theta)
