@@ -1,4 +1,5 @@
-"""Developer tasks: `nox -s lint`, `nox -s tests_tensorflow`, `nox -s tests_jax`, `nox -s slow`.
+"""Developer tasks: `nox -s lint`, `nox -s tests_tensorflow`, `nox -s tests_jax`, `nox -s slow`,
+`nox -s "tests_onednn(onednn='0')"` and `nox -s "tests_onednn(onednn='1')"`.
 
 Each session installs the project from its own files (setup.cfg) into a fresh virtualenv,
 exactly as CI does (.ci/run).
@@ -23,6 +24,19 @@ def tests_tensorflow(session: nox.Session) -> None:
     """The default test suite (TensorFlow backend; includes the JAX re-run of the core)."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("onednn", ["0", "1"])
+def tests_onednn(session: nox.Session, onednn: str) -> None:
+    """The default suite with TensorFlow's oneDNN CPU kernels off (0: as on AMD and most
+    non-Intel CPUs, where grouped convolutions have no gradient) or on (1: TensorFlow's
+    default on recent Intel CPUs). Both must pass; CI runs the stacked and projection tests
+    under the setting its CPU does not default to."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "-m", "pytest", "-q", *session.posargs, env={"TF_ENABLE_ONEDNN_OPTS": onednn}
+    )
 
 
 @nox.session

@@ -97,6 +97,7 @@ def main() -> None:
             {
                 "backend": backend.name,
                 "accelerator": backend.accelerator_present(),
+                "machine": backend.machine(),
                 "versions": backend.framework_versions(),
                 "data": spec,
                 "epochs": args.epochs,

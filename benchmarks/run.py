@@ -330,6 +330,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
             "accelerator": backend.accelerator_present(),
+            **backend.machine(),  # cpu_model, onednn, stacked_convolutions
         },
         "versions": {
             "keras": keras.__version__,

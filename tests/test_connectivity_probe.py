@@ -396,7 +396,10 @@ def test_endpoint_target_sets_how_far_below_the_level_endpoints_are_retrained(
         reached[target] = landscape.levels(thetas)
         assert np.all(reached[target][above] <= target * level)
         np.testing.assert_allclose(reached[target][~above], ends[~above], rtol=1e-5)
-    assert np.all(reached[0.95][above] < reached[1.0][above])
+    # Training follows one trajectory and stops at the first check below target x level, so
+    # the lower target stops at the same step or later: at or below (one step may pass both
+    # targets at once, and then the two are equal: no strict inequality).
+    assert np.all(reached[0.95][above] <= reached[1.0][above] * (1 + 1e-6))
 
 
 @pytest.mark.parametrize(

@@ -334,3 +334,80 @@ def test_plan_names_how_each_layer_is_batched():
                 kinds.setdefault(type(layer).__name__, set()).add(forward.plan[layer.name])
         for kind, how in expected.items():
             assert how in kinds[kind], (name, kind, kinds)
+
+
+def _conv_stack(batch_norm: bool):
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential(
+        [keras.Input((8, 8, 2)), layers.Conv2D(4, 3, activation="relu")]
+        + ([layers.BatchNormalization()] if batch_norm else [])
+        + [
+            layers.Conv2D(3, 3, strides=2, padding="same", activation="tanh"),  # stacked input
+            layers.Conv2D(2, 2, dilation_rate=1, name="after_stacked"),
+            layers.Flatten(),
+            layers.Dense(2),
+        ]
+    )
+    return model, np.random.default_rng(5).normal(size=(4, 8, 8, 2)).astype("float32")
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("beads", [1, 2, 8])
+def test_grouped_and_per_bead_convolution_plans_equal_keras(beads, batch_norm, monkeypatch):
+    """Both plans for convolutions of stacked beads (one grouped convolution; one convolution
+    per bead, for devices that cannot differentiate grouped ones) give Keras's own outputs and
+    gradients, bead by bead. The grouped plan's gradient is checked only where this device
+    can take it (oneDNN on)."""
+    from keras import ops
+
+    from keras_landscape.engine import backend
+    from keras_landscape.engine import kernels as engine
+    from keras_landscape.engine.params import ParameterLayout, non_trainable_state
+
+    model, x = _conv_stack(batch_norm)
+    layout = ParameterLayout.from_model(model)
+    state_layout = StateLayout.from_model(model)
+    theta0 = layout.theta_of(model)
+    rng = np.random.default_rng(6)
+    thetas = (theta0 + 0.3 * rng.normal(size=(beads,) + theta0.shape)).astype("float32")
+    # Each bead with its own BatchNorm statistics.
+    states = np.stack([state_layout.state_of(model) * (1.0 + 0.3 * k) for k in range(beads)])
+    nt = [ops.convert_to_tensor(v) for v in non_trainable_state(model)]
+    expected = []
+    for k in range(beads):
+        bead_nt = state_layout.non_trainable_values(states[k], non_trainable_state(model))
+
+        def single(theta_t, bead_nt=bead_nt):
+            weights = engine.split_theta(layout, theta_t)
+            y_pred, _ = model.stateless_call(weights, bead_nt, x, training=False)
+            return ops.mean(ops.square(y_pred)), y_pred
+
+        loss, y_pred, grad = backend.value_and_grad(single)(ops.convert_to_tensor(thetas[k]))
+        expected.append((ops.convert_to_numpy(y_pred), ops.convert_to_numpy(grad)))
+
+    supported = backend.grouped_convolution_gradients()
+    for grouped in (True, False):
+        monkeypatch.setattr(backend, "grouped_convolution_gradients", lambda g=grouped: g)
+        forward = engine.make_stacked_forward(model, layout, state_layout)
+
+        def total(thetas_t, forward=forward):
+            predictions, _ = forward(thetas_t, ops.convert_to_tensor(states), nt, x)
+            per_bead = ops.mean(ops.square(predictions), axis=(1, 2))
+            return ops.sum(per_bead), predictions
+
+        if grouped and not supported:
+            predictions = ops.convert_to_numpy(total(ops.convert_to_tensor(thetas))[1])
+            grads = None
+        else:
+            _, predictions, grads = backend.value_and_grad(total)(ops.convert_to_tensor(thetas))
+            predictions, grads = ops.convert_to_numpy(predictions), ops.convert_to_numpy(grads)
+        if beads > 1:  # one bead is one plain convolution either way
+            how = "grouped convolution" if grouped else "per-bead convolutions"
+            assert forward.plan["after_stacked"] == how
+        for k, (y_pred, grad) in enumerate(expected):
+            np.testing.assert_allclose(predictions[k], y_pred, rtol=2e-5, atol=2e-5)
+            if grads is not None:
+                np.testing.assert_allclose(grads[k], grad, rtol=1e-4, atol=1e-5)

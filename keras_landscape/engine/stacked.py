@@ -15,7 +15,10 @@ Each layer gets one of these plans (`StackedForward.plan` records which):
 - `batched matmul` (Dense): a shared input meets the K kernels side by side (D, K*U) in one
   GEMM; a stacked input, one batched matmul.
 - `grouped convolution` (Conv1D/Conv2D): a shared input meets the K filter banks stacked
-  along the output channels; a stacked input, one grouped convolution with K groups.
+  along the output channels; a stacked input, one grouped convolution with K groups. Where
+  the device cannot differentiate grouped convolutions (TensorFlow on a CPU without oneDNN,
+  checked once per process), a stacked input takes `per-bead convolutions` instead: each
+  bead's input meets its own filters, mapped over the beads.
 - `unrolled recurrence` (LSTM/GRU over a static length): Keras's cell equations, every step
   one batched matmul for all beads.
 - `batched normalisation` (BatchNormalization at inference), `stacked lookup` (Embedding).
@@ -310,10 +313,30 @@ def _recurrent(layer, value, inputs):
     return ops.stack(outputs, axis=2) if layer.return_sequences else outputs[-1]
 
 
+class _Planned:
+    """A rule's result with the plan it chose, where one rule has more than one."""
+
+    __slots__ = ("how", "result")
+
+    def __init__(self, how: str, result):
+        self.how = how
+        self.result = result
+
+
 def _conv(layer, value, inputs):
     kernel = value(layer.kernel)
     bias = value(layer.bias) if layer.use_bias else None
     k = ops.shape(kernel)[0]
+    settings = dict(
+        strides=list(layer.strides), padding=layer.padding, dilation_rate=list(layer.dilation_rate)
+    )
+    stacked = isinstance(inputs, _Stacked) and not _single_bead(kernel)
+    if stacked and not backend.grouped_convolution_gradients():
+        # No grouped-convolution gradient on this device (TensorFlow's CPU kernels without
+        # oneDNN): each bead's input meets its own filters in a loop. Measured there, this
+        # is also faster than the grouped forward pass (docs/performance.md).
+        out = backend.bead_convolutions(inputs.value, kernel, **settings)
+        return _Planned("per-bead convolutions", _bias_and_activation(layer, out, bias))
     if isinstance(inputs, _Grouped):
         x = inputs.grouped
     elif isinstance(inputs, _Stacked):
@@ -327,13 +350,7 @@ def _conv(layer, value, inputs):
             x = ops.reshape(x, tuple(shape[:-2]) + (shape[-2] * shape[-1],))
     else:
         x = inputs
-    out = backend.convolution(
-        x,
-        _side_by_side(kernel),
-        strides=list(layer.strides),
-        padding=layer.padding,
-        dilation_rate=list(layer.dilation_rate),
-    )
+    out = backend.convolution(x, _side_by_side(kernel), **settings)
     if not _elementwise(layer.activation):
         return _bias_and_activation(layer, _split_beads(out, k), bias)
     if bias is not None:
@@ -756,6 +773,8 @@ class StackedForward:
             for how, applies, rule in self.rules:
                 if applies(operation):
                     result = rule(operation, lambda v: values[id(v)], args[0])
+                    if isinstance(result, _Planned):
+                        how, result = result.how, result.result
                     if result is not None:
                         if not isinstance(result, _Stacked):
                             result = _Stacked(result)

@@ -44,6 +44,7 @@ def versions() -> dict[str, str]:
         "keras_version": keras.__version__,
         "backend": backend.name,
         **backend.framework_versions(),
+        **backend.machine(),
     }
 
 

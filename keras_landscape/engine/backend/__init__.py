@@ -2,8 +2,9 @@
 
 The engine (`keras_landscape.engine.kernels`) is written once with `keras.ops`; the few primitives
 that differ between backends -- compiling a function, value-and-gradient, mapping a function
-over a stack of beads, a (grouped) convolution, the float32 precision policy -- come from
-here, chosen by `keras.backend.backend()` (the `KERAS_BACKEND` environment variable).
+over a stack of beads, a (grouped) convolution and whether this device can differentiate it,
+the float32 precision policy -- come from here, chosen by `keras.backend.backend()` (the
+`KERAS_BACKEND` environment variable).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ value_and_grad = _impl.value_and_grad
 hessian_vector_product = _impl.hessian_vector_product
 map_beads = _impl.map_beads
 convolution = _impl.convolution
+bead_convolutions = _impl.bead_convolutions
+grouped_convolution_gradients = _impl.grouped_convolution_gradients
+onednn_enabled = _impl.onednn_enabled
 float32_precision = _impl.float32_precision
 exact_float32 = _impl.exact_float32
 framework_versions = _impl.framework_versions
@@ -37,6 +41,32 @@ accelerator_present = _impl.accelerator_present
 summary_writer = _impl.summary_writer
 
 _devices: dict = {}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else `platform.processor()`)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware")) and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine() -> dict[str, str]:
+    """What decides this process's arithmetic beyond the versions: the CPU model, whether
+    TensorFlow's oneDNN kernels are on ("on", "off"; "n/a" under JAX) and the convolution
+    plan for stacked beads ("grouped" or "per-bead", `grouped_convolution_gradients`)."""
+    onednn = onednn_enabled()
+    return {
+        "cpu_model": cpu_model(),
+        "onednn": "n/a" if onednn is None else ("on" if onednn else "off"),
+        "stacked_convolutions": "grouped" if grouped_convolution_gradients() else "per-bead",
+    }
 
 
 def devices_for(spec=None) -> Devices:
@@ -66,6 +96,11 @@ __all__ = [
     "hessian_vector_product",
     "map_beads",
     "convolution",
+    "bead_convolutions",
+    "grouped_convolution_gradients",
+    "onednn_enabled",
+    "cpu_model",
+    "machine",
     "float32_precision",
     "exact_float32",
     "framework_versions",

@@ -52,6 +52,25 @@ def convolution(inputs, kernel, *, strides, padding, dilation_rate):
     return ops.conv(inputs, kernel, strides=strides, padding=padding, dilation_rate=dilation_rate)
 
 
+def bead_convolutions(inputs, kernels, *, strides, padding, dilation_rate):
+    """inputs (K, B, ..., C) and kernels (K, ..., C, O) -> (K, B, ..., O), bead by bead."""
+
+    def one_bead(x, kernel):
+        return convolution(x, kernel, strides=strides, padding=padding, dilation_rate=dilation_rate)
+
+    return jax.lax.map(lambda pair: one_bead(*pair), (inputs, kernels))
+
+
+def grouped_convolution_gradients() -> bool:
+    """XLA differentiates grouped convolutions (feature_group_count) on every platform."""
+    return True
+
+
+def onednn_enabled() -> bool | None:
+    """oneDNN is a TensorFlow setting; JAX's CPU kernels come from XLA."""
+    return None
+
+
 @contextlib.contextmanager
 def float32_precision(fast: bool):
     """TF32-class matmuls inside the block only when `fast` (JAX's own default on GPUs);

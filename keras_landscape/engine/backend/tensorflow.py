@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -187,6 +188,62 @@ def convolution(inputs, kernel, *, strides, padding, dilation_rate):
     return tf.nn.convolution(
         inputs, kernel, strides=strides, padding=padding.upper(), dilations=dilation_rate
     )
+
+
+def bead_convolutions(inputs, kernels, *, strides, padding, dilation_rate):
+    """inputs (K, B, ..., C) and kernels (K, ..., C, O) -> (K, B, ..., O): each bead's input
+    through its own filters, in a graph loop. (tf.vectorized_map would turn the loop back
+    into one grouped convolution, which is what this avoids.)"""
+
+    def one_bead(pair):
+        return convolution(
+            pair[0], pair[1], strides=strides, padding=padding, dilation_rate=dilation_rate
+        )
+
+    return tf.map_fn(
+        one_bead, (inputs, kernels), fn_output_signature=inputs.dtype, parallel_iterations=16
+    )
+
+
+@functools.cache
+def grouped_convolution_gradients() -> bool:
+    """Whether TensorFlow can differentiate a grouped convolution on the default device,
+    found once per process by a tiny eager call. Its CPU kernels have no grouped backprop
+    unless oneDNN is on (TF_ENABLE_ONEDNN_OPTS; TensorFlow turns it on by default only on
+    some Intel CPUs), so elsewhere -- e.g. AMD CPUs -- the stacked walk convolves bead by bead.
+    """
+    # The two backprop kernels called directly, eagerly even when first asked while tracing
+    # a tf.function (init_scope; it also hides a GradientTape, hence no tape here).
+    with tf.init_scope():
+        x = tf.ones((1, 3, 3, 4))
+        kernel = tf.ones((1, 1, 2, 2))  # 2 groups of 2 channels
+        out = tf.ones((1, 3, 3, 2))
+        common = dict(strides=[1, 1, 1, 1], padding="VALID")
+        try:
+            tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(x), filter=kernel, out_backprop=out, **common
+            )
+            tf.raw_ops.Conv2DBackpropFilter(
+                input=x, filter_sizes=tf.shape(kernel), out_backprop=out, **common
+            )
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+            log.info(
+                "This device cannot differentiate grouped convolutions (%s); convolutions of "
+                "stacked beads run bead by bead.",
+                str(error).strip().splitlines()[0][:120],
+            )
+            return False
+    return True
+
+
+def onednn_enabled() -> bool | None:
+    """Whether TensorFlow runs its oneDNN CPU kernels in this process (None: unknown)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # a private module: absent in some builds
+        return None
 
 
 @contextlib.contextmanager
