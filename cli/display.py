@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from keras_landscape.report.tables import result_tables
+from keras_landscape.store.strings import verdict_words
 
 out = Console()
 err = Console(stderr=True)
@@ -199,7 +200,7 @@ def _unfinished(run: dict, summary: dict) -> None:
             table.add_column(column)
         for s in strings:
             if s["finished"]:
-                state = "connected" if s["connected"] else f"not connected ({s['reason']})"
+                state = verdict_words(s["connected"], s["reason"])
             else:
                 state = "in progress"
             table.add_row(

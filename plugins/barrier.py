@@ -216,7 +216,8 @@ class BarrierProbe(PairProbe):
     result_fields = {
         "linear_max": "maximum of the level function on the straight segment (dense grid)",
         "saddle_level": "{lower, upper}: upper = lowest level found connected (an upper bound "
-        "on s), lower = alpha x the highest level found not connected (heuristic)",
+        "on s), lower = the highest bead target of a level found not connected by DSS "
+        "(heuristic; a test at u trains beads alpha of the way from the higher minimum to u)",
         "barrier": "saddle_level.upper - max(endpoint_levels)",
         "barrier_bracket": "[lower, upper] - max(endpoint_levels)",
         "endpoint_levels": "level function at A and B",

@@ -11,13 +11,14 @@ from keras_landscape.report.tables import fmt, table
 from keras_landscape.science.dss import DSSConfig
 from keras_landscape.science.lockstep import drive
 from keras_landscape.science.pairs import default_level, pair_search, states_of
+from keras_landscape.store.strings import verdict_words
 
 
 def connectivity_tables(name: str, result: dict) -> list[dict]:
     pairs = [p for p in result.get("pairs") or [] if isinstance(p, dict)] or [result]
     rows, notes = [], []
     for p in pairs:
-        verdict = "connected" if p.get("connected") else p.get("reason", "not connected")
+        verdict = verdict_words(p.get("connected"), p.get("reason"))
         rows.append(
             [
                 f"{p.get('a', 'A')} - {p.get('b', 'B')}",

@@ -538,3 +538,50 @@ def test_weight_matching_on_an_lstm_exits_2_from_the_cli(lstm_pair, tmp_path, ca
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
     assert "Weight matching cannot align" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------- a barrier high above zero
+
+
+def _offset_square(t):
+    """(w x)^2 beside a constant 7: with targets (1, 0), E(w) = ((w^2 - 1)^2 + 49) / 2."""
+    return keras.ops.concatenate([t * t, 0.0 * t + 7.0], axis=-1)
+
+
+@pytest.fixture(scope="module")
+def raised_double_well(tmp_path_factory):
+    """A double well lifted far above zero: minima w = +-1 at E = 24.5, saddle w = 0 at
+    E = 25, so the barrier is 2% of the minima's level."""
+    path = tmp_path_factory.mktemp("raised_well") / "well.npz"
+    y = np.stack([np.ones(4), np.zeros(4)], axis=1).astype(np.float32)
+    np.savez(path, x=np.ones((4, 1), np.float32), y=y)
+    model = keras.Sequential(
+        [
+            keras.Input((1,)),
+            keras.layers.Dense(1, use_bias=False),
+            keras.layers.Lambda(_offset_square),
+        ]
+    )
+    model.compile(loss="mse")
+    return Landscape(model, load_data(f"npz:{path}"))
+
+
+def test_bracket_closes_on_a_barrier_small_against_the_minima_level(raised_double_well, tmp_path):
+    """Beads of a bisection test at u aim alpha of the way from the higher minimum up to u.
+    The plain DSS target alpha * u lies below both minima here (0.97 x 25 < 24.52), where no
+    bead can go: every test would fail and the bracket would stay [24.52, 25]."""
+    a, b = np.array([-1.0], np.float32), np.array([1.1], np.float32)
+    floor = float(raised_double_well.levels(b[None])[0])
+    assert floor == pytest.approx((0.21**2 + 49) / 2, rel=1e-6)
+    saddle = 25.0
+    tolerance = 0.002  # 5e-2 in level units: well inside the 0.48 gap
+    config = _barrier_config(tolerance=tolerance, max_bisections=12, max_depth=3)
+    result, store, _ = _bracket(raised_double_well, a, b, tmp_path / "s.h5", config)
+    store.close()
+    lower, upper = result["saddle_level"]["lower"], result["saddle_level"]["upper"]
+    # DSS checks paths on a grid of points, which may step over w = 0 by a hair
+    assert lower <= saddle * (1 + 1e-6) and upper >= saddle - 1e-3
+    assert upper - lower <= tolerance * upper * (1 + 1e-9)
+    assert lower > floor + 0.5 * (saddle - floor)  # the failures raised it well above the floor
+    targets = [x["bead_target"] for x in result["bisections"]]
+    assert all(floor < t < x["level"] for t, x in zip(targets, result["bisections"]))

@@ -135,7 +135,9 @@ def test_convex_pair_connects_with_the_straight_line(linreg, endpoints):
     top = float(ends.max())
     assert top > _mse(linreg, linreg["optimum"]) * 1.5  # not both at the minimum itself
     config = DSSConfig()
-    for level in (top, top * 1.01, top * 2.0, top + 10.0):
+    # top itself, up to float32 rounding: the endpoints are evaluated again inside DSS in
+    # other batch shapes, whose reductions may differ in the last bit on other CPUs
+    for level in (top * (1 + 1e-6), top * 1.01, top * 2.0, top + 10.0):
         connection = connect(landscape, a, b, level, config)
         assert connection.connected, connection.to_dict()
         assert connection.reason == "connected"
@@ -156,15 +158,24 @@ def test_first_bead_is_trained_even_where_the_line_passes(linreg):
     path is the straight line."""
     landscape = linreg["landscape"]
     a, b = _partially_trained(linreg, 1, 15), _partially_trained(linreg, 2, 25)
-    level = float(landscape.levels(np.stack([a, b])).max())
+    # the higher endpoint's level, up to float32 rounding in other batch shapes
+    level = float(landscape.levels(np.stack([a, b])).max()) * (1 + 1e-6)
     plain = connect(landscape, a, b, level, DSSConfig())
-    forced = connect(landscape, a, b, level, DSSConfig(first_bead=True, learning_rate=0.01))
+    exact = DSSConfig(first_bead=True, learning_rate=0.01, perturbation=0.0)
+    forced = connect(landscape, a, b, level, exact)
     assert plain.beads == 2 and plain.depth == 0
     assert forced.connected and forced.beads == 3 and forced.depth == 1
     middle = forced.string[1]
     np.testing.assert_allclose(middle, (a + b) / 2, atol=1e-6)
     assert landscape.level(middle) <= DSSConfig().alpha * level
     assert forced.normalized_length == pytest.approx(1.0, abs=1e-6)
+    # the default start is a seeded step of perturbation x |B - A| off the midpoint, and a
+    # start already below the target is not trained
+    perturbed = connect(landscape, a, b, level, DSSConfig(first_bead=True, learning_rate=0.01))
+    step = np.linalg.norm(perturbed.string[1].astype(np.float64) - (a + b) / 2)
+    distance = np.linalg.norm(b.astype(np.float64) - a)
+    assert step == pytest.approx(DSSConfig().perturbation * distance, rel=1e-3)
+    assert perturbed.connected and perturbed.beads == 3
 
 
 def test_convex_pair_below_an_endpoint_is_reported_not_connected(linreg):
@@ -308,8 +319,9 @@ def test_double_well_is_not_connected_below_the_barrier(double_well, level):
 
 
 def test_double_well_midpoint_is_a_stationary_point(double_well):
-    """Symmetric ends: the first bead starts at w = 0, where grad E = 0; it cannot be trained."""
-    config = DSSConfig(learning_rate=0.05, max_steps=200)
+    """Symmetric ends, no perturbation: the first bead starts at w = 0, where grad E = 0; it
+    cannot be trained (the next test shows the default perturbation lets it go)."""
+    config = DSSConfig(learning_rate=0.05, max_steps=200, perturbation=0.0)
     connection = connect(double_well, _w(-1.0), _w(1.0), 0.5, config)
     assert not connection.connected
     assert connection.reason == "bead_not_reached"
@@ -318,6 +330,61 @@ def test_double_well_midpoint_is_a_stationary_point(double_well):
     assert connection.max_level == pytest.approx(1.0)
     assert connection.projection_steps == config.max_steps  # the failed bead's work counts
     _assert_consistent(double_well, connection, _w(-1.0), _w(1.0), 0.5, config)
+
+
+def test_perturbed_bead_leaves_the_stationary_midpoint(double_well):
+    """With the default perturbation the same bead falls into a well (E <= alpha u); the
+    string still cannot cross w = 0 below the barrier: not connected by DSS, at depth."""
+    config = DSSConfig(learning_rate=0.05, max_steps=200, max_depth=3)
+    assert config.perturbation > 0
+    connection = connect(double_well, _w(-1.0), _w(1.0), 0.5, config)
+    assert not connection.connected and connection.reason == "depth_limit"
+    beads = np.array([t[0] for t in connection.string])
+    assert np.all(np.abs(beads[1:-1]) >= math.sqrt(1 - math.sqrt(config.alpha * 0.5)) - 1e-3)
+    _assert_consistent(double_well, connection, _w(-1.0), _w(1.0), 0.5, config)
+
+
+def _sum_of_squares(t):
+    return keras.ops.sum(t * t, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory):
+    """y_pred = (w1 x)^2 + (w2 x)^2 with x = 1, y = 1, MSE: E(w) = (|w|^2 - 1)^2. Its minima
+    form the unit circle: any two are joined at E = 0 (zero barrier), around the ring; the
+    straight line between opposite points crosses the stationary maximum w = 0."""
+    path = tmp_path_factory.mktemp("ring") / "ring.npz"
+    np.savez(path, x=np.ones((4, 1), np.float32), y=np.ones((4, 1), np.float32))
+    model = keras.Sequential(
+        [
+            keras.Input((1,)),
+            keras.layers.Dense(2, use_bias=False),
+            keras.layers.Lambda(_sum_of_squares),
+        ]
+    )
+    model.compile(loss="mse")
+    return Landscape(model, load_data(f"npz:{path}"))
+
+
+def test_opposite_minima_of_a_ring_connect_only_off_the_symmetric_midpoint(ring):
+    """A zero-barrier pair whose midpoint is a stationary point: a bead started exactly there
+    never moves (DSS fails: not evidence of a barrier); perturbed, it reaches the ring and
+    DSS connects the pair around it, with a normalized length towards pi / 2."""
+    a, b = np.array([1.0, 0.0], np.float32), np.array([-1.0, 0.0], np.float32)
+    assert ring.levels(np.stack([a, b, 0 * a])).tolist() == pytest.approx([0.0, 0.0, 1.0])
+    level = 0.05
+    stuck = connect(ring, a, b, level, DSSConfig(learning_rate=0.05, perturbation=0.0))
+    assert not stuck.connected and stuck.reason == "bead_not_reached"
+    config = DSSConfig(learning_rate=0.05)
+    found = connect(ring, a, b, level, config)
+    assert found.connected, found.to_dict()
+    radii = np.linalg.norm(np.stack(found.string), axis=1)
+    assert np.all(np.abs(radii**2 - 1) <= math.sqrt(config.alpha * level) + 1e-4)
+    assert 1.2 < found.normalized_length <= math.pi / 2 + 1e-3  # the half circle: pi / 2
+    _assert_consistent(ring, found, a, b, level, config)
+    # seeded: the same seed gives the same string
+    again = connect(ring, a, b, level, config)
+    np.testing.assert_array_equal(np.stack(again.string), np.stack(found.string))
 
 
 def test_double_well_verdict_flips_exactly_at_the_barrier(double_well):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from keras_landscape.experiment.config import load_config
 from keras_landscape.experiment.runner import run_experiment
+from keras_landscape.store.strings import verdict_words
 
 DEFAULT_FOLDER = "klandscape-demo"
 
@@ -90,7 +91,7 @@ def summary_lines(document: dict) -> list[str]:
         lines.append(f"{row['model']}: test error {row['level']:.2f}%, loss {row['loss']:.4f}")
     conn = results["connectivity"]
     for pair in conn["pairs"]:
-        verdict = "connected" if pair["connected"] else f"NOT connected ({pair['reason']})"
+        verdict = verdict_words(pair["connected"], pair["reason"])
         lines.append(
             f"{pair['a']} - {pair['b']} at {pair['level']:.2f}% error: {verdict}, "
             f"{pair['beads']} beads, normalized length {pair['normalized_length']:.3f}, "

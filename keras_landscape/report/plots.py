@@ -38,6 +38,7 @@ from keras_landscape.store.strings import (
     natural_order,
     read_string,
     string_prefixes,
+    verdict_words,
 )
 
 FORMATS = ("png", "svg", "pdf")
@@ -303,9 +304,7 @@ def draw_path(profile: PathProfile, run_name: str, ylabel: str):
     ax.set_xlabel("distance along the path (Euclidean, parameter space)")
     ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
     if verdict:
-        state = (
-            "connected" if verdict.get("connected") else f"not connected ({verdict.get('reason')})"
-        )
+        state = verdict_words(verdict.get("connected"), verdict.get("reason"))
         length = verdict.get("normalized_length")
         detail = f"{state}, normalized length {length:.3f}" if length is not None else state
     else:

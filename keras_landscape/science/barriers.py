@@ -4,11 +4,16 @@ For minima A and B the saddle (minimax) level is s(A, B) = inf over paths of max
 and the barrier is s - max(E(A), E(B)). Every estimator here is an upper bound on s:
 
 - linear: max over a dense grid of E((1 - t) A + t B) (linear mode connectivity);
-- DSS bisection: bisection on u between max(E(A), E(B)) and an upper bound, with Dynamic
-  String Sampling deciding each u. `upper` is the lowest u found connected (a path at or
-  below it exists, checked); `lower` is alpha times the highest u found *not* connected
-  (beads are only trained to alpha * u, so a failure at u speaks for levels below alpha * u)
-  -- a heuristic bracket end, since DSS failing is not a proof;
+- DSS bisection: bisection on u between the floor f = max(E(A), E(B)) and an upper bound,
+  with Dynamic String Sampling deciding each u. `upper` is the lowest u found connected (a
+  path at or below it exists, checked); `lower` is the highest bead target of a u found
+  *not* connected (a failure at u speaks only for the level its beads were trained to) -- a
+  heuristic bracket end, since DSS failing is not a proof. The beads of a run at u are
+  trained to f + alpha (u - f), alpha of the way from the higher minimum up to u, not to
+  DSS's usual alpha * u: near the floor alpha * u lies below both minima, where beads cannot
+  go, and every run would fail, so the bracket could not close below about
+  f (1 - alpha) / (2 alpha - 1). With the target relative to the gap, brackets close to the
+  tolerance asked;
 - relaxation: a nudged elastic band on the best path's interior beads lowers its maximum;
   the relaxed path is re-checked at the same resolution and kept only if its maximum is lower.
 """
@@ -72,6 +77,12 @@ class BisectionOptions:
                 "The elastic band needs relax_steps >= 0, relax_learning_rate > 0 and spring "
                 f">= 0 (got {self.relax_steps}, {self.relax_learning_rate}, {self.spring})."
             )
+
+
+def bead_target(floor: float, level: float, alpha: float) -> float:
+    """The level beads of a bisection run at `level` are trained to: alpha of the way from
+    the higher minimum's level `floor` up to `level` (never below the floor)."""
+    return floor + alpha * (level - floor)
 
 
 def linear_profile(
@@ -154,17 +165,19 @@ def bracket_search(
         and np.isfinite(upper)
         and upper - lower > config.tolerance * max(abs(upper), 1e-12)
     ):
-        # DSS at level u trains beads to alpha * u: aim the beads at the bracket's middle m.
+        # Beads at level u are trained to f + alpha (u - f): aim them at the middle m.
         middle = 0.5 * (lower + upper)
-        level = middle / config.alpha
+        level = floor + (middle - floor) / config.alpha
         if level >= upper:
             level = middle
+        target = bead_target(floor, level, config.alpha)
         verdict = yield from pair_search(
-            landscape, a, b, level, config, run, f"{prefix}/bisect_{k}", seed, progress
+            landscape, a, b, level, config, run, f"{prefix}/bisect_{k}", seed, progress, target
         )
         bisections.append(
             {
                 "level": level,
+                "bead_target": target,
                 "connected": verdict["connected"],
                 "reason": verdict["reason"],
                 "beads": verdict["beads"],
@@ -177,8 +190,8 @@ def bracket_search(
             upper = min(upper, level, verdict["max_level"])
             estimator, best_path = "dss-bisection", f"{prefix}/bisect_{k}"
         else:
-            # A failure at u speaks only for levels below alpha * u (the beads' target).
-            lower = max(lower, config.alpha * level)
+            # A failure at u speaks only for levels below its beads' target.
+            lower = max(lower, target)
         k += 1
         if (lower, upper) == before:
             break  # no progress: the bracket is as tight as DSS can make it here

@@ -17,7 +17,11 @@ all its strings together (`keras_landscape.science.lockstep`): their checks and 
 projections are served in shared stacks, and a string's `seconds` is then the wall time
 from its start to its verdict, shared with the strings it ran beside.
 
-The verdict is heuristic (a failure is not a proof of disconnection) and says why. Bead
+The verdict is heuristic and says why: a failure means "not connected by DSS" (the beads
+could not find a path, not a proof that none exists). New beads start a small seeded step
+off their insertion point (`perturbation`), so that they are not held in a subspace that
+every symmetry of the two ends leaves invariant (a dead unit in both, the stationary
+midpoint of a symmetric pair). Bead
 counts include both endpoints, so the first refinement gives 3, as in the authors' code.
 The normalised geodesic length is  sum_i ||b_{i+1} - b_i|| / ||B - A||  (1 on convex
 problems; it grows as level sets curve).
@@ -52,7 +56,8 @@ REASONS = {
     "endpoint_not_retrained": "retraining could not bring an endpoint below the level within "
     "max_steps (raise max_steps or the level)",
     "depth_limit": "segments still failed after max_depth refinements",
-    "bead_not_reached": "a bead could not be trained down to alpha * level within max_steps",
+    "bead_not_reached": "a bead could not be trained down to its target (alpha * level) within "
+    "max_steps",
     "non_finite": "the loss was NaN or infinite on the path",
 }
 # Bytes of parameter vectors evaluated in one batched call when checking segments.
@@ -76,7 +81,14 @@ class DSSConfig(ProjectionConfig):
         first_bead: always insert and train a bead at the midpoint first, even where the
             straight line already passes (the authors' scripts do: their bead counts start
             at 3). Off: a passing straight line is the answer (2 beads).
-        seed: seeds mini-batch draws and partner initialisations (--seed by default).
+        perturbation: a new bead starts off its insertion point by a seeded Gaussian step
+            of this norm relative to its segment's length (0: exactly on it). A point on
+            the segment keeps every symmetry both ends share (a unit dead or zeroed in
+            both, two units equal in both, the midpoint of a symmetric pair where the
+            gradient vanishes); gradient steps never leave such an invariant subspace, so
+            a bead started there may fail where a path exists just outside it.
+        seed: seeds mini-batch draws, bead perturbations and partner initialisations
+            (--seed by default).
     """
 
     alpha: float = 0.97
@@ -86,6 +98,7 @@ class DSSConfig(ProjectionConfig):
     insertion: str = "midpoint"
     projection_mode: str = "plain"
     first_bead: bool = False
+    perturbation: float = 1e-3
     seed: int = 0
 
     def validate(self) -> None:
@@ -94,6 +107,8 @@ class DSSConfig(ProjectionConfig):
             raise UserError(f"alpha must be in (0, 1], got {self.alpha}.")
         if not self.slack >= 0:
             raise UserError(f"slack must be >= 0, got {self.slack}.")
+        if not 0 <= self.perturbation < 1:
+            raise UserError(f"perturbation must be in [0, 1), got {self.perturbation}.")
         if self.points < 2 or self.max_depth < 0:
             raise UserError(
                 f"points must be >= 2 and max_depth >= 0 (got {self.points}, {self.max_depth})."
@@ -157,6 +172,7 @@ class Connection:
     projection_steps: int
     seconds: float
     endpoint_levels: list[float]
+    bead_target: float | None = None
     worst_segment: dict | None = None
     weights_normalized_length: float | None = None
     string: list[np.ndarray] = field(default_factory=list, repr=False)
@@ -191,6 +207,21 @@ def beads_of(stored) -> tuple[list[Bead], int, dict[tuple[int, int], SegmentChec
         for left, right, _, levels in stored.curves
     }
     return string, int(stored.depth_done or 0), checked
+
+
+_PERTURB_KEY = 7919  # names the bead-perturbation draws among a string's seeded work
+
+
+def _off_symmetry(noise: np.random.Generator, config: DSSConfig, length: float, normal):
+    """A Gaussian step of norm `config.perturbation` x `length` (float32, shaped like
+    `normal`), orthogonal to the unit `normal` (zeros: any direction), so that a hyperplane
+    bead starts in its hyperplane."""
+    step = noise.standard_normal(np.shape(normal))
+    step -= (step @ normal) * normal
+    size = np.linalg.norm(step)
+    if config.perturbation == 0 or size == 0 or not length > 0:
+        return np.zeros(np.shape(normal), np.float32)
+    return (step * (config.perturbation * length / size)).astype(np.float32)
 
 
 def interpolate(ts: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -278,6 +309,7 @@ def connect(
     progress=None,
     state_a: np.ndarray | None = None,
     state_b: np.ndarray | None = None,
+    target: float | None = None,
 ) -> Connection:
     """Dynamic String Sampling between A and B at level u (one string; `search` is the
     same walk as a lockstep search, for running many strings together).
@@ -294,6 +326,9 @@ def connect(
         state_a, state_b: the endpoints' states (S,) (None: the landscape model's own). A
             new bead starts with the state interpolated at its insertion point and keeps it
             while it is trained (re-estimated at every point under bn_stats='recompute').
+        target: the level beads are trained to (None: alpha * level). Barrier bisection
+            sets it between the higher endpoint and the level, so that it never asks for
+            beads below both minima (`keras_landscape.science.barriers`).
 
     Returns:
         A Connection with the verdict, bead count (endpoints included), lengths and levels.
@@ -311,6 +346,7 @@ def connect(
             progress=progress,
             state_a=state_a,
             state_b=state_b,
+            target=target,
         ),
     )
 
@@ -327,6 +363,7 @@ def search(
     progress=None,
     state_a: np.ndarray | None = None,
     state_b: np.ndarray | None = None,
+    target: float | None = None,
 ) -> Search:
     """`connect` as a lockstep search (see `keras_landscape.science.lockstep`): yields
     its evaluations, segment checks and projections, returns the Connection."""
@@ -335,7 +372,9 @@ def search(
     seed = config.seed if seed is None else seed
     started = time.perf_counter()
     threshold = level * (1.0 + config.slack)
-    target = config.alpha * level
+    target = config.alpha * level if target is None else float(target)
+    if not target <= level:
+        raise UserError(f"A bead target ({target}) must not be above the level ({level}).")
     projection = config.projection()
     loaded = record.load() if record is not None else None
     checked: dict[tuple[int, int], SegmentCheck] = {}
@@ -382,6 +421,7 @@ def search(
             projection_steps=int(sum(b.steps for b in string)) + failed_steps,
             seconds=time.perf_counter() - started,
             endpoint_levels=endpoint_levels,
+            bead_target=float(target),
             worst_segment=worst,
             weights_normalized_length=weights_length,
             string=[b.theta for b in string],
@@ -437,13 +477,12 @@ def search(
             return finish(False, "depth_limit")
         depth += 1
         starts, start_states, normals = [], [], []
+        noise = np.random.default_rng(derive_seed(seed, depth, _PERTURB_KEY))
         for i in failing:
             a, b = segments[i]
             midpoint = config.insertion == "midpoint" or first
             t = 0.5 if midpoint else checked[(a.row, b.row)].argmax_t
             t = min(max(t, 1.0 / config.points), 1.0 - 1.0 / config.points)
-            starts.append((1.0 - t) * a.theta + t * b.theta)
-            start_states.append(interpolate(np.array([t]), a.state, b.state)[0])
             direction = (b.theta - a.theta).astype(np.float64)
             norm = np.linalg.norm(direction)
             normals.append(
@@ -451,6 +490,9 @@ def search(
                 if config.projection_mode == "hyperplane" and norm > 0
                 else np.zeros_like(direction)
             )
+            step = _off_symmetry(noise, config, norm, normals[-1])
+            starts.append((1.0 - t) * a.theta + t * b.theta + step)
+            start_states.append(interpolate(np.array([t]), a.state, b.state)[0])
         result = yield Projection(
             np.stack(starts),
             target,

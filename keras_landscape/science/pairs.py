@@ -27,19 +27,21 @@ def default_level(endpoint_levels, margin: float) -> float:
 
 
 def connect_pair(
-    landscape, a, b, level, config: DSSConfig, run, prefix: str, seed: int, progress
+    landscape, a, b, level, config: DSSConfig, run, prefix: str, seed: int, progress, target=None
 ) -> dict:
     """DSS between minima a and b at `level`, streamed under `prefix`; a finished one is reused."""
     return run_one(
-        landscape, pair_search(landscape, a, b, level, config, run, prefix, seed, progress)
+        landscape,
+        pair_search(landscape, a, b, level, config, run, prefix, seed, progress, target),
     )
 
 
 def pair_search(
-    landscape, a, b, level, config: DSSConfig, run, prefix: str, seed: int, progress
+    landscape, a, b, level, config: DSSConfig, run, prefix: str, seed: int, progress, target=None
 ) -> Search:
     """`connect_pair` as a lockstep search (`keras_landscape.science.lockstep.drive` runs
-    many together); returns the pair's result dict."""
+    many together); returns the pair's result dict. `target`: the beads' level (None:
+    alpha * level; see `keras_landscape.science.dss.search`)."""
     record = StringRecord(run, prefix)
     verdict = record.verdict()
     if verdict is not None:
@@ -55,6 +57,7 @@ def pair_search(
         progress=progress,
         state_a=getattr(a, "state", None),
         state_b=getattr(b, "state", None),
+        target=target,
     )
     result = connection.to_dict()
     result.update({"a": a.name, "b": b.name, "prefix": prefix})

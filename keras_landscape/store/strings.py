@@ -32,6 +32,15 @@ REQUIRED = ("order", "beads", "bead_level")
 RELAXED_SUFFIX = "_relaxed"
 
 
+def verdict_words(connected, reason: str | None) -> str:
+    """A DSS verdict as every table, figure and summary writes it: 'connected', or 'not
+    connected by DSS (reason)' -- the search found no path, which is not evidence that the
+    two are disconnected."""
+    if connected:
+        return "connected"
+    return f"not connected by DSS ({reason})" if reason else "not connected by DSS"
+
+
 def key(prefix: str, name: str) -> str:
     """The dataset `name` of the string at `prefix` ('' is the run's root)."""
     return f"{prefix}/{name}" if prefix else name
