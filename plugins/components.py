@@ -9,7 +9,7 @@ import numpy as np
 
 from keras_landscape.plugins.pairs import PairOptions, PairProbe, parse_levels
 from keras_landscape.report.plots import NoFigure, new_figure, values
-from keras_landscape.report.tables import fmt, table
+from keras_landscape.report.tables import fmt, interval, n_u_bounds, table
 from keras_landscape.science.barriers import BisectionOptions, linear_profile, saddle_bracket
 from keras_landscape.science.dss import DSSConfig
 from keras_landscape.science.pairs import states_of
@@ -27,24 +27,35 @@ def components_tables(name: str, result: dict) -> list[dict]:
             [[m, levels[i] if i < len(levels) else None] for i, m in enumerate(minima)],
         )
     ]
-    grid = [
-        (u, n)
-        for u, n in zip(result.get("levels") or [], result.get("n_components") or [])
-        if u is not None
-    ]
-    grid.sort()
+    grid = n_u_bounds(result)
     runs: list[list] = []
-    for u, n in grid:  # consecutive levels with the same N_u share a row
-        if runs and runs[-1][2] == n:
+    for u, lo, hi in grid:  # consecutive levels with the same bounds share a row
+        if runs and runs[-1][2:] == [lo, hi]:
             runs[-1][1] = u
         else:
-            runs.append([u, u, n])
+            runs.append([u, u, lo, hi])
+    bounded = "n_components_lower" in result
+    notes = [
+        f"{len(grid)} measured levels; N_u counts components holding a sampled minimum",
+        "N_u as lower-upper: upper from the paths found (pairs joined at the lowest level "
+        "DSS, the line or a chain connected them), lower from DSS failures (pairs kept apart "
+        "only below a failed run's bead target; heuristic)"
+        if bounded
+        else "N_u: upper bounds only (a store from before N_u intervals)",
+    ]
+    bands = result.get("unresolved") or []
+    if bands:
+        notes.append(
+            "unresolved (bounds differ): "
+            + "; ".join(f"{fmt(a, 3)} to {fmt(b, 3)}" for a, b in bands)
+            + " -- more bisections (max_bisections, tolerance) narrow them"
+        )
     tables.append(
         table(
             f"{name}: N_u",
             ["levels from", "to", "N_u"],
-            runs,
-            [f"{len(grid)} measured levels; N_u counts components holding a sampled minimum"],
+            [[a, b, interval(lo, hi) if bounded else hi] for a, b, lo, hi in runs],
+            notes,
         )
     )
     members = {i: [m] for i, m in enumerate(minima)}
@@ -72,17 +83,30 @@ def components_tables(name: str, result: dict) -> list[dict]:
 
 
 def draw_components(result: dict, run_name: str, xlabel: str):
-    """N_u vs level as a step plot, merge levels marked."""
-    levels, counts = values(result.get("levels")), result.get("n_components") or []
-    points = sorted((u, int(n)) for u, n in zip(levels, counts) if u is not None and n is not None)
+    """N_u vs level as a step plot (upper and lower bounds, the band between shaded),
+    merge levels marked."""
+    points = n_u_bounds(result)
     if not points:
         raise NoFigure("the result has no levels / n_components")
     from matplotlib.ticker import MaxNLocator
 
     figure, ax = new_figure()
-    us, ns = zip(*points)
-    ax.step(us, ns, where="post", color="C0", linewidth=1.8, label="N_u (measured levels)")
+    us, lows, ns = zip(*points)
+    ax.step(us, ns, where="post", color="C0", linewidth=1.8, label="N_u upper bound (paths found)")
     ax.plot(us, ns, "o", color="C0", markersize=3)
+    if "n_components_lower" in result:
+        ax.step(
+            us,
+            lows,
+            where="post",
+            color="C2",
+            linewidth=1.4,
+            linestyle="--",
+            label="N_u lower bound (DSS failures)",
+        )
+        ax.fill_between(
+            us, lows, ns, step="post", color="C0", alpha=0.15, label="unresolved", linewidth=0
+        )
     merges = [m for m in values(result.get("merge_levels")) if m is not None]
     for k, m in enumerate(merges):
         ax.axvline(
@@ -216,7 +240,14 @@ class ComponentsProbe(PairProbe):
         "minima": "names of the K minima (files, or a model and its trained replicas)",
         "minimum_levels": "level function at each minimum",
         "levels": "the level grid u",
-        "n_components": "N_u per level: components of Omega_u holding a sampled minimum",
+        "n_components": "N_u per level, the upper bound (= n_components_upper; stores "
+        "before intervals hold only this)",
+        "n_components_lower": "N_u per level, lower bound: pairs kept apart only where a DSS "
+        "run failed (below its bead target); heuristic, as DSS failing is no proof",
+        "n_components_upper": "N_u per level, upper bound: pairs joined where DSS (or the "
+        "straight line, or a chain through other minima) found a path",
+        "unresolved": "[from, to] level bands where the bounds differ: more bisection "
+        "(max_bisections, tolerance) narrows them",
         "merge_levels": "the K-1 single-linkage merge levels (null: never merged)",
         "merge_tree": "[level, cluster_a, cluster_b, new_cluster]; leaves 0..K-1",
         "highest_merge_level": "above it every sampled minimum lies in one component "
@@ -251,6 +282,7 @@ class ComponentsProbe(PairProbe):
             bottleneck_levels,
             count_components,
             merge_tree,
+            unresolved_bands,
         )
 
         config = self.config
@@ -281,6 +313,10 @@ class ComponentsProbe(PairProbe):
         ]
         saddle = np.full((k, k), math.inf)
         np.fill_diagonal(saddle, minimum_levels)
+        # the brackets' lower ends: a pair is kept apart only below the bead target of a
+        # failed DSS run (a pair never bisected joins at its higher minimum's level)
+        saddle_lower = np.full((k, k), math.inf)
+        np.fill_diagonal(saddle_lower, minimum_levels)
         task = progress.task("components", total=len(pairs))
         records = {}
         # Cheapest pairs first, so chains through other minima bound (or settle) later pairs.
@@ -304,6 +340,7 @@ class ComponentsProbe(PairProbe):
                 else ("union-find" if bound is not None and bound < linear[(i, j)] else "linear")
             )
             saddle[i, j] = saddle[j, i] = result["saddle_level"]["upper"]
+            saddle_lower[i, j] = saddle_lower[j, i] = result["saddle_level"]["lower"]
             records[f"{i}-{j}"] = {
                 "linear_max": result["linear_max"],
                 "saddle_level": result["saddle_level"],
@@ -327,11 +364,16 @@ class ComponentsProbe(PairProbe):
                 )
             ]
         )
+        upper = count_components(minimum_levels, merges, grid)
+        lower = count_components(minimum_levels, merge_tree(minimum_levels, saddle_lower), grid)
         return {
             "minima": [m.name for m in minima],
             "minimum_levels": minimum_levels,
             "levels": grid,
-            "n_components": count_components(minimum_levels, merges, grid),
+            "n_components": upper,
+            "n_components_lower": lower,
+            "n_components_upper": upper,
+            "unresolved": unresolved_bands(grid, lower, upper),
             "merge_levels": merge_levels,
             "merge_tree": merges,
             "highest_merge_level": top if len(merges) == k - 1 else None,

@@ -224,6 +224,13 @@ def test_the_census_table_equals_the_probe_results(census):
             levels, counts = components["levels"], components["n_components"]
             assert row["n_u_lowest_level"] == counts[int(np.argmin(levels))]
             assert row["n_u_max"] == max(counts)
+            lower = components["n_components_lower"]
+            assert row["n_u_lowest_level_lower"] == lower[int(np.argmin(levels))]
+            assert row["n_u_max_lower"] == max(lower) <= row["n_u_max"]
+            assert all(lo <= hi for lo, hi in zip(lower, counts))
+            top = max(components["minimum_levels"])
+            above = [hi for u, hi in zip(levels, counts) if u >= top]
+            assert row["n_u_max_above_minima"] == max(above, default=None)
             assert row["normalized_length"] == curviness["normalized_length"][-1]
             assert row["connected"] == curviness["pairs"][-1]
 

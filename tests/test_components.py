@@ -232,10 +232,22 @@ def test_merge_tree_n_u_and_bottlenecks_against_brute_force():
     assert seen_ties and seen_never and seen_high_minimum  # the cases cover each
 
 
+def test_lowest_level_n_u_does_not_depend_on_float_ties_between_equal_minima():
+    """Two minima equal up to float32 rounding, merged (upper bound) only well above: at the
+    lowest minimum's level both are in Omega_u, whichever came out a hair lower."""
+    merges = [[0.5, 0, 1, 2]]
+    for own in ([0.1, 0.1], [0.1, float(np.nextafter(np.float32(0.1), np.float32(1)))]):
+        for order in (own, own[::-1]):
+            assert count_components(order, merges, [min(order), 0.5]) == [2, 1]
+
+
 def test_count_components_exactly_at_a_merge_level():
     merges = [[1.0, 0, 1, 3], [2.0, 3, 2, 4]]
-    u = [np.nextafter(1.0, -INF), 1.0, np.nextafter(2.0, -INF), 2.0]
+    u = [1.0 - 1e-4, 1.0, 2.0 - 2e-4, 2.0]
     assert count_components([0.0, 0.0, 0.0], merges, u) == [3, 2, 2, 1]
+    # a level a float rounding below a merge (or a minimum) counts as at it
+    u = [np.nextafter(1.0, -INF), 1.0 - 5e-6, np.nextafter(2.0, -INF)]
+    assert count_components([0.0, 0.0, 0.0], merges, u) == [2, 2, 1]
     # a merge the tree never made (None) never joins; negative levels are fine
     assert count_components([-1.0, -1.0], [[None, 0, 1, 2]], [-1.0, 10.0, INF]) == [2, 2, 2]
     assert count_components([-3.0, -2.0], [[-1.5, 0, 1, 2]], [-2.5, -2.0, -1.5]) == [1, 2, 1]
@@ -348,6 +360,17 @@ def test_two_valleys_have_two_components_below_the_saddle(two_valley, valley_com
             assert counts[u] == 2, u
         elif u > s * (1 + TOL):
             assert counts[u] == 1, u
+    # N_u as bounds: the true N_u (2 between the minima and s, 1 above) lies within them at
+    # every level, they agree away from s, and the band where they differ holds s
+    assert result["n_components_upper"] == result["n_components"]
+    lower = dict(zip(VALLEY_GRID, result["n_components_lower"]))
+    for u in VALLEY_GRID:
+        truth = 0 if u < 0 else (2 if u < s else 1)
+        assert lower[u] <= truth <= counts[u], u
+        if not s * (1 - 0.05) <= u <= s * (1 + TOL):
+            assert lower[u] == counts[u], u
+    for first, last in result["unresolved"]:
+        assert s * (1 - 0.05) <= first <= last <= s * (1 + TOL)
     # merge tree: each valley's pair first (far below s), then the two valleys at s
     tree = result["merge_tree"]
     assert len(tree) == 3
@@ -396,3 +419,21 @@ def test_two_valley_pairs(two_valley, valley_components):
         assert run.status == "complete"
         assert run.has(f"pair_{first.replace('-', '_')}/bisect_0/order")
         assert not run.has("pair_0_1/bisect_0/order")
+
+
+def test_n_u_bounds_reach_tables_and_frames(valley_components):
+    """show's table prints N_u as 'lower-upper' where the bounds differ, and the levels
+    DataFrame carries both bounds beside the level."""
+    from keras_landscape.plugins.components import components_tables
+    from keras_landscape.report.frames import frames
+
+    result, out = valley_components
+    levels = frames(out, "components")["levels"]
+    assert list(levels["level"]) == pytest.approx(VALLEY_GRID)
+    assert list(levels["n_components_lower"]) == result["n_components_lower"]
+    assert list(levels["n_components_upper"]) == result["n_components_upper"]
+    nu = next(t for t in components_tables("components", result) if t["title"].endswith("N_u"))
+    cells = [row[2] for row in nu["rows"]]
+    pairs = sorted(zip(VALLEY_GRID, result["n_components_lower"], result["n_components_upper"]))
+    assert {f"{lo}-{hi}" if lo != hi else str(hi) for _, lo, hi in pairs} == set(map(str, cells))
+    assert any(lo != hi for _, lo, hi in pairs) == bool(result["unresolved"])

@@ -169,13 +169,19 @@ def test_first_bead_is_trained_even_where_the_line_passes(linreg):
     np.testing.assert_allclose(middle, (a + b) / 2, atol=1e-6)
     assert landscape.level(middle) <= DSSConfig().alpha * level
     assert forced.normalized_length == pytest.approx(1.0, abs=1e-6)
-    # the default start is a seeded step of perturbation x |B - A| off the midpoint, and a
-    # start already below the target is not trained
-    perturbed = connect(landscape, a, b, level, DSSConfig(first_bead=True, learning_rate=0.01))
-    step = np.linalg.norm(perturbed.string[1].astype(np.float64) - (a + b) / 2)
-    distance = np.linalg.norm(b.astype(np.float64) - a)
-    assert step == pytest.approx(DSSConfig().perturbation * distance, rel=1e-3)
-    assert perturbed.connected and perturbed.beads == 3
+    # the ends share one coordinate: the default start is a seeded step of perturbation x
+    # |B - A| off the midpoint in that coordinate only (not trained: already below target)
+    b_shared = b.copy()
+    b_shared[0] = a[0]
+    easy = 2 * float(landscape.levels(np.stack([a, b_shared])).max())  # convex: all below
+    perturbed = connect(landscape, a, b_shared, easy, DSSConfig(first_bead=True))
+    assert perturbed.connected and perturbed.beads == 3 and perturbed.projection_steps == 0
+    offset = perturbed.string[1].astype(np.float64) - (a + b_shared) / 2
+    distance = np.linalg.norm(b_shared.astype(np.float64) - a)
+    assert abs(offset[0]) == pytest.approx(DSSConfig().perturbation * distance, rel=1e-3)
+    np.testing.assert_allclose(offset[1:], 0.0, atol=1e-6)
+    no_shared = connect(landscape, a, b, level, DSSConfig(first_bead=True, learning_rate=0.01))
+    np.testing.assert_allclose(no_shared.string[1], (a + b) / 2, atol=1e-6)
 
 
 def test_convex_pair_below_an_endpoint_is_reported_not_connected(linreg):
@@ -319,9 +325,9 @@ def test_double_well_is_not_connected_below_the_barrier(double_well, level):
 
 
 def test_double_well_midpoint_is_a_stationary_point(double_well):
-    """Symmetric ends, no perturbation: the first bead starts at w = 0, where grad E = 0; it
-    cannot be trained (the next test shows the default perturbation lets it go)."""
-    config = DSSConfig(learning_rate=0.05, max_steps=200, perturbation=0.0)
+    """Symmetric ends: the first bead starts at w = 0, where grad E = 0; it cannot be
+    trained (the two ends share no coordinate, so nothing perturbs it)."""
+    config = DSSConfig(learning_rate=0.05, max_steps=200)
     connection = connect(double_well, _w(-1.0), _w(1.0), 0.5, config)
     assert not connection.connected
     assert connection.reason == "bead_not_reached"
@@ -329,18 +335,6 @@ def test_double_well_midpoint_is_a_stationary_point(double_well):
     assert connection.worst_segment["target"] == pytest.approx(config.alpha * 0.5)
     assert connection.max_level == pytest.approx(1.0)
     assert connection.projection_steps == config.max_steps  # the failed bead's work counts
-    _assert_consistent(double_well, connection, _w(-1.0), _w(1.0), 0.5, config)
-
-
-def test_perturbed_bead_leaves_the_stationary_midpoint(double_well):
-    """With the default perturbation the same bead falls into a well (E <= alpha u); the
-    string still cannot cross w = 0 below the barrier: not connected by DSS, at depth."""
-    config = DSSConfig(learning_rate=0.05, max_steps=200, max_depth=3)
-    assert config.perturbation > 0
-    connection = connect(double_well, _w(-1.0), _w(1.0), 0.5, config)
-    assert not connection.connected and connection.reason == "depth_limit"
-    beads = np.array([t[0] for t in connection.string])
-    assert np.all(np.abs(beads[1:-1]) >= math.sqrt(1 - math.sqrt(config.alpha * 0.5)) - 1e-3)
     _assert_consistent(double_well, connection, _w(-1.0), _w(1.0), 0.5, config)
 
 

@@ -33,7 +33,7 @@ from keras_landscape.report.plots import (
     plot_store,
     use_log_scale,
 )
-from keras_landscape.report.tables import fmt, table
+from keras_landscape.report.tables import fmt, interval, n_u_bounds, table
 from keras_landscape.store.hdf5 import Store, reading
 
 #: attributes a census run carries (set by experiment.census; `point` last, marking the copy)
@@ -104,24 +104,32 @@ def _result(point: dict, probe: str) -> dict:
     return run.get("result") if isinstance(run.get("result"), dict) else {}
 
 
-def n_u_curve(result: dict) -> list[tuple[float, int]]:
-    """(level, N_u) of a components result, by increasing level."""
-    pairs = zip(result.get("levels") or [], result.get("n_components") or [])
-    return sorted((float(u), int(n)) for u, n in pairs if u is not None and n is not None)
+def n_u_curve(result: dict) -> list[tuple[float, int, int]]:
+    """(level, lower, upper) bounds on N_u of a components result, by increasing level."""
+    return n_u_bounds(result)
 
 
-def n_u_runs(curve: list[tuple[float, int]]) -> str:
-    """'0 below 0.0012; 2 from 0.0012 to 0.004; 1 from 0.005 to 0.2' (constant runs)."""
+def n_u_runs(curve: list[tuple[float, int, int]]) -> str:
+    """'0 at 0.001; 1-2 from 0.0012 to 0.004; 1 from 0.005 to 0.2' (runs of equal bounds)."""
     runs: list[list] = []
-    for u, n in curve:
-        if runs and runs[-1][2] == n:
+    for u, lo, hi in curve:
+        if runs and runs[-1][2:] == [lo, hi]:
             runs[-1][1] = u
         else:
-            runs.append([u, u, n])
+            runs.append([u, u, lo, hi])
     return "; ".join(
-        f"{n} at {fmt(a, 3)}" if a == b else f"{n} from {fmt(a, 3)} to {fmt(b, 3)}"
-        for a, b, n in runs
+        f"{interval(lo, hi)} at {fmt(a, 3)}"
+        if a == b
+        else f"{interval(lo, hi)} from {fmt(a, 3)} to {fmt(b, 3)}"
+        for a, b, lo, hi in runs
     )
+
+
+def _bounds(lower, upper) -> str:
+    """An N_u interval for a table cell: 'n/a', '2' or '1-2'."""
+    if upper is None:
+        return "n/a"
+    return interval(lower, upper) if lower is not None else fmt(upper)
 
 
 def point_row(point: dict) -> dict:
@@ -142,6 +150,9 @@ def point_row(point: dict) -> dict:
     )
     curve = n_u_curve(components)
     highest = components.get("highest_merge_level")
+    top = max(minimum_levels) if minimum_levels else None
+    # at and above the highest minimum every sampled minimum is in Omega_u
+    above = [(lo, hi) for u, lo, hi in curve if top is not None and u >= top]
     levels = curviness.get("levels") or []
     lowest = min(range(len(levels)), key=lambda i: levels[i]) if levels else None
 
@@ -150,12 +161,6 @@ def point_row(point: dict) -> dict:
         return values[lowest] if lowest is not None and lowest < len(values) else None
 
     connected, failed = at_lowest("pairs"), at_lowest("failed")
-    top = max(minimum_levels) if minimum_levels else None
-    # DSS connects at u only through beads trained to alpha * u, and no bead goes below the
-    # lowest minimum: below lowest / alpha the census cannot tell whether minima connect.
-    alpha = ((point["runs"].get("components") or {}).get("config") or {}).get("alpha")
-    floor = min(minimum_levels) / alpha if minimum_levels and alpha else None
-    above = [n for u, n in curve if floor is not None and u >= floor]
     return {
         "point": point["name"],
         **point["grid"],
@@ -170,10 +175,13 @@ def point_row(point: dict) -> dict:
         "separated_pairs": separated if pairs else None,
         "all_pairs": len(pairs) or None,
         "lowest_level": curve[0][0] if curve else None,
-        "n_u_lowest_level": curve[0][1] if curve else None,
-        "n_u_max": max((n for _, n in curve), default=None),
-        "dss_floor": floor,
-        "n_u_max_above_floor": max(above, default=None),
+        "n_u_lowest_level_lower": curve[0][1] if curve else None,
+        "n_u_lowest_level": curve[0][2] if curve else None,
+        "n_u_max_lower": max((lo for _, lo, _ in curve), default=None),
+        "n_u_max": max((hi for _, _, hi in curve), default=None),
+        "n_u_max_above_minima_lower": max((lo for lo, _ in above), default=None),
+        "n_u_max_above_minima": max((hi for _, hi in above), default=None),
+        "unresolved": components.get("unresolved"),
         "curviness_level": levels[lowest] if lowest is not None else None,
         "normalized_length": at_lowest("normalized_length"),
         "normalized_length_sd": at_lowest("normalized_length_sd"),
@@ -220,8 +228,9 @@ def census_tables(path: str) -> list[dict]:
                 r["highest_merge_level"],
                 r["mean_barrier"],
                 f"{fmt(r['separated_pairs'])}/{fmt(r['all_pairs'])}",
-                r["n_u_lowest_level"],
-                f"{fmt(r['n_u_max'])} ({fmt(r['n_u_max_above_floor'])})",
+                _bounds(r["n_u_lowest_level_lower"], r["n_u_lowest_level"]),
+                f"{_bounds(r['n_u_max_lower'], r['n_u_max'])} "
+                f"({_bounds(r['n_u_max_above_minima_lower'], r['n_u_max_above_minima'])})",
                 r["normalized_length"],
                 "n/a" if r["pairs"] is None else f"{r['connected']}/{r['pairs']}",
             ]
@@ -232,16 +241,17 @@ def census_tables(path: str) -> list[dict]:
             "barrier: saddle-level upper bound - higher endpoint level, mean over pairs",
             "separated: pairs whose saddle bracket starts above the higher minimum (a DSS "
             "run failed there); the other pairs' merge levels are upper bounds only",
-            "N_u lowest u: at the lowest measured level; max N_u: over the measured levels, "
-            "(in brackets) over those at or above lowest minimum / alpha, below which DSS "
-            "cannot connect anything (its beads are trained to alpha x u)",
+            "N_u as lower-upper bounds (one number where they agree): upper from the paths "
+            "found, lower from DSS failures (heuristic); N_u lowest u: at the lowest measured "
+            "level; max N_u: over the measured levels, (in brackets) over those at or above "
+            "the highest minimum, where every sampled minimum is in the sublevel set",
             "norm. length (mean over connected pairs) and connected pairs at the lowest "
             "curviness level",
         ],
     )
     nu = table(
         "census: N_u by level",
-        ["point", "N_u (components holding a sampled minimum)"],
+        ["point", "N_u (components holding a sampled minimum; lower-upper bounds)"],
         [[p["name"], n_u_runs(n_u_curve(_result(p, "components"))) or "n/a"] for p in points],
     )
     curv_rows = []
@@ -384,32 +394,27 @@ def draw_components(census: dict):
     colors = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(points), 1)))
     top, absolute = 1, []
     for k, (color, point) in enumerate(zip(colors, points)):
-        curve = n_u_curve(_result(point, "components"))
+        result = _result(point, "components")
+        curve = n_u_curve(result)
         if not curve:
             continue
-        us, ns = zip(*curve)
+        us, lows, ns = zip(*curve)
         top = max(top, *ns)
         absolute += us
-        lifted = [n + 0.04 * k for n in ns]  # offset so that equal curves stay apart
-        axes[0].step(us, lifted, where="post", color=color, linewidth=1.6, label=point["name"])
-        lowest = min(_result(point, "components").get("minimum_levels") or [None], default=None)
-        if lowest:
-            excess = [(100.0 * (u / lowest - 1.0), n) for u, n in zip(us, lifted)]
-            excess = [(e, n) for e, n in excess if e > 0]
-            if excess:
-                axes[1].step(*zip(*excess), where="post", color=color, linewidth=1.6)
-    alphas = {
-        ((p["runs"].get("components") or {}).get("config") or {}).get("alpha") for p in points
-    }
-    if len(alphas) == 1 and (alpha := alphas.pop()):
-        axes[1].axvline(
-            100.0 * (1.0 / alpha - 1.0),
-            color="C3",
-            linestyle=":",
-            linewidth=1.2,
-            label=f"lowest / alpha (alpha {alpha:g}): DSS cannot connect below",
-        )
-        axes[1].legend(fontsize=7)
+        lowest = min(result.get("minimum_levels") or [None], default=None)
+        for bound, style, label in ((ns, "-", point["name"]), (lows, "--", None)):
+            if bound is lows and "n_components_lower" not in result:
+                continue
+            lifted = [n + 0.04 * k for n in bound]  # offset so that equal curves stay apart
+            axes[0].step(us, lifted, style, where="post", color=color, lw=1.6, label=label)
+            if lowest:
+                excess = [(100.0 * (u / lowest - 1.0), n) for u, n in zip(us, lifted)]
+                excess = [(e, n) for e, n in excess if e > 0]
+                if excess:
+                    axes[1].step(*zip(*excess), style, where="post", color=color, lw=1.6)
+    axes[1].plot([], [], "-", color="0.3", label="upper bound (paths found)")
+    axes[1].plot([], [], "--", color="0.3", label="lower bound (DSS failures)")
+    axes[1].legend(fontsize=7)
     if use_log_scale(absolute):
         axes[0].set_xscale("log")
     axes[1].set_xscale("log")
@@ -422,7 +427,9 @@ def draw_components(census: dict):
     axes[1].set_xlabel("level above the point's lowest minimum: 100 (u / lowest - 1), %")
     axes[0].legend(fontsize=7, ncols=2 if len(points) > 8 else 1)
     figure.suptitle(
-        "N_u per grid point (curves offset slightly upwards to stay apart)", fontsize=10
+        "N_u per grid point, upper (solid) and lower (dashed) bounds (curves offset slightly "
+        "upwards to stay apart)",
+        fontsize=10,
     )
     return figure, f"N_u against the level for {len(points)} grid points"
 

@@ -198,3 +198,21 @@ def summarize_store(path: str) -> dict:
             "models": models,
             "runs": runs,
         }
+
+
+def n_u_bounds(result: dict) -> list[tuple[float, int, int]]:
+    """(level, lower, upper) of N_u by increasing level; a store from before the bounds
+    has n_components only, an upper bound, and its lower bound is unknown (0)."""
+    levels = result.get("levels") or []
+    upper = result.get("n_components_upper") or result.get("n_components") or []
+    lower = result.get("n_components_lower") or [0] * len(upper)
+    return sorted(
+        (float(u), int(lo), int(hi))
+        for u, lo, hi in zip(levels, lower, upper)
+        if u is not None and lo is not None and hi is not None
+    )
+
+
+def interval(lower: int, upper: int) -> str:
+    """'2' when the bounds agree, else '1-4'."""
+    return str(upper) if lower == upper else f"{lower}-{upper}"

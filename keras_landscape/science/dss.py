@@ -18,10 +18,10 @@ projections are served in shared stacks, and a string's `seconds` is then the wa
 from its start to its verdict, shared with the strings it ran beside.
 
 The verdict is heuristic and says why: a failure means "not connected by DSS" (the beads
-could not find a path, not a proof that none exists). New beads start a small seeded step
-off their insertion point (`perturbation`), so that they are not held in a subspace that
-every symmetry of the two ends leaves invariant (a dead unit in both, the stationary
-midpoint of a symmetric pair). Bead
+could not find a path, not a proof that none exists). Where the two ends share exact
+values (a unit zeroed in both), new beads start a small seeded step off them
+(`perturbation`), so that they are not held in the subspace those values span when it is a
+symmetry's fixed point. Bead
 counts include both endpoints, so the first refinement gives 3, as in the authors' code.
 The normalised geodesic length is  sum_i ||b_{i+1} - b_i|| / ||B - A||  (1 on convex
 problems; it grows as level sets curve).
@@ -81,12 +81,15 @@ class DSSConfig(ProjectionConfig):
         first_bead: always insert and train a bead at the midpoint first, even where the
             straight line already passes (the authors' scripts do: their bead counts start
             at 3). Off: a passing straight line is the answer (2 beads).
-        perturbation: a new bead starts off its insertion point by a seeded Gaussian step
-            of this norm relative to its segment's length (0: exactly on it). A point on
-            the segment keeps every symmetry both ends share (a unit dead or zeroed in
-            both, two units equal in both, the midpoint of a symmetric pair where the
-            gradient vanishes); gradient steps never leave such an invariant subspace, so
-            a bead started there may fail where a path exists just outside it.
+        perturbation: where the segment's two ends agree exactly in some coordinates (a
+            unit zeroed in both, any weight the two share), a new bead starts off its
+            insertion point by a seeded Gaussian step in those coordinates, of this norm
+            relative to the segment's length (0: exactly on the segment). Every point of
+            the segment shares those values, and where they are a fixed point of a
+            symmetry (a zeroed unit of a quadratic or tanh net has zero gradient), gradient
+            steps never leave them: a bead started there may fail where a path exists
+            just outside. Other coordinates are not touched: there a start on the segment
+            is no trap, and Adam would turn a tiny asymmetry into full-size steps.
         seed: seeds mini-batch draws, bead perturbations and partner initialisations
             (--seed by default).
     """
@@ -212,15 +215,18 @@ def beads_of(stored) -> tuple[list[Bead], int, dict[tuple[int, int], SegmentChec
 _PERTURB_KEY = 7919  # names the bead-perturbation draws among a string's seeded work
 
 
-def _off_symmetry(noise: np.random.Generator, config: DSSConfig, length: float, normal):
-    """A Gaussian step of norm `config.perturbation` x `length` (float32, shaped like
-    `normal`), orthogonal to the unit `normal` (zeros: any direction), so that a hyperplane
-    bead starts in its hyperplane."""
-    step = noise.standard_normal(np.shape(normal))
+def _off_symmetry(noise: np.random.Generator, config: DSSConfig, a, b, normal):
+    """A seeded Gaussian step for a bead started on segment a-b: in the coordinates where a
+    and b agree exactly, of norm `config.perturbation` x |b - a|, orthogonal to the unit
+    `normal` (zeros: any direction, so that a hyperplane bead starts in its hyperplane);
+    zeros where the two ends share no coordinate (float32)."""
+    shared = np.asarray(a) == np.asarray(b)
+    length = float(np.linalg.norm(np.asarray(b, np.float64) - a))
+    step = np.where(shared, noise.standard_normal(np.shape(a)), 0.0)
     step -= (step @ normal) * normal
     size = np.linalg.norm(step)
     if config.perturbation == 0 or size == 0 or not length > 0:
-        return np.zeros(np.shape(normal), np.float32)
+        return np.zeros(np.shape(a), np.float32)
     return (step * (config.perturbation * length / size)).astype(np.float32)
 
 
@@ -490,7 +496,7 @@ def search(
                 if config.projection_mode == "hyperplane" and norm > 0
                 else np.zeros_like(direction)
             )
-            step = _off_symmetry(noise, config, norm, normals[-1])
+            step = _off_symmetry(noise, config, a.theta, b.theta, normals[-1])
             starts.append((1.0 - t) * a.theta + t * b.theta + step)
             start_states.append(interpolate(np.array([t]), a.state, b.state)[0])
         result = yield Projection(
