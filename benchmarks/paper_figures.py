@@ -55,7 +55,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--xlim", default=None, help="LO,HI: the level range drawn")
     parser.add_argument("--out", default=None, help="figure file (default: docs/figures/...)")
     parser.add_argument(
-        "--markdown", action="store_true", help="also print a level x store table (markdown)"
+        "--markdown",
+        action="store_true",
+        help="print a level x store table (markdown): mean, sd, standard error, pairs, z",
     )
     args = parser.parse_args(argv)
     if len(args.pairs) % 2:
@@ -99,7 +101,16 @@ def main(argv=None) -> dict:
             _draw(ax, levels, means, sds, fmt=fmt, color=color, alpha=alpha, label=label + suffix)
         summary["ours"][label] = {
             k: result.get(k)
-            for k in ("levels", "normalized_length", "weights_normalized_length", "beads", "pairs")
+            for k in (
+                "levels",
+                "normalized_length",
+                "normalized_length_sd",
+                "weights_normalized_length",
+                "weights_normalized_length_sd",
+                "beads",
+                "pairs",
+                "failed",
+            )
         }
     measure = {"all": "", "weights": ", weights only", "both": ""}[args.length]
     for ax, ylabel in (
@@ -121,37 +132,52 @@ def main(argv=None) -> dict:
     figure.savefig(out, dpi=110, bbox_inches="tight")
     summary["figure_file"] = str(out)
     if args.markdown:
-        print(markdown(paper, summary["ours"]))
+        print(markdown(paper, summary["ours"], "weights" if args.length == "weights" else "all"))
     else:
         print(json.dumps({k: v for k, v in summary.items() if k != "paper"}, default=str))
     return summary
 
 
-def markdown(paper: dict, ours: dict) -> str:
-    """One row per level: the paper's length (beads), then each store's length over all
-    parameters / over the weights only (beads), means over the connected pairs."""
+def markdown(paper: dict, ours: dict, length: str = "all") -> str:
+    """One row per level: the paper's value +- its bar (beads), then each store's mean
+    normalized length over its connected pairs, its sample sd, its standard error (sd /
+    sqrt(n)), n connected of all pairs, the mean beads, and how many of our standard errors
+    it lies from the paper's mean (z). `length` picks the measure ("all" parameters or
+    "weights" only)."""
 
     def cell(value, digits=3):
         return "-" if value is None else f"{value:.{digits}g}"
 
-    reference = {round(r[0], 6): r[1] for r in paper["normalized_length"]}
+    key = "weights_normalized_length" if length == "weights" else "normalized_length"
+    reference = {round(r[0], 6): (r[1], r[2]) for r in paper["normalized_length"]}
     reference_beads = {round(r[0], 6): r[1] for r in paper["beads"]}
     levels = sorted({round(u, 6) for o in ours.values() for u in o["levels"]}, reverse=True)
-    head = ["level", "paper"] + list(ours)
+    head = ["level", "paper (bar; beads)"]
+    for label in ours:
+        head += [f"{label}: mean", "sd", "se", "n", "beads", "z"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for u in levels:
-        row = [f"{u:g}", f"{cell(reference.get(u))} ({cell(reference_beads.get(u), 2)})"]
+        mean_paper, bar = reference.get(u, (None, None))
+        row = [f"{u:g}", f"{cell(mean_paper)} ({cell(bar, 2)}; {cell(reference_beads.get(u), 2)})"]
         for result in ours.values():
             rounded = [round(v, 6) for v in result["levels"]]
             if u not in rounded:
-                row.append("")
+                row += [""] * 6
                 continue
             k = rounded.index(u)
-            weights = (result.get("weights_normalized_length") or [None] * len(rounded))[k]
-            row.append(
-                f"{cell(result['normalized_length'][k])} / {cell(weights)} "
-                f"({cell(result['beads'][k], 2)}; {result['pairs'][k]})"
-            )
+            mean = (result.get(key) or [None] * len(rounded))[k]
+            sd = (result.get(f"{key}_sd") or [None] * len(rounded))[k]
+            n, failed = result["pairs"][k], (result.get("failed") or [0] * len(rounded))[k]
+            se = sd / n**0.5 if sd is not None and n else None
+            z = (mean - mean_paper) / se if None not in (mean, mean_paper) and se else None
+            row += [
+                cell(mean),
+                cell(sd, 2),
+                cell(se, 2),
+                f"{n}/{n + failed}",
+                cell(result["beads"][k], 2),
+                "-" if z is None else f"{z:+.1f}",
+            ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
