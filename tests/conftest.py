@@ -186,6 +186,29 @@ def fit_full_batch(model, x, y, steps: int, learning_rate: float, loss=None):
     return model
 
 
+def weight_landscape(folder, units: int, head, targets):
+    """A Landscape whose parameters are the `units` weights w of Dense(units, no bias) on
+    the constant input x = 1 (4 samples): y_pred = head(w) (a Lambda), MSE against
+    `targets` (per-sample row). Known energies in closed form for DSS and barrier tests."""
+    import keras
+
+    from keras_landscape.data.specs import load_data
+    from keras_landscape.engine.landscape import Landscape
+
+    path = folder / "constant_input.npz"
+    y = np.tile(np.asarray(targets, np.float32), (4, 1))
+    np.savez(path, x=np.ones((4, 1), np.float32), y=y)
+    model = keras.Sequential(
+        [
+            keras.Input((1,)),
+            keras.layers.Dense(units, use_bias=False),
+            keras.layers.Lambda(head),
+        ]
+    )
+    model.compile(loss="mse")
+    return Landscape(model, load_data(f"npz:{path}"))
+
+
 def save_tiny_cubic_models(folder, seeds, data: str = "cubic:limit=64") -> list[str]:
     """1-4-1 tanh networks (one per seed) fitted briefly on `data` (150 full-batch Adam
     steps at 0.05) and saved as folder/tiny_<seed>.keras; their paths."""

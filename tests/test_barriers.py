@@ -22,7 +22,7 @@ every level below 0.5 / 0.97 fails -- but a connected level's path maximum (~0.5
 import keras
 import numpy as np
 import pytest
-from conftest import CountingProgress, fit_full_batch
+from conftest import CountingProgress, fit_full_batch, weight_landscape
 
 from keras_landscape.data.specs import load_data
 from keras_landscape.engine.landscape import Landscape
@@ -552,18 +552,8 @@ def _offset_square(t):
 def raised_double_well(tmp_path_factory):
     """A double well lifted far above zero: minima w = +-1 at E = 24.5, saddle w = 0 at
     E = 25, so the barrier is 2% of the minima's level."""
-    path = tmp_path_factory.mktemp("raised_well") / "well.npz"
-    y = np.stack([np.ones(4), np.zeros(4)], axis=1).astype(np.float32)
-    np.savez(path, x=np.ones((4, 1), np.float32), y=y)
-    model = keras.Sequential(
-        [
-            keras.Input((1,)),
-            keras.layers.Dense(1, use_bias=False),
-            keras.layers.Lambda(_offset_square),
-        ]
-    )
-    model.compile(loss="mse")
-    return Landscape(model, load_data(f"npz:{path}"))
+    folder = tmp_path_factory.mktemp("raised_well")
+    return weight_landscape(folder, 1, _offset_square, [1.0, 0.0])
 
 
 def test_bracket_closes_on_a_barrier_small_against_the_minima_level(raised_double_well, tmp_path):

@@ -18,7 +18,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import fit_full_batch
+from conftest import fit_full_batch, weight_landscape
 
 from keras_landscape.data.specs import load_data
 from keras_landscape.engine.landscape import Landscape
@@ -266,13 +266,7 @@ def _square(t):
 @pytest.fixture(scope="module")
 def double_well(tmp_path_factory):
     """y_pred = (w x)^2 with x = 1, y = 1 and MSE: E(w) = (w^2 - 1)^2 exactly."""
-    path = tmp_path_factory.mktemp("double_well") / "well.npz"
-    np.savez(path, x=np.ones((4, 1), np.float32), y=np.ones((4, 1), np.float32))
-    model = keras.Sequential(
-        [keras.Input((1,)), keras.layers.Dense(1, use_bias=False), keras.layers.Lambda(_square)]
-    )
-    model.compile(loss="mse")
-    landscape = Landscape(model, load_data(f"npz:{path}"))
+    landscape = weight_landscape(tmp_path_factory.mktemp("double_well"), 1, _square, [1.0])
     assert landscape.size == 1
     return landscape
 
@@ -347,17 +341,7 @@ def ring(tmp_path_factory):
     """y_pred = (w1 x)^2 + (w2 x)^2 with x = 1, y = 1, MSE: E(w) = (|w|^2 - 1)^2. Its minima
     form the unit circle: any two are joined at E = 0 (zero barrier), around the ring; the
     straight line between opposite points crosses the stationary maximum w = 0."""
-    path = tmp_path_factory.mktemp("ring") / "ring.npz"
-    np.savez(path, x=np.ones((4, 1), np.float32), y=np.ones((4, 1), np.float32))
-    model = keras.Sequential(
-        [
-            keras.Input((1,)),
-            keras.layers.Dense(2, use_bias=False),
-            keras.layers.Lambda(_sum_of_squares),
-        ]
-    )
-    model.compile(loss="mse")
-    return Landscape(model, load_data(f"npz:{path}"))
+    return weight_landscape(tmp_path_factory.mktemp("ring"), 2, _sum_of_squares, [1.0])
 
 
 def test_opposite_minima_of_a_ring_connect_only_off_the_symmetric_midpoint(ring):

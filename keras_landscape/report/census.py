@@ -213,7 +213,7 @@ def census_tables(path: str) -> list[dict]:
             "minima",
             "highest merge",
             "mean barrier",
-            "separated",
+            "DSS failed",
             "N_u lowest u",
             "max N_u",
             "norm. length",
@@ -239,8 +239,9 @@ def census_tables(path: str) -> list[dict]:
         [
             f"level function {level_label(census['data'])}; minima: lowest-highest level; "
             "barrier: saddle-level upper bound - higher endpoint level, mean over pairs",
-            "separated: pairs whose saddle bracket starts above the higher minimum (a DSS "
-            "run failed there); the other pairs' merge levels are upper bounds only",
+            "DSS failed: pairs not connected by DSS at some level above the higher minimum "
+            "(their bracket's lower end rose above it; no proof of a barrier); the other "
+            "pairs' merge levels are upper bounds only",
             "N_u as lower-upper bounds (one number where they agree): upper from the paths "
             "found, lower from DSS failures (heuristic); N_u lowest u: at the lowest measured "
             "level; max N_u: over the measured levels, (in brackets) over those at or above "
