@@ -34,7 +34,7 @@ def components_tables(name: str, result: dict) -> list[dict]:
             runs[-1][1] = u
         else:
             runs.append([u, u, lo, hi])
-    bounded = "n_components_lower" in result
+    bounded = "n_components_lower" in result  # stores before the bounds: upper only
     notes = [
         f"{len(grid)} measured levels; N_u counts components holding a sampled minimum",
         "N_u as lower-upper: upper from the paths found (pairs joined at the lowest level "
@@ -54,7 +54,7 @@ def components_tables(name: str, result: dict) -> list[dict]:
         table(
             f"{name}: N_u",
             ["levels from", "to", "N_u"],
-            [[a, b, interval(lo, hi) if bounded else hi] for a, b, lo, hi in runs],
+            [[a, b, interval(lo, hi)] for a, b, lo, hi in runs],
             notes,
         )
     )
@@ -92,9 +92,10 @@ def draw_components(result: dict, run_name: str, xlabel: str):
 
     figure, ax = new_figure()
     us, lows, ns = zip(*points)
+    bounded = "n_components_lower" in result  # stores before the bounds: upper only
     ax.step(us, ns, where="post", color="C0", linewidth=1.8, label="N_u upper bound (paths found)")
     ax.plot(us, ns, "o", color="C0", markersize=3)
-    if "n_components_lower" in result:
+    if bounded:
         ax.step(
             us,
             lows,

@@ -437,3 +437,16 @@ def test_n_u_bounds_reach_tables_and_frames(valley_components):
     pairs = sorted(zip(VALLEY_GRID, result["n_components_lower"], result["n_components_upper"]))
     assert {f"{lo}-{hi}" if lo != hi else str(hi) for _, lo, hi in pairs} == set(map(str, cells))
     assert any(lo != hi for _, lo, hi in pairs) == bool(result["unresolved"])
+
+
+def test_a_store_from_before_the_bounds_shows_upper_bounds_only():
+    from keras_landscape.plugins.components import components_tables
+    from keras_landscape.report.census import n_u_runs
+    from keras_landscape.report.tables import n_u_bounds
+
+    old = {"minima": ["a", "b"], "minimum_levels": [0.1, 0.1], "levels": [0.1, 0.5]}
+    old.update({"n_components": [2, 1], "merge_tree": [[0.5, 0, 1, 2]]})
+    nu = next(t for t in components_tables("c", old) if t["title"].endswith("N_u"))
+    assert [row[2] for row in nu["rows"]] == ["<=2", "<=1"]
+    assert any("upper bounds only" in note for note in nu["notes"])
+    assert n_u_runs(n_u_bounds(old)) == "<=2 at 0.1; <=1 at 0.5"

@@ -126,10 +126,14 @@ def n_u_runs(curve: list[tuple[float, int, int]]) -> str:
 
 
 def _bounds(lower, upper) -> str:
-    """An N_u interval for a table cell: 'n/a', '2' or '1-2'."""
-    if upper is None:
-        return "n/a"
-    return interval(lower, upper) if lower is not None else fmt(upper)
+    """An N_u interval for a table cell: 'n/a', '2', '1-2' or '<=2' (no lower bound)."""
+    return "n/a" if upper is None else interval(lower, upper)
+
+
+def _max_known(values) -> int | None:
+    """The largest value, None when there is none or one is unknown (None)."""
+    values = list(values)
+    return None if not values or None in values else max(values)
 
 
 def point_row(point: dict) -> dict:
@@ -177,9 +181,9 @@ def point_row(point: dict) -> dict:
         "lowest_level": curve[0][0] if curve else None,
         "n_u_lowest_level_lower": curve[0][1] if curve else None,
         "n_u_lowest_level": curve[0][2] if curve else None,
-        "n_u_max_lower": max((lo for _, lo, _ in curve), default=None),
+        "n_u_max_lower": _max_known(lo for _, lo, _ in curve),
         "n_u_max": max((hi for _, _, hi in curve), default=None),
-        "n_u_max_above_minima_lower": max((lo for lo, _ in above), default=None),
+        "n_u_max_above_minima_lower": _max_known(lo for lo, _ in above),
         "n_u_max_above_minima": max((hi for _, hi in above), default=None),
         "unresolved": components.get("unresolved"),
         "curviness_level": levels[lowest] if lowest is not None else None,

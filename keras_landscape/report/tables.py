@@ -200,19 +200,22 @@ def summarize_store(path: str) -> dict:
         }
 
 
-def n_u_bounds(result: dict) -> list[tuple[float, int, int]]:
+def n_u_bounds(result: dict) -> list[tuple[float, int | None, int]]:
     """(level, lower, upper) of N_u by increasing level; a store from before the bounds
-    has n_components only, an upper bound, and its lower bound is unknown (0)."""
+    has n_components only, an upper bound, and its lower bound is None (unknown)."""
     levels = result.get("levels") or []
     upper = result.get("n_components_upper") or result.get("n_components") or []
-    lower = result.get("n_components_lower") or [0] * len(upper)
-    return sorted(
-        (float(u), int(lo), int(hi))
+    lower = result.get("n_components_lower") or [None] * len(upper)
+    rows = [
+        (float(u), None if lo is None else int(lo), int(hi))
         for u, lo, hi in zip(levels, lower, upper)
-        if u is not None and lo is not None and hi is not None
-    )
+        if u is not None and hi is not None
+    ]
+    return sorted(rows, key=lambda row: row[0])
 
 
-def interval(lower: int, upper: int) -> str:
-    """'2' when the bounds agree, else '1-4'."""
+def interval(lower: int | None, upper: int) -> str:
+    """'2' when the bounds agree, '1-4' when they differ, '<=4' with no lower bound."""
+    if lower is None:
+        return f"<={upper}"
     return str(upper) if lower == upper else f"{lower}-{upper}"
