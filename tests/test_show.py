@@ -43,7 +43,8 @@ def test_show_prints_compact_tables_for_every_kind(capsys, stores):
         "│ a - b │ 2.5 -> 0.1 │ 0.05 │ [0.025, 0.03] │ 0.005 │",
         "│ a c │ b d │",  # components: the merge of two clusters
         "highest merge level 0.25",
-        "│ 0.1 │ 0.2 │ 2 │",  # N_u: equal counts share a row
+        "│ 0.1 │ 0.2 │ 1-2 │",  # N_u: equal bounds share a row, lower-upper
+        "unresolved (bounds differ): 0.05 to 0.2",
         "│ answer │ 42 │",  # an unknown probe: its fields
     ):
         assert text in out, text
