@@ -170,7 +170,8 @@ def test_saddle_bracket_contains_the_known_saddle(
         assert lower <= upper
         assert lower <= s + TOL * upper
         assert upper >= s - 1e-3  # DSS checks paths on a grid: a hair of numerical slack
-        # DSS resolves levels only to alpha: a failure at u bounds s below by alpha * u
+        # A failure at u bounds s below only by its bead target, alpha of the way from the
+        # minima (here at 0) up to u: the bracket closes to TOL plus that 1 - alpha
         resolution = TOL + (1 - config.alpha)
         assert (
             upper - lower <= resolution * upper * (1 + 1e-9)

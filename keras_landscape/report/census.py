@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_landscape.errors import UserError
+from keras_landscape.levels import at_or_below
 from keras_landscape.report.plots import (
     FigureFile,
     _safe,
@@ -156,7 +157,7 @@ def point_row(point: dict) -> dict:
     highest = components.get("highest_merge_level")
     top = max(minimum_levels) if minimum_levels else None
     # at and above the highest minimum every sampled minimum is in Omega_u
-    above = [(lo, hi) for u, lo, hi in curve if top is not None and u >= top]
+    above = [(lo, hi) for u, lo, hi in curve if top is not None and at_or_below(top, u)]
     levels = curviness.get("levels") or []
     lowest = min(range(len(levels)), key=lambda i: levels[i]) if levels else None
 

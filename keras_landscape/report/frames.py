@@ -15,7 +15,8 @@
   records (curviness `details`: per level, per pair) becomes one frame with an `index_0`
   column for the outer position (`strings` for curviness details);
 - `levels`: the result's per-level lists side by side, one row per level (curviness; the
-  components probe: `level`, `n_components_lower`, `n_components_upper`);
+  components probe: `level`, `n_components` and its bounds `n_components_lower`,
+  `n_components_upper`);
 - `beads`: one row per bead of every DSS string stored in the run (prefix, row, position in
   the final string or NaN, level, depth, steps);
 - `grid`: one row per grid point of a slice (x, y, loss, level).

@@ -174,6 +174,10 @@ def bracket_search(
         verdict = yield from pair_search(
             landscape, a, b, level, config, run, f"{prefix}/bisect_{k}", seed, progress, target
         )
+        # A verdict a resumed run finds finished speaks for the level and target it was run
+        # at, which an earlier version's rule may have set otherwise.
+        level = float(verdict.get("level", level))
+        target = float(verdict.get("bead_target") or config.alpha * level)
         bisections.append(
             {
                 "level": level,
@@ -195,6 +199,8 @@ def bracket_search(
         k += 1
         if (lower, upper) == before:
             break  # no progress: the bracket is as tight as DSS can make it here
+    # a path found below a failed run's target outweighs that failure (DSS failing is no proof)
+    lower = min(lower, upper)
     return {
         "a": a.name,
         "b": b.name,

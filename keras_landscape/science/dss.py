@@ -69,7 +69,9 @@ class DSSConfig(ProjectionConfig):
     """Knobs of Dynamic String Sampling (projection knobs inherited from ProjectionConfig).
 
     Attributes:
-        alpha: beads are trained until level <= alpha * u (the paper uses 0.95-0.98).
+        alpha: beads are trained until level <= alpha * u (the paper uses 0.95-0.98); in
+            barrier bisection (barrier, components) alpha of the way from the higher
+            minimum up to u instead (`keras_landscape.science.barriers.bead_target`).
         slack: a segment passes when its maximum is <= u * (1 + slack) (0 = strict).
         points: R, segments are checked at R + 1 points t = 0, 1/R, ..., 1.
         max_depth: d_max, the number of breadth-first refinements.
@@ -221,11 +223,14 @@ def _off_symmetry(noise: np.random.Generator, config: DSSConfig, a, b, normal):
     `normal` (zeros: any direction, so that a hyperplane bead starts in its hyperplane);
     zeros where the two ends share no coordinate (float32)."""
     shared = np.asarray(a) == np.asarray(b)
+    if config.perturbation == 0 or not shared.any():
+        return np.zeros(np.shape(a), np.float32)
     length = float(np.linalg.norm(np.asarray(b, np.float64) - a))
-    step = np.where(shared, noise.standard_normal(np.shape(a)), 0.0)
+    step = np.zeros(np.shape(a))
+    step[shared] = noise.standard_normal(int(shared.sum()))
     step -= (step @ normal) * normal
     size = np.linalg.norm(step)
-    if config.perturbation == 0 or size == 0 or not length > 0:
+    if size == 0 or not length > 0:
         return np.zeros(np.shape(a), np.float32)
     return (step * (config.perturbation * length / size)).astype(np.float32)
 

@@ -9,7 +9,7 @@ Omega_u that hold at least one sampled minimum (a minimum with E_i > u is not in
 scipy.cluster.hierarchy does the clustering: `linkage(method="single")` builds the tree,
 `cophenet` gives the bottleneck (minimax chain) levels and `fcluster(criterion="distance")`
 cuts the tree at u (a pair joins when its level is <= u, ties included, and levels within
-`TIE_RTOL` of u count as u). Single linkage
+`keras_landscape.levels.TIE_RTOL` of u count as u). Single linkage
 depends only on the order of the levels, so scipy is handed ranks instead (exact integers,
 never negative; scipy rejects inf and, in a tree, negative levels) and the levels are
 looked up again afterwards. For the merge tree every pair gets its own rank in (level, i, j)
@@ -23,6 +23,8 @@ import math
 
 import numpy as np
 from scipy.cluster.hierarchy import DisjointSet, cophenet, fcluster, linkage
+
+from keras_landscape.levels import at_or_below
 
 
 class UnionFind:
@@ -104,17 +106,6 @@ def merge_tree(minimum_levels, saddle: np.ndarray) -> list[list[float]]:
     return merges
 
 
-# Levels within this relative distance of u count as u: minima that are equal in exact
-# arithmetic come out of float32 evaluation a few units in the last place apart, and whether
-# one of them is "below u" must not decide N_u.
-TIE_RTOL = 1e-5
-
-
-def at_or_below(value, u: float):
-    """value <= u up to float ties (TIE_RTOL relative to |u|)."""
-    return np.asarray(value, np.float64) <= (u + TIE_RTOL * abs(u) if math.isfinite(u) else u)
-
-
 def count_components(minimum_levels, merges, levels) -> list[int]:
     """N_u for each u: components of Omega_u holding a sampled minimum (below u).
 
@@ -125,8 +116,10 @@ def count_components(minimum_levels, merges, levels) -> list[int]:
     """
     k = len(minimum_levels)
     own = np.asarray(minimum_levels, np.float64)
+    finite = np.abs(own[np.isfinite(own)])
+    scale = float(finite.max()) if finite.size else 0.0
     if k < 2:
-        return [int(np.sum(at_or_below(own, u))) if u is not None else 0 for u in levels]
+        return [int(np.sum(at_or_below(own, u, scale))) if u is not None else 0 for u in levels]
     known = [float(m[0]) for m in merges if m[0] is not None and not math.isnan(m[0])]
     distinct = np.unique(known)
     never = float(len(distinct))
@@ -151,9 +144,9 @@ def count_components(minimum_levels, merges, levels) -> list[int]:
         if u is None or math.isnan(u):
             counts.append(0)
             continue
-        present = at_or_below(own, u)
+        present = at_or_below(own, u, scale)
         # joined iff level <= u  <=>  rank <= (number of distinct levels <= u) - 1
-        cut = float(np.sum(at_or_below(distinct, u))) - 1.0
+        cut = float(np.sum(at_or_below(distinct, u, scale))) - 1.0
         labels = fcluster(tree, cut, criterion="distance")
         counts.append(len(set(labels[present].tolist())))
     return counts
