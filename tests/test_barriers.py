@@ -576,3 +576,27 @@ def test_bracket_closes_on_a_barrier_small_against_the_minima_level(raised_doubl
     assert lower > floor + 0.5 * (saddle - floor)  # the failures raised it well above the floor
     targets = [x["bead_target"] for x in result["bisections"]]
     assert all(floor < t < x["level"] for t, x in zip(targets, result["bisections"]))
+
+
+def test_a_finished_bisection_run_counts_for_the_level_it_was_run_at(
+    two_valley, valley_landscapes, tmp_path
+):
+    """A store from an earlier rule holds bisect_0 run at another level than this rule
+    would choose: resuming, the bracket takes the stored run's own level and bead target
+    (a path found at 0.9 bounds s by 0.9 and its maximum, not by today's first level)."""
+    from keras_landscape.science.pairs import connect_pair
+
+    landscape = valley_landscapes(1.0, 1.0)
+    config = _barrier_config(max_bisections=1)
+    a = Minimum("a", np.array([-1.0, 0.0], np.float32), "test")
+    b = Minimum("b", np.array([1.0, 0.0], np.float32), "test")
+    with Store.create(tmp_path / "s.h5", versions=VERSIONS, command="test") as store:
+        run = store.begin_run("barrier", "barrier", {})
+        task = NullProgress().task("x")
+        stored = connect_pair(landscape, a, b, 0.9, config, run, "pair/bisect_0", 0, task)
+        assert stored["connected"]
+        result = saddle_bracket(landscape, a, b, config, run, "pair", 0, task)
+    (first,) = result["bisections"]
+    assert first["level"] == pytest.approx(0.9)
+    assert first["bead_target"] == pytest.approx(config.alpha * 0.9)
+    assert result["saddle_level"]["upper"] == pytest.approx(min(0.9, stored["max_level"]))
