@@ -9,7 +9,7 @@ import numpy as np
 
 from keras_landscape.plugins.pairs import PairOptions, PairProbe, parse_levels
 from keras_landscape.report.plots import NoFigure, new_figure, values
-from keras_landscape.report.tables import fmt, interval, n_u_bounds, table
+from keras_landscape.report.tables import fmt, interval, n_u_bounds, n_u_runs_of, table
 from keras_landscape.science.barriers import BisectionOptions, linear_profile, saddle_bracket
 from keras_landscape.science.dss import DSSConfig
 from keras_landscape.science.pairs import states_of
@@ -28,12 +28,6 @@ def components_tables(name: str, result: dict) -> list[dict]:
         )
     ]
     grid = n_u_bounds(result)
-    runs: list[list] = []
-    for u, lo, hi in grid:  # consecutive levels with the same bounds share a row
-        if runs and runs[-1][2:] == [lo, hi]:
-            runs[-1][1] = u
-        else:
-            runs.append([u, u, lo, hi])
     bounded = "n_components_lower" in result  # stores before the bounds: upper only
     notes = [
         f"{len(grid)} measured levels; N_u counts components holding a sampled minimum",
@@ -54,7 +48,8 @@ def components_tables(name: str, result: dict) -> list[dict]:
         table(
             f"{name}: N_u",
             ["levels from", "to", "N_u"],
-            [[a, b, interval(lo, hi)] for a, b, lo, hi in runs],
+            # consecutive levels with the same bounds share a row
+            [[a, b, interval(lo, hi)] for a, b, lo, hi in n_u_runs_of(grid)],
             notes,
         )
     )

@@ -34,7 +34,7 @@ from keras_landscape.report.plots import (
     plot_store,
     use_log_scale,
 )
-from keras_landscape.report.tables import fmt, interval, n_u_bounds, table
+from keras_landscape.report.tables import fmt, interval, n_u_bounds, n_u_runs_of, table
 from keras_landscape.store.hdf5 import Store, reading
 
 #: attributes a census run carries (set by experiment.census; `point` last, marking the copy)
@@ -112,17 +112,11 @@ def n_u_curve(result: dict) -> list[tuple[float, int, int]]:
 
 def n_u_runs(curve: list[tuple[float, int, int]]) -> str:
     """'0 at 0.001; 1-2 from 0.0012 to 0.004; 1 from 0.005 to 0.2' (runs of equal bounds)."""
-    runs: list[list] = []
-    for u, lo, hi in curve:
-        if runs and runs[-1][2:] == [lo, hi]:
-            runs[-1][1] = u
-        else:
-            runs.append([u, u, lo, hi])
     return "; ".join(
         f"{interval(lo, hi)} at {fmt(a, 3)}"
         if a == b
         else f"{interval(lo, hi)} from {fmt(a, 3)} to {fmt(b, 3)}"
-        for a, b, lo, hi in runs
+        for a, b, lo, hi in n_u_runs_of(curve)
     )
 
 

@@ -219,3 +219,15 @@ def interval(lower: int | None, upper: int) -> str:
     if lower is None:
         return f"<={upper}"
     return str(upper) if lower == upper else f"{lower}-{upper}"
+
+
+def n_u_runs_of(curve: list[tuple[float, int | None, int]]) -> list[list]:
+    """[first level, last level, lower, upper] for each run of consecutive levels of
+    `n_u_bounds` with the same bounds."""
+    runs: list[list] = []
+    for u, lo, hi in curve:
+        if runs and runs[-1][2:] == [lo, hi]:
+            runs[-1][1] = u
+        else:
+            runs.append([u, u, lo, hi])
+    return runs

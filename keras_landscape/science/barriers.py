@@ -177,7 +177,8 @@ def bracket_search(
         # A verdict a resumed run finds finished speaks for the level and target it was run
         # at, which an earlier version's rule may have set otherwise.
         level = float(verdict.get("level", level))
-        target = float(verdict.get("bead_target") or config.alpha * level)
+        stored_target = verdict.get("bead_target")
+        target = float(config.alpha * level if stored_target is None else stored_target)
         bisections.append(
             {
                 "level": level,
