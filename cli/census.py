@@ -1,41 +1,28 @@
 """`klandscape census SWEEP.yaml`: train and probe every point of an architecture grid.
 
-Registered in cli/main.py. This module does not import cli.main at import time (main
-imports it); -q/-v after the subcommand reach main's handlers through small callbacks.
+Registered in cli/main.py; what it shares with the other commands is in cli/common.py.
 """
 
 from __future__ import annotations
 
 import click
 
+from keras_landscape.cli.common import (
+    config_overrides,
+    deferred_interrupts,
+    given_overrides,
+    setting_options,
+    verbosity_options,
+)
 from keras_landscape.cli.display import print_tables
 from keras_landscape.experiment.census import describe_census, load_census
+from keras_landscape.settings import RunSettings
 from keras_landscape.store import to_json
-
-
-def _verbose(ctx, param, value) -> None:
-    from keras_landscape.cli.main import _set_verbose
-
-    _set_verbose(ctx, param, value)
-
-
-def _quiet(ctx, param, value) -> None:
-    from keras_landscape.cli.main import _set_quiet
-
-    _set_quiet(ctx, param, value)
-
-
-def _assignments(settings: tuple[str, ...]) -> list[tuple[str, object]]:
-    from keras_landscape.cli.main import config_overrides  # main imports this module
-
-    return config_overrides(settings)
 
 
 @click.command("census")
 @click.argument("sweep_file", metavar="SWEEP.yaml")
 @click.option("--scale", default=None, help="Merge this entry of the sweep's `scales` over it.")
-@click.option("--out", default=None, help="The census store (overrides `out`).")
-@click.option("--seed", type=int, default=None, help="Overrides `seed`.")
 @click.option(
     "--set",
     "settings",
@@ -50,34 +37,22 @@ def _assignments(settings: tuple[str, ...]) -> list[tuple[str, object]]:
 @click.option(
     "--dry-run", is_flag=True, help="Validate, print the grid points as JSON; run nothing."
 )
+@setting_options(RunSettings, "census")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option(
-    "-v",
-    "--verbose",
-    count=True,
-    expose_value=False,
-    callback=_verbose,
-    help="More detail (-vv: debug, framework logs).",
-)
-@click.option(
-    "-q", "--quiet", is_flag=True, expose_value=False, callback=_quiet, help="No progress display."
-)
+@verbosity_options
 @click.pass_obj
 def census_command(
-    state, sweep_file, scale, out, seed, settings, resume, overwrite, no_plots, dry_run, as_json
+    state, sweep_file, scale, settings, resume, overwrite, no_plots, dry_run, as_json, **values
 ) -> None:
-    """The landscape census: N replicas per grid point, components and curviness, one store."""
-    from keras_landscape.cli.main import _deferred_interrupts
-
-    overrides = _assignments(settings)
-    for key, value in (("out", out), ("seed", seed)):
-        if value is not None:
-            overrides.append((key, value))
+    """The landscape census: N replicas per grid point, components and curviness, one store.
+    Every run setting is an option here too; given, it overrides the sweep's key (`--out`:
+    the census store)."""
+    overrides = config_overrides(settings) + given_overrides(RunSettings, "census", values)
     census = load_census(sweep_file, scale=scale, overrides=overrides, command=state.command_line)
     if dry_run:
         click.echo(to_json(describe_census(census)))
         return
-    with _deferred_interrupts():
+    with deferred_interrupts():
         import keras_landscape.experiment.runner  # noqa: F401  (imports TensorFlow)
         from keras_landscape.experiment.census import run_census
 

@@ -6,197 +6,83 @@ Exit codes: 0 ok, 2 bad input (one paragraph on stderr, no traceback), 1 interna
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import shlex
-import signal
 import sys
-import warnings
-from dataclasses import dataclass, field
 
 import click
 
 from keras_landscape import registry
 from keras_landscape._version import __version__
+from keras_landscape.cli.census import census_command
+from keras_landscape.cli.common import (
+    CliState,
+    config_overrides,
+    deferred_interrupts,
+    emit_json,
+    given_overrides,
+    quiet_frameworks,
+    set_options,
+    setting_options,
+    state_of,
+    verbosity_options,
+)
 from keras_landscape.cli.display import (
     plot_report,
     probes_table,
-    progress_display,
     results_summary,
     store_tables,
 )
-from keras_landscape.engine.options import (
-    BN_MODES,
-    DEFAULT_BN_BATCH_SIZE,
-    DEFAULT_BN_BATCHES,
-    parse_strategy,
-)
 from keras_landscape.errors import UserError
-from keras_landscape.experiment.config import describe, load_config, parse_value
-from keras_landscape.experiment.spec import RunSpec
+from keras_landscape.experiment.config import describe, load_config
 from keras_landscape.models.files import check_model_file
-from keras_landscape.progress import NullProgress
 from keras_landscape.report.plots import FORMATS, PATH_CHOICES, plot_store
 from keras_landscape.report.reference import probes_markdown
 from keras_landscape.report.tables import summarize_store
-from keras_landscape.store import to_json
+from keras_landscape.settings import RunSettings, RunSpec, run_spec
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
 
-
-@dataclass
-class CliState:
-    """What every command needs to know about this invocation (click's `ctx.obj`)."""
-
-    argv: list[str] = field(default_factory=list)
-    verbose: int = 0
-    quiet: bool = False
-
-    @property
-    def command_line(self) -> str:
-        """The command as typed, recorded in the store (and used to suggest --resume)."""
-        return " ".join(["klandscape"] + [shlex.quote(a) for a in self.argv])
-
-    def progress(self):
-        """Where a long command reports progress: nowhere under -q."""
-        return NullProgress() if self.quiet else progress_display()
-
-
-def quiet_frameworks(verbose: int) -> None:
-    """Silence TensorFlow's C++ and Python log noise unless -v was given.
-
-    Must run before TensorFlow is imported: the C++ logger reads the variable once.
-    """
-    if verbose:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-        warnings.resetwarnings()
-        logging.basicConfig(
-            level=logging.INFO if verbose == 1 else logging.DEBUG,
-            format="%(levelname)s %(name)s: %(message)s",
-            force=True,
-        )
-        for name in ("tensorflow", "absl", "h5py", "jax"):
-            logging.getLogger(name).setLevel(logging.NOTSET)
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    if "MPLCONFIGDIR" not in os.environ and not os.access(os.path.expanduser("~"), os.W_OK):
-        # matplotlib would warn (twice, past -q) that it cannot write its cache under HOME
-        import tempfile
-
-        cache = os.path.join(tempfile.gettempdir(), f"klandscape-matplotlib-{os.getuid()}")
-        os.makedirs(cache, mode=0o700, exist_ok=True)
-        os.environ["MPLCONFIGDIR"] = cache
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-    warnings.filterwarnings("ignore")
-    # force: a run in the same process after a -v run (tests, notebooks) must not keep its
-    # INFO level and handler.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
-    for name in ("tensorflow", "absl", "h5py", "jax"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+#: options of the probes given as their own flags (they go to every probe that has them;
+#: the probe's Config types and checks them, as --set)
+SHORTCUTS = {
+    "level": (
+        ("probe", "run"),
+        dict(type=float, help="Level u for probes that take one."),
+    ),
+    "levels": (
+        ("probe", "run"),
+        dict(help="Levels for probes that take them: '0.3,0.1' or 'start:stop:count'."),
+    ),
+    "partners": (
+        ("probe",),
+        dict(type=click.IntRange(min=0), help="With one model: fresh partners to train and connect."),
+    ),
+    "retrain_endpoints": (
+        ("probe",),
+        dict(is_flag=True, default=None, help="Curviness: train endpoints down to lower levels."),
+    ),
+}
 
 
-@contextlib.contextmanager
-def _deferred_interrupts():
-    """Hold Ctrl-C while the frameworks import: a KeyboardInterrupt raised inside
-    TensorFlow's start-up is sometimes swallowed by it (the run went on) or aborts it in
-    native code (no message). A Ctrl-C there is delivered right after the import instead."""
-    pending = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda *_: pending.append(True))
-    except ValueError:  # not the main thread: nothing to defer
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pending:
-        raise KeyboardInterrupt
+def shortcut_options(command: str):
+    """--level, --levels (and on `probe` --partners, --retrain-endpoints)."""
+
+    def decorate(function):
+        for name, (commands, kwargs) in reversed(SHORTCUTS.items()):
+            if command in commands:
+                flag = "--" + name.replace("_", "-")
+                function = click.option(flag, name, **{"default": None, **kwargs})(function)
+        return function
+
+    return decorate
 
 
-def _parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
-    options = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise UserError(f"Malformed {what} {item!r}: write key=value (e.g. --set alpha=0.95).")
-        options[key.strip()] = value.strip()
-    return options
-
-
-def config_overrides(settings: tuple[str, ...]) -> list[tuple[str, object]]:
-    """--set KEY=VALUE of `run` and `census`: (dotted key, YAML value) pairs, in order."""
-    return [(k, parse_value(v)) for k, v in _parse_assignments(settings, "--set option").items()]
-
-
-def _state(ctx: click.Context) -> CliState:
-    root = ctx.find_root()
-    if root.obj is None:  # invoked without main() (click's CliRunner on `cli`)
-        root.obj = CliState()
-    return root.obj
-
-
-def _set_verbose(ctx, param, value) -> None:
-    if value:
-        state = _state(ctx)
-        state.verbose = max(state.verbose, value)
-        quiet_frameworks(state.verbose)
-
-
-def _set_quiet(ctx, param, value) -> None:
-    if value:
-        _state(ctx).quiet = True
-
-
-def verbosity_options(command):
-    """-q / -v after the subcommand too (`klandscape probe ... -q`), where users type them."""
-    command = click.option(
-        "-v",
-        "--verbose",
-        count=True,
-        expose_value=False,
-        callback=_set_verbose,
-        help="More detail (-vv: debug, framework logs).",
-    )(command)
-    return click.option(
-        "-q",
-        "--quiet",
-        is_flag=True,
-        expose_value=False,
-        callback=_set_quiet,
-        help="No progress display.",
-    )(command)
-
-
-def distribution_options(command):
-    """--strategy, --tpu and --lockstep/--no-lockstep (unset: the config's or the default)."""
-    options = [
-        click.option(
-            "--strategy",
-            default=None,
-            metavar="NAME[:cpus=N]",
-            help="Where stacks of beads run: one (default), mirrored (every local GPU; "
-            "mirrored:cpus=N splits the CPU), tpu, multiworker (docs/scaling.md).",
-        ),
-        click.option("--tpu", default=None, help="The TPU's name or address (default: TPU_NAME)."),
-        click.option(
-            "--lockstep/--no-lockstep",
-            default=None,
-            help="Run a probe's strings together in shared stacks (default) or one after "
-            "another (same results).",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _emit_json(document) -> None:
-    click.echo(to_json(document))
+def shortcuts_given(values: dict) -> list[tuple[str, object]]:
+    """(probe option, value) of the shortcut options given (popped from `values`)."""
+    given = [(name, values.pop(name, None)) for name in SHORTCUTS]
+    return [(name, value) for name, value in given if value is not None]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -206,7 +92,7 @@ def _emit_json(document) -> None:
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """keras-landscape: topology and geometry of neural-network loss landscapes."""
-    state = _state(ctx)
+    state = state_of(ctx)
     state.verbose, state.quiet = verbose, quiet
     quiet_frameworks(verbose)
 
@@ -224,7 +110,7 @@ def probes_command(as_json: bool, markdown: bool) -> None:
     entries = registry.probes()
     broken = registry.broken_plugins()
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "probes": [
                     {"name": e.name, "summary": e.summary, "origin": e.origin}
@@ -239,44 +125,8 @@ def probes_command(as_json: bool, markdown: bool) -> None:
 
 @cli.command("probe")
 @click.argument("models", nargs=-1, required=True)
-@click.option(
-    "--data",
-    "data",
-    required=True,
-    help="Data spec: digits, cubic, npz:PATH, ... (docs/data-specs.md).",
-)
-@click.option(
-    "--probe", "probes", multiple=True, help="Probe to run (repeatable; default: evaluate)."
-)
-@click.option("--loss", default=None, help="Keras loss name (default: the model's compiled loss).")
-@click.option(
-    "--level-fn",
-    default="loss",
-    show_default=True,
-    help="loss, error, perplexity or a Keras metric.",
-)
-@click.option(
-    "--split",
-    type=click.Choice(["train", "test"]),
-    default=None,
-    help="Split for the level function (default: test if present).",
-)
-@click.option("--level", type=float, default=None, help="Level u for probes that take one.")
-@click.option(
-    "--levels", default=None, help="Levels for curviness: '0.3,0.2,0.1' or 'start:stop:count'."
-)
-@click.option(
-    "--partners",
-    type=click.IntRange(min=0),
-    default=None,
-    help="With one model: fresh partners to train and connect.",
-)
-@click.option(
-    "--retrain-endpoints",
-    is_flag=True,
-    default=None,
-    help="Curviness: train endpoints down to lower levels.",
-)
+@setting_options(RunSpec, "probe")
+@shortcut_options("probe")
 @click.option(
     "--set",
     "settings",
@@ -284,138 +134,23 @@ def probes_command(as_json: bool, markdown: bool) -> None:
     metavar="KEY=VALUE",
     help="Probe option (repeatable), e.g. --set alpha=0.95.",
 )
-@click.option(
-    "--out", default=None, help="HDF5 store to write (default: klandscape-runs/run-<time>.h5)."
-)
-@click.option("--resume", is_flag=True, help="Continue the runs in an existing --out store.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out store.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--custom-objects", default=None, help="A .py file or module defining custom layers/losses."
-)
-@click.option(
-    "--unsafe",
-    is_flag=True,
-    help="Allow model files with Lambda layers (Keras safe_mode off: "
-    "loading can run any code in the file; only for files you trust).",
-)
-@click.option(
-    "--eval-batch-size",
-    type=click.IntRange(min=1),
-    default=1024,
-    show_default=True,
-    help="Samples per compiled evaluation call.",
-)
-@click.option(
-    "--xla",
-    type=click.Choice(["auto", "on", "off"]),
-    default="auto",
-    show_default=True,
-    help="XLA compilation: auto = on for GPU/TPU and for CPU models without convolutions.",
-)
-@click.option(
-    "--tf32", is_flag=True, help="Projections may use TF32 matmuls on GPUs (checks stay float32)."
-)
-@click.option(
-    "--bn-stats",
-    type=click.Choice(BN_MODES),
-    default=BN_MODES[0],
-    show_default=True,
-    help="BatchNorm statistics at points between models: "
-    "re-estimated from training data at each point, or interpolated like the weights.",
-)
-@click.option(
-    "--bn-batches",
-    type=click.IntRange(min=1),
-    default=DEFAULT_BN_BATCHES,
-    show_default=True,
-    help="Training batches BatchNorm statistics are recomputed on.",
-)
-@click.option(
-    "--bn-batch-size",
-    type=click.IntRange(min=1),
-    default=DEFAULT_BN_BATCH_SIZE,
-    show_default=True,
-    help="Samples per batch when recomputing BatchNorm statistics.",
-)
-@distribution_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verbosity_options
 @click.pass_obj
-def probe_command(
-    state: CliState,
-    models,
-    data,
-    probes,
-    loss,
-    level_fn,
-    split,
-    level,
-    levels,
-    partners,
-    retrain_endpoints,
-    settings,
-    out,
-    resume,
-    overwrite,
-    seed,
-    custom_objects,
-    unsafe,
-    eval_batch_size,
-    xla,
-    tf32,
-    bn_stats,
-    bn_batches,
-    bn_batch_size,
-    strategy,
-    tpu,
-    lockstep,
-    as_json,
-) -> None:
+def probe_command(state: CliState, models, settings, as_json, **values) -> None:
     """Run probes on MODEL files (.keras or .h5) over the data SPEC."""
     for path in models:  # before the frameworks load: a missing file is reported at once
         check_model_file(path)
-    strategy = str(parse_strategy(strategy, tpu))  # a bad name too
-    with _deferred_interrupts():
+    options = {**set_options(settings), **dict(shortcuts_given(values))}
+    values["probes"] = list(values["probes"]) or ["evaluate"]
+    # every setting checked (a bad strategy too) before TensorFlow loads
+    spec = run_spec(models=list(models), options=options, command=state.command_line, **values)
+    with deferred_interrupts():
         from keras_landscape.experiment.runner import execute  # imports TensorFlow
 
-    options = _parse_assignments(settings, "--set option")
-    for key, value in (
-        ("level", level),
-        ("levels", levels),
-        ("partners", partners),
-        ("retrain_endpoints", retrain_endpoints),
-    ):
-        if value is not None:
-            options[key] = value
-    spec = RunSpec(
-        models=list(models),
-        data=data,
-        probes=list(probes) or ["evaluate"],
-        options=options,
-        loss=loss,
-        level_fn=level_fn,
-        split=split,
-        out=out,
-        seed=seed,
-        custom_objects=custom_objects,
-        unsafe=unsafe,
-        resume=resume,
-        overwrite=overwrite,
-        xla={"auto": "auto", "on": True, "off": False}[xla],
-        eval_batch_size=eval_batch_size,
-        fast_float32=tf32,
-        bn_stats=bn_stats,
-        bn_batches=bn_batches,
-        bn_batch_size=bn_batch_size,
-        strategy=strategy,
-        tpu=tpu,
-        lockstep=True if lockstep is None else lockstep,
-        command=state.command_line,
-    )
     document = execute(spec, state.progress())
     if as_json:
-        _emit_json(document)
+        emit_json(document)
     else:
         results_summary(document)
 
@@ -429,7 +164,7 @@ def show_command(store: str, as_json: bool) -> None:
     an interrupted run)."""
     summary = summarize_store(store)
     if as_json:
-        _emit_json(summary)
+        emit_json(summary)
     else:
         store_tables(summary)
 
@@ -460,7 +195,7 @@ def plot_command(state: CliState, store, out_dir, fmt, runs, paths, as_json) -> 
     """Draw the figures of a store: paths, curviness, barriers, components."""
     report = plot_store(store, out_dir, fmt=fmt, runs=list(runs) or None, paths=paths).to_dict()
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     if state.quiet:
         report = {**report, "skipped": []}
@@ -470,8 +205,6 @@ def plot_command(state: CliState, store, out_dir, fmt, runs, paths, as_json) -> 
 @cli.command("run")
 @click.argument("config_file", metavar="CONFIG.yaml")
 @click.option("--scale", default=None, help="Merge this entry of the config's `scales` over it.")
-@click.option("--out", default=None, help="The store (overrides `out`).")
-@click.option("--seed", type=int, default=None, help="Overrides `seed`.")
 @click.option(
     "--set",
     "settings",
@@ -480,22 +213,14 @@ def plot_command(state: CliState, store, out_dir, fmt, runs, paths, as_json) -> 
     help="Override a config key (model.train.epochs=5, probes.curviness.levels=0.1) "
     "or a probe option (max_steps=500); repeatable. Values are YAML.",
 )
-@click.option("--level", type=float, default=None, help="Level u for probes that take one.")
-@click.option(
-    "--levels",
-    default=None,
-    help="Levels for probes that take them: '0.3,0.1' or 'start:stop:count'.",
-)
+@shortcut_options("run")
 @click.option("--resume", is_flag=True, help="Continue the runs in an existing store.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--no-plots", is_flag=True, help="Do not draw figures.")
 @click.option(
-    "--unsafe", is_flag=True, help="Allow model files with Lambda layers (as `unsafe: true`)."
-)
-@click.option(
     "--dry-run", is_flag=True, help="Validate and print the resolved settings as JSON; run nothing."
 )
-@distribution_options
+@setting_options(RunSettings, "run")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @verbosity_options
 @click.pass_obj
@@ -503,40 +228,23 @@ def run_command(
     state: CliState,
     config_file,
     scale,
-    out,
-    seed,
     settings,
-    level,
-    levels,
     resume,
     overwrite,
     no_plots,
-    unsafe,
     dry_run,
-    strategy,
-    tpu,
-    lockstep,
     as_json,
+    **values,
 ) -> None:
-    """Run the experiment described by a YAML config (see configs/)."""
-    overrides = config_overrides(settings)
-    for key, value in (
-        ("out", out),
-        ("seed", seed),
-        ("level", level),
-        ("levels", levels),
-        ("unsafe", unsafe or None),
-        ("strategy", strategy),
-        ("tpu", tpu),
-        ("lockstep", lockstep),
-    ):
-        if value is not None:
-            overrides.append((key, value))
+    """Run the experiment described by a YAML config (see configs/). Every run setting is
+    an option here too; given, it overrides the config's key."""
+    overrides = config_overrides(settings) + shortcuts_given(values)
+    overrides += given_overrides(RunSettings, "run", values)
     config = load_config(config_file, scale=scale, overrides=overrides, command=state.command_line)
     if dry_run:
-        _emit_json(describe(config))
+        emit_json(describe(config))
         return
-    with _deferred_interrupts():
+    with deferred_interrupts():
         from keras_landscape.experiment.runner import run_experiment  # imports TensorFlow
 
     document = run_experiment(
@@ -544,7 +252,7 @@ def run_command(
     )
     document.update({"config": config_file, "scale": scale})
     if as_json:
-        _emit_json(document)
+        emit_json(document)
         return
     results_summary(document)
     if config.recipe is not None:
@@ -597,7 +305,7 @@ def _silence_native_stderr(argv: list[str]) -> None:
 @click.pass_obj
 def demo_command(state: CliState, out_dir, models, epochs, seed, resume, as_json) -> None:
     """The first run: train small MLPs on the embedded digits data, probe them, draw figures."""
-    with _deferred_interrupts():
+    with deferred_interrupts():
         from keras_landscape.experiment.demo import run_demo, summary_lines  # imports TensorFlow
 
     document = run_demo(
@@ -610,7 +318,7 @@ def demo_command(state: CliState, out_dir, models, epochs, seed, resume, as_json
         command=state.command_line,
     )
     if as_json:
-        _emit_json(document)
+        emit_json(document)
     else:
         for line in summary_lines(document):
             click.echo(line)
@@ -630,7 +338,7 @@ def demo_command(state: CliState, out_dir, models, epochs, seed, resume, as_json
 @verbosity_options
 def export_command(store, run_name, bead, string, model, output, custom_objects, unsafe) -> None:
     """Write a bead of a stored string (or a stored model) back as a Keras model."""
-    with _deferred_interrupts():
+    with deferred_interrupts():
         from keras_landscape.models.export import export  # imports Keras
 
     click.echo(
@@ -648,7 +356,7 @@ def export_command(store, run_name, bead, string, model, output, custom_objects,
     )
 
 
-cli.add_command(__import__("keras_landscape.cli.census", fromlist=["_"]).census_command)
+cli.add_command(census_command)
 
 
 def _json_error(
@@ -657,7 +365,7 @@ def _json_error(
     """Under --json, the outcome as one JSON document on stdout: a script gets a parseable
     document for every exit code."""
     if "--json" in state.argv:
-        _emit_json({"error": {"kind": kind, "message": message, "exit_code": code, "store": store}})
+        emit_json({"error": {"kind": kind, "message": message, "exit_code": code, "store": store}})
     return code
 
 

@@ -145,8 +145,57 @@ def _above(value, floor) -> float | None:
     return float(value) - float(floor)
 
 
+#: the colour of each measured path in the bootstrap panel
+_PATH_COLORS = {"linear": "C0", "dss": "C1", "neb": "C2", "bezier": "C2", "polychain": "C2"}
+_SPLIT_MARKERS = {"train": "o", "test": "s"}
+
+
+def _bootstrap_series(pairs: list[dict]) -> dict[tuple, list]:
+    """(aligned, path, split) -> [(pair index, barrier, lower, upper)] of the stored
+    bootstrap intervals of the barrier."""
+    series: dict[tuple, list] = {}
+    for i, pair in enumerate(pairs):
+        for aligned, holder in ((False, pair), (True, pair.get("aligned"))):
+            intervals = holder.get("intervals") if isinstance(holder, dict) else None
+            if not isinstance(intervals, dict):
+                continue
+            for split in ("train", "test"):
+                for path, v in (intervals.get(split) or {}).items():
+                    bounds = v.get("barrier_interval") if isinstance(v, dict) else None
+                    if bounds is None or None in bounds or v.get("barrier") is None:
+                        continue
+                    series.setdefault((aligned, path, split), []).append(
+                        (i, float(v["barrier"]), float(bounds[0]), float(bounds[1]))
+                    )
+    return series
+
+
+def _without_split(label: str) -> str:
+    """'error (%), test split' -> 'error (%)'."""
+    head, _, tail = label.rpartition(", ")
+    return head if head and tail.endswith(" split") else label
+
+
+def _mark_flat_bars(ax, xs, heights, color: str, span: float) -> None:
+    """A bar of height 0, or too low to see at this scale (2% of it), gets a marker at its
+    value and its value written above it ('0': no barrier)."""
+    for x, h in zip(xs, heights):
+        if np.isfinite(h) and abs(h) <= 0.02 * span:
+            ax.plot([x], [h], "D", color=color, markeredgecolor="black", markersize=5, zorder=3)
+            ax.annotate(
+                "0" if h == 0 else fmt(h, 2),
+                (x, h),
+                xytext=(0, 5),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+            )
+
+
 def draw_barrier(result: dict, run_name: str, ylabel: str):
-    """Grouped bars per pair: linear, DSS (bracket as error bar), relaxed, aligned."""
+    """Grouped bars per pair: linear, DSS (bracket as error bar), relaxed, aligned; zero
+    barriers marked; beside them the bootstrap intervals of each measured path's barrier,
+    where the run has them."""
     pairs = [p for p in (result.get("pairs") or [result]) if isinstance(p, dict)]
     if not pairs or not any("barrier" in p or "linear_max" in p for p in pairs):
         raise NoFigure("the result has no barrier pairs")
@@ -176,9 +225,15 @@ def draw_barrier(result: dict, run_name: str, ylabel: str):
     names = [
         n for n, vals in series.items() if any(v is not None and v[0] is not None for v in vals)
     ]
-    figure, ax = new_figure(max(6.0, 1.2 + 1.1 * len(pairs) * max(1, len(names)) * 0.5), 4.2)
+    boot = _bootstrap_series(pairs)
+    width_bars = max(6.0, 1.2 + 1.1 * len(pairs) * max(1, len(names)) * 0.5)
+    if boot:
+        figure, (ax, right) = new_figure(width_bars + max(5.0, 1.5 * len(pairs)), 4.2, ncols=2)
+    else:
+        figure, ax = new_figure(width_bars, 4.2)
     width = 0.8 / max(1, len(names))
     x = np.arange(len(pairs))
+    drawn = []
     for k, name in enumerate(names):
         heights, lower, upper = [], [], []
         for entry in series[name]:
@@ -188,8 +243,9 @@ def draw_barrier(result: dict, run_name: str, ylabel: str):
             lower.append(0.0 if value is None or lo is None else max(0.0, float(value) - float(lo)))
             upper.append(0.0 if value is None or hi is None else max(0.0, float(hi) - float(value)))
         has_bracket = any(lower) or any(upper)
+        xs = x + (k - (len(names) - 1) / 2) * width
         ax.bar(
-            x + (k - (len(names) - 1) / 2) * width,
+            xs,
             heights,
             width,
             label=name,
@@ -197,15 +253,72 @@ def draw_barrier(result: dict, run_name: str, ylabel: str):
             yerr=np.array([lower, upper]) if has_bracket else None,
             capsize=4 if has_bracket else 0,
         )
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(
-        x, [_pair_label(p, i) for i, p in enumerate(pairs)], rotation=30 if len(pairs) > 4 else 0
+        drawn.append((xs, heights, upper, f"C{k}"))
+    span = max(
+        (abs(h) + u for _, hs, us, _ in drawn for h, u in zip(hs, us) if np.isfinite(h)),
+        default=0.0,
     )
+    for xs, heights, _, color in drawn:
+        _mark_flat_bars(ax, xs, heights, color, span)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    labels = [_pair_label(p, i) for i, p in enumerate(pairs)]
+    ax.set_xticks(x, labels, rotation=30 if len(pairs) > 4 else 0)
     ax.set_ylabel(f"barrier above the higher minimum\n({ylabel})")
-    ax.set_title(f"{run_name}: energy barriers (error bar: bisection bracket)", fontsize=10)
+    ax.set_title(
+        f"{run_name}: energy barriers (error bar: bisection bracket; 0: no barrier)", fontsize=10
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    return figure, f"barriers of {len(pairs)} pair(s): {'; '.join(names)}"
+    caption = f"barriers of {len(pairs)} pair(s): {'; '.join(names)}"
+    if boot:
+        _draw_bootstrap(right, boot, pairs, labels, _without_split(ylabel))
+        caption += "; bootstrap intervals"
+    return figure, caption
+
+
+def _draw_bootstrap(ax, boot: dict, pairs: list[dict], labels: list[str], ylabel: str) -> None:
+    """Each measured path's barrier (marker) and its bootstrap interval (error bar from
+    the stored lower to the stored upper end), per pair, per split."""
+    order = list(_PATH_COLORS)
+    keys = sorted(boot, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else 99, k))
+    step = 0.8 / max(1, len(keys))
+    for n, key in enumerate(keys):
+        aligned, path, split = key
+        points = boot[key]
+        xs = np.array([i for i, *_ in points]) + (n - (len(keys) - 1) / 2) * step
+        barrier = np.array([b for _, b, _, _ in points])
+        lower = np.array([lo for *_, lo, _ in points])
+        upper = np.array([hi for *_, hi in points])
+        color = _PATH_COLORS.get(path, "C4")
+        ax.errorbar(
+            xs, (lower + upper) / 2, yerr=(upper - lower) / 2, fmt="none", ecolor=color, capsize=4
+        )
+        ax.plot(
+            xs,
+            barrier,
+            _SPLIT_MARKERS.get(split, "^"),
+            color=color,
+            markerfacecolor="white" if aligned else color,
+            markeredgecolor="black" if not aligned else color,
+            label=f"{'aligned ' if aligned else ''}{path}, {split} split",
+        )
+    first = next(
+        holder["intervals"]
+        for pair in pairs
+        for holder in (pair, pair.get("aligned"))
+        if isinstance(holder, dict) and isinstance(holder.get("intervals"), dict)
+    )
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(pairs)), labels, rotation=30 if len(pairs) > 4 else 0)
+    ax.set_xlim(-0.6, len(pairs) - 0.4)
+    ax.set_ylabel(f"barrier above the higher minimum\n({ylabel}, on the split marked)")
+    ax.set_title(
+        f"bootstrap: {100 * first.get('confidence', 0):g}% intervals over "
+        f"{first.get('resamples')} resamples",
+        fontsize=10,
+    )
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
 
 
 class BarrierProbe(PairProbe):
@@ -427,7 +540,11 @@ class BarrierProbe(PairProbe):
                 a.theta,
                 b.theta,
                 steps=config.relax_steps,
-                learning_rate=config.relax_learning_rate,
+                # the run's optimizer (optimizer, betas, epsilon, optimizer_options) at the
+                # bend's own step size
+                optimizer=dataclasses.replace(
+                    config.projection(), learning_rate=config.relax_learning_rate
+                ),
                 samples=config.curve_samples,
                 grid=config.grid,
                 seed=derive_seed(config.seed, _CURVE),

@@ -114,7 +114,7 @@ def draw_components(result: dict, run_name: str, xlabel: str):
             top, color="C3", linestyle="--", linewidth=1.2, label=f"highest merge level {top:.4g}"
         )
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(0, max(ns) + 0.5)
+    ax.set_ylim(-0.3, max(ns) + 0.5)  # N_u = 0 (below every minimum) stays in view
     ax.set_xlabel(f"level u: {xlabel}")
     ax.set_ylabel("N_u: components holding a sampled minimum")
     k = len(result.get("minima") or [])

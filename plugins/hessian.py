@@ -91,8 +91,26 @@ def draw_path(result: dict, run_name: str, xlabel: str):
     figure, (left, right) = new_figure(10.0, 4.2, ncols=2)
     for i, string in enumerate(strings):
         position = [b["position"] for b in string["beads"]]
-        left.plot(position, [b["top_eigenvalue"] for b in string["beads"]], "o-", color=f"C{i}")
-        right.plot(position, [b["trace"] for b in string["beads"]], "o-", color=f"C{i}")
+        name = string.get("string") or "root"
+        left.plot(
+            position,
+            [b["top_eigenvalue"] for b in string["beads"]],
+            "o-",
+            color=f"C{i}",
+            label=name,
+        )
+        se = [b.get("trace_se") for b in string["beads"]]
+        right.errorbar(
+            position,
+            [b["trace"] for b in string["beads"]],
+            yerr=[0.0 if v is None or not np.isfinite(v) else v for v in se],
+            fmt="o-",
+            capsize=3,
+            color=f"C{i}",
+            label=f"{name} (± Hutchinson's standard error)",
+        )
+    for ax in (left, right):
+        ax.legend(fontsize=8)
     for ax, label in ((left, "top eigenvalue"), (right, "trace")):
         ax.set_xlabel("position along the string (arc length fraction, A = 0)")
         ax.set_ylabel(f"Hessian {label}")
@@ -166,6 +184,20 @@ class HessianProbe(ProbeBase):
     @classmethod
     def tables(cls, run_name: str, result: dict) -> list[dict]:
         return hessian_tables(run_name, result)
+
+    @classmethod
+    def summaries(cls, result: dict) -> dict[str, float]:
+        """The single numbers to follow in training (TensorBoard scalars of
+        `LandscapeCallback`): top_eigenvalue and trace, `<model>/...` for several models."""
+        models = [m for m in result.get("models") or [] if isinstance(m, dict)]
+        found = {}
+        for m in models:
+            name = "" if len(models) == 1 else f"{m.get('model')}/"
+            if m.get("eigenvalues"):
+                found[f"{name}top_eigenvalue"] = m["eigenvalues"][0]
+            if m.get("trace") is not None:
+                found[f"{name}trace"] = m["trace"]
+        return found
 
     def run(self, landscape, models, store, progress) -> dict:
         config = self.config

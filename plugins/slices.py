@@ -88,6 +88,9 @@ def slices_tables(name: str, result: dict) -> list[dict]:
 
 
 def draw_slice(result: dict, run_name: str, xlabel: str):
+    """1-D: the training loss (left axis) and the level (right axis) along the line, each
+    axis labelled and coloured as its curve, the models marked on both. 2-D: the level as
+    filled contours, the models marked."""
     x = np.asarray(result.get("x") or [], float)
     if not x.size:
         raise NoFigure("the result has no grid")
@@ -96,13 +99,24 @@ def draw_slice(result: dict, run_name: str, xlabel: str):
     marks = result.get("marks") or []
     if result.get("dims") == 1:
         figure, ax = new_figure(7.0, 4.2)
-        ax.plot(x, loss[0], "-", color="C0", label="training loss")
-        ax.plot(x, level[0], "--", color="C1", label=f"level ({xlabel})")
+        right = ax.twinx()
+        loss_name = result.get("loss_fn")
+        loss_label = f"training loss ({loss_name})" if loss_name else "training loss"
+        loss_label += ", train split"
+        level_text = f"level: {xlabel}"
+        handles = ax.plot(x, loss[0], "-", color="C0", label=loss_label)
+        handles += right.plot(x, level[0], "--", color="C1", label=level_text)
         for m in marks:
-            ax.plot([m["x"]], [m["level"]], "ko")
-            ax.annotate(m["model"], (m["x"], m["level"]), xytext=(4, 4), textcoords="offset points")
+            ax.plot([m["x"]], [m["loss"]], "o", color="C0", markeredgecolor="black")
+            right.plot([m["x"]], [m["level"]], "s", color="C1", markeredgecolor="black")
+            ax.annotate(m["model"], (m["x"], m["loss"]), xytext=(4, 4), textcoords="offset points")
+        if marks:
+            handles += ax.plot([], [], "o", color="0.5", markeredgecolor="black", label="models")
+        for axis, label, color in ((ax, loss_label, "C0"), (right, level_text, "C1")):
+            axis.set_ylabel(label, color=color)
+            axis.tick_params(axis="y", colors=color)
         ax.set_xlabel(result.get("x_label") or "x")
-        ax.legend(fontsize=8)
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="best")
         ax.grid(alpha=0.3)
     else:
         y = np.asarray(result["y"], float)
@@ -112,7 +126,7 @@ def draw_slice(result: dict, run_name: str, xlabel: str):
             raise NoFigure("no finite level on the grid")
         contour = ax.contourf(x, y, level, levels=20, cmap="viridis")
         ax.contour(x, y, level, levels=10, colors="white", linewidths=0.5)
-        figure.colorbar(contour, ax=ax, label=f"level ({xlabel})")
+        figure.colorbar(contour, ax=ax, label=f"level: {xlabel}")
         for m in marks:
             ax.plot([m["x"]], [m["y"]], "r*", markersize=10)
             ax.annotate(m["model"], (m["x"], m["y"]), xytext=(4, 4), textcoords="offset points")
@@ -137,6 +151,7 @@ class SlicesProbe(ProbeBase):
         "level": "(len(y), len(x)) level function on the evaluation split (the path view: "
         "BatchNorm statistics recomputed under bn_stats=recompute)",
         "marks": "the input models on the slice: model, x, y, loss, level",
+        "loss_fn": "the training loss's name (the loss axis of the figure)",
     }
 
     @dataclass
@@ -233,6 +248,7 @@ class SlicesProbe(ProbeBase):
             "level": level.tolist(),
             "marks": marks,
             "normalization": config.normalization if config.mode == "random" else None,
+            "loss_fn": landscape.objective.loss_name,
         }
 
     # ------------------------------------------------------------------ the frame

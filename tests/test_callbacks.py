@@ -4,7 +4,9 @@ A 1-4-1 network is fitted for 4 epochs with every=2. The store then holds a run 
 at epochs 2 and 4, and checkpoints epoch_0, epoch_2 and epoch_4, the last equal to the
 fitted weights. The barrier at epoch 2 joins epoch_0 and epoch_2: its endpoint levels are
 those checkpoints' levels. TensorBoard's own reader finds the scalars and histograms at
-steps 2 and 4, with the values of the stored results.
+steps 2 and 4, with the values of the stored results: the Hessian's top eigenvalue and trace
+as scalars (its probe's summaries), its eigenvalue list as a histogram, a one-number list as
+a scalar, and the barrier's bracket and bootstrap intervals as lower/upper scalars.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ def fitted(tmp_path_factory):
         probes=["barrier", "hessian"],
         every=2,
         store=folder / "fit.h5",
-        options={"max_bisections": 0, "top_k": 1, "density_probes": 0, "trace_samples": 2},
+        options={
+            "max_bisections": 0,
+            "top_k": 2,
+            "lanczos_steps": 13,
+            "density_probes": 0,
+            "trace_samples": 2,
+            "bootstrap": 20,
+        },
         log_dir=folder / "logs",
     )
     model.fit(data.x_train, data.y_train, epochs=4, batch_size=16, verbose=0, callbacks=[callback])
@@ -85,6 +94,101 @@ def test_tensorboard_reads_the_logs(fitted):
     values = [float(tf.make_ndarray(e.tensor_proto)) for e in events]
     assert values == pytest.approx(stored, rel=1e-6)
     assert [e.step for e in logs.Tensors("hessian/models/0/eigenvalues")] == [2, 4]
+
+
+def _logs(fitted):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = EventAccumulator(str(fitted["folder"] / "logs"), size_guidance={"tensors": 0})
+    logs.Reload()
+    return logs
+
+
+def _values(logs, tag):
+    """[(step, numpy value)] of a tag; a scalar has shape (), a histogram (bins, 3)."""
+    import tensorflow as tf
+
+    return [(e.step, tf.make_ndarray(e.tensor_proto)) for e in logs.Tensors(tag)]
+
+
+def _results(fitted, probe):
+    return [h["result"] for h in fitted["callback"].history if h["probe"] == probe]
+
+
+def test_single_numbers_are_scalars_and_lists_histograms(fitted):
+    logs = _logs(fitted)
+    hessians = _results(fitted, "hessian")
+    top = _values(logs, "hessian/top_eigenvalue")
+    assert [step for step, _ in top] == [2, 4]
+    assert all(value.shape == () for _, value in top)
+    assert [float(v) for _, v in top] == pytest.approx(
+        [r["models"][0]["eigenvalues"][0] for r in hessians], rel=1e-6
+    )
+    assert [float(v) for _, v in _values(logs, "hessian/trace")] == pytest.approx(
+        [r["models"][0]["trace"] for r in hessians], rel=1e-6
+    )
+    # the two eigenvalues: a histogram holding both (counts sum to 2, range spans them)
+    for (_, histogram), result in zip(_values(logs, "hessian/models/0/eigenvalues"), hessians):
+        assert histogram.ndim == 2 and histogram.shape[1] == 3
+        assert histogram[:, 2].sum() == 2
+        low, high = sorted(result["models"][0]["eigenvalues"])
+        assert histogram[0, 0] == pytest.approx(low, rel=1e-6)
+        assert histogram[-1, 1] == pytest.approx(high, rel=1e-6)
+    barriers = _results(fitted, "barrier")
+    for bound, index in (("lower", 0), ("upper", 1)):
+        bracket = _values(logs, f"barrier/barrier_bracket/{bound}")
+        assert [s for s, _ in bracket] == [2, 4] and all(v.shape == () for _, v in bracket)
+        assert [float(v) for _, v in bracket] == pytest.approx(
+            [r["barrier_bracket"][index] for r in barriers], abs=1e-7
+        )
+        tag = f"barrier/pairs/0/intervals/train/linear/max_interval/{bound}"
+        assert [float(v) for _, v in _values(logs, tag)] == pytest.approx(
+            [
+                r["pairs"][0]["intervals"]["train"]["linear"]["max_interval"][index]
+                for r in barriers
+            ],
+            rel=1e-6,
+        )
+    assert "barrier/barrier_bracket" not in logs.Tags()["tensors"]
+
+
+def test_single_number_lists_and_probe_summaries_rule():
+    from keras_landscape.experiment.callbacks import _numbers, _summaries
+    from keras_landscape.plugins.hessian import HessianProbe
+
+    result = {
+        "models": [{"model": "a", "eigenvalues": [3.0], "trace": 5.0, "residuals": [1.0, 2.0]}],
+        "barrier_bracket": [None, 0.3],
+        "max_interval": [0.1, float("nan")],
+        "flags": [True],
+    }
+    assert dict(_numbers(result, "p")) == {
+        "p/models/0/eigenvalues": 3.0,
+        "p/models/0/trace": 5.0,
+        "p/models/0/residuals": [1.0, 2.0],
+        "p/barrier_bracket/upper": 0.3,
+        "p/max_interval/lower": 0.1,
+    }
+    probe = HessianProbe()
+    assert dict(_summaries(probe, result)) == {
+        "hessian/top_eigenvalue": 3.0,
+        "hessian/trace": 5.0,
+    }
+    two = {"models": [result["models"][0], {"model": "b", "eigenvalues": [1.0, 0.5]}]}
+    assert HessianProbe.summaries(two) == {
+        "a/top_eigenvalue": 3.0,
+        "a/trace": 5.0,
+        "b/top_eigenvalue": 1.0,
+    }
+
+    class ThirdParty:  # any probe, not only ProbeBase's subclasses
+        name = "mine"
+
+        @staticmethod
+        def summaries(result):
+            return {"first": result["values"][0], "bad": float("inf"), "word": "x"}
+
+    assert list(_summaries(ThirdParty(), {"values": [7, 8]})) == [("mine/first", 7.0)]
 
 
 def test_an_unknown_option_fails_before_fit(tmp_path):

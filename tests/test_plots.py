@@ -240,3 +240,229 @@ def test_demo_writes_figures_and_says_where(capsys, tmp_path):
     } <= names
     _assert_valid_pngs(figures)
     assert (folder / "models" / "recipe.json").is_file()
+
+
+# ------------------------------------------------------------ what the figures show
+
+
+def _interval(barrier, low, high):
+    return {
+        "max_level": 0.5 + barrier,
+        "barrier": barrier,
+        "max_interval": [0.5 + low, 0.5 + high],
+        "barrier_interval": [low, high],
+    }
+
+
+BOOTSTRAP_RESULT = {
+    "level_fn": "error",
+    "pairs": [
+        {  # a convex pair: no barrier anywhere
+            "a": "a",
+            "b": "b",
+            "endpoint_levels": [0.5, 0.4],
+            "linear_max": 0.5,
+            "linear_barrier": 0.0,
+            "barrier": 0.0,
+            "barrier_bracket": [0.0, 0.0],
+            "relaxed_max": None,
+            "intervals": {
+                "confidence": 0.9,
+                "resamples": 50,
+                "train": {"linear": _interval(0.0, 0.0, 0.0)},
+                "test": {"linear": _interval(0.0, 0.0, 0.01)},
+            },
+        },
+        {
+            "a": "a",
+            "b": "c",
+            "endpoint_levels": [0.5, 0.3],
+            "linear_max": 2.5,
+            "linear_barrier": 2.0,
+            "barrier": 1.0,
+            "barrier_bracket": [0.6, 1.0],
+            "relaxed_max": None,
+            "intervals": {
+                "confidence": 0.9,
+                "resamples": 50,
+                "train": {"linear": _interval(1.9, 1.7, 2.2), "dss": _interval(1.1, 0.8, 1.3)},
+                "test": {"linear": _interval(2.0, 1.6, 2.4), "dss": _interval(1.0, 0.7, 1.2)},
+            },
+        },
+    ],
+}
+
+
+def _errorbar_spans(ax) -> set[tuple[float, float, float]]:
+    """(x, lower end, upper end) of every vertical error bar drawn on the axes."""
+    from matplotlib.container import ErrorbarContainer
+
+    spans = set()
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            for collection in container.lines[2]:
+                for (x0, y0), (_, y1) in collection.get_segments():
+                    spans.add((round(float(x0), 9), round(min(y0, y1), 9), round(max(y0, y1), 9)))
+    return spans
+
+
+def test_barrier_figure_draws_the_bootstrap_intervals():
+    from keras_landscape.plugins.barrier import draw_barrier
+
+    figure, caption = draw_barrier(BOOTSTRAP_RESULT, "barrier", "error (%), test split")
+    bars, boot = figure.axes
+    assert "bootstrap" in caption and "bootstrap" in boot.get_title()
+    assert "90% intervals over 50 resamples" in boot.get_title()
+    assert boot.get_ylabel() == "barrier above the higher minimum\n(error (%), on the split marked)"
+    spans = _errorbar_spans(boot)
+    stored = {
+        (round(lo, 9), round(hi, 9))
+        for pair in BOOTSTRAP_RESULT["pairs"]
+        for split in ("train", "test")
+        for v in pair["intervals"][split].values()
+        for lo, hi in [v["barrier_interval"]]
+    }
+    assert {(lo, hi) for _, lo, hi in spans} == stored
+    assert len(spans) == 6  # one bar per pair, split and path
+    # the point estimates, as markers, one line per (path, split)
+    points = {line.get_label(): list(line.get_ydata()) for line in boot.get_lines()}
+    assert points["linear, train split"] == [0.0, 1.9]
+    assert points["dss, test split"] == [1.0]
+    # each marker has its error bar at the same x
+    marked = {
+        round(float(x), 9)
+        for line in boot.get_lines()
+        if not line.get_label().startswith("_")
+        for x in line.get_xdata()
+    }
+    assert marked == {x for x, _, _ in spans}
+    # the bars keep the bisection bracket as their error bar (zero-width for the convex pair)
+    brackets = {(lo, hi) for _, lo, hi in _errorbar_spans(bars)}
+    assert brackets == {(0.0, 0.0), (0.6, 1.0)}
+
+
+def test_zero_barriers_are_marked_and_labelled():
+    from matplotlib.patches import Rectangle
+
+    from keras_landscape.plugins.barrier import draw_barrier
+
+    figure, _ = draw_barrier(BOOTSTRAP_RESULT, "barrier", "error (%), test split")
+    bars = figure.axes[0]
+    rectangles = [p for p in bars.patches if isinstance(p, Rectangle)]
+    zero = [r for r in rectangles if r.get_height() == 0]
+    assert len(zero) == 2  # linear and DSS of the convex pair: invisible as bars
+    for r in zero:
+        x = r.get_x() + r.get_width() / 2
+        markers = [
+            line
+            for line in bars.get_lines()
+            if line.get_marker() == "D"
+            and list(line.get_xdata()) == pytest.approx([x])
+            and list(line.get_ydata()) == [0.0]
+        ]
+        assert len(markers) == 1 and markers[0].get_visible()
+        labels = [t for t in bars.texts if t.get_text() == "0" and t.xy == pytest.approx((x, 0.0))]
+        assert len(labels) == 1
+    # the other pair's bars are tall enough to see: no marker, no label
+    assert len([t for t in bars.texts if t.get_text() == "0"]) == 2
+    assert sorted(r.get_height() for r in rectangles if r.get_height() > 0) == [1.0, 2.0]
+    # the scale is not changed to show them: zero stays zero, the axis starts at or below it
+    assert bars.get_ylim()[0] <= 0.0
+
+
+def test_a_barrier_figure_without_bootstrap_has_one_panel(stores, tmp_path):
+    from keras_landscape.plugins.barrier import draw_barrier
+
+    with Store.open(stores["complete"]) as store:
+        result = store.run("barrier").result
+    figure, caption = draw_barrier(result, "barrier", "mae, test split")
+    assert len(figure.axes) == 1 and "bootstrap" not in caption
+    # the aligned DSS barrier of the first pair, 0.005, is 1% of the scale: marked with
+    # its value; the aligned linear one (0.05 - 0.025) is tall enough
+    assert [t.get_text() for t in figure.axes[0].texts] == ["0.005"]
+
+
+def test_barrier_bootstrap_through_plot_store(tmp_path):
+    with new_store(tmp_path / "boot.h5") as store:
+        run = store.begin_run("barrier", "barrier", {"bootstrap": 50})
+        run.complete(BOOTSTRAP_RESULT)
+    report = plot_store(str(tmp_path / "boot.h5"), str(tmp_path / "figs"))
+    [figure] = report.figures
+    assert figure.kind == "barrier" and "bootstrap intervals" in figure.caption
+    _assert_valid_pngs([figure.path])
+
+
+def test_hessian_path_figure_draws_the_trace_error():
+    from keras_landscape.plugins.hessian import draw_path
+
+    beads = [
+        {"bead": 0, "position": 0.0, "top_eigenvalue": 3.0, "trace": 5.0, "trace_se": 0.5},
+        {"bead": 2, "position": 0.5, "top_eigenvalue": 1.0, "trace": 2.0, "trace_se": 0.25},
+        {"bead": 1, "position": 1.0, "top_eigenvalue": 2.0, "trace": 4.0, "trace_se": 0.1},
+    ]
+    figure, _ = draw_path({"path": [{"string": "pair_0_1", "beads": beads}]}, "h", "mae")
+    top, trace = figure.axes
+    assert top.get_ylabel() == "Hessian top eigenvalue" and trace.get_ylabel() == "Hessian trace"
+    assert _errorbar_spans(trace) == {
+        (b["position"], b["trace"] - b["trace_se"], b["trace"] + b["trace_se"]) for b in beads
+    }
+
+
+def test_census_summary_draws_the_length_sd():
+    from keras_landscape.report.census import draw_summary
+
+    def point(width, index, lengths, sds):
+        curviness = {
+            "levels": [0.2, 0.1],
+            "normalized_length": lengths,
+            "normalized_length_sd": sds,
+            "pairs": [2, 2],
+            "failed": [0, 0],
+        }
+        components = {
+            "minima": ["a", "b"],
+            "minimum_levels": [0.05, 0.06],
+            "levels": [0.05, 0.2],
+            "n_components": [2, 1],
+            "highest_merge_level": 0.1,
+            "pairs": {"0-1": {"barrier": 0.0, "saddle_level": {"lower": 0.06, "upper": 0.06}}},
+        }
+        return {
+            "name": f"w{width}",
+            "index": index,
+            "grid": {"width": width},
+            "runs": {
+                "components": {"status": "complete", "result": components},
+                "curviness": {"status": "complete", "result": curviness},
+            },
+        }
+
+    census = {
+        "data": {"level_fn": "mae", "split": "test"},
+        "points": [point(4, 0, [1.2, 1.5], [0.1, 0.2]), point(8, 1, [1.1, 1.3], [0.05, None])],
+    }
+    figure, _ = draw_summary(census)
+    spans = _errorbar_spans(figure.axes[2])
+    # highest level first (u = 0.2), then u = 0.1; a missing sd is drawn as none
+    assert {(4.0, 1.1, 1.3), (8.0, 1.05, 1.15), (4.0, 1.3, 1.7), (8.0, 1.3, 1.3)} == {
+        (x, round(lo, 9), round(hi, 9)) for x, lo, hi in spans
+    }
+    # a zero mean barrier is a visible point at 0
+    barrier = next(
+        line for line in figure.axes[1].get_lines() if "mean barrier" in line.get_label()
+    )
+    assert list(barrier.get_ydata()) == [0.0, 0.0] and barrier.get_marker() == "o"
+
+
+def test_components_figure_keeps_zero_components_in_view(stores):
+    from keras_landscape.plugins.components import draw_components
+
+    with Store.open(stores["complete"]) as store:
+        result = dict(store.run("components").result)
+    result["levels"] = [0.01] + result["levels"]
+    for key in ("n_components", "n_components_lower", "n_components_upper"):
+        result[key] = [0] + result[key]
+    figure, _ = draw_components(result, "components", "mae, test split")
+    ax = figure.axes[0]
+    assert ax.get_ylim()[0] < 0.0 < ax.get_ylim()[1]
+    assert ax.get_ylabel() == "N_u: components holding a sampled minimum"

@@ -151,3 +151,86 @@ def test_interrupted_slice_resumes_without_redoing_rows(linreg_models, tmp_path)
     np.testing.assert_allclose(np.array(resumed["loss"])[:2], first_rows)
     np.testing.assert_allclose(resumed["loss"], whole["loss"], rtol=1e-6)
     assert _read(out, "done").all()
+
+
+def _one_d_result(**extra):
+    return {
+        "mode": "models",
+        "dims": 1,
+        "x": [0.0, 0.5, 1.0],
+        "y": [0.0],
+        "x_label": "t (0 = A, 1 = B)",
+        "loss": [[0.2, 3.0, 0.1]],
+        "level": [[5.0, 40.0, 4.0]],
+        "marks": [
+            {"model": "A", "x": 0.0, "y": 0.0, "loss": 0.2, "level": 5.0},
+            {"model": "B", "x": 1.0, "y": 0.0, "loss": 0.1, "level": 4.0},
+        ],
+        **extra,
+    }
+
+
+def test_a_1d_slice_puts_loss_and_level_on_two_labelled_axes():
+    from keras_landscape.plugins.slices import draw_slice
+
+    result = _one_d_result(loss_fn="categorical_crossentropy")
+    figure, _ = draw_slice(result, "slices", "error (%), test split")
+    loss_axis, level_axis = figure.axes
+    assert loss_axis.get_shared_x_axes().joined(loss_axis, level_axis)  # one x, two y axes
+    assert loss_axis.get_ylabel() == "training loss (categorical_crossentropy), train split"
+    assert level_axis.get_ylabel() == "level: error (%), test split"
+    assert loss_axis.get_xlabel() == "t (0 = A, 1 = B)"
+    loss_line = next(line for line in loss_axis.get_lines() if line.get_label().startswith("train"))
+    level_line = next(line for line in level_axis.get_lines() if line.get_label().startswith("lev"))
+    assert list(loss_line.get_ydata()) == [0.2, 3.0, 0.1]
+    assert list(level_line.get_ydata()) == [5.0, 40.0, 4.0]
+    # each axis is coloured as its curve, and the legend names both
+    assert loss_axis.yaxis.label.get_color() == loss_line.get_color()
+    assert level_axis.yaxis.label.get_color() == level_line.get_color()
+    legend = [t.get_text() for t in loss_axis.get_legend().get_texts()]
+    assert legend == [loss_axis.get_ylabel(), level_axis.get_ylabel(), "models"]
+    # the models are marked on both axes at their own loss and level
+    marks = lambda ax: sorted(  # noqa: E731
+        (float(line.get_xdata()[0]), float(line.get_ydata()[0]))
+        for line in ax.get_lines()
+        if line.get_label().startswith("_") and len(line.get_xdata()) == 1
+    )
+    assert marks(loss_axis) == [(0.0, 0.2), (1.0, 0.1)]
+    assert marks(level_axis) == [(0.0, 5.0), (1.0, 4.0)]
+
+
+def test_a_1d_slice_of_an_old_store_without_the_loss_name():
+    from keras_landscape.plugins.slices import draw_slice
+
+    figure, _ = draw_slice(_one_d_result(), "slices", "mae, test split")
+    assert figure.axes[0].get_ylabel() == "training loss, train split"
+
+
+def test_a_2d_slice_labels_its_axes_and_colour_bar():
+    from keras_landscape.plugins.slices import draw_slice
+
+    result = {
+        "mode": "random",
+        "dims": 2,
+        "x": [-1.0, 0.0, 1.0],
+        "y": [-1.0, 1.0],
+        "x_label": "random direction 1",
+        "y_label": "random direction 2",
+        "loss": [[1.0, 2.0, 3.0], [2.0, 3.0, 4.0]],
+        "level": [[1.0, 2.0, 3.0], [2.0, 3.0, 4.0]],
+        "marks": [],
+    }
+    figure, _ = draw_slice(result, "slices", "mae, test split")
+    ax, bar = figure.axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("random direction 1", "random direction 2")
+    assert bar.get_ylabel() == "level: mae, test split"
+
+
+def test_the_slice_records_its_loss_name(linreg_models, tmp_path):
+    from keras_landscape.store.hdf5 import Store
+
+    out = tmp_path / "n.h5"
+    result = _run(linreg_models["paths"][:1], linreg_models["data"], out, x_points=3)
+    with Store.open(out) as store:
+        assert result["loss_fn"] == store.read_data_info()["loss"]
+    assert result["loss_fn"]

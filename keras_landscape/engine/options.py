@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from keras_landscape.engine.optimizer_names import MIXES_BEADS, NOT_STEPPERS, OPTIMIZERS
 from keras_landscape.errors import UserError
 
 #: samples per evaluation batch (--eval-batch-size)
@@ -19,30 +20,6 @@ BN_MODES = ("recompute", "interpolate")
 DEFAULT_BN_BATCHES = 32
 DEFAULT_BN_BATCH_SIZE = 128
 
-#: Keras's built-in optimizers whose step acts on each parameter separately, known here
-#: without importing Keras. Any other name is resolved with `keras.optimizers.get`.
-OPTIMIZERS = (
-    "adam",
-    "sgd",
-    "rmsprop",
-    "adamw",
-    "nadam",
-    "adamax",
-    "adagrad",
-    "adadelta",
-    "ftrl",
-    "lion",
-)
-# All beads are stepped as the rows of one (K, P) variable, so an optimizer whose step
-# depends on the whole variable would let one bead's gradient move another.
-MIXES_BEADS = {
-    "adafactor": "it factors the second moments over the rows and columns of the bead stack",
-    "muon": "it orthogonalises the update of the whole bead stack as one matrix",
-    "lamb": "its trust ratio uses the norm of the whole bead stack",
-    "clipnorm": "the norm is taken over the whole bead stack",
-    "global_clipnorm": "the norm is taken over the whole bead stack",
-}
-NOT_STEPPERS = ("optimizer", "lossscaleoptimizer", "multioptimizer", "optimizermap")
 # Constructor arguments the config has fields for (or that name the optimizer itself).
 _OWN_FIELDS = ("learning_rate", "beta_1", "beta_2", "epsilon", "name")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
@@ -147,6 +124,10 @@ class ProjectionConfig:
         name = str(self.optimizer).strip()
         return name.lower() if name.lower() in (*OPTIMIZERS, *MIXES_BEADS) else name
 
+    def optimizer_arguments(self) -> dict[str, Any]:
+        """`optimizer_options` as constructor arguments (`parse_optimizer_options`)."""
+        return parse_optimizer_options(self.optimizer_options)
+
     def validate(self) -> None:
         """Check the settings; a name Keras must resolve is looked up here, before any work.
 
@@ -177,7 +158,7 @@ class ProjectionConfig:
         if name not in OPTIMIZERS or options:
             # Keras only for what cannot be checked here: another name, or arguments the
             # optimizer's constructor has to accept. The common case stays framework-free.
-            from keras_landscape.engine.kernels import optimizer_spec
+            from keras_landscape.engine.optimizers import optimizer_spec
 
             optimizer_spec(self)
 

@@ -14,52 +14,85 @@ reproducible: the same starts, seed and config give the same result (on the same
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from keras import ops
 
-from keras_landscape.engine.kernels import optimizer_spec, pad_rows
+from keras_landscape.contract import ProjectionResult
+from keras_landscape.engine import backend, kernels
+from keras_landscape.engine.context import ModelContext
+from keras_landscape.engine.kernels import pad_rows
+from keras_landscape.engine.optimizers import OptimizerSpec, optimizer_spec
 from keras_landscape.engine.options import ProjectionConfig
 
 
-@dataclass
-class ProjectionResult:
-    """Where the beads ended.
+class ProjectionKernels:
+    """The compiled projection loops of a landscape (see `kernels.make_projection`), one per
+    batching mode, optimizer and stack width, and the training split as tensors.
 
-    Attributes:
-        thetas: (K, P) final parameters.
-        levels: (K,) level function at the final parameters (true float32).
-        steps: (K,) optimiser steps each bead took.
-        reached: (K,) whether each bead is at or below the target.
-        states: (K, S) the state each level was evaluated with (the starts' states, with
-            BatchNorm statistics re-estimated at the final theta for models with BatchNorm).
+    Args:
+        context: the model, its layouts and objective.
+        x_train, y_train: the training split.
+        training: run the model in train mode (as fit; models with BatchNorm).
+        fast_float32: TF32-class matrix multiplies inside projection calls (see
+            `Landscape`).
     """
 
-    thetas: np.ndarray
-    levels: np.ndarray
-    steps: np.ndarray
-    reached: np.ndarray
-    states: np.ndarray | None = None
+    def __init__(
+        self,
+        context: ModelContext,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        training: bool,
+        fast_float32: bool,
+    ):
+        self.context, self.training, self.fast_float32 = context, training, fast_float32
+        self._train = (x_train, y_train)
+        self._kernels: dict = {}
 
-    def rows(self, rows: slice) -> ProjectionResult:
-        """The result of some of the beads (a lockstep stack's share of one search)."""
-        return ProjectionResult(
-            self.thetas[rows],
-            self.levels[rows],
-            self.steps[rows],
-            self.reached[rows],
-            None if self.states is None else self.states[rows],
-        )
+    def training_tensors(self):
+        """The training split as tensors (x, y), converted once (projections gather from it)."""
+        if not hasattr(self, "_train_tensors"):
+            x, y = self._train
+            self._train_tensors = (ops.convert_to_tensor(x), ops.convert_to_tensor(y))
+        return self._train_tensors
 
-    @staticmethod
-    def concatenate(parts: list[ProjectionResult]) -> ProjectionResult:
-        return ProjectionResult(
-            *(np.concatenate([getattr(p, name) for p in parts]) for name in _FIELDS)
-        )
+    def kernel(
+        self, full_batch: bool, optimizer: OptimizerSpec, width: int
+    ) -> kernels.ProjectionKernel:
+        """The compiled projection loop for a batching mode, an optimizer and a stack width,
+        with this landscape's projection precision.
 
+        One per width: the optimizer is built over one (width, P) variable, and a function
+        traced for one width keeps static shapes (a tf.function relaxing them to (None, P)
+        after seeing two widths could not match them to the optimizer's variables).
+        """
+        key = (full_batch, optimizer.key, width)
+        if key not in self._kernels:
+            context = self.context
+            with context.devices.scope():  # under a strategy: one copy per replica
+                keras_optimizer = optimizer.build(width, context.size)
+            compiled = context.compile(
+                kernels.make_projection(
+                    context.model,
+                    context.layout,
+                    context.state_layout,
+                    context.objective.objective,
+                    full_batch=full_batch,
+                    optimizer=keras_optimizer,
+                    width=width,
+                    training=self.training,
+                ),
+                "projection",
+            )
 
-_FIELDS = ("thetas", "levels", "steps", "reached", "states")
+            def run(*args):
+                # TF32 only inside this call and only when asked for; the previous setting
+                # (other landscapes', the user's) is restored after it.
+                with backend.float32_precision(fast=self.fast_float32):
+                    return compiled(*args)
+
+            self._kernels[key] = kernels.ProjectionKernel(run, keras_optimizer, width)
+        return self._kernels[key]
 
 
 def project(
@@ -239,4 +272,4 @@ def _project_stack(
     return ProjectionResult(thetas, levels, steps, levels <= target, used)
 
 
-__all__ = ["ProjectionConfig", "ProjectionResult", "project"]
+__all__ = ["ProjectionConfig", "ProjectionKernels", "ProjectionResult", "project"]

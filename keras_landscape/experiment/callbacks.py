@@ -12,8 +12,18 @@ At the end of every `every`-th epoch the callback takes the model's weights as a
 first checkpoint: the weights fit started from), so `barrier` with `max_bisections=0` is
 the linear barrier to the previous checkpoint. Other probes see this checkpoint alone,
 e.g. `hessian` gives its top eigenvalues. Each result is a run `<probe>_epoch<E>` of the
-store. Results are also written to TensorBoard when `log_dir` is given: every number of a
-result as a scalar `<probe>/<field>` at step E, every list of numbers as a histogram.
+store. Results are also written to TensorBoard when `log_dir` is given, at step E:
+
+- every number of a result as a scalar `<probe>/<field>` (nested fields joined by '/',
+  lists of records indexed: `hessian/models/0/trace`);
+- a list holding one number as that number's scalar; a two-number bracket or interval
+  (a field named `*_bracket` or `*_interval`, e.g. a bootstrap interval) as the scalars
+  `<tag>/lower` and `<tag>/upper`; every other list of numbers as a histogram;
+- the probe's own summaries as scalars `<probe>/<name>`: a probe class may define
+  `summaries(result) -> {name: number}` for the single numbers worth following in
+  training (the `hessian` probe: `top_eigenvalue` and `trace`, per model
+  `<model>/top_eigenvalue` when it measured several), so that a number inside a list gets
+  its own curve.
 
 The landscape is built once, from the model being fitted, on `data` (a data spec or a
 `Dataset`): its loss is the model's compiled loss unless `loss` is given.
@@ -121,7 +131,7 @@ class LandscapeCallback(keras.callbacks.Callback):
                     run_name=f"{probe.name}_epoch{number:04d}",
                 )
                 self.history.append({"epoch": number, "probe": probe.name, "result": result})
-                self._log(probe.name, result, number)
+                self._log(probe, result, number)
         self._previous = current
 
     def on_train_end(self, logs=None) -> None:
@@ -155,12 +165,12 @@ class LandscapeCallback(keras.callbacks.Callback):
         write_header(store, self.landscape)
         return store
 
-    def _log(self, probe: str, result: dict, epoch: int) -> None:
+    def _log(self, probe, result: dict, epoch: int) -> None:
         if self.log_dir is None:
             return
         if self._writer is None:
             self._writer = backend.summary_writer(self.log_dir)
-        for tag, value in _numbers(result, probe):
+        for tag, value in [*_summaries(probe, result), *_numbers(result, probe.name)]:
             if isinstance(value, list):
                 self._writer.histogram(tag, value, epoch)
             else:
@@ -168,10 +178,26 @@ class LandscapeCallback(keras.callbacks.Callback):
         self._writer.flush()
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _summaries(probe, result: dict):
+    """(`<probe>/<name>`, number) of the probe's own `summaries(result)`, where it has
+    them (finite numbers only)."""
+    summaries = getattr(probe, "summaries", None)
+    found = summaries(result) if callable(summaries) else None
+    for name, value in (found or {}).items():
+        if _is_number(value) and math.isfinite(value):
+            yield f"{probe.name}/{name}", float(value)
+
+
 def _numbers(value, tag: str, depth: int = 0):
     """(tag, number) and (tag, [numbers]) pairs of a result, nested keys joined by '/';
-    lists of records are indexed (models/0/eigenvalues)."""
-    if depth > 4:
+    lists of records are indexed (models/0/eigenvalues). A one-number list is its number;
+    a bracket or interval ([lower, upper] under `*_bracket` / `*_interval`) is the numbers
+    `<tag>/lower` and `<tag>/upper`."""
+    if depth > 6:
         return
     if isinstance(value, bool) or value is None:
         return
@@ -183,9 +209,16 @@ def _numbers(value, tag: str, depth: int = 0):
             if key != "seconds":
                 yield from _numbers(item, f"{tag}/{key}", depth + 1)
     elif isinstance(value, list) and value:
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        field = tag.rsplit("/", 1)[-1]
+        if len(value) == 2 and field.endswith(("_bracket", "_interval")):
+            for bound, v in zip(("lower", "upper"), value):
+                if _is_number(v) and math.isfinite(v):
+                    yield f"{tag}/{bound}", float(v)
+        elif all(_is_number(v) for v in value):
             finite = [float(v) for v in value if math.isfinite(v)]
-            if finite:
+            if len(value) == 1 and finite:
+                yield tag, finite[0]
+            elif finite:
                 yield tag, finite
         elif all(isinstance(v, dict) for v in value):
             for i, item in enumerate(value):

@@ -9,59 +9,48 @@ reference and examples; configs/ holds the shipped ones):
       builder: mlp                      # mlp, cnn or lstm
       input: [1]
       layers: [4, 4]                    # hidden widths (cnn: dense layers after the convs)
-      filters: [8, 16]                  # cnn only: Conv2D filters, kernel_size, pool
       activation: sigmoid
       output: 1
-      output_activation: null
       replicas: 3
       train: {epochs: 100, batch_size: full, learning_rate: 0.001, optimizer: adam}
       dir: runs/cubic-models            # default: beside the store, <store stem>-models
     data: cubic:n=10000                 # or {online: tfds:mnist, offline: npz:mnist.npz}
-    loss: mae
-    level_fn: mae
-    split: test
     probes: [evaluate, {curviness: {levels: "0.3,0.1"}}]
     options: {learning_rate: 0.01}      # probe options for every listed probe that has them
-    seed: 0
-    out: runs/cubic.h5
-    xla: auto
-    strategy: one                       # one, mirrored[:cpus=N], tpu, multiworker
-    tpu: null                           # the TPU's name (strategy tpu)
-    lockstep: true                      # run a probe's strings together
     plots: true                         # or false, or {format: svg, dir: figures}
     scales: {small: {...}, full: {...}} # merged over the top level by --scale NAME
+    loss: mae                           # and every other run setting, by its name:
+    level_fn: mae                       # keras_landscape.settings.RunSettings declares
+    seed: 0                             # them (split, out, xla, tf32, eval_batch_size,
+    strategy: one                       # bn_stats, strategy, lockstep, ...)
 
-Input paths (model files, npz/idx/text data, custom objects) are relative to the config
-file's folder; output paths (`out`, `model.dir`, `plots.dir`) to the current folder.
-A bad key or value is a UserError naming its key path, e.g.
-`probes.curviness.alpah: unknown option`. Validation imports the probe registry but no
-model code; `prepare` trains a `model:` recipe with keras_landscape.models.recipes.
+The run settings' keys and checks come from `keras_landscape.settings.RunSettings` (the
+declaration the command-line options come from too); `RunConfig` below adds the config's
+own sections. Input paths (model files, npz/idx/text data, custom objects) are relative to
+the config file's folder; output paths (`out`, `model.dir`, `plots.dir`) to the current
+folder. A bad key or value is a ConfigError naming its key path, e.g.
+`probes.curviness.alpah: unknown option (did you mean alpha?)`. Validation imports the
+probe registry but no model code; `prepare` trains a `model:` recipe with
+keras_landscape.models.recipes.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import math
 import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from keras_landscape import registry
 from keras_landscape.data.specs import KINDS, load_data, parse_spec
-from keras_landscape.engine.options import (
-    BN_MODES,
-    DEFAULT_BN_BATCH_SIZE,
-    DEFAULT_BN_BATCHES,
-    parse_strategy,
-)
 from keras_landscape.errors import ConfigError, UserError
-from keras_landscape.experiment.spec import RunSpec
 from keras_landscape.models.recipes import (
     BUILDERS,
     DEFAULT_TRAIN,
@@ -72,44 +61,200 @@ from keras_landscape.models.recipes import (
     train_replicas,
 )
 from keras_landscape.report.plots import FORMATS, PATH_CHOICES
+from keras_landscape.settings import (
+    Bool,
+    Float,
+    Int,
+    RunSettings,
+    RunSpec,
+    Text,
+    closest,
+    unknown_key,
+    validate,
+)
 from keras_landscape.store.hdf5 import refuse_existing
+from keras_landscape.values import BadValue, to_type, yaml_load
 
-TOP_KEYS = (
-    "description",
-    "models",
-    "model",
-    "data",
-    "loss",
-    "level_fn",
-    "split",
-    "probes",
-    "options",
-    "seed",
-    "out",
-    "xla",
-    "tf32",
-    "strategy",
-    "tpu",
-    "lockstep",
-    "eval_batch_size",
-    "custom_objects",
-    "bn_stats",
-    "bn_batches",
-    "bn_batch_size",
-    "unsafe",
-    "plots",
-    "scales",
-)
-MODEL_KEYS = ("builder", "replicas", "train", "dir") + tuple(
-    sorted({k for keys in BUILDERS.values() for k in keys})
-)
-TRAIN_KEYS = ("epochs", "batch_size", "learning_rate", "optimizer")
-PLOT_KEYS = ("format", "dir", "paths")
 DATA_PATH_KINDS = ("npz", "idx", "text")
 
 
 def _fail(where: str, message: str) -> None:
     raise ConfigError(f"{where}: {message}")
+
+
+def _bad(message: str):
+    return PydanticCustomError("bad_value", "{problem}", {"problem": message})
+
+
+# ------------------------------------------------------------------- the config's schema
+
+
+def _listed(value):
+    """A single value where a list is expected: `input: 1` is `input: [1]`."""
+    return [value] if isinstance(value, (int, str)) and not isinstance(value, bool) else value
+
+
+def _blank_is_empty(value):
+    return "" if value is None or value == "" else value
+
+
+Positive = Annotated[Int, Field(ge=1)]
+Widths = Annotated[list[Positive], BeforeValidator(_listed)]
+OptionalText = Annotated[str, BeforeValidator(_blank_is_empty)]
+
+
+def _batch_size(value):
+    if value is None or value == "full":
+        return "full"
+    try:
+        number = to_type(value, int)
+    except BadValue:
+        number = 0
+    if number < 1:
+        raise _bad(f"expected full or an integer >= 1, got {value!r}")
+    return number
+
+
+class TrainConfig(BaseModel):
+    """`model.train`: how each replica is trained with Keras's fit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: Positive = DEFAULT_TRAIN["epochs"]
+    batch_size: Annotated[Literal["full"] | int, BeforeValidator(_batch_size)] = DEFAULT_TRAIN[
+        "batch_size"
+    ]
+    learning_rate: Annotated[Float, Field(gt=0)] = DEFAULT_TRAIN["learning_rate"]
+    optimizer: Text = DEFAULT_TRAIN["optimizer"]
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, value: str) -> str:
+        if value.lower() not in OPTIMIZERS:
+            raise _bad(f"unknown optimizer {value!r}; use one of {', '.join(OPTIMIZERS)}")
+        return value.lower()
+
+
+class RecipeConfig(BaseModel):
+    """`model`: an architecture to build and train (the fields of `ModelRecipe`; which keys a
+    builder takes is `recipes.BUILDERS`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    builder: Text
+    input: Annotated[Widths, Field(min_length=1, description="the model's input shape")]
+    output: Annotated[Positive, Field(description="the model's output width")]
+    layers: Widths = []
+    filters: Widths = []
+    kernel_size: Positive = 3
+    pool: Positive = 2
+    activation: Text = "relu"
+    output_activation: Text | None = None
+    dropout: Annotated[Float, Field(ge=0, lt=1)] = 0.0
+    embedding: Annotated[Int, Field(ge=0)] = 0
+    use_bias: Bool = True
+    kernel_initializer: OptionalText = ""
+    bias_initializer: OptionalText = ""
+    replicas: Positive = 2
+    train: Annotated[TrainConfig, BeforeValidator(lambda v: {} if v is None else v)] = Field(
+        default_factory=TrainConfig
+    )
+    dir: OptionalText = ""
+
+    @field_validator("builder")
+    @classmethod
+    def _builder(cls, value: str) -> str:
+        if value not in BUILDERS:
+            raise _bad(f"unknown builder {value!r}; builders: {', '.join(BUILDERS)}")
+        return value
+
+    def recipe(self, where: str = "model") -> ModelRecipe:
+        """The ModelRecipe, after the checks that depend on the builder."""
+        allowed = set(BUILDERS[self.builder]) | {"builder", "replicas", "train", "dir"}
+        for key in self.model_fields_set - allowed:
+            _fail(
+                f"{where}.{key}",
+                f"not an option of the {self.builder} builder; its options: "
+                f"{', '.join(sorted(allowed))}",
+            )
+        recipe = ModelRecipe(**{**self.model_dump(), "train": self.train.model_dump()})
+        if self.builder == "lstm" and (len(self.input) != 1 or self.embedding < 1 or not self.layers):
+            _fail(
+                where,
+                "the lstm builder needs input [steps], embedding >= 1 and layers "
+                "(LSTM units, e.g. [200, 200]); output is the vocabulary size",
+            )
+        if self.builder == "cnn":
+            if not self.filters:
+                _fail(f"{where}.filters", "the cnn builder needs at least one Conv2D layer")
+            if len(self.input) != 3:
+                _fail(
+                    f"{where}.input",
+                    f"the cnn builder needs an image shape [height, width, channels], got "
+                    f"{self.input}",
+                )
+        return recipe
+
+
+def _plots_in(value):
+    if value is None or value is True:
+        return {}
+    if value is False or isinstance(value, (dict, PlotsConfig)):
+        return None if value is False else value
+    raise _bad(f"expected true, false or {{format, dir, paths}}, got {value!r}")
+
+
+class PlotsConfig(BaseModel):
+    """`plots`: the figures `klandscape run` draws after the probes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = "png"
+    dir: Text | None = None
+    paths: Literal[PATH_CHOICES] = "best"  # type: ignore[valid-type]
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value not in FORMATS:
+            raise _bad(f"unknown format {value!r}; use one of {', '.join(FORMATS)}")
+        return value
+
+
+Plots = Annotated[PlotsConfig | None, BeforeValidator(_plots_in)]
+
+
+class _PlotsKey(BaseModel):
+    plots: Plots = Field(default_factory=PlotsConfig)
+
+
+class DataChoices(BaseModel):
+    """`data: {online, offline}`: specs tried in order (e.g. tfds, then a local .npz)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    online: Text | None = None
+    offline: Text | None = None
+
+
+class RunConfig(RunSettings):
+    """A YAML run config: every run setting (`RunSettings`) plus the config's own sections."""
+
+    description: Text | None = None
+    models: Annotated[list[Text] | None, BeforeValidator(_listed)] = None
+    model: RecipeConfig | None = None
+    data: Annotated[
+        Any,
+        Field(description="a data spec such as digits, cubic:n=10000 or npz:PATH"),
+    ]
+    probes: Any = None  # names or {name: options}: checked against the registry
+    options: dict[str, Any] | None = None
+    plots: Plots = Field(default_factory=PlotsConfig)
+    scales: dict[str, Any] | None = None
+
+
+#: the keys of a run config, from its declaration
+TOP_KEYS = tuple(RunConfig.model_fields)
 
 
 # ---------------------------------------------------------------------------- results
@@ -131,7 +276,7 @@ class ExperimentConfig:
 
     source: str
     scale: str | None
-    spec: Any
+    spec: RunSpec
     recipe: ModelRecipe | None
     data_choices: list[str]
     plots: dict | None
@@ -151,7 +296,7 @@ def read_yaml(path: str) -> dict:
     if not file.is_file():
         raise UserError(f"The config file {path!r} does not exist.")
     try:
-        document = yaml.safe_load(file.read_text(encoding="utf-8"))
+        document = yaml_load(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise UserError(
             f"The config file {path!r} is not a text file (it is not valid UTF-8); "
@@ -198,14 +343,6 @@ def _merge_probes(base, over):
     return [{name: options} if options else name for name, options in first.items()]
 
 
-def parse_value(text: str) -> Any:
-    """A command-line override value, read as YAML (`0.5`, `true`, `[4, 4]`, `cubic:n=10`)."""
-    try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        return text
-
-
 def apply_override(document: dict, key: str, value: Any, probe_options: set[str]) -> None:
     """Set `key` (a dotted path such as `model.train.epochs` or `probes.curviness.levels`).
 
@@ -224,16 +361,16 @@ def apply_override(document: dict, key: str, value: Any, probe_options: set[str]
         probes[parts[1]][parts[2]] = value
         document["probes"] = [{n: o} if o else n for n, o in probes.items()]
         return
-    if parts[0] not in TOP_KEYS and len(parts) == 1 and key not in probe_options:
-        hint = _closest(key, [*TOP_KEYS, *probe_options])
-        _fail(
-            key,
-            "neither a config key nor an option of any probe"
-            + (f" (did you mean {hint}?)" if hint else "")
-            + f"; config keys: {', '.join(TOP_KEYS)}; "
-            "probe options: `klandscape probes --markdown`",
-        )
     if parts[0] not in TOP_KEYS and len(parts) == 1:
+        if key not in probe_options:
+            hint = closest(key, [*TOP_KEYS, *probe_options])
+            _fail(
+                key,
+                "neither a config key nor an option of any probe"
+                + (f" (did you mean {hint}?)" if hint else "")
+                + f"; config keys: {', '.join(TOP_KEYS)}; "
+                "probe options: `klandscape probes --markdown`",
+            )
         document.setdefault("options", {})
         if not isinstance(document["options"], dict):
             _fail("options", "must be a mapping of probe options")
@@ -321,73 +458,16 @@ def _load(document, path, folder, scale, overrides, command) -> ExperimentConfig
     }
     for key, value in overrides:
         apply_override(document, key, value, all_options)
-    _check_keys(document, TOP_KEYS, "")
     return _validate(document, path, folder, scale, command)
 
 
 def _check_keys(mapping: dict, allowed, prefix: str) -> None:
     for key in mapping:
         if key not in allowed:
-            hint = _closest(str(key), allowed)
-            _fail(
-                f"{prefix}{key}",
-                "unknown key"
-                + (f" (did you mean {hint}?)" if hint else "")
-                + f"; allowed: {', '.join(allowed)}",
-            )
-
-
-def _closest(word: str, choices) -> str | None:
-    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
-    return found[0] if found else None
+            _fail(f"{prefix}{key}", unknown_key(str(key), list(allowed)))
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _string(value, where: str, *, allow_none: bool = False) -> str | None:
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        _fail(where, f"expected a non-empty string, got {value!r}")
-    return value.strip()
-
-
-def _integer(value, where: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
-        else:
-            _fail(where, f"expected an integer, got {value!r}")
-    if value < minimum:
-        _fail(where, f"must be >= {minimum}, got {value}")
-    return value
-
-
-def _flag(value, where: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(where, f"expected true or false, got {value!r}")
-    return value
-
-
-def _number(value, where: str, positive: bool = False) -> float:
-    if isinstance(value, bool):
-        _fail(where, f"expected a number, got {value!r}")
-    try:
-        number = float(value)  # YAML 1.1 reads 1e-3 as a string
-    except (TypeError, ValueError):
-        _fail(where, f"expected a number, got {value!r}")
-    if not math.isfinite(number) or (positive and number <= 0):
-        _fail(where, f"must be a {'positive' if positive else 'finite'} number, got {value!r}")
-    return number
-
-
-def _int_list(value, where: str, *, allow_empty: bool = True) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, list) or (not value and not allow_empty):
-        _fail(where, f"expected a list of positive integers, got {value!r}")
-    return [_integer(v, f"{where}[{i}]", 1) for i, v in enumerate(value)]
 
 
 def _resolve(path: str, folder: Path) -> str:
@@ -416,107 +496,18 @@ def _data_spec(spec: str, where: str, folder: Path, must_exist: bool) -> str:
 
 
 def _data(value, folder: Path) -> list[str]:
-    if isinstance(value, str):
-        return [_data_spec(value, "data", folder, must_exist=True)]
-    if isinstance(value, dict):
-        _check_keys(value, ("online", "offline"), "data.")
-        if not value:
-            _fail("data", "give online and/or offline data specs")
-        choices = []
-        for key in ("online", "offline"):
-            if value.get(key) is not None:
-                spec = _string(value[key], f"data.{key}")
-                choices.append(_data_spec(spec, f"data.{key}", folder, must_exist=False))
-        return choices
-    _fail(
-        "data", f"expected a data spec (e.g. cubic:n=10000) or {{online, offline}}, got {value!r}"
-    )
-
-
-def _recipe(value, where: str = "model") -> ModelRecipe:
+    if isinstance(value, str) and value.strip():
+        return [_data_spec(value.strip(), "data", folder, must_exist=True)]
     if not isinstance(value, dict):
-        _fail(where, "expected a mapping with builder, input, layers, output, ...")
-    _check_keys(value, MODEL_KEYS, f"{where}.")
-    builder = _string(value.get("builder"), f"{where}.builder")
-    if builder not in BUILDERS:
-        _fail(f"{where}.builder", f"unknown builder {builder!r}; builders: {', '.join(BUILDERS)}")
-    allowed = set(BUILDERS[builder]) | {"builder", "replicas", "train", "dir"}
-    for key in value:
-        if key not in allowed:
-            _fail(
-                f"{where}.{key}",
-                f"not an option of the {builder} builder; its options: "
-                f"{', '.join(sorted(allowed))}",
-            )
-    for key in ("input", "output"):
-        if key not in value:
-            _fail(f"{where}.{key}", "missing (the model's input shape and output width)")
-    train = value.get("train") or {}
-    if not isinstance(train, dict):
-        _fail(f"{where}.train", "expected a mapping: epochs, batch_size, learning_rate, optimizer")
-    _check_keys(train, TRAIN_KEYS, f"{where}.train.")
-    merged = {**DEFAULT_TRAIN, **train}
-    batch = merged["batch_size"]
-    if batch in (None, "full"):
-        batch = "full"
-    else:
-        batch = _integer(batch, f"{where}.train.batch_size", 1)
-    optimizer = _string(merged["optimizer"], f"{where}.train.optimizer").lower()
-    if optimizer not in OPTIMIZERS:
         _fail(
-            f"{where}.train.optimizer",
-            f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}",
+            "data",
+            f"expected a data spec (e.g. cubic:n=10000) or {{online, offline}}, got {value!r}",
         )
-    recipe = ModelRecipe(
-        builder=builder,
-        input=_int_list(value["input"], f"{where}.input", allow_empty=False),
-        output=_integer(value["output"], f"{where}.output", 1),
-        layers=_int_list(value.get("layers", []), f"{where}.layers"),
-        filters=_int_list(value.get("filters", []), f"{where}.filters"),
-        kernel_size=_integer(value.get("kernel_size", 3), f"{where}.kernel_size", 1),
-        pool=_integer(value.get("pool", 2), f"{where}.pool", 1),
-        activation=_string(value.get("activation", "relu"), f"{where}.activation"),
-        output_activation=_string(
-            value.get("output_activation"), f"{where}.output_activation", allow_none=True
-        ),
-        dropout=_number(value.get("dropout", 0.0), f"{where}.dropout", False),
-        embedding=_integer(value.get("embedding", 0), f"{where}.embedding", 0),
-        use_bias=_flag(value.get("use_bias", True), f"{where}.use_bias"),
-        kernel_initializer=_string(
-            value.get("kernel_initializer") or None, f"{where}.kernel_initializer", allow_none=True
-        )
-        or "",
-        bias_initializer=_string(
-            value.get("bias_initializer") or None, f"{where}.bias_initializer", allow_none=True
-        )
-        or "",
-        replicas=_integer(value.get("replicas", 2), f"{where}.replicas", 1),
-        train={
-            "epochs": _integer(merged["epochs"], f"{where}.train.epochs", 1),
-            "batch_size": batch,
-            "learning_rate": _number(merged["learning_rate"], f"{where}.train.learning_rate", True),
-            "optimizer": optimizer,
-        },
-        dir=_string(value["dir"], f"{where}.dir") if value.get("dir") is not None else "",
-    )
-    if not 0.0 <= recipe.dropout < 1.0:
-        _fail(f"{where}.dropout", f"a dropout rate in [0, 1), got {recipe.dropout}")
-    if builder == "lstm" and (len(recipe.input) != 1 or recipe.embedding < 1 or not recipe.layers):
-        _fail(
-            where,
-            "the lstm builder needs input [steps], embedding >= 1 and layers "
-            "(LSTM units, e.g. [200, 200]); output is the vocabulary size",
-        )
-    if builder == "cnn":
-        if not recipe.filters:
-            _fail(f"{where}.filters", "the cnn builder needs at least one Conv2D layer")
-        if len(recipe.input) != 3:
-            _fail(
-                f"{where}.input",
-                f"the cnn builder needs an image shape [height, width, "
-                f"channels], got {recipe.input}",
-            )
-    return recipe
+    choices = validate(DataChoices, value, prefix="data.")
+    specs = [(k, getattr(choices, k)) for k in ("online", "offline") if getattr(choices, k)]
+    if not specs:
+        _fail("data", "give online and/or offline data specs")
+    return [_data_spec(spec, f"data.{key}", folder, must_exist=False) for key, spec in specs]
 
 
 def _probe_map(value, where: str) -> dict[str, dict]:
@@ -544,75 +535,44 @@ def _probe_map(value, where: str) -> dict[str, dict]:
     return probes
 
 
-def _option_value(value, hint, where: str):
-    """A YAML value converted to a probe Config field's type."""
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return None if value is None else _option_value(value, args[0], where)
-    if isinstance(value, str):
-        try:
-            return registry.coerce(value, hint, where)
-        except UserError:
-            _fail(where, f"expected {getattr(hint, '__name__', hint)}, got {value!r}")
-    if hint is bool:
-        if not isinstance(value, bool):
-            _fail(where, f"expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(where, f"expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        return _number(value, where)
-    if hint is str:
-        if isinstance(value, list):  # levels: [0.3, 0.1] -> "0.3,0.1"
-            return ",".join(str(v) for v in value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        _fail(where, f"expected text, got {value!r}")
-    return value
-
-
 def _probe_configs(value, shared: dict) -> tuple[list[str], dict[str, dict]]:
     """Probe names and their typed options (shared ones given to every probe that has them)."""
     probes = _probe_map(value if value is not None else ["evaluate"], "probes")
     if not probes:
         _fail("probes", "list at least one probe (see `klandscape probes`)")
     known = registry.probes()
-    fields_of, typed = {}, {}
     for name in probes:
         if name not in known:
-            hint = _closest(name, known)
+            hint = closest(name, known)
             _fail(
                 f"probes.{name}",
                 "unknown probe"
                 + (f" (did you mean {hint}?)" if hint else "")
                 + f"; known probes: {', '.join(known)}",
             )
-        cls = known[name].cls
-        fields_of[name] = {f.name: f for f in registry.config_fields(cls)}
+    fields_of = {n: [f.name for f in registry.config_fields(known[n].cls)] for n in probes}
     for key in shared:
         if not any(key in f for f in fields_of.values()):
             _fail(f"options.{key}", f"no listed probe ({', '.join(probes)}) has this option")
+    typed = {}
     for name, options in probes.items():
-        cls = known[name].cls
-        fields = fields_of[name]
+        cls, fields = known[name].cls, fields_of[name]
         hints = typing.get_type_hints(cls.Config)
-        merged = {k: v for k, v in shared.items() if k in fields}
-        merged.update(options)
         values = {}
-        for key, raw in merged.items():
+        for key, raw in {**{k: v for k, v in shared.items() if k in fields}, **options}.items():
             source = f"probes.{name}.{key}" if key in options else f"options.{key}"
             if key not in fields:
-                hint = _closest(key, fields)
+                hint = closest(key, fields)
                 _fail(
                     source,
                     "unknown option"
                     + (f" (did you mean {hint}?)" if hint else "")
                     + f"; options of {name}: {', '.join(fields)}",
                 )
-            values[key] = _option_value(raw, hints.get(key, str), source)
+            try:
+                values[key] = to_type(raw, hints.get(key, str))
+            except BadValue as error:
+                _fail(source, error.short)
         try:
             config = cls.Config(**values)
             for check in ("validate", "validate_bisection"):
@@ -625,38 +585,9 @@ def _probe_configs(value, shared: dict) -> tuple[list[str], dict[str, dict]]:
 
 
 def _plots(value) -> dict | None:
-    if value is None or value is True:
-        return {"format": "png", "dir": None, "paths": "best"}
-    if value is False:
-        return None
-    if not isinstance(value, dict):
-        _fail("plots", f"expected true, false or {{format, dir, paths}}, got {value!r}")
-    _check_keys(value, PLOT_KEYS, "plots.")
-    fmt = value.get("format", "png")
-    if fmt not in FORMATS:
-        _fail("plots.format", f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    paths = value.get("paths", "best")
-    if paths not in PATH_CHOICES:
-        _fail("plots.paths", f"use one of {', '.join(PATH_CHOICES)}, got {paths!r}")
-    directory = _string(value["dir"], "plots.dir") if value.get("dir") is not None else None
-    return {"format": fmt, "dir": directory, "paths": paths}
-
-
-def _xla(value):
-    choices = {"auto": "auto", "on": True, "off": False, True: True, False: False}
-    if value is None:
-        return "auto"
-    if value not in choices:  # YAML reads on/off as booleans
-        _fail("xla", f"expected auto, on or off, got {value!r}")
-    return choices[value]
-
-
-def _strategy(document: dict) -> str:
-    value = document.get("strategy", "one")
-    try:
-        return str(parse_strategy(_string(value, "strategy"), document.get("tpu")))
-    except UserError as error:
-        _fail("strategy", str(error))
+    """`plots` as {"format", "dir", "paths"}, or None for no figures."""
+    plots = validate(_PlotsKey, {"plots": value}).plots
+    return None if plots is None else plots.model_dump()
 
 
 def default_out(source: str, scale: str | None) -> str:
@@ -665,111 +596,55 @@ def default_out(source: str, scale: str | None) -> str:
 
 
 def _validate(document: dict, source: str, folder: Path, scale, command: str) -> ExperimentConfig:
-    if document.get("description") is not None:
-        _string(document["description"], "description")
-    has_files, has_recipe = document.get("models") is not None, document.get("model") is not None
-    if has_files == has_recipe:
+    run = validate(RunConfig, document)
+    if (run.models is None) == (run.model is None):
         _fail(
             "models",
             "give either models (a list of model files) or model (an architecture "
-            "to train), not " + ("both" if has_files else "neither"),
+            "to train), not " + ("neither" if run.models is None else "both"),
         )
     recipe, models = None, []
-    if has_files:
-        files = document["models"]
-        if isinstance(files, str):
-            files = [files]
-        if not isinstance(files, list) or not files:
+    if run.model is None:
+        if not run.models:
             _fail("models", f"expected a list of model files, got {document['models']!r}")
-        for i, item in enumerate(files):
-            path = _resolve(_string(item, f"models[{i}]"), folder)
-            if not Path(path).exists():
-                _fail(f"models[{i}]", f"the model file {path!r} does not exist")
-            models.append(path)
+        for i, item in enumerate(run.models):
+            models.append(_resolve(item, folder))
+            if not Path(models[-1]).exists():
+                _fail(f"models[{i}]", f"the model file {models[-1]!r} does not exist")
     else:
-        recipe = _recipe(document["model"])
-    if document.get("data") is None:
-        _fail("data", "missing: a data spec such as digits, cubic:n=10000 or npz:PATH")
-    data_choices = _data(document["data"], folder)
-    loss = _string(document.get("loss"), "loss", allow_none=True)
-    if recipe is not None and loss is None:
+        recipe = run.model.recipe()
+    data_choices = _data(run.data, folder)
+    if recipe is not None and run.loss is None:
         _fail(
             "loss",
             "missing: a trained architecture needs a loss (e.g. mae, "
             "sparse_categorical_crossentropy:from_logits=true)",
         )
-    level_fn = _string(document.get("level_fn", "loss"), "level_fn")
-    split = document.get("split")
-    if split not in (None, "train", "test"):
-        _fail("split", f"expected train or test, got {split!r}")
-    shared = document.get("options") or {}
-    if not isinstance(shared, dict):
-        _fail("options", f"expected a mapping of probe options, got {shared!r}")
-    probes, probe_options = _probe_configs(document.get("probes"), shared)
-    seed = _integer(document.get("seed", 0), "seed", 0)
-    out = (
-        _string(document["out"], "out")
-        if document.get("out") is not None
-        else default_out(source, scale)
-    )
+    probes, probe_options = _probe_configs(run.probes, run.options or {})
+    out = run.out or default_out(source, scale)
     if recipe is not None and not recipe.dir:
         recipe.dir = str(Path(out).with_name(Path(out).stem + "-models"))
-    custom = document.get("custom_objects")
-    if custom is not None:
-        custom = _string(custom, "custom_objects")
-        if custom.endswith(".py") or "/" in custom:
-            custom = _resolve(custom, folder)
-    eval_batch = _integer(document.get("eval_batch_size", 1024), "eval_batch_size", 1)
-    tf32 = document.get("tf32", False)
-    if not isinstance(tf32, bool):
-        _fail("tf32", f"expected true or false, got {tf32!r}")
-    unsafe = document.get("unsafe", False)
-    if not isinstance(unsafe, bool):
-        _fail("unsafe", f"expected true or false, got {unsafe!r}")
-    bn_stats = document.get("bn_stats", BN_MODES[0])
-    if bn_stats not in BN_MODES:
-        _fail("bn_stats", f"expected one of {', '.join(BN_MODES)}, got {bn_stats!r}")
-    bn_batches = _integer(document.get("bn_batches", DEFAULT_BN_BATCHES), "bn_batches", 1)
-    bn_batch_size = _integer(
-        document.get("bn_batch_size", DEFAULT_BN_BATCH_SIZE), "bn_batch_size", 1
-    )
+    custom = run.custom_objects
+    if custom is not None and (custom.endswith(".py") or "/" in custom):
+        custom = _resolve(custom, folder)
+    settings = {name: getattr(run, name) for name in RunSettings.model_fields}
     spec = RunSpec(
+        **{**settings, "data": data_choices[0], "out": out, "custom_objects": custom},
         models=models,
-        data=data_choices[0],
         probes=probes,
-        options={},
         probe_options=probe_options,
-        loss=loss,
-        level_fn=level_fn,
-        split=split,
-        out=out,
-        seed=seed,
-        custom_objects=custom,
-        xla=_xla(document.get("xla")),
-        strategy=_strategy(document),
-        tpu=_string(document.get("tpu"), "tpu", allow_none=True),
-        lockstep=_flag(document.get("lockstep", True), "lockstep"),
-        fast_float32=tf32,
-        eval_batch_size=eval_batch,
-        unsafe=unsafe,
-        bn_stats=bn_stats,
-        bn_batches=bn_batches,
-        bn_batch_size=bn_batch_size,
         command=command,
     )
-    return ExperimentConfig(
-        source, scale, spec, recipe, data_choices, _plots(document.get("plots")), document
-    )
+    plots = None if run.plots is None else run.plots.model_dump()
+    return ExperimentConfig(source, scale, spec, recipe, data_choices, plots, document)
 
 
 def describe(config: ExperimentConfig) -> dict:
     """The resolved settings as plain data (what `klandscape run --dry-run` prints)."""
-    spec = dataclasses.asdict(config.spec)
-    spec.pop("command", None)
     return {
         "config": config.source,
         "scale": config.scale,
-        "run": spec,
+        "run": config.spec.model_dump(exclude={"command"}),
         "model": None if config.recipe is None else dataclasses.asdict(config.recipe),
         "data_choices": config.data_choices,
         "plots": config.plots,
@@ -821,11 +696,13 @@ def prepare(
         refuse_existing(out)
     # A config run interrupted before its store was written (while training replicas)
     # resumes by reusing the trained models and starting the store.
-    spec = dataclasses.replace(
-        config.spec,
-        data=choose_data(config, progress),
-        resume=resume and out.exists(),
-        overwrite=overwrite,
+    spec = config.spec.model_copy(
+        deep=True,
+        update={
+            "data": choose_data(config, progress),
+            "resume": resume and out.exists(),
+            "overwrite": overwrite,
+        },
     )
     if config.recipe is not None and resume and out.exists():
         previous = read_stamp(Path(config.recipe.dir) / "recipe.json")
@@ -844,12 +721,14 @@ def prepare(
 
 __all__ = [
     "ConfigError",
-    "ModelRecipe",
     "ExperimentConfig",
+    "ModelRecipe",
+    "RecipeConfig",
+    "RunConfig",
+    "TOP_KEYS",
     "apply_override",
     "describe",
     "load_config",
-    "parse_value",
     "prepare",
     "read_yaml",
 ]

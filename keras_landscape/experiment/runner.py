@@ -15,7 +15,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_landscape import __version__, registry
+from keras_landscape import registry
+from keras_landscape._version import __version__
 from keras_landscape.data.specs import load_data
 from keras_landscape.engine import backend
 from keras_landscape.engine.landscape import Landscape

@@ -350,10 +350,14 @@ def draw_summary(census: dict):
 
             us = {at(p)[0] for p, _ in members if at(p)[0] is not None}
             which = f"u = {fmt(us.pop(), 3)}" if len(us) == 1 else f"level {k + 1} (highest 1)"
-            axes[2].plot(
-                [x for x, (p, _) in zip(xs, members) if at(p)[1] is not None],
-                [at(p)[1] for p, _ in members if at(p)[1] is not None],
-                "o-",
+            shown = [(x, p) for x, (p, _) in zip(xs, members) if at(p)[1] is not None]
+            sds = [at(p, "normalized_length_sd")[1] for _, p in shown]
+            axes[2].errorbar(
+                [x for x, _ in shown],
+                [at(p)[1] for _, p in shown],
+                yerr=[0.0 if sd is None else sd for sd in sds],
+                fmt="o-",
+                capsize=3,
                 color=color,
                 alpha=1.0 - 0.6 * k / max(levels, 1),
                 label=f"{which}{suffix}",
@@ -367,7 +371,7 @@ def draw_summary(census: dict):
     axes[1].set_title("barrier above the higher endpoint (over pairs)", fontsize=10)
     axes[2].axhline(1.0, color="0.6", linestyle="--", linewidth=1)
     axes[2].set_ylabel("normalized geodesic length (1 = straight)")
-    axes[2].set_title("normalized length (mean over connected pairs)", fontsize=10)
+    axes[2].set_title("normalized length (mean ± sd over connected pairs)", fontsize=10)
     for ax in axes:
         ax.set_xlabel(x_key or "grid point")
         if not numeric:

@@ -48,7 +48,8 @@ class BisectionOptions:
             curve: Garipov et al. 2018).
         relax_steps: gradient steps of the elastic band, or of the bend's training.
         relax_learning_rate: their step size (the band: parameter units per unit
-            gradient; the bend: Adam's learning rate).
+            gradient; the bend: the learning rate of the run's `optimizer`, which steps it
+            with its `optimizer_options`, betas and epsilon).
         spring: the elastic band's spring constant along the path.
         curve_samples: values of t drawn per step of the bend's training.
     """

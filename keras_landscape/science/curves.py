@@ -5,8 +5,10 @@ through C (A -> C for t <= 1/2, C -> B after), with the bend C trained to minimi
 loss integrated over the curve, E_t~U[0,1] E(phi(t)). Each step draws `samples` values of
 t, evaluates the gradients of E at all those points in one stacked call
 (`Landscape.losses_and_grads`) and moves C along  mean_j dphi/dC(t_j) grad E(phi(t_j))
-with Adam (the bend is one vector; the update is written out here, Kingma & Ba's). C
-starts at the midpoint, where both curves are the straight line. The trained curve is then
+with one step of the run's optimizer: Keras's own, named by the `optimizer` config (a
+ProjectionConfig: optimizer, learning rate, betas, epsilon, optimizer_options), stepped by
+`Landscape.stepper` exactly as projections step beads. C starts at the midpoint, where both
+curves are the straight line. The trained curve is then
 checked like a DSS segment: its level on `grid` + 1 evenly spaced t, in one batched call.
 
 Each point's state (BatchNorm statistics) is interpolated from the endpoints' at the same t
@@ -47,7 +49,7 @@ def fit_curve(
     theta_b,
     *,
     steps: int,
-    learning_rate: float,
+    optimizer,
     samples: int,
     grid: int,
     seed: int,
@@ -55,26 +57,29 @@ def fit_curve(
     state_b=None,
 ) -> dict:
     """Train the bend and check the curve; {"kind", "bend", "ts", "levels", "max_level",
-    "losses" (the mean loss over each step's samples)}."""
+    "losses" (the mean loss over each step's samples)}.
+
+    `optimizer` is a ProjectionConfig naming the Keras optimizer that steps the bend (its
+    learning_rate is the bend's step size).
+
+    Raises:
+        UserError: Keras does not know the optimizer or rejects its options.
+    """
     a = np.asarray(theta_a, np.float64)
     b = np.asarray(theta_b, np.float64)
     end_states = np.stack([landscape.state_or_own(s) for s in (state_a, state_b)])
-    c = 0.5 * (a + b)
+    c = (0.5 * (a + b)).astype(np.float32)
+    stepper = landscape.stepper(optimizer)
     rng = np.random.default_rng(seed)
-    first, second = np.zeros_like(c), np.zeros_like(c)
-    beta_1, beta_2, epsilon = 0.9, 0.999, 1e-7
     losses = []
-    for step in range(1, int(steps) + 1):
+    for _ in range(int(steps)):
         ts = rng.uniform(0.0, 1.0, int(samples))
         points = curve_points(kind, a, c, b, ts).astype(np.float32)
         states = interpolate(ts, end_states[0], end_states[1])
         loss, grads = landscape.losses_and_grads(points, states)
         losses.append(float(np.mean(loss)))
         g = (bend_weights(kind, ts)[:, None] * grads.astype(np.float64)).mean(axis=0)
-        first = beta_1 * first + (1 - beta_1) * g
-        second = beta_2 * second + (1 - beta_2) * g**2
-        rate = learning_rate * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
-        c = c - rate * first / (np.sqrt(second) + epsilon)
+        c = stepper.step(c, g)
     ts = np.linspace(0.0, 1.0, int(grid) + 1)
     points = curve_points(kind, a, c, b, ts).astype(np.float32)
     levels = landscape.levels(points, interpolate(ts, end_states[0], end_states[1]))

@@ -3,9 +3,13 @@
 Every estimator here sees the Hessian only through `matvec(v) -> H v` (exact over the whole
 training split: `Landscape.hessian_vector`), so the Hessian is never formed:
 
-- top eigenpairs: Lanczos with full reorthogonalisation from a seeded random start; the
-  Ritz values of the m x m tridiagonal matrix converge to the extreme eigenvalues first
-  (Golub & Van Loan, ch. 10), and `residuals` (||H q - lambda q||) say how far each has;
+- top eigenpairs: ARPACK's implicitly restarted Lanczos (`scipy.sparse.linalg.eigsh` on a
+  `LinearOperator` of `matvec`, from a seeded random start), which stops when every Ritz
+  pair's residual is within `tol` of its eigenvalue, or reports that it did not converge
+  within `maxiter` restarts (`TopEigen.converged`; ARPACK's converged pairs are kept and
+  the others are NaN). Where the Krylov basis would span the whole space (P <= ncv), H is
+  formed column by column from P products instead and diagonalised exactly. `residuals`
+  (||H q - lambda q||) say how far each pair has converged, and `hvps` counts the products;
 - trace: Hutchinson's estimator, the mean of z^T H z over Rademacher vectors z (unbiased;
   `trace_se` is its standard error);
 - spectral density: stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Ghorbani,
@@ -13,17 +17,29 @@ training split: `Landscape.hessian_vector`), so the Hessian is never formed:
   Lanczos run with weights tau_j^2 (squared first components of the tridiagonal matrix's
   eigenvectors) form a quadrature rule for v^T f(H) v; their average over vectors, each
   node broadened by a Gaussian of width `sigma`, estimates the density of eigenvalues
-  phi(t) = (1/P) sum_i delta(t - lambda_i). It integrates to 1 over the real line.
+  phi(t) = (1/P) sum_i delta(t - lambda_i). It integrates to 1 over the real line. The
+  quadrature needs the m-step tridiagonal matrix and its eigenvectors, which no scipy
+  routine returns, so its fixed-length Lanczos run (`lanczos`) is written out here: a
+  fixed m is the rule's definition (an m-point Gauss quadrature), not a stopping rule.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 MatVec = Callable[[np.ndarray], np.ndarray]
+
+log = logging.getLogger("keras_landscape")
+
+#: ARPACK's stopping tolerance on each Ritz pair (||H q - lambda q|| <= tol |lambda|) and
+#: its restart budget, unless told otherwise
+DEFAULT_TOL = 1e-4
+DEFAULT_MAXITER = 20
 
 
 @dataclass
@@ -70,20 +86,126 @@ def _start(dim: int, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal(dim)
 
 
+@dataclass
+class TopEigen:
+    """The k largest eigenpairs of a symmetric operator and how they were found.
+
+    Attributes:
+        values: (k,) eigenvalues, largest first (NaN where ARPACK did not converge).
+        vectors: (k, P) unit eigenvectors, in the same order (NaN rows where not converged).
+        residuals: (k,) ||H q - lambda q|| of each pair (NaN where not converged).
+        converged: every one of the k pairs met the tolerance.
+        converged_count: how many did.
+        hvps: products H v used, the residual checks included.
+        method: 'arpack' (eigsh) or 'dense' (H formed from P products, exact).
+        tol: ARPACK's tolerance; maxiter: its restart budget; ncv: its Lanczos basis size.
+    """
+
+    values: np.ndarray
+    vectors: np.ndarray
+    residuals: np.ndarray
+    converged: bool
+    converged_count: int
+    hvps: int
+    method: str
+    tol: float
+    maxiter: int
+    ncv: int
+
+    def summary(self) -> dict:
+        """The run's facts as plain data (for a probe's result)."""
+        return {
+            "converged": bool(self.converged),
+            "converged_count": int(self.converged_count),
+            "hvps": int(self.hvps),
+            "method": self.method,
+            "tol": float(self.tol),
+            "maxiter": int(self.maxiter),
+            "ncv": int(self.ncv),
+        }
+
+
+def basis_size(dim: int, k: int, ncv: int | None = None) -> int:
+    """ARPACK's Lanczos basis size: `ncv` if given (0 or None: scipy's default,
+    max(2k + 1, 20)), at most dim."""
+    return int(min(dim, int(ncv) if ncv else max(2 * k + 1, 20)))
+
+
 def top_eigenpairs(
-    matvec: MatVec, dim: int, k: int, steps: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The k largest (algebraic) eigenvalues, their unit eigenvectors (k, P) and residual
-    norms ||H q - lambda q||, from min(steps, dim) Lanczos steps (steps >= k)."""
-    run = lanczos(matvec, _start(dim, np.random.default_rng(seed)), min(steps, dim))
-    values, vectors = np.linalg.eigh(run.tridiagonal)
-    order = np.argsort(values)[::-1][: min(k, len(values))]
-    ritz = vectors[:, order].T @ run.basis  # (k, P)
-    ritz /= np.linalg.norm(ritz, axis=1, keepdims=True)
-    residuals = np.array(
-        [np.linalg.norm(matvec(q) - values[i] * q) for i, q in zip(order, ritz)], np.float64
+    matvec: MatVec,
+    dim: int,
+    k: int,
+    *,
+    seed: int,
+    tol: float = DEFAULT_TOL,
+    maxiter: int = DEFAULT_MAXITER,
+    ncv: int | None = None,
+) -> TopEigen:
+    """The k largest (algebraic) eigenpairs of the symmetric operator `matvec` on R^dim.
+
+    ARPACK (`scipy.sparse.linalg.eigsh`, which='LA') from a seeded random start, stopped
+    on `tol` (or after `maxiter` restarts: then `converged` is False and the pairs ARPACK
+    did not converge are NaN; a warning is logged). With dim <= the basis size (`ncv`,
+    default max(2k + 1, 20)) H is formed from dim products and diagonalised exactly.
+    """
+    k = int(min(k, dim))
+    ncv = basis_size(dim, k, ncv)
+    count = [0]
+
+    def product(v):
+        count[0] += 1
+        return np.asarray(matvec(np.asarray(v, np.float64).reshape(-1)), np.float64)
+
+    values = np.full(k, np.nan)
+    vectors = np.full((k, dim), np.nan)
+    if dim <= ncv or k >= dim:
+        method = "dense"
+        columns = np.stack([product(e) for e in np.eye(dim)], axis=1)
+        found, basis = np.linalg.eigh((columns + columns.T) / 2)
+        order = np.argsort(found)[::-1][:k]
+        values, vectors = found[order], basis[:, order].T
+    else:
+        method = "arpack"
+        operator = LinearOperator((dim, dim), matvec=product, dtype=np.float64)
+        start = np.random.default_rng(seed).standard_normal(dim)
+        try:
+            found, basis = eigsh(
+                operator, k=k, which="LA", v0=start, ncv=ncv, tol=tol, maxiter=maxiter
+            )
+        except ArpackNoConvergence as error:
+            found, basis = error.eigenvalues, error.eigenvectors
+        order = np.argsort(found)[::-1]
+        values[: len(order)] = found[order]
+        vectors[: len(order)] = basis[:, order].T
+    done = np.isfinite(values)
+    vectors[done] /= np.linalg.norm(vectors[done], axis=1, keepdims=True)
+    residuals = np.full(k, np.nan)
+    for i in np.flatnonzero(done):
+        residuals[i] = np.linalg.norm(product(vectors[i]) - values[i] * vectors[i])
+    converged = int(done.sum())
+    if converged < k:
+        log.warning(
+            "ARPACK converged %d of the %d largest Hessian eigenvalues within maxiter=%d "
+            "restarts (tol=%g, %d Hessian-vector products); the others are NaN: raise tol, "
+            "maxiter or the basis size (ncv).",
+            converged,
+            k,
+            maxiter,
+            tol,
+            count[0],
+        )
+    return TopEigen(
+        values,
+        vectors,
+        residuals,
+        converged == k,
+        converged,
+        count[0],
+        method,
+        float(tol),
+        int(maxiter),
+        ncv,
     )
-    return values[order], ritz, residuals
 
 
 def hutchinson_trace(matvec: MatVec, dim: int, samples: int, seed: int) -> tuple[float, float]:
@@ -146,7 +268,11 @@ def spectral_density(
 
 
 __all__ = [
+    "DEFAULT_MAXITER",
+    "DEFAULT_TOL",
     "Lanczos",
+    "TopEigen",
+    "basis_size",
     "hutchinson_trace",
     "lanczos",
     "spectral_density",

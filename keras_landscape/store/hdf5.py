@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import io
 import json
 import math
 import os
+import secrets
+import socket
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -108,10 +112,11 @@ def _locked(message: str) -> bool:
     return "unable to lock" in text or "lock file" in text or "file locking" in text
 
 
-def _in_use(path: str) -> str:
+def _in_use(path: str, holder: str = "") -> str:
+    by = f" ({holder})" if holder else ""
     return (
-        f"The store {path!r} is open in another process (a run is writing it): it was left "
-        "untouched. Wait for that run to finish, or choose another --out."
+        f"The store {path!r} is open in another process{by} (a run is writing it): it was "
+        "left untouched. Wait for that run to finish, or choose another --out."
     )
 
 
@@ -141,6 +146,298 @@ def _move_into_place(temporary: str, path: str, *, replace: bool) -> None:
         os.replace(temporary, path)
         return
     os.unlink(temporary)
+
+
+# --------------------------------------------------------------------------- writing safely
+
+
+class StoreWriteError(UserError):
+    """The store could not be written (the disk is full, a quota is exceeded, an I/O error):
+    the file on disk was left as of its last commit, readable and resumable."""
+
+    def __init__(self, path: str, error: OSError, *, creating: bool = False):
+        self.path, self.error = path, error
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            what = "disk full" if error.errno == errno.ENOSPC else "disk quota exceeded"
+            cure = "Free some space (or raise the quota)"
+        else:
+            what, cure = "write failed", "Fix the cause"
+        if creating:
+            message = (
+                f"Cannot create the store {path!r}: {what} ({reason}). Nothing was written "
+                f"there. {cure} and run the command again, or choose another --out."
+            )
+        else:
+            message = (
+                f"Writing the store {path!r} failed: {what} ({reason}). The store was left as "
+                "of its last committed step (for a string, its last completed depth): "
+                f"`klandscape show` reads it. {cure}, then rerun the same command with "
+                "--resume to continue from there."
+            )
+        super().__init__(message)
+
+
+# How the file system may say that it cannot reserve space: preallocation is then skipped.
+_NO_FALLOCATE = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV, errno.ESPIPE}
+# How it may say that it has no locks (Lustre without -o flock, some NFS): run unlocked.
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+def _pwrite(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while len(view):
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+class _CommittedFile:
+    """The file under a writable store, handed to h5py as a file object.
+
+    HDF5 has no journal: a write that fails halfway through a flush (a full disk) leaves a
+    file whose superblock and object headers disagree, which nothing can read. Here the
+    bytes of the last commit (a successful `commit`, after an HDF5 flush) are never
+    overwritten until the next commit is sure to succeed: writes beyond the committed
+    length go to the disk at once (new space: a failure there touches nothing committed),
+    writes into the committed part wait in memory. `commit` first makes sure of the new
+    space (fdatasync, so that a file system that reports a full disk late, such as NFS,
+    reports it now) and reserves the space the waiting writes need, and only then writes
+    them. A failure leaves the file exactly as of the last commit (the new tail is cut off)
+    and the object `failed`: from then on nothing reaches the disk.
+    """
+
+    def __init__(self, fd: int, path: str):
+        self.fd, self.path = fd, path
+        self._position = 0
+        self._committed = self._size = os.fstat(fd).st_size
+        self._waiting: list[tuple[int, bytes]] = []  # (offset, bytes) in write order
+        self._grown = False  # new space written since the last commit
+        self._error: OSError | None = None  # the first write that failed
+        self.failed = False
+
+    def __repr__(self) -> str:  # h5py names a file object's file by its repr
+        return self.path
+
+    # The file-object protocol h5py's "fileobj" driver uses.
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._position, 2: self._size}[whence]
+        self._position = base + int(offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        size = max(0, self._size - self._position) if size is None or size < 0 else size
+        buffer = bytearray(size)
+        self.readinto(buffer)
+        return bytes(buffer)
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        start, count = self._position, len(view)
+        end = min(start + count, self._size)
+        got = os.preadv(self.fd, [view[: max(0, end - start)]], start) if end > start else 0
+        view[got:] = bytes(count - got)  # beyond the end of the file: zeros, as sec2 reads
+        for offset, data in self._waiting:
+            low, high = max(offset, start), min(offset + len(data), start + count)
+            if low < high:
+                view[low - start : high - start] = data[low - offset : high - offset]
+        self._position += count
+        return count
+
+    def write(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        start = self._position
+        self._position += len(view)
+        self._size = max(self._size, self._position)
+        cut = min(max(self._committed - start, 0), len(view))
+        if cut:  # into the committed bytes: wait for the commit
+            self._waiting.append((start, bytes(view[:cut])))
+        if cut < len(view):  # new space
+            tail, offset = view[cut:], start + cut
+            if self.failed or self._error is not None:
+                self._waiting.append((offset, bytes(tail)))
+            else:
+                try:
+                    _pwrite(self.fd, tail, offset)
+                    self._grown = True
+                except OSError as error:  # kept for `commit` to report; HDF5 carries on
+                    self._error = error
+                    self._waiting.append((offset, bytes(tail)))
+        return len(view)
+
+    def truncate(self, size: int) -> int:
+        size = int(size)
+        if size >= self._committed and not self.failed and self._error is None:
+            try:
+                os.ftruncate(self.fd, max(size, self._committed))
+            except OSError as error:
+                self._error = error
+        self._size = size
+        return size
+
+    def flush(self) -> None:
+        """HDF5's flush of the driver: the commit is the store's (`commit`)."""
+
+    # The store's side.
+
+    def commit(self) -> None:
+        """Make what HDF5 wrote so far the committed state; raises the OSError of a write
+        that failed (then the file is left as of the last commit and `failed` is set)."""
+        if self.failed:
+            raise self._error or OSError(errno.EIO, "the store failed earlier")
+        try:
+            if self._error is not None:
+                raise self._error
+            if self._grown:
+                os.fdatasync(self.fd)
+            for start, end in _merged((o, o + len(d)) for o, d in self._waiting):
+                try:  # space under the waiting writes (a hole left by a truncate)
+                    os.posix_fallocate(self.fd, start, end - start)
+                except OSError as error:
+                    if error.errno not in _NO_FALLOCATE:
+                        raise
+            for offset, data in self._waiting:
+                _pwrite(self.fd, data, offset)
+            if os.fstat(self.fd).st_size != self._size:
+                os.ftruncate(self.fd, self._size)
+        except OSError as error:
+            self._fail(error)
+            raise
+        self._waiting.clear()
+        self._committed, self._grown = self._size, False
+
+    def _fail(self, error: OSError) -> None:
+        self.failed, self._error = True, error
+        with contextlib.suppress(OSError):  # cut the uncommitted tail (frees its space)
+            os.ftruncate(self.fd, self._committed)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(start, end) for start, end in out]
+
+
+def _flock(fd: int, path: str, holder: str = "") -> bool:
+    """Take an exclusive lock on `fd` without waiting: True if held, False where the file
+    system has no locks; a UserError if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock on this platform
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in _NO_LOCKS:
+            return False
+        raise UserError(_in_use(path, holder)) from None
+    return True
+
+
+class _StoreLock:
+    """`<store>.lock`: an flock held by the process that writes a store, for the whole time
+    it has the store open (created, resumed, appended to). --overwrite, --resume, a census
+    and every other writer take it first, so two writers never meet, also where HDF5's own
+    file locking is off (HDF5_USE_FILE_LOCKING=FALSE on NFS or Lustre). Only the flock
+    counts: a lock file left behind by a killed process (the kernel released its flock)
+    blocks nothing, and is reused."""
+
+    def __init__(self, fd: int, path: str):
+        self.fd, self.path = fd, path
+
+    @staticmethod
+    def path_of(store: str) -> str:
+        return store + ".lock"
+
+    @classmethod
+    def acquire(cls, store: str) -> _StoreLock:
+        path = cls.path_of(store)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        for _ in range(10):
+            try:
+                fd = os.open(path, flags, 0o666)
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    raise UserError(
+                        f"The lock file {path!r} of the store {store!r} is a symbolic link: it "
+                        "was not followed. Remove it (it is not ours) and run again."
+                    ) from None
+                if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    return cls(-1, path)  # a folder we may not write: run unlocked
+                raise UserError(f"Cannot create the lock file {path!r}: {error}.") from None
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise UserError(
+                        f"The lock file {path!r} of the store {store!r} is not a regular "
+                        "file: it was left alone. Remove it and run again."
+                    )
+                _flock(fd, store, _holder(fd))
+                try:  # still the file at `path`? (its holder may have removed it meanwhile)
+                    same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+                return cls(fd, path)
+            os.close(fd)
+        raise UserError(_in_use(store))  # pragma: no cover - the lock file keeps changing
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):  # removed while held: nobody can be waiting on it
+            if os.path.samestat(os.fstat(self.fd), os.stat(self.path, follow_symlinks=False)):
+                os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = -1
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock file, as its holder wrote it ("pid host"), for messages."""
+    try:
+        text = os.pread(fd, 200, 0).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    pid, _, host = text.partition(" ")
+    if pid.isdigit() and host and all(c.isalnum() or c in ".-_" for c in host):
+        return f"process {pid} on {host}"
+    return ""
+
+
+def check_not_in_use(store: str | os.PathLike) -> None:
+    """Raise the "open in another process" UserError if a process is writing `store` (it
+    holds `<store>.lock`), before anything deletes or replaces it (census --overwrite)."""
+    lock = _StoreLock.acquire(os.fspath(store))
+    lock.release()
+
+
+def _create_temporary(parent: str, name: str) -> tuple[int, str]:
+    """A new file beside the store, under a name nobody can guess, never through a link."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        temporary = os.path.join(parent, f".{name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+    raise UserError(f"Cannot create a temporary file in {parent!r}.")  # pragma: no cover
 
 
 # --------------------------------------------------------------------------- JSON helpers
@@ -443,10 +740,22 @@ def _write_header(f: h5py.File, versions: Mapping[str, str], command: str) -> No
 class Store:
     """One keras-landscape HDF5 file. Create with :meth:`create`, open with :meth:`open`."""
 
-    def __init__(self, h5: h5py.File, path: str, mode: str):
+    def __init__(
+        self,
+        h5: h5py.File,
+        path: str,
+        mode: str,
+        *,
+        backing: _CommittedFile | None = None,
+        lock: _StoreLock | None = None,
+    ):
         self._f = h5
         self.path = path
         self.mode = mode
+        self._backing = backing  # the file under a writable store on disk (commits)
+        self._lock = lock
+        #: the StoreWriteError that ended writing (disk full); the file keeps its last commit
+        self.failure: StoreWriteError | None = None
 
     # ----------------------------------------------------------------- opening/closing
 
@@ -483,27 +792,44 @@ class Store:
             raise UserError(f"Cannot create the store {path!r}: {exc}.") from exc
         # The new store is written beside the target and moved into place whole: an
         # existing store is replaced only while we hold its lock (no run is writing it),
-        # and nothing is truncated in place.
-        claim = _claim_for_replacement(path) if exists else None
-        temporary = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+        # and nothing is truncated in place. The temporary file has a random name and is
+        # created new (O_EXCL, O_NOFOLLOW): a link planted beside the store is never
+        # followed.
+        lock = _StoreLock.acquire(path)
         try:
-            f = h5py.File(temporary, "w")
+            claim = _claim_for_replacement(path) if exists else None
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            fd, temporary = _create_temporary(parent, os.path.basename(path))
         except OSError as exc:
             _release(claim)
+            lock.release()
             raise UserError(f"Cannot create the store {path!r}: {exc}.") from exc
-        store = cls(f, path, "a")
-        _write_header(f, versions, command)
-        f.flush()
+        backing, f = _CommittedFile(fd, path), None
         try:
+            _flock(fd, path)
+            f = h5py.File(backing, "w")
+            _write_header(f, versions, command)
+            f.flush()
+            backing.commit()
             _move_into_place(temporary, path, replace=exists)
-        except BaseException:
-            f.close()
-            if os.path.exists(temporary):
+        except BaseException as error:
+            backing.failed = True  # what HDF5 writes while closing stays in memory
+            if f is not None:
+                with contextlib.suppress(Exception):
+                    f.close()
+            backing.close()
+            with contextlib.suppress(OSError):
                 os.unlink(temporary)
+            lock.release()
+            if isinstance(error, OSError):
+                raise StoreWriteError(path, error, creating=True) from None
             raise
         finally:
             _release(claim)
-        return store
+        return cls(f, path, "a", backing=backing, lock=lock)
 
     @classmethod
     def scratch(
@@ -543,9 +869,23 @@ class Store:
                 f"The file {path!r} is not an HDF5 file, so it cannot be a keras-landscape "
                 "store. Give the .h5 file that klandscape wrote (--out)."
             )
+        backing = lock = None
         try:
-            f = h5py.File(path, mode)
-        except OSError as exc:
+            if mode == "r":
+                f = h5py.File(path, mode)
+            else:  # a writer: our lock, then the file through commits (see _CommittedFile)
+                lock = _StoreLock.acquire(path)
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                backing = _CommittedFile(fd, path)
+                _flock(fd, path)
+                f = h5py.File(backing, "r+")
+        except BaseException as exc:
+            if backing is not None:
+                backing.close()
+            if lock is not None:
+                lock.release()
+            if not isinstance(exc, OSError):
+                raise
             text = str(exc)
             if _locked(text):
                 raise UserError(_in_use(path)) from None
@@ -556,9 +896,10 @@ class Store:
                     "the probe into a new store (--out)."
                 ) from None
             raise UserError(f"Cannot open the store {path!r} (mode {mode!r}): {exc}.") from None
+        store = cls(f, path, mode, backing=backing, lock=lock)
         fmt = _plain(f.attrs.get("format"))
         if fmt != FORMAT_NAME:
-            f.close()
+            store._let_go()
             raise UserError(
                 f"The file {path!r} is an HDF5 file but not a keras-landscape store: its root "
                 f"attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r}. A Keras model file "
@@ -567,26 +908,49 @@ class Store:
             )
         version = _plain(f.attrs.get("format_version"))
         if not isinstance(version, int) or isinstance(version, bool):
-            f.close()
+            store._let_go()
             raise UserError(
                 f"The store {path!r} has no valid 'format_version' attribute (got {version!r}); "
                 "the file is damaged or was not written by keras-landscape."
             )
         if version != FORMAT_VERSION:
-            f.close()
+            store._let_go()
             newer = "a newer" if version > FORMAT_VERSION else "an older"
             raise UserError(
                 f"The store {path!r} uses keras-landscape format version {version}, written by "
                 f"{newer} keras-landscape; this version reads format version {FORMAT_VERSION} "
                 "only. Use the matching keras-landscape version, or rerun to write a new store."
             )
-        return cls(f, path, mode)
+        return store
 
     def close(self) -> None:
-        if self._f is not None and self._f.id.valid:
-            if self.mode != "r":
-                self._f.flush()
-            self._f.close()
+        """Flush, commit and close; a store that failed (`failure`) just lets go of its file
+        (which holds its last commit) and its lock."""
+        try:
+            if self.failure is None and self._f is not None and self._f.id.valid:
+                if self.mode != "r":
+                    self._f.flush()
+                    self._commit()
+                self._f.close()
+                self._commit()  # what HDF5 writes on closing
+        finally:
+            if self._backing is not None:
+                self._backing.close()
+            if self._lock is not None:
+                self._lock.release()
+
+    def _let_go(self) -> None:
+        """Close without writing anything more (a file that turned out not to be a store)."""
+        if self._backing is not None:
+            self._backing.failed = True  # HDF5's closing writes stay in memory
+        try:
+            with contextlib.suppress(Exception):
+                self._f.close()
+        finally:
+            if self._backing is not None:
+                self._backing.close()
+            if self._lock is not None:
+                self._lock.release()
 
     def __enter__(self) -> Store:
         return self
@@ -610,15 +974,36 @@ class Store:
     def flush(self) -> None:
         if self.mode != "r" and self.is_open:
             self._f.flush()
+            self._commit()
 
     def _touch(self, flush: bool = True) -> None:
-        """Record the modification time and flush (after every mutation, unless the writer
-        flushes at its own commit points: then both wait for the commit's write)."""
+        """Record the modification time, flush and commit (after every mutation, unless the
+        writer commits at its own points: then both wait for the commit's write)."""
         if flush:
             self._f.attrs["updated"] = utc_now()
             self._f.flush()
+            self._commit()
+
+    def _commit(self) -> None:
+        """Make the flushed state the file's committed state (see `_CommittedFile`). If the
+        disk is full, the file keeps the previous commit, the store stops writing and a
+        StoreWriteError (exit code 2) says so."""
+        if self._backing is None:
+            return
+        try:
+            self._backing.commit()
+        except OSError as error:
+            self.failure = StoreWriteError(self.path, error)
+            with contextlib.suppress(Exception):  # HDF5's last writes stay in memory
+                self._f.close()
+            self._backing.close()
+            if self._lock is not None:
+                self._lock.release()
+            raise self.failure from None
 
     def _writable(self) -> None:
+        if self.failure is not None:
+            raise self.failure
         if not self.is_open:
             raise ValueError(f"the store {self.path!r} is closed")
         if self.mode == "r":
@@ -944,10 +1329,14 @@ class RunRecord:
         self.store._touch()
 
     def fail(self, message: str, status: str = "failed") -> None:
+        """Record that the run stopped; nothing where the store itself could not be written
+        (disk full): the run then stays as of the store's last commit, resumable."""
         if status not in ("failed", "interrupted"):
             raise ValueError(
                 f"RunRecord.fail status must be 'failed' or 'interrupted', got {status!r}"
             )
+        if self.store.failure is not None:
+            return
         self.store._writable()
         self._g.attrs["status"] = status
         self._g.attrs["error"] = str(message)

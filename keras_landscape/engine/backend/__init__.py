@@ -70,13 +70,10 @@ def machine() -> dict[str, str]:
 
 
 def devices_for(spec=None) -> Devices:
-    """The process's Devices for a StrategySpec (None: one device), made once per process:
-    a strategy, a logical CPU split or `jax.distributed` can be set up only once, before
-    other framework work."""
-    from keras_landscape.engine.options import StrategySpec
-
-    spec = spec or StrategySpec()
-    if spec.name == "one":
+    """The process's Devices for an `engine.options.StrategySpec` (None: one device), made
+    once per process: a strategy, a logical CPU split or `jax.distributed` can be set up
+    only once, before other framework work."""
+    if not spec or spec.name == "one":
         return ONE
     if _devices and spec not in _devices:
         (other,) = _devices
