@@ -187,8 +187,11 @@ def setting_option(name: str, field, command: str):
     elif hint is bool:
         if "/" in cli.flags:
             kwargs["default"] = field.get_default(call_default_factory=True) if sets else None
-        else:
-            kwargs.update(is_flag=True, default=False if sets else None)
+        elif sets:
+            kwargs.update(is_flag=True, default=False)
+        else:  # an override can turn the config's value either way
+            flag = cli.flags
+            return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, **kwargs)
     else:
         kwargs["type"] = _click_type(field, cli.choices)
         if sets and field.is_required():
@@ -209,8 +212,8 @@ def setting_options(model, command: str):
     (in declaration order); the command receives each as a keyword argument of its name."""
 
     def decorate(function):
-        for name, field in reversed(list(option_settings(model, command).items())):
-            function = setting_option(name, field, command)(function)
+        for name, setting in reversed(list(option_settings(model, command).items())):
+            function = setting_option(name, setting, command)(function)
         return function
 
     return decorate

@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from keras_landscape.report.tables import result_tables
+from keras_landscape.report.text import printable, printable_data
 from keras_landscape.store.strings import verdict_words
 
 out = Console()
@@ -153,21 +154,25 @@ def probes_table(entries, broken) -> None:
 def print_tables(tables: list[dict]) -> None:
     """Tables from keras_landscape.report.tables.result_tables, with their notes below them."""
     for spec in tables:
-        table = Table(title=spec["title"], title_justify="left")
+        table = Table(title=escape(printable(spec["title"])), title_justify="left")
         for column in spec["columns"]:
-            table.add_column(escape(column), overflow="fold")
+            table.add_column(escape(printable(column, newlines=False)), overflow="fold")
         for row in spec["rows"]:
-            table.add_row(*(escape(cell) for cell in row))
+            table.add_row(*(escape(printable(cell, newlines=False)) for cell in row))
         out.print(table)
         for note in spec["notes"]:
-            out.print(f"  [dim]{escape(note)}[/dim]", highlight=False)
+            out.print(f"  [dim]{escape(printable(note))}[/dim]", highlight=False)
 
 
 def results_summary(document: dict, probes: dict | None = None) -> None:
     """The results of a `probe`/`run`/`demo` document: compact tables, then the store."""
     for name, result in document["results"].items():
         print_tables(result_tables(name, (probes or {}).get(name, name), result))
-    out.print(f"store: [bold]{escape(document['store'])}[/bold]", highlight=False, soft_wrap=True)
+    out.print(
+        f"store: [bold]{escape(printable(document['store']))}[/bold]",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _options_line(config: dict) -> str:
@@ -195,7 +200,7 @@ def _unfinished(run: dict, summary: dict) -> None:
             soft_wrap=True,
         )
     if strings:
-        table = Table(title=f"{run['name']}: stored strings", title_justify="left")
+        table = Table(title=escape(f"{run['name']}: stored strings"), title_justify="left")
         for column in ("string", "state", "beads", "depth done", "level u"):
             table.add_column(column)
         for s in strings:
@@ -225,12 +230,15 @@ def _unfinished(run: dict, summary: dict) -> None:
 
 
 def store_tables(summary: dict) -> None:
+    summary = printable_data(summary)  # a store is anyone's file: no escape sequences out
     attrs = summary["attrs"]
     out.print(
         f"[bold]{escape(summary['store'])}[/bold]  "
-        f"{attrs.get('format')} v{attrs.get('format_version')}, "
-        f"keras-landscape {attrs.get('package_version')}, keras {attrs.get('keras_version')}, "
-        f"backend {attrs.get('backend')}, created {attrs.get('created')}",
+        + escape(
+            f"{attrs.get('format')} v{attrs.get('format_version')}, "
+            f"keras-landscape {attrs.get('package_version')}, keras {attrs.get('keras_version')}, "
+            f"backend {attrs.get('backend')}, created {attrs.get('created')}"
+        ),
         highlight=False,
     )
     if attrs.get("command"):
@@ -259,8 +267,8 @@ def store_tables(summary: dict) -> None:
         if run.get("finished"):
             when += f", finished {run['finished']}"
         out.print(
-            f"\n[bold]run {run['name']}[/bold] (probe {run['probe']}): "
-            f"[{colour}]{status}[/{colour}]  [dim]{when}[/dim]",
+            f"\n[bold]run {escape(run['name'])}[/bold] (probe {escape(run['probe'])}): "
+            f"[{colour}]{escape(status)}[/{colour}]  [dim]{escape(when)}[/dim]",
             highlight=False,
         )
         if status == "running":
@@ -284,6 +292,7 @@ def store_tables(summary: dict) -> None:
 
 def plot_report(report: dict) -> None:
     """What `klandscape plot` wrote (stdout) and skipped (stderr)."""
+    report = printable_data(report)  # run names and reasons come from the store
     figures = report["figures"]
     out.print(
         f"wrote {len(figures)} figure(s) to [bold]{escape(report['directory'])}[/bold]",

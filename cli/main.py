@@ -57,7 +57,9 @@ SHORTCUTS = {
     ),
     "partners": (
         ("probe",),
-        dict(type=click.IntRange(min=0), help="With one model: fresh partners to train and connect."),
+        dict(
+            type=click.IntRange(min=0), help="With one model: fresh partners to train and connect."
+        ),
     ),
     "retrain_endpoints": (
         ("probe",),
@@ -335,8 +337,15 @@ def demo_command(state: CliState, out_dir, models, epochs, seed, resume, as_json
 @click.option(
     "--unsafe", is_flag=True, help="Allow Lambda layers (Keras safe_mode off; trusted files only)."
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing output file (never a store or the store's input models).",
+)
 @verbosity_options
-def export_command(store, run_name, bead, string, model, output, custom_objects, unsafe) -> None:
+def export_command(
+    store, run_name, bead, string, model, output, custom_objects, unsafe, overwrite
+) -> None:
     """Write a bead of a stored string (or a stored model) back as a Keras model."""
     with deferred_interrupts():
         from keras_landscape.models.export import export  # imports Keras
@@ -351,6 +360,7 @@ def export_command(store, run_name, bead, string, model, output, custom_objects,
             model=model,
             custom_objects=custom_objects,
             unsafe=unsafe,
+            overwrite=overwrite,
         ),
         err=True,
     )

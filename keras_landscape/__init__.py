@@ -16,6 +16,7 @@ from keras_landscape._version import __version__
 
 _EXPORTS = {
     "Landscape": "keras_landscape.engine.landscape",
+    "LandscapeLike": "keras_landscape.contract",
     "load_data": "keras_landscape.data",
     "Dataset": "keras_landscape.data",
     "ParameterLayout": "keras_landscape.engine.params",

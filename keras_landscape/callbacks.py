@@ -1,5 +1,5 @@
 """Training-time probes: `LandscapeCallback` (see `keras_landscape.experiment.callbacks`)."""
 
-from keras_landscape.experiment.callbacks import PAIR_PROBES, LandscapeCallback
+from keras_landscape.experiment.callbacks import LandscapeCallback
 
-__all__ = ["LandscapeCallback", "PAIR_PROBES"]
+__all__ = ["LandscapeCallback"]

@@ -85,11 +85,6 @@ class ParameterLayoutLike(Protocol):
     shapes: tuple[tuple[int, ...], ...]  # their shapes
     offsets: tuple[int, ...]  # where each starts inside theta
 
-    @property
-    def size(self) -> int:
-        """P."""
-        ...
-
     def bias_mask(self) -> np.ndarray:
         """(P,) bool: True on the entries of bias variables (a path ending in 'bias')."""
         ...
@@ -171,6 +166,11 @@ class LandscapeLike(Protocol):
     @property
     def level_name(self) -> str:
         """The level function: 'loss', 'error', 'perplexity' or a Keras metric name."""
+        ...
+
+    @property
+    def loss_name(self) -> str:
+        """The training loss E: a Keras loss name (e.g. 'mean_squared_error')."""
         ...
 
     @property

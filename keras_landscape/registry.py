@@ -34,14 +34,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.errors import UserError
+from keras_landscape.values import to_type
 
 log = logging.getLogger("keras_landscape")
 
@@ -59,7 +60,7 @@ class Probe(Protocol):
 
     def __init__(self, config: Any = None) -> None: ...
 
-    def run(self, landscape: Any, models: list, store: Any, progress: Any) -> dict: ...
+    def run(self, landscape: LandscapeLike, models: list, store: Any, progress: Any) -> dict: ...
 
 
 #: A table for `klandscape show`: {"title", "columns", "rows" (strings), "notes"}.
@@ -80,6 +81,15 @@ class ProbeBase:
         figures: kind -> draw function: the summary figures `klandscape plot` draws from a
             finished result (DSS strings the probe stores are drawn for every probe).
         no_figure: why a result has no figure, when `figures` is empty.
+        takes_pairs: the probe measures pairs of models (given one model it may pair it
+            with partners of its own): `LandscapeCallback` gives it the previous checkpoint
+            and the current one; a probe without it sees the current checkpoint alone.
+        census_columns: row key -> meaning: what the probe adds to its grid point's row of
+            `klandscape census` (`census_row` fills them from a result). A probe with none
+            cannot be listed in a census sweep.
+        census_figures: kind -> draw(census) -> (figure, caption): figures over the whole
+            census (`report.census.read_census`'s document), drawn by `klandscape census`
+            beside its summary figure; raise `report.plots.NoFigure` when there is nothing.
     """
 
     name: ClassVar[str]
@@ -88,11 +98,14 @@ class ProbeBase:
     result_fields: ClassVar[dict[str, str]] = {}
     figures: ClassVar[dict[str, DrawFunction]] = {}
     no_figure: ClassVar[str | None] = None
+    takes_pairs: ClassVar[bool] = False
+    census_columns: ClassVar[dict[str, str]] = {}
+    census_figures: ClassVar[dict[str, Callable[[dict], tuple]]] = {}
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
 
-    def run(self, landscape: Any, models: list, store: Any, progress: Any) -> dict:
+    def run(self, landscape: LandscapeLike, models: list, store: Any, progress: Any) -> dict:
         raise NotImplementedError
 
     @classmethod
@@ -110,6 +123,28 @@ class ProbeBase:
     def expected_partners(cls, config: dict, inputs: int) -> int:
         """How many partner models a run of this config trains (0: none)."""
         return 0
+
+    @classmethod
+    def census_row(cls, result: dict) -> dict[str, Any]:
+        """The values of `census_columns` from one grid point's result (default: the
+        result's top-level values of those keys; None where missing)."""
+        return {key: result.get(key) for key in getattr(cls, "census_columns", {})}
+
+    @classmethod
+    def census_cells(cls, row: dict) -> dict[str, Any]:
+        """The cells the probe adds to the printed census table, header -> value, from a
+        census row (default: each of `census_columns` as it is)."""
+        return {key: row.get(key) for key in getattr(cls, "census_columns", {})}
+
+    @classmethod
+    def census_notes(cls) -> list[str]:
+        """Notes under the printed census table explaining the probe's cells."""
+        return []
+
+    @classmethod
+    def census_tables(cls, points: list[tuple[str, dict]]) -> list[Table]:
+        """More tables for `klandscape census` from every point's (name, result)."""
+        return []
 
     @classmethod
     def string_level(cls, config: dict, prefix: str) -> float | None:
@@ -210,12 +245,20 @@ def broken_plugins() -> list[BrokenPlugin]:
 
 def output_hook(probe: str, hook: str) -> Any:
     """The output hook `hook` of the probe registered as `probe` (one of ProbeBase's:
-    tables, figures, no_figure, expected_strings, expected_partners, string_level), or
-    ProbeBase's default where the probe has none or is not installed here (a store written
-    by a probe that is not installed can still be shown and drawn)."""
+    tables, figures, no_figure, expected_strings, expected_partners, string_level,
+    takes_pairs, census_columns, census_row, census_cells, census_notes, census_tables,
+    census_figures), or ProbeBase's default where the probe has none or is not installed
+    here (a store written by a probe that is not installed can still be shown and drawn).
+    A default class method is bound to the probe's own class, so that it reads the
+    probe's attributes (`census_row` its `census_columns`)."""
     entry = probes().get(probe)
     own = getattr(entry.cls, hook, None) if entry is not None else None
-    return own if own is not None else getattr(ProbeBase, hook)
+    if own is not None:
+        return own
+    default = vars(ProbeBase).get(hook)
+    if isinstance(default, classmethod) and entry is not None:
+        return default.__get__(None, entry.cls)
+    return getattr(ProbeBase, hook)
 
 
 def get_probe(name: str) -> ProbeEntry:
@@ -253,44 +296,12 @@ def make_config(cls, options: dict[str, Any]):
                 f"Unknown option {key!r} for probe {cls.name!r}. Its options: "
                 f"{', '.join(fields) or '(none)'}."
             )
-        value = coerce(raw, hints.get(name, str), f"{cls.name}.{name}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(
-                f"Option {cls.name}.{name} must be a finite number, got {raw!r} (NaN and "
-                "infinity are never meaningful settings)."
-            )
-        values[name] = value
+        values[name] = coerce(raw, hints.get(name, str), f"{cls.name}.{name}")
     return cls.Config(**values)
 
 
 def coerce(raw: Any, hint: Any, where: str) -> Any:
-    """Turn a command-line string into the config field's type (bool, int, float, lists)."""
-    if not isinstance(raw, str):
-        return raw
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if raw.lower() in ("none", "null", ""):
-            return None
-        return coerce(raw, args[0], where)
-    try:
-        if hint is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if hint is int:
-            return int(raw)
-        if hint is float:
-            return float(raw)
-        if origin in (list, tuple):
-            items = [
-                coerce(part.strip(), args[0] if args else str, where) for part in raw.split(",")
-            ]
-            return tuple(items) if origin is tuple else items
-    except ValueError:
-        raise UserError(
-            f"Bad value {raw!r} for {where}: expected {getattr(hint, '__name__', hint)}."
-        ) from None
-    return raw
+    """A command-line string (or a typed value) as the config field's type: the one
+    converter, `keras_landscape.values.to_type` (booleans true/yes/1, false/no/0; finite
+    numbers; comma-separated lists; 'none' for optional fields)."""
+    return to_type(raw, hint, where)

@@ -20,14 +20,24 @@ Base layer: pydantic, the standard library and `keras_landscape.values`; no fram
 from __future__ import annotations
 
 import difflib
+import functools
+import operator
 import os
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic import ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
+from typing_extensions import is_typeddict
 
 from keras_landscape.errors import ConfigError, UserError
 from keras_landscape.values import BadValue, parse_pairs, to_type, type_name
@@ -68,6 +78,12 @@ class Cli:
 # ------------------------------------------------------------------- typed fields
 
 
+def problem(message: str) -> PydanticCustomError:
+    """A validation problem in our own words (raise it in a validator); `explain` shows it
+    as `key.path: message`."""
+    return PydanticCustomError("bad_value", "{problem}", {"problem": message})
+
+
 def _converter(hint):
     """A pydantic before-validator reading a value with `values.to_type` (the one rule)."""
 
@@ -75,7 +91,7 @@ def _converter(hint):
         try:
             return to_type(value, hint)
         except BadValue as error:
-            raise PydanticCustomError("bad_value", "{problem}", {"problem": error.short}) from None
+            raise problem(error.short) from None
 
     return BeforeValidator(convert)
 
@@ -84,9 +100,7 @@ def _text(value):
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str) or not value.strip():
-        raise PydanticCustomError(
-            "bad_value", "{problem}", {"problem": f"expected a non-empty string, got {value!r}"}
-        )
+        raise problem(f"expected a non-empty string, got {value!r}")
     return value.strip()
 
 
@@ -104,9 +118,7 @@ def _xla(value):
     try:
         return to_type(value, bool)
     except BadValue:
-        raise PydanticCustomError(
-            "bad_value", "{problem}", {"problem": f"expected auto, on or off, got {value!r}"}
-        ) from None
+        raise problem(f"expected auto, on or off, got {value!r}") from None
 
 
 def _texts(value):
@@ -212,7 +224,10 @@ class RunSettings(BaseModel):
     ] = None
     out: Annotated[
         Text | None,
-        Field(description="HDF5 store to write (default: klandscape-runs/run-<time>.h5)."),
+        Field(
+            description="HDF5 store to write (default: klandscape-runs/run-<time>.h5; for a "
+            "config, klandscape-runs/<config>[-<scale>].h5)."
+        ),
         Cli("--out"),
     ] = None
     seed: Annotated[Int, Field(ge=0, description="Seed of every random choice."), Cli("--seed")] = 0
@@ -275,7 +290,8 @@ class RunSettings(BaseModel):
         Text,
         Field(
             description="Where stacks of beads run: one (default), mirrored (every local GPU; "
-            "mirrored:cpus=N splits the CPU), tpu, multiworker (docs/scaling.md)."
+            "mirrored:cpus=N splits the CPU), tpu, multiworker (docs/scaling.md).",
+            validate_default=True,  # with the tpu: a TPU name needs strategy tpu
         ),
         Cli("--strategy", metavar="NAME[:cpus=N]"),
     ] = "one"
@@ -296,7 +312,7 @@ class RunSettings(BaseModel):
         try:
             return str(parse_strategy(value, info.data.get("tpu")))
         except UserError as error:
-            raise PydanticCustomError("bad_value", "{problem}", {"problem": str(error)}) from None
+            raise problem(str(error)) from None
 
 
 class RunSpec(RunSettings):
@@ -352,7 +368,7 @@ def setting_type(field) -> tuple[Any, bool]:
     args = typing.get_args(hint)
     if type(None) in args:
         rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+        return (rest[0] if len(rest) == 1 else functools.reduce(operator.or_, rest)), True
     return hint, False
 
 
@@ -376,28 +392,47 @@ def key_path(loc: tuple) -> str:
     return path
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
-    """The keys the model (or a nested model) takes at `loc`, or None when unknown."""
-    current: Any = model
+def _fields_of(kind) -> dict[str, Any] | None:
+    """{name: pydantic field or type} of a model, a pydantic dataclass or a TypedDict."""
+    fields = getattr(kind, "__pydantic_fields__", None)
+    if isinstance(fields, dict):
+        return fields
+    if is_typeddict(kind):
+        return typing.get_type_hints(kind)
+    return None
+
+
+def _inner(entry) -> Any:
+    """The type a field holds, looking through Optional, list[...] and dict[..., ...]."""
+    kind = setting_type(entry)[0] if hasattr(entry, "annotation") else entry
+    if typing.get_origin(kind) in (list, dict):
+        kind = typing.get_args(kind)[-1]
+    return kind
+
+
+def _walk(model, loc: tuple) -> tuple[Any, Any]:
+    """(the kind holding the last key of `loc`, that key's field or type), or Nones."""
+    kind, entry = model, None
     for part in loc:
         if isinstance(part, int):
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(part)
-        if field is None:
-            return None
-        current = setting_type(field)[0]
-        if typing.get_origin(current) in (list, dict):
-            current = typing.get_args(current)[-1]
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return None
+        fields = _fields_of(kind)
+        if fields is None or part not in fields:
+            return None, None
+        entry = fields[part]
+        kind = _inner(entry)
+    return kind, entry
+
+
+def _fields_at(model, loc: tuple) -> list[str] | None:
+    """The keys the model (or a nested model) takes at `loc`, or None when unknown."""
+    kind = _walk(model, loc)[0] if loc else model
+    fields = _fields_of(kind) if kind is not None else None
+    return None if fields is None else list(fields)
 
 
 def closest(word: str, choices) -> str | None:
     """The choice most like `word` (a likely typo), or None."""
-    import difflib
 
     found = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.75)
     return found[0] if found else None
@@ -413,7 +448,7 @@ def unknown_key(key: str, allowed) -> str:
     )
 
 
-def explain(error: ValidationError, model: type[BaseModel]) -> tuple[str, str]:
+def explain(error: ValidationError, model: Any) -> tuple[str, str]:
     """(key path, message) of a validation error's first problem, in the project's words:
     'model.layers[1]', 'must be >= 1, got -1'."""
     first = error.errors(include_url=False)[0]
@@ -423,8 +458,9 @@ def explain(error: ValidationError, model: type[BaseModel]) -> tuple[str, str]:
         allowed = _fields_at(model, loc[:-1]) or []
         return key_path(loc), unknown_key(str(loc[-1]), allowed)
     if kind == "missing":
-        field = _field_at(model, loc)
-        what = f" ({field.description.rstrip('.')})" if field and field.description else ""
+        field = _walk(model, loc)[1]
+        described = getattr(field, "description", None)
+        what = f" ({described.rstrip('.')})" if described else ""
         return key_path(loc), f"missing{what}"
     if kind in ("greater_than_equal", "greater_than", "less_than", "less_than_equal"):
         sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than": "<"}.get(kind, "<=")
@@ -435,7 +471,7 @@ def explain(error: ValidationError, model: type[BaseModel]) -> tuple[str, str]:
     if kind == "literal_error":
         choices = str(ctx.get("expected", "")).replace("'", "")
         return key_path(loc), f"expected {choices}, got {value!r}"
-    if kind in ("model_type", "dict_type", "model_attributes_type"):
+    if kind in ("model_type", "dict_type", "typed_dict_type", "dataclass_type"):
         return key_path(loc), f"expected a mapping, got {value!r}"
     if kind in ("list_type", "tuple_type"):
         return key_path(loc), f"expected a list, got {value!r}"
@@ -446,23 +482,6 @@ def explain(error: ValidationError, model: type[BaseModel]) -> tuple[str, str]:
     if not (kind == "bad_value" or message.startswith("expected")):
         message = f"{message[0].lower()}{message[1:]}, got {value!r}"
     return key_path(loc), message
-
-
-def _field_at(model: type[BaseModel], loc: tuple):
-    fields = model.model_fields if len(loc) == 1 else None
-    if len(loc) > 1:
-        parent = _fields_at(model, loc[:-1])
-        if parent is None:
-            return None
-        current: Any = model
-        for part in loc[:-1]:
-            if isinstance(part, int):
-                continue
-            current = setting_type(current.model_fields[part])[0]
-            if typing.get_origin(current) in (list, dict):
-                current = typing.get_args(current)[-1]
-        fields = current.model_fields
-    return (fields or {}).get(loc[-1])
 
 
 def validate(model: type[BaseModel], data: dict, *, prefix: str = "") -> BaseModel:
@@ -502,6 +521,7 @@ __all__ = [
     "key_path",
     "option_settings",
     "parse_strategy",
+    "problem",
     "run_spec",
     "type_name",
     "unknown_key",

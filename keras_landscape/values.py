@@ -89,7 +89,9 @@ def parse_pairs(
         key = key.strip()
         if not eq or not key:
             pairs = "key=value pairs separated by commas" if isinstance(text, str) else "key=value"
-            raise UserError(f"Malformed {what} {item.strip()!r}{where}: write {pairs}, e.g. {example}.")
+            raise UserError(
+                f"Malformed {what} {item.strip()!r}{where}: write {pairs}, e.g. {example}."
+            )
         if key in found or key in earlier:
             raise UserError(f"{what.capitalize()} {key!r} is given twice{where}.")
         found[key] = value.strip()
@@ -234,7 +236,8 @@ def _is_number(value: Any) -> bool:
 def conform(options: dict[str, Any], target: Any, where: str) -> dict[str, Any]:
     """Options read without known types (`text_value`) made the types of `target`'s keyword
     arguments, judged by their defaults: a boolean argument gets the one boolean rule
-    (`from_logits=maybe` is refused, `from_logits=1` is True), a float argument a float.
+    (`from_logits=maybe` is refused, `from_logits=1` is True), a float argument a finite
+    number (`stddev=x` is refused).
     Arguments the signature does not show are left as they are.
 
     Args:
@@ -252,8 +255,8 @@ def conform(options: dict[str, Any], target: Any, where: str) -> dict[str, Any]:
         default = None if parameter is None else parameter.default
         if isinstance(default, bool):
             value = to_bool(value, f"{where} option {key}")
-        elif isinstance(default, float) and _is_number(value):
-            value = float(value)
+        elif isinstance(default, float) and value is not None:
+            value = to_type(value, float, f"{where} option {key}")
         typed[key] = value
     return typed
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.errors import UserError
-from keras_landscape.models.align import aligned_state, weight_matching
+from keras_landscape.models.align import aligned_state, weight_matching_on
 from keras_landscape.plugins.pairs import PairOptions, PairProbe
 from keras_landscape.report.plots import NoFigure, new_figure
 from keras_landscape.report.tables import fmt, table
@@ -377,7 +378,7 @@ class BarrierProbe(PairProbe):
     def tables(cls, run_name: str, result: dict) -> list[dict]:
         return barrier_tables(run_name, result)
 
-    def run(self, landscape, models, store, progress) -> dict:
+    def run(self, landscape: LandscapeLike, models, store, progress) -> dict:
         config = self.config
         if config.align not in ALIGNMENTS:
             raise UserError(f"Unknown align {config.align!r}: use one of {ALIGNMENTS}.")
@@ -440,10 +441,12 @@ class BarrierProbe(PairProbe):
                 "aligned",
             )
         }
-        summary.update({"level_fn": landscape.objective.level_fn, "pairs": results})
+        summary.update({"level_fn": landscape.level_name, "pairs": results})
         return summary
 
-    def _relaxed(self, landscape, result: dict, store, task, a, b, prefix: str) -> dict:
+    def _relaxed(
+        self, landscape: LandscapeLike, result: dict, store, task, a, b, prefix: str
+    ) -> dict:
         """A pair's bracket with the relaxed path's maximum (relax='neb' on the best DSS
         path, or a trained Bezier curve / polygonal chain between the minima), and which
         path gave the lowest maximum."""
@@ -469,7 +472,7 @@ class BarrierProbe(PairProbe):
         task.advance()
         return result
 
-    def _paths(self, landscape, store, result, a, b, prefix) -> dict:
+    def _paths(self, landscape: LandscapeLike, store, result, a, b, prefix) -> dict:
         """Each measured path as its checked points and their states: name -> (K, P),
         (K, S)."""
         config = self.config
@@ -500,11 +503,11 @@ class BarrierProbe(PairProbe):
             paths[config.relax] = (points.astype(np.float32), interpolate(ts, *ends))
         return paths
 
-    def _intervals(self, landscape, store, result, a, b, prefix) -> dict:
+    def _intervals(self, landscape: LandscapeLike, store, result, a, b, prefix) -> dict:
         """Bootstrap intervals of every measured path's maximum and barrier, per split (the
         same draws for every path of a split)."""
         config = self.config
-        splits = [s for s in ("train", "test") if landscape.dataset.has_split(s)]
+        splits = list(landscape.splits)
         out = {"confidence": config.confidence, "resamples": config.bootstrap}
         for index, split in enumerate(splits):
             seed = derive_seed(config.seed, _BOOTSTRAP, index)
@@ -529,7 +532,7 @@ class BarrierProbe(PairProbe):
                 }
         return out
 
-    def _curve(self, landscape, store, a, b, prefix: str) -> float:
+    def _curve(self, landscape: LandscapeLike, store, a, b, prefix: str) -> float:
         """The maximum of the trained curve (stored under <prefix>/curve_*, reused on
         resume)."""
         config, key = self.config, f"{prefix}/curve_{self.config.relax}"
@@ -558,11 +561,11 @@ class BarrierProbe(PairProbe):
         levels = store.read(f"{key}/level")
         return float(np.max(levels)) if np.all(np.isfinite(levels)) else float("inf")
 
-    def _align(self, landscape, a, b):
-        return weight_matching(landscape.model, a.theta, b.theta, seed=self.config.seed)
+    def _align(self, landscape: LandscapeLike, a, b):
+        return weight_matching_on(landscape, a.theta, b.theta, seed=self.config.seed)
 
     @staticmethod
-    def _aligned_minimum(landscape, b, alignment):
+    def _aligned_minimum(landscape: LandscapeLike, b, alignment):
         """B with its hidden units permuted onto A (parameters and BatchNorm state)."""
         return dataclasses.replace(
             b,

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.plugins.pairs import PairOptions, PairProbe, parse_levels
+from keras_landscape.report import census as census_report
 from keras_landscape.report.plots import NoFigure, new_figure, values
 from keras_landscape.report.tables import fmt, interval, n_u_bounds, n_u_runs_of, table
 from keras_landscape.science.barriers import BisectionOptions, linear_profile, saddle_bracket
@@ -251,6 +253,13 @@ class ComponentsProbe(PairProbe):
         "pairs": "per pair 'i-j': linear_max, saddle_level {lower, upper}, decided_by "
         "(dss-bisection, or union-find when a chain through other minima already decided it)",
     }
+    # what it adds to a `klandscape census` (registry.ProbeBase; report.census)
+    census_columns = census_report.COMPONENTS_CENSUS_COLUMNS
+    census_row = staticmethod(census_report.components_census_row)
+    census_cells = staticmethod(census_report.components_census_cells)
+    census_notes = staticmethod(census_report.components_census_notes)
+    census_tables = staticmethod(census_report.components_census_tables)
+    census_figures = {"census_components": census_report.draw_components}
 
     @dataclass
     class Config(DSSConfig, PairOptions, BisectionOptions):
@@ -272,7 +281,7 @@ class ComponentsProbe(PairProbe):
     def tables(cls, run_name: str, result: dict) -> list[dict]:
         return components_tables(run_name, result)
 
-    def run(self, landscape, models, store, progress) -> dict:
+    def run(self, landscape: LandscapeLike, models, store, progress) -> dict:
         # scipy's clustering takes 0.4 s to import: not when probes are only listed
         from keras_landscape.science.merge_tree import (
             bottleneck_levels,
@@ -373,6 +382,6 @@ class ComponentsProbe(PairProbe):
             "merge_levels": merge_levels,
             "merge_tree": merges,
             "highest_merge_level": top if len(merges) == k - 1 else None,
-            "level_fn": landscape.objective.level_fn,
+            "level_fn": landscape.level_name,
             "pairs": records,
         }

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.plugins.pairs import PairOptions, PairProbe
 from keras_landscape.report.tables import fmt, table
 from keras_landscape.science.dss import DSSConfig
@@ -100,7 +101,7 @@ class ConnectivityProbe(PairProbe):
     def expected_strings(cls, config: dict, inputs: int) -> list[str] | None:
         return cls.pair_prefixes(config, inputs)
 
-    def run(self, landscape, models, store, progress) -> dict:
+    def run(self, landscape: LandscapeLike, models, store, progress) -> dict:
         config = self.config
         minima, pairs = self.pairs(landscape, models, store, progress)
         task = progress.task("connectivity", total=len(pairs))
@@ -126,7 +127,7 @@ class ConnectivityProbe(PairProbe):
         return {
             **aggregate(results),
             **{
-                "level_fn": landscape.objective.level_fn,
+                "level_fn": landscape.level_name,
                 "pairs": results,
                 "connected_pairs": sum(r["connected"] for r in results),
                 "beads_include_endpoints": True,

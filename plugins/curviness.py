@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.errors import UserError
 from keras_landscape.plugins.pairs import (
     PairOptions,
@@ -16,6 +17,7 @@ from keras_landscape.plugins.pairs import (
     parse_levels,
     partner_projection,
 )
+from keras_landscape.report import census as census_report
 from keras_landscape.report.plots import NoFigure, new_figure, values
 from keras_landscape.report.tables import fmt, mean_sd, table
 from keras_landscape.science.dss import REASONS, DSSConfig
@@ -162,6 +164,12 @@ class CurvinessProbe(PairProbe):
         "endpoint's training did not reach the level within its step budget)",
         "details": "per level, per pair: the connectivity fields",
     }
+    # what it adds to a `klandscape census` (registry.ProbeBase; report.census)
+    census_columns = census_report.CURVINESS_CENSUS_COLUMNS
+    census_row = staticmethod(census_report.curviness_census_row)
+    census_cells = staticmethod(census_report.curviness_census_cells)
+    census_notes = staticmethod(census_report.curviness_census_notes)
+    census_tables = staticmethod(census_report.curviness_census_tables)
 
     @dataclass
     class Config(DSSConfig, PairOptions):
@@ -243,7 +251,7 @@ class CurvinessProbe(PairProbe):
         k = int(match.group(1))
         return levels[k] if k < len(levels) else None
 
-    def run(self, landscape, models, store, progress) -> dict:
+    def run(self, landscape: LandscapeLike, models, store, progress) -> dict:
         config = self.config
         minima, pairs = self.pairs(landscape, models, store, progress)
         thetas = np.stack([m.theta for m in minima])
@@ -309,7 +317,7 @@ class CurvinessProbe(PairProbe):
         per_level = [results[k * len(pairs) : (k + 1) * len(pairs)] for k in range(len(levels))]
         return self._table(levels, per_level, landscape)
 
-    def _retrain(self, landscape, thetas, states, endpoint_levels, level, store, k):
+    def _retrain(self, landscape: LandscapeLike, thetas, states, endpoint_levels, level, store, k):
         """Endpoints above `level` trained down to alpha * level (stored, reused on resume).
         A retrained endpoint's BatchNorm statistics are re-estimated at its new weights."""
         key = f"level_{k}/endpoints"
@@ -335,7 +343,7 @@ class CurvinessProbe(PairProbe):
             store.write(f"{key}/state", states)
         return thetas, states, landscape.levels(thetas, states)
 
-    def _fresh(self, landscape, levels, pairs, store, progress):
+    def _fresh(self, landscape: LandscapeLike, levels, pairs, store, progress):
         """The authors' endpoints: for every level k and pair p, two models trained from a
         random initialisation until level <= endpoint_target x level, all in one stacked
         projection (stored under fresh_endpoints/, reused on resume).
@@ -389,7 +397,7 @@ class CurvinessProbe(PairProbe):
         return thetas.reshape(shape + (-1,)), states.reshape(shape + (-1,))
 
     @staticmethod
-    def _table(levels, per_level, landscape) -> dict:
+    def _table(levels, per_level, landscape: LandscapeLike) -> dict:
         table = {
             "levels": levels,
             "normalized_length": [],
@@ -422,7 +430,7 @@ class CurvinessProbe(PairProbe):
             table["reasons"].append(reasons)
         table.update(
             {
-                "level_fn": landscape.objective.level_fn,
+                "level_fn": landscape.level_name,
                 "beads_include_endpoints": True,
                 "statistics": "mean and sample sd over connected pairs",
                 "details": per_level,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.errors import NonFiniteLossError
 from keras_landscape.registry import ProbeBase
 from keras_landscape.report.tables import table
@@ -66,7 +67,7 @@ class EvaluateProbe(ProbeBase):
     def tables(cls, run_name: str, result: dict) -> list[dict] | None:
         return evaluate_tables(run_name, result)
 
-    def run(self, landscape, models, store, progress) -> dict:
+    def run(self, landscape: LandscapeLike, models, store, progress) -> dict:
         task = progress.task("evaluate", total=len(models))
         rows = []
         for minimum in models:
@@ -80,8 +81,8 @@ class EvaluateProbe(ProbeBase):
                 raise NonFiniteLossError(
                     f"The loss of model {minimum.name!r} ({minimum.source}) is not finite "
                     f"(loss {loss}, level {evaluation.level}, gradient norm {grad_norm}) on "
-                    f"{landscape.dataset.spec!r}: the weights or the data hold NaN/inf, or the "
-                    "loss does not suit the outputs (e.g. log of a non-positive probability). "
+                    f"{landscape.describe()['spec']!r}: the weights or the data hold NaN/inf, or "
+                    "the loss does not suit the outputs (e.g. log of a non-positive probability). "
                     "Set allow_nonfinite=true to report it anyway."
                 )
             row = {
@@ -89,7 +90,7 @@ class EvaluateProbe(ProbeBase):
                 "source": minimum.source,
                 "loss": loss,
                 "level": evaluation.level,
-                "level_fn": landscape.objective.level_fn,
+                "level_fn": landscape.level_name,
                 "split": landscape.split,
                 "grad_norm": grad_norm,
                 "parameters": landscape.size,

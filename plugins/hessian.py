@@ -1,6 +1,7 @@
 """Probe `hessian`: curvature of the training loss at each model and along stored paths.
 
-Top-k eigenvalues and eigenvectors (Lanczos), trace (Hutchinson) and spectral density
+Top-k eigenvalues and eigenvectors (ARPACK's restarted Lanczos, `scipy.sparse.linalg.eigsh`,
+stopped on a tolerance; non-convergence is reported), trace (Hutchinson) and spectral density
 (stochastic Lanczos quadrature) of the Hessian of the training loss E, through exact
 Hessian-vector products over the whole training split (`Landscape.hessian_vector`: one
 compiled kernel per batch, the state held fixed). With `path=STORE:RUN`, the top eigenvalue
@@ -14,11 +15,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.errors import UserError
 from keras_landscape.registry import ProbeBase
 from keras_landscape.report.plots import NoFigure, new_figure
 from keras_landscape.report.tables import fmt, table
-from keras_landscape.science.hessian import hutchinson_trace, spectral_density, top_eigenpairs
+from keras_landscape.science.hessian import (
+    DEFAULT_MAXITER,
+    DEFAULT_TOL,
+    basis_size,
+    hutchinson_trace,
+    spectral_density,
+    top_eigenpairs,
+)
 from keras_landscape.seeds import derive_seed
 from keras_landscape.store.hdf5 import Store
 from keras_landscape.store.strings import read_string, string_prefixes
@@ -33,17 +42,26 @@ def hessian_tables(name: str, result: dict) -> list[dict]:
     rows = [
         [m.get("model")]
         + [(m.get("eigenvalues") or [None] * k)[i] for i in range(k)]
-        + [f"{fmt(m.get('trace'))} ± {fmt(m.get('trace_se'))}", m.get("max_residual")]
+        + [
+            f"{fmt(m.get('trace'))} ± {fmt(m.get('trace_se'))}",
+            m.get("max_residual"),
+            _converged(m.get("eigen")),
+        ]
         for m in models
     ]
     tables = [
         table(
             name,
-            ["model"] + [f"lambda_{i + 1}" for i in range(k)] + ["trace ± se", "max residual"],
+            ["model"]
+            + [f"lambda_{i + 1}" for i in range(k)]
+            + ["trace ± se", "max residual", "converged (HVPs)"],
             rows,
             [
                 "Hessian of the training loss on the training split (model's own state); "
-                "eigenvalues by Lanczos, trace by Hutchinson; residual: ||Hq - lambda q||"
+                "eigenvalues by ARPACK (eigsh, stopped at ||Hq - lambda q|| <= tol |lambda|; "
+                "exact from the formed Hessian where P <= the Lanczos basis), trace by "
+                "Hutchinson; residual: ||Hq - lambda q||; converged: eigenpairs that met the "
+                "tolerance (the others are n/a), with the Hessian-vector products used"
             ],
         )
     ]
@@ -66,6 +84,14 @@ def hessian_tables(name: str, result: dict) -> list[dict]:
             )
         )
     return tables
+
+
+def _converged(eigen) -> str:
+    """'3/3 (57)': eigenpairs converged of those asked for (Hessian-vector products)."""
+    if not isinstance(eigen, dict):
+        return "n/a"
+    asked = eigen.get("asked", eigen.get("converged_count"))
+    return f"{fmt(eigen.get('converged_count'))}/{fmt(asked)} ({fmt(eigen.get('hvps'))})"
 
 
 def draw_density(result: dict, run_name: str, xlabel: str):
@@ -126,12 +152,15 @@ class HessianProbe(ProbeBase):
     summary = "Hessian of the training loss: top eigenvalues, trace, density; along paths."
     result_fields = {
         "models": "per model: layers (per_layer: variable, parameters, top_eigenvalue of its "
-        "block), eigenvalues (largest first), residuals (||Hq - lambda q|| of "
-        "each), max_residual, trace, trace_se (Hutchinson's standard error), density_grid, "
-        "density, density_sigma (stochastic Lanczos quadrature); eigenvectors are stored "
-        "as datasets models/<model>/eigenvectors",
+        "block, converged), eigenvalues (largest first; NaN where ARPACK did not converge), "
+        "residuals (||Hq - lambda q|| of each), max_residual, eigen (converged: all top_k "
+        "met the tolerance, converged_count, asked, hvps: Hessian-vector products used, "
+        "method: arpack or dense, tol, maxiter, ncv), trace, trace_se (Hutchinson's "
+        "standard error), density_grid, density, density_sigma (stochastic Lanczos "
+        "quadrature); eigenvectors are stored as datasets models/<model>/eigenvectors",
         "path": "with path=STORE:RUN: per stored string, per bead: bead, position (arc "
-        "length fraction from A), level (as stored), top_eigenvalue, trace, trace_se",
+        "length fraction from A), level (as stored), top_eigenvalue (NaN if not converged), "
+        "converged, hvps, trace, trace_se",
     }
 
     @dataclass
@@ -140,7 +169,14 @@ class HessianProbe(ProbeBase):
 
         Attributes:
             top_k: how many of the largest eigenvalues (and eigenvectors) to report.
-            lanczos_steps: Lanczos iterations for them (>= top_k; more: more accurate).
+            eigen_tol: ARPACK's stopping tolerance for them: a pair has converged when
+                the norm of its residual Hq - lambda q is at most eigen_tol times the
+                eigenvalue's magnitude (scipy.sparse.linalg.eigsh's tol).
+            eigen_maxiter: ARPACK's restart budget; pairs not converged within it are
+                reported as not converged (NaN), never hidden.
+            lanczos_vectors: ARPACK's Lanczos basis size ncv (> top_k; 0: max(2 top_k + 1,
+                20)); with no more parameters than that, the Hessian is formed and
+                diagonalised exactly instead.
             trace_samples: Rademacher vectors for Hutchinson's trace (0: no trace).
             density_probes: random vectors for the spectral density (0: no density).
             density_steps: Lanczos iterations per density vector.
@@ -153,7 +189,9 @@ class HessianProbe(ProbeBase):
         """
 
         top_k: int = 3
-        lanczos_steps: int = 20
+        eigen_tol: float = DEFAULT_TOL
+        eigen_maxiter: int = DEFAULT_MAXITER
+        lanczos_vectors: int = 0
         trace_samples: int = 10
         density_probes: int = 2
         density_steps: int = 20
@@ -163,10 +201,15 @@ class HessianProbe(ProbeBase):
         seed: int = 0
 
         def validate(self) -> None:
-            if self.top_k < 1 or self.lanczos_steps < self.top_k:
+            if self.top_k < 1 or (self.lanczos_vectors and self.lanczos_vectors <= self.top_k):
                 raise UserError(
-                    f"hessian needs top_k >= 1 and lanczos_steps >= top_k (got {self.top_k}, "
-                    f"{self.lanczos_steps})."
+                    "hessian needs top_k >= 1 and lanczos_vectors > top_k or 0 (got "
+                    f"{self.top_k}, {self.lanczos_vectors})."
+                )
+            if not self.eigen_tol >= 0 or self.eigen_maxiter < 1:
+                raise UserError(
+                    "hessian needs eigen_tol >= 0 and eigen_maxiter >= 1 (got "
+                    f"{self.eigen_tol}, {self.eigen_maxiter})."
                 )
             if min(self.trace_samples, self.density_probes) < 0 or self.density_steps < 1:
                 raise UserError(
@@ -199,21 +242,21 @@ class HessianProbe(ProbeBase):
                 found[f"{name}trace"] = m["trace"]
         return found
 
-    def run(self, landscape, models, store, progress) -> dict:
+    def run(self, landscape: LandscapeLike, models, store, progress) -> dict:
         config = self.config
         config.validate()
         beads = self._path_beads(landscape, config.path) if config.path else []
         task = progress.task("hessian", total=len(models) + sum(len(b[1]) for b in beads))
         results = []
         for minimum in models:
-            results.append(self._at_model(landscape, minimum, store))
+            results.append(self._at_model(landscape, minimum, store, progress))
             task.advance()
         path = []
         for prefix, points in beads:
             measured = []
             for index, (bead, position, level, theta, state) in enumerate(points):
                 measured.append(
-                    self._at_bead(landscape, store, prefix, index, bead, theta, state)
+                    self._at_bead(landscape, store, prefix, index, bead, theta, state, progress)
                     | {"bead": bead, "position": position, "level": level}
                 )
                 task.advance()
@@ -221,23 +264,65 @@ class HessianProbe(ProbeBase):
         task.close()
         return {"models": results, "path": path, "source": config.path or None}
 
-    def _matvec(self, landscape, theta, state):
+    def _matvec(self, landscape: LandscapeLike, theta, state):
         return lambda v: landscape.hessian_vector(theta, v, state=state)
 
-    def _at_model(self, landscape, minimum, store) -> dict:
+    def _top(self, matvec, dim: int, k: int):
+        """The k largest eigenpairs (science.hessian.top_eigenpairs with this config)."""
+        config = self.config
+        return top_eigenpairs(
+            matvec,
+            dim,
+            k,
+            seed=derive_seed(config.seed, _EIGEN),
+            tol=config.eigen_tol,
+            maxiter=config.eigen_maxiter,
+            ncv=config.lanczos_vectors or None,
+        )
+
+    def _eigen(self, dim: int, converged: int, hvps: int) -> dict:
+        """How the top eigenpairs were found, as the result reports it."""
+        config = self.config
+        k = min(config.top_k, dim)
+        ncv = basis_size(dim, k, config.lanczos_vectors or None)
+        return {
+            "converged": int(converged) == k,
+            "converged_count": int(converged),
+            "asked": k,
+            "hvps": int(hvps),
+            "method": "dense" if dim <= ncv else "arpack",
+            "tol": config.eigen_tol,
+            "maxiter": config.eigen_maxiter,
+            "ncv": ncv,
+        }
+
+    def _note(self, progress, where: str, eigen: dict) -> None:
+        if not eigen["converged"]:
+            progress.note(
+                f"hessian at {where}: ARPACK converged {eigen['converged_count']} of the "
+                f"{eigen['asked']} largest eigenvalues within eigen_maxiter="
+                f"{eigen['maxiter']} ({eigen['hvps']} Hessian-vector products); the others "
+                "are reported as NaN (raise eigen_maxiter, eigen_tol or lanczos_vectors)"
+            )
+
+    def _at_model(self, landscape: LandscapeLike, minimum, store, progress) -> dict:
         config, key = self.config, f"models/{minimum.name}"
         matvec = self._matvec(landscape, minimum.theta, minimum.state)
         if store.has(f"{key}/eigenvalues"):  # a resumed run: this model is done
             values = store.read(f"{key}/eigenvalues")
             residuals = store.read(f"{key}/residuals")
+            counts = (
+                store.read(f"{key}/eigen_counts")
+                if store.has(f"{key}/eigen_counts")
+                else np.array([np.isfinite(values).sum(), -1])  # written before the counts
+            )
             trace = store.read(f"{key}/trace")
             grid, density = store.read(f"{key}/density_grid"), store.read(f"{key}/density")
             sigma = float(store.read(f"{key}/density_sigma"))
         else:
-            seed = derive_seed(config.seed, _EIGEN)
-            values, vectors, residuals = top_eigenpairs(
-                matvec, landscape.size, config.top_k, config.lanczos_steps, seed
-            )
+            top = self._top(matvec, landscape.size, config.top_k)
+            values, vectors, residuals = top.values, top.vectors, top.residuals
+            counts = np.array([top.converged_count, top.hvps], np.int64)
             trace = np.array(self._trace(landscape, matvec))
             if config.density_probes:
                 density = spectral_density(
@@ -253,18 +338,23 @@ class HessianProbe(ProbeBase):
                 grid, density, sigma = np.zeros(0), np.zeros(0), float("nan")
             store.write(f"{key}/eigenvectors", vectors.astype(np.float32))
             store.write(f"{key}/residuals", residuals)
+            store.write(f"{key}/eigen_counts", counts)  # converged pairs, products
             store.write(f"{key}/trace", trace)
             store.write(f"{key}/density_grid", grid)
             store.write(f"{key}/density", density)
             store.write(f"{key}/density_sigma", np.float64(sigma))
             store.write(f"{key}/eigenvalues", values)  # last: marks the model done
+        eigen = self._eigen(landscape.size, int(counts[0]), int(counts[1]))
+        self._note(progress, minimum.name, eigen)
         blocks = self._blocks(landscape, matvec) if config.per_layer else None
+        finite = residuals[np.isfinite(residuals)]
         return {
             "model": minimum.name,
             **({"layers": blocks} if blocks is not None else {}),
             "eigenvalues": [float(v) for v in values],
             "residuals": [float(r) for r in residuals],
-            "max_residual": float(np.max(residuals)) if len(residuals) else None,
+            "max_residual": float(np.max(finite)) if len(finite) else None,
+            "eigen": eigen,
             "trace": float(trace[0]),
             "trace_se": float(trace[1]),
             "density_grid": [float(g) for g in grid],
@@ -272,9 +362,10 @@ class HessianProbe(ProbeBase):
             "density_sigma": sigma,
         }
 
-    def _blocks(self, landscape, matvec) -> list[dict]:
-        """The top eigenvalue of each variable's diagonal block of H (Lanczos on the block:
-        H v for v zero outside the variable, read inside it)."""
+    def _blocks(self, landscape: LandscapeLike, matvec) -> list[dict]:
+        """The top eigenvalue of each variable's diagonal block of H (ARPACK on the block, or
+        the block formed exactly where it is small: H v for v zero outside the variable,
+        read inside it)."""
         layout, found = landscape.layout, []
         for path, offset, shape in zip(layout.paths, layout.offsets, layout.shapes):
             size = int(np.prod(shape)) if shape else 1
@@ -285,17 +376,18 @@ class HessianProbe(ProbeBase):
                 full[rows] = v
                 return np.asarray(matvec(full))[rows]
 
-            values, _, _ = top_eigenpairs(
-                block,
-                size,
-                1,
-                min(self.config.lanczos_steps, size),
-                derive_seed(self.config.seed, _EIGEN),
+            top = self._top(block, size, 1)
+            found.append(
+                {
+                    "variable": path,
+                    "parameters": size,
+                    "top_eigenvalue": float(top.values[0]),
+                    "converged": top.converged,
+                }
             )
-            found.append({"variable": path, "parameters": size, "top_eigenvalue": float(values[0])})
         return found
 
-    def _trace(self, landscape, matvec) -> tuple[float, float]:
+    def _trace(self, landscape: LandscapeLike, matvec) -> tuple[float, float]:
         samples = self.config.trace_samples
         if not samples:
             return float("nan"), float("nan")
@@ -303,26 +395,38 @@ class HessianProbe(ProbeBase):
             matvec, landscape.size, samples, derive_seed(self.config.seed, _TRACE)
         )
 
-    def _at_bead(self, landscape, store, prefix, index, bead, theta, state) -> dict:
+    def _at_bead(
+        self, landscape: LandscapeLike, store, prefix, index, bead, theta, state, progress
+    ) -> dict:
         key = f"path/{prefix or 'root'}/bead_{index}"
         if store.has(f"{key}/measures"):
-            top, trace, se = store.read(f"{key}/measures")
+            # top eigenvalue, trace, its se, converged (0/1), products (-1: not recorded)
+            measures = [*store.read(f"{key}/measures"), float("nan"), -1.0][:5]
+            top, trace, se, converged, hvps = measures
+            converged = bool(np.isfinite(top)) if np.isnan(converged) else bool(converged)
         else:
             matvec = self._matvec(landscape, theta, state)
-            values, _, _ = top_eigenpairs(
-                matvec,
-                landscape.size,
-                1,
-                self.config.lanczos_steps,
-                derive_seed(self.config.seed, _EIGEN),
-            )
+            found = self._top(matvec, landscape.size, 1)
             trace, se = self._trace(landscape, matvec)
-            top = float(values[0])
-            store.write(f"{key}/measures", np.array([top, trace, se], np.float64))
-        return {"top_eigenvalue": float(top), "trace": float(trace), "trace_se": float(se)}
+            top, converged, hvps = float(found.values[0]), found.converged, found.hvps
+            if not converged:
+                progress.note(
+                    f"hessian at bead {bead} of {prefix or 'the string'}: ARPACK did not "
+                    f"converge within eigen_maxiter={self.config.eigen_maxiter} "
+                    f"({hvps} Hessian-vector products); its top eigenvalue is NaN"
+                )
+            row = [top, trace, se, float(converged), float(hvps)]
+            store.write(f"{key}/measures", np.array(row, np.float64))
+        return {
+            "top_eigenvalue": float(top),
+            "converged": bool(converged),
+            "hvps": int(hvps),
+            "trace": float(trace),
+            "trace_se": float(se),
+        }
 
     @staticmethod
-    def _path_beads(landscape, path: str) -> list[tuple[str, list]]:
+    def _path_beads(landscape: LandscapeLike, path: str) -> list[tuple[str, list]]:
         """[(string prefix, [(bead row, position, level, theta, state)])] of a stored run."""
         source, _, run_name = path.rpartition(":")
         with Store.open(source) as other:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.engine.options import ProjectionConfig
 from keras_landscape.errors import UserError
 from keras_landscape.models.minimum import Minimum
@@ -67,7 +68,7 @@ def partner_projection(config) -> ProjectionConfig:
 
 
 def with_partners(
-    landscape, minima: list, config, run, progress
+    landscape: LandscapeLike, minima: list, config, run, progress
 ) -> tuple[list, list[tuple[int, int]]]:
     """The minima to connect and the index pairs to measure.
 
@@ -191,6 +192,7 @@ class PairProbe(ProbeBase):
     """Base of probes that measure pairs of minima: config handling and the pair list."""
 
     Config = PairOptions
+    takes_pairs = True
 
     #: whether the config's `levels` are DSS targets (positive) or a grid to count at
     level_targets = True
@@ -215,7 +217,7 @@ class PairProbe(ProbeBase):
     def expected_partners(cls, config: dict, inputs: int) -> int:
         return int(config.get("partners") or 0) if inputs == 1 else 0
 
-    def pairs(self, landscape, models, store, progress):
+    def pairs(self, landscape: LandscapeLike, models, store, progress):
         """Validate the config, train partners if needed; (minima, index pairs)."""
         self.validate_config()
         return with_partners(landscape, models, self.config, store, progress)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.errors import UserError
 from keras_landscape.registry import ProbeBase
 from keras_landscape.report.plots import NoFigure, new_figure
@@ -204,7 +205,7 @@ class SlicesProbe(ProbeBase):
     def tables(cls, run_name: str, result: dict) -> list[dict]:
         return slices_tables(run_name, result)
 
-    def run(self, landscape, models, store, progress) -> dict:
+    def run(self, landscape: LandscapeLike, models, store, progress) -> dict:
         config = self.config
         config.validate()
         origin, directions, labels = self._frame(landscape, models)
@@ -248,11 +249,11 @@ class SlicesProbe(ProbeBase):
             "level": level.tolist(),
             "marks": marks,
             "normalization": config.normalization if config.mode == "random" else None,
-            "loss_fn": landscape.objective.loss_name,
+            "loss_fn": landscape.loss_name,
         }
 
     # ------------------------------------------------------------------ the frame
-    def _frame(self, landscape, models):
+    def _frame(self, landscape: LandscapeLike, models):
         """(origin, unit-or-normalised directions, axis labels)."""
         config = self.config
         origin = models[0].theta.astype(np.float64)
@@ -270,13 +271,19 @@ class SlicesProbe(ProbeBase):
             return origin, [e1, v / np.linalg.norm(v)], ["along B - A", "towards C"]
         if config.mode == "hessian":
             state = getattr(models[0], "state", None)
-            _, vectors, _ = top_eigenpairs(
+            top = top_eigenpairs(
                 lambda v: landscape.hessian_vector(origin, v, state=state),
                 landscape.size,
                 config.dims,
-                max(20, config.dims),
-                derive_seed(config.seed, 1),
+                seed=derive_seed(config.seed, 1),
             )
+            if not top.converged:
+                raise UserError(
+                    f"mode hessian: ARPACK did not converge to the top {config.dims} Hessian "
+                    f"eigenvector(s) within {top.maxiter} restarts ({top.hvps} Hessian-vector "
+                    "products); use mode random or models."
+                )
+            vectors = top.vectors
             labels = ["top Hessian eigenvector", "second Hessian eigenvector"]
             return origin, list(vectors[: config.dims]), labels[: config.dims]
         rng = np.random.default_rng(derive_seed(config.seed, 2))
@@ -322,13 +329,13 @@ class SlicesProbe(ProbeBase):
         return theta.astype(np.float32)
 
     @staticmethod
-    def _evaluate(landscape, thetas, state) -> tuple[np.ndarray, np.ndarray]:
+    def _evaluate(landscape: LandscapeLike, thetas, state) -> tuple[np.ndarray, np.ndarray]:
         states = np.repeat(state[None, :], len(thetas), axis=0)
         levels, used = landscape.levels_and_states(thetas, states)
         losses = np.array([e.loss for e in landscape.evaluate_many(thetas, "train", used)])
         return losses, levels
 
-    def _marks(self, landscape, models, origin, directions) -> list[dict]:
+    def _marks(self, landscape: LandscapeLike, models, origin, directions) -> list[dict]:
         """The input models on the slice, at their own coordinates, evaluated at the
         projected point (the model itself when it lies in the slice)."""
         shown = models if self.config.mode == "models" else models[:1]

@@ -37,7 +37,6 @@ def fitted(tmp_path_factory):
         options={
             "max_bisections": 0,
             "top_k": 2,
-            "lanczos_steps": 13,
             "density_probes": 0,
             "trace_samples": 2,
             "bootstrap": 20,
@@ -197,3 +196,37 @@ def test_an_unknown_option_fails_before_fit(tmp_path):
 
     with pytest.raises(UserError, match="Unknown option"):
         LandscapeCallback("cubic", ["hessian"], store=tmp_path / "x.h5", options={"bogus": 1})
+
+
+def test_a_third_party_pair_probe_sees_two_checkpoints(tmp_path):
+    """A probe registered by a third party that declares takes_pairs gets the previous
+    checkpoint and this one, with no list of probe names edited; its gap is the
+    difference of the two checkpoints' levels."""
+    import keras
+    from toy_probes import registered_toy
+
+    from keras_landscape.callbacks import LandscapeCallback
+    from keras_landscape.data.specs import load_data
+    from keras_landscape.store.hdf5 import Store
+
+    data = load_data("cubic:limit=64")
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [keras.Input((1,)), keras.layers.Dense(3, activation="tanh"), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    with registered_toy():
+        callback = LandscapeCallback(
+            data=data, probes=["endpoint_gap"], every=1, store=tmp_path / "toy.h5"
+        )
+        model.fit(data.x_train, data.y_train, epochs=2, verbose=0, callbacks=[callback])
+    results = [h["result"] for h in callback.history]
+    assert [r["models"] for r in results] == [["epoch_0", "epoch_1"], ["epoch_1", "epoch_2"]]
+    with Store.open(tmp_path / "toy.h5") as store:
+        levels = {
+            n: callback.landscape.level(store.read_model(n)["theta"]) for n in store.model_names()
+        }
+        assert sorted(store.run_names()) == ["endpoint_gap_epoch0001", "endpoint_gap_epoch0002"]
+    for result in results:
+        a, b = result["models"]
+        assert result["max_gap"] == pytest.approx(abs(levels[a] - levels[b]), rel=1e-5)

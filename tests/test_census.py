@@ -98,7 +98,9 @@ def test_grid_expands_as_written(tmp_path):
         ({"grid": {"width": [1, 0]}}, "grid.width[1]: expected a positive integer"),
         ({"grid": {"width": 4}}, "grid.width: expected a non-empty list"),
         ({"replicas": 1}, "replicas: expected an integer >= 2"),
-        ({"probes": ["evaluate"]}, "probes: unknown key"),
+        ({"probes": ["evaluate"]}, "probes.evaluate: the evaluate probe adds nothing"),
+        ({"probes": ["components"]}, "curviness: options of a probe that is not listed"),
+        ({"probes": ["componets"]}, "probes.componets: unknown probe"),
     ],
 )
 def test_bad_sweep_exits_2_naming_the_key(change, where, capsys, tmp_path):
@@ -288,3 +290,45 @@ def test_quadratic_teacher_targets_are_u_wx_squared():
     expected = np.maximum(relu.x_train @ same.w1 + same.b1, 0) @ same.w2 + same.b2
     np.testing.assert_allclose(relu.y_train, expected.astype(np.float32), rtol=1e-6)
     assert np.array_equal(same.w1, teacher.w1)  # act and bias change nothing else
+
+
+# --------------------------------------------------- a third party's probe in a census
+
+
+def test_a_third_party_probe_takes_part_in_a_census(tmp_path):
+    """A registered probe that declares census columns is listed under `probes`; its runs
+    are copied, its columns and cells are in the census rows and table, a resume reuses
+    its points, and the summary figure (no column of its) is skipped with a reason. No
+    list of probe names was edited for it."""
+    from toy_probes import registered_toy
+
+    from keras_landscape.experiment.census import run_census
+    from keras_landscape.report.census import census_tables
+
+    document = {k: v for k, v in TINY.items() if k not in ("components", "curviness", "options")}
+    document.update(
+        probes=["endpoint_gap"], endpoint_gap={"scale": 2.0}, out=str(tmp_path / "toy.h5")
+    )
+    with registered_toy():
+        census = load_census(document)
+        assert census.points[0].config.spec.probe_options["endpoint_gap"]["scale"] == 2.0
+        first = run_census(census)
+        again = run_census(load_census(document), resume=True)
+        rows = {r["point"]: r for r in census_rows(census.out)}
+        tables = census_tables(census.out)
+    assert [p["reused"] for p in again["points"]] == [True, True]
+    assert "census_summary" not in " ".join(first["figures"])
+    with Store.open(census.out) as store:
+        assert sorted(store.run_names()) == [
+            "width_1-depth_1.endpoint_gap",
+            "width_3-depth_1.endpoint_gap",
+        ]
+        for point, row in rows.items():
+            result = store.run(f"{point}.endpoint_gap").result
+            levels = store.run(f"{point}.endpoint_gap").read("levels")
+            assert result["levels"] == pytest.approx(list(levels))
+            assert row["max_gap"] == pytest.approx(2.0 * abs(levels[0] - levels[1]))
+            assert row["gap_models"] == row["replicas"] == 2 and row["complete"]
+    assert first["rows"] == json.loads(json.dumps(list(rows.values())))
+    header = tables[0]["columns"]
+    assert header[-1] == "largest gap" and "highest merge" not in header

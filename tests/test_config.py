@@ -70,7 +70,7 @@ BAD = {
     ),
     "bad probe option value": (
         _with(probes=[{"curviness": {"alpha": "high"}}]),
-        "probes.curviness.alpha: expected float, got 'high'",
+        "probes.curviness.alpha: expected a number, got 'high'",
     ),
     "probe option out of range": (
         _with(probes=[{"curviness": {"alpha": 1.5}}]),

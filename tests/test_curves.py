@@ -157,8 +157,15 @@ def test_sgd_first_step_of_the_bend_is_hand_computed(linreg_landscape):
 
     landscape, _, a, b = linreg_landscape
     curve = fit_curve(
-        landscape, "bezier", a, b, steps=1, optimizer=_projection("sgd", 0.1), samples=5,
-        grid=4, seed=3,
+        landscape,
+        "bezier",
+        a,
+        b,
+        steps=1,
+        optimizer=_projection("sgd", 0.1),
+        samples=5,
+        grid=4,
+        seed=3,
     )
     c0 = (0.5 * (a + b)).astype(np.float32)
     ts = np.random.default_rng(3).uniform(0.0, 1.0, 5)
@@ -184,8 +191,15 @@ def test_sgd_and_adam_bends_reach_the_known_optimum(linreg_landscape, kind, opti
     bends = {}
     for name, rate in (("sgd", 0.3), ("adam", 0.02)):
         curve = fit_curve(
-            landscape, kind, a, b, steps=300, optimizer=_projection(name, rate), samples=256,
-            grid=10, seed=0,
+            landscape,
+            kind,
+            a,
+            b,
+            steps=300,
+            optimizer=_projection(name, rate),
+            samples=256,
+            grid=10,
+            seed=0,
         )
         bends[name] = curve["bend"].astype(np.float64)
         start = np.linalg.norm(target - 0.5 * (a + b))

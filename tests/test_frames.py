@@ -36,7 +36,6 @@ def store(linreg_models, tmp_path_factory):
             "dims": 2,
             "y_points": 3,
             "top_k": 2,
-            "lanczos_steps": 4,
             "trace_samples": 20,
             "density_probes": 1,
             "density_steps": 4,

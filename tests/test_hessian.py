@@ -9,7 +9,10 @@
   per_layer, each variable's top eigenvalue is that of its diagonal block.
 - Along a stored DSS string: one measure per bead, positions from 0 to 1, and the first
   bead's top eigenvalue equals the first model's.
-- The science alone: Lanczos on a random symmetric matrix finds its top eigenpairs.
+- The science alone: ARPACK (eigsh) on a symmetric matrix of known spectrum finds its top
+  eigenpairs (numpy.linalg.eigvalsh), stopping on its tolerance; with too few restarts it
+  says so (partial results, NaN for the rest) instead of returning unconverged numbers;
+  a small operator is formed and diagonalised exactly.
 """
 
 from __future__ import annotations
@@ -21,19 +24,73 @@ from conftest import fit_full_batch
 from keras_landscape.science.hessian import hutchinson_trace, spectral_density, top_eigenpairs
 
 
-def test_lanczos_finds_the_top_eigenpairs_of_a_symmetric_matrix():
+def test_arpack_finds_the_top_eigenpairs_of_a_symmetric_matrix():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((30, 30))
     h = a @ a.T / 30 - 0.5 * np.eye(30)
     exact = np.sort(np.linalg.eigvalsh(h))[::-1]
-    values, vectors, residuals = top_eigenpairs(lambda v: h @ v, 30, 4, 30, seed=1)
-    np.testing.assert_allclose(values, exact[:4], rtol=1e-10)
-    np.testing.assert_allclose(vectors @ h @ vectors.T, np.diag(values), atol=1e-9)
-    assert residuals.max() < 1e-8
+    top = top_eigenpairs(lambda v: h @ v, 30, 4, seed=1, tol=1e-12, maxiter=200)
+    assert top.method == "arpack" and top.converged and top.converged_count == 4
+    np.testing.assert_allclose(top.values, exact[:4], rtol=1e-10)
+    np.testing.assert_allclose(top.vectors @ h @ top.vectors.T, np.diag(top.values), atol=1e-9)
+    assert top.residuals.max() < 1e-8
+    assert top.hvps >= 20 + 4  # one basis of 20 vectors at least, and the residual checks
     estimate, se = hutchinson_trace(lambda v: h @ v, 30, 400, seed=2)
     assert abs(estimate - np.trace(h)) < 4 * se
     density = spectral_density(lambda v: h @ v, 30, 3, 30, seed=3)
     assert np.trapezoid(density["density"], density["grid"]) == pytest.approx(1.0, abs=1e-3)
+
+
+def _known_spectrum(size: int, top: list[float], seed: int = 0):
+    """A symmetric matrix Q diag(spectrum) Q^T with the given top eigenvalues above a
+    bulk in [-1, 1], and its spectrum from numpy.linalg.eigvalsh, largest first."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((size, size)))
+    spectrum = np.concatenate([top, rng.uniform(-1.0, 1.0, size - len(top))])
+    h = q @ np.diag(spectrum) @ q.T
+    h = (h + h.T) / 2
+    return h, np.sort(np.linalg.eigvalsh(h))[::-1]
+
+
+def test_the_tolerance_decides_the_accuracy_and_the_cost():
+    # an evenly spaced spectrum (no gap after the top): ARPACK needs restarts
+    size = 300
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((size, size)))
+    spectrum = np.linspace(10.0, 0.0, size)
+    h = q @ np.diag(spectrum) @ q.T
+    exact = np.sort(np.linalg.eigvalsh((h + h.T) / 2))[::-1]
+    products = {}
+    for tol in (1e-3, 1e-10):
+        top = top_eigenpairs(lambda v: h @ v, size, 3, seed=2, tol=tol, maxiter=500, ncv=12)
+        assert top.converged and top.method == "arpack"
+        # ARPACK stops when ||Hq - lambda q|| <= tol |lambda| for every pair
+        assert np.all(top.residuals <= tol * np.abs(top.values))
+        np.testing.assert_allclose(top.values, exact[:3], rtol=tol)
+        products[tol] = top.hvps
+    assert products[1e-10] > products[1e-3]
+
+
+def test_non_convergence_is_reported_not_hidden(caplog):
+    # an evenly spaced spectrum: no gap after the top eigenvalues, slow to converge
+    size = 300
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((size, size)))
+    spectrum = np.linspace(10.0, 0.0, size)
+    h = q @ np.diag(spectrum) @ q.T
+    top = top_eigenpairs(lambda v: h @ v, size, 4, seed=1, tol=1e-8, maxiter=2, ncv=9)
+    assert not top.converged and top.converged_count < 4
+    assert np.isnan(top.values).sum() == 4 - top.converged_count
+    assert top.summary()["converged"] is False and top.hvps > 0
+    assert "ARPACK converged" in caplog.text
+    enough = top_eigenpairs(lambda v: h @ v, size, 4, seed=1, tol=1e-8, maxiter=500, ncv=9)
+    assert enough.converged
+    np.testing.assert_allclose(enough.values, spectrum[:4], rtol=1e-7)
+
+
+def test_a_small_operator_is_formed_and_diagonalised_exactly():
+    h, exact = _known_spectrum(12, [3.0, 2.0])
+    top = top_eigenpairs(lambda v: h @ v, 12, 5, seed=0)
+    assert top.method == "dense" and top.converged and top.hvps == 12 + 5
+    np.testing.assert_allclose(top.values, exact[:5], rtol=1e-12)
 
 
 def _run(paths, data, out, **options):
@@ -53,13 +110,15 @@ def test_quadratic_loss_gives_the_analytic_spectrum(linreg_models, tmp_path):
         linreg_models["data"],
         tmp_path / "h.h5",
         top_k=3,
-        lanczos_steps=4,
         trace_samples=300,
         density_probes=3,
         density_steps=4,
     )
     model = result["models"][0]
     np.testing.assert_allclose(model["eigenvalues"], exact[:3], rtol=1e-4)
+    # four parameters: H formed from four products (and three residual checks), exactly
+    assert model["eigen"]["method"] == "dense" and model["eigen"]["converged"]
+    assert model["eigen"]["hvps"] == 4 + 3
     assert abs(model["trace"] - np.trace(hessian)) < 4 * model["trace_se"]
     from keras_landscape.store.hdf5 import Store
 
@@ -103,9 +162,20 @@ def test_small_mlp_matches_its_explicit_hessian(tmp_path):
         [np.reshape(b.numpy(), (grads.shape[0], -1)) for b in blocks], axis=1
     ).astype(np.float64)
     exact = np.sort(np.linalg.eigvalsh((explicit + explicit.T) / 2))[::-1]
+    # a basis of 8 Lanczos vectors for 10 parameters: ARPACK, restarted to its tolerance
     result = _run(
-        [path], "cubic:limit=64", tmp_path / "mlp.h5", top_k=3, lanczos_steps=10, per_layer=True
+        [path],
+        "cubic:limit=64",
+        tmp_path / "mlp.h5",
+        top_k=3,
+        lanczos_vectors=8,
+        eigen_tol=1e-5,
+        eigen_maxiter=200,
+        per_layer=True,
     )
+    eigen = result["models"][0]["eigen"]
+    assert eigen["method"] == "arpack" and eigen["converged"] and eigen["ncv"] == 8
+    assert eigen["hvps"] > 8
     np.testing.assert_allclose(result["models"][0]["eigenvalues"], exact[:3], rtol=1e-3, atol=1e-5)
     # each variable's block of the explicit Hessian: its own top eigenvalue
     start = 0

@@ -155,8 +155,8 @@ def test_evaluation_stacks_are_split_to_fit_the_activation_budget(monkeypatch, d
     """A budget that fits two thetas: five thetas take three calls and give the same values."""
     import keras
 
-    from keras_landscape.engine import landscape as landscape_module
     from keras_landscape.engine import stacked
+    from keras_landscape.engine import stacks as stacks_module
     from keras_landscape.engine.landscape import Landscape
 
     model = keras.Sequential(
@@ -165,7 +165,7 @@ def test_evaluation_stacks_are_split_to_fit_the_activation_budget(monkeypatch, d
     elements = stacked.activation_elements(model, (64,))
     assert elements == 7 + 10  # every layer's output per sample (the input is not counted)
     eval_batch = 100
-    monkeypatch.setattr(landscape_module, "STACK_ACTIVATION_BYTES", 4 * eval_batch * elements * 3)
+    monkeypatch.setattr(stacks_module, "STACK_ACTIVATION_BYTES", 4 * eval_batch * elements * 3)
     landscape = Landscape(
         model,
         digits_data,
@@ -176,14 +176,15 @@ def test_evaluation_stacks_are_split_to_fit_the_activation_budget(monkeypatch, d
     theta = landscape.initial_theta()
     thetas = np.stack([theta * (1.0 - 0.1 * i) for i in range(5)])
     calls = []
-    original = landscape._stacked_sums
+    evaluator = landscape._evaluator  # the part that evaluates stacks (engine/evaluation.py)
+    original = evaluator.stacked_sums
     monkeypatch.setattr(
-        landscape,
-        "_stacked_sums",
+        evaluator,
+        "stacked_sums",
         lambda stack, *rest: calls.append(len(stack)) or original(stack, *rest),
     )
     levels = landscape.levels(thetas)
-    batches = len(landscape._batches[landscape.split].batches)
+    batches = len(evaluator.batches[landscape.split].batches)
     assert calls == [2] * batches + [2] * batches + [1] * batches
     np.testing.assert_allclose(levels, [landscape.level(t) for t in thetas], rtol=1e-6)
 

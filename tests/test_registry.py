@@ -175,15 +175,20 @@ def test_make_config_coerces_strings_to_field_types():
         ("TRUE", True),
         ("yes", True),
         ("1", True),
-        ("on", True),
         ("false", False),
         ("No", False),
         ("0", False),
-        ("off", False),
     ],
 )
 def test_make_config_bool_spellings(raw, expected):
     assert registry.make_config(_Typed, {"strict": raw}).strict is expected
+
+
+@pytest.mark.parametrize("raw", ["maybe", "on", "off", "2", "y", ""])
+def test_make_config_refuses_other_bool_words(raw):
+    """One boolean rule everywhere (keras_landscape.values.to_bool): true/yes/1, false/no/0."""
+    with pytest.raises(UserError, match="for typed.strict: expected true or false"):
+        registry.make_config(_Typed, {"strict": raw})
 
 
 def test_make_config_defaults_typed_values_and_none():
@@ -205,10 +210,10 @@ def test_make_config_rejects_unknown_keys_naming_the_options():
 @pytest.mark.parametrize(
     "key, raw, expected_type",
     [
-        ("alpha", "high", "float"),
-        ("steps", "2.5", "int"),
-        ("strict", "maybe", "bool"),
-        ("sizes", "1,x", "int"),
+        ("alpha", "high", "a number"),
+        ("steps", "2.5", "an integer"),
+        ("strict", "maybe", "true or false"),
+        ("sizes", "1,x", "an integer"),
     ],
 )
 def test_make_config_rejects_bad_values(key, raw, expected_type):
@@ -328,3 +333,27 @@ def test_forced_rediscovery_does_not_duplicate_broken_plugins(clean_registry, mo
     registry.discover(force=True)
     registry.discover(force=True)
     assert [b.name for b in registry.broken_plugins()] == ["exploding"]
+
+
+def test_pair_and_census_declarations_come_from_the_probe_class(clean_registry):
+    """What callbacks and the census need to know of a probe is declared on its class:
+    the built-ins' pair probes say takes_pairs, the census probes their columns; a class
+    that does not subclass ProbeBase gets the defaults, bound to its own attributes."""
+    pairs = {n for n in registry.probes() if registry.output_hook(n, "takes_pairs")}
+    assert {"barrier", "connectivity", "curviness", "components"} <= pairs
+    assert not {"evaluate", "hessian", "slices"} & pairs
+    census = {n for n in registry.probes() if registry.output_hook(n, "census_columns")}
+    assert {"components", "curviness"} <= census and "evaluate" not in census
+
+    plain = _probe_class("plain-census")
+    plain.takes_pairs = True
+    plain.census_columns = {"gap": "a number", "count": "another"}
+    registry.register_probe(plain)
+    assert registry.output_hook("plain-census", "takes_pairs") is True
+    row = registry.output_hook("plain-census", "census_row")({"gap": 0.5, "other": 1})
+    assert row == {"gap": 0.5, "count": None}
+    cells = registry.output_hook("plain-census", "census_cells")(row)
+    assert cells == {"gap": 0.5, "count": None}
+    assert registry.output_hook("plain-census", "census_tables")([("p", {})]) == []
+    assert registry.output_hook("not-installed", "census_row")({"gap": 1}) == {}
+    assert registry.output_hook("not-installed", "takes_pairs") is False

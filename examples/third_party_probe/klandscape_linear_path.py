@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.errors import UserError
 from keras_landscape.registry import ProbeBase
 from keras_landscape.report.plots import NoFigure, new_figure
@@ -62,7 +63,7 @@ class LinearPathProbe(ProbeBase):
             if self.points < 1:
                 raise UserError(f"points must be >= 1, got {self.points}.")
 
-    def run(self, landscape, models, store, progress) -> dict:
+    def run(self, landscape: LandscapeLike, models, store, progress) -> dict:
         if len(models) < 2:
             raise UserError("linear_path needs two or more models.")
         ts = np.linspace(0.0, 1.0, self.config.points + 1)
@@ -92,7 +93,7 @@ class LinearPathProbe(ProbeBase):
             )
             task.advance()
         task.close()
-        return {"level_fn": landscape.objective.level_fn, "pairs": rows}
+        return {"level_fn": landscape.level_name, "pairs": rows}
 
     @classmethod
     def tables(cls, run_name: str, result: dict) -> list[dict]:

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_landscape.errors import UserError
+from keras_landscape.values import BadValue, parse_pairs, to_bool
 
 __all__ = [
     "KINDS",
@@ -123,17 +124,11 @@ def parse_spec(spec: str) -> tuple[str, list[str], dict[str, str]]:
             if token:
                 positionals.append(token)
             continue
-        for item in token.split(","):
-            key, sep, value = item.partition("=")
-            key = key.strip()
-            if not sep or not key:
-                raise UserError(
-                    f"Malformed option {item!r} in data spec {spec!r}: options are "
-                    "comma-separated key=value pairs, e.g. 'teacher:d=10,h=4,n=2000'."
-                )
-            if key in options:
-                raise UserError(f"Option {key!r} is given twice in data spec {spec!r}.")
-            options[key] = value.strip()
+        options.update(
+            parse_pairs(
+                token, "option", example="'teacher:d=10,h=4,n=2000'", within=spec, taken=options
+            )
+        )
     return tokens[0].lower(), positionals, options
 
 
@@ -172,6 +167,16 @@ class _Options:
 
     def get_str(self, key: str, default: str | None) -> str | None:
         return self.values.get(key, default)
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        """The one boolean rule (keras_landscape.values): 1/0, true/false, yes/no."""
+        try:
+            return to_bool(self.values.get(key, default))
+        except BadValue as error:
+            raise UserError(
+                f"Option {key}={self.values[key]!r} in data spec {self.spec!r} must be "
+                f"{error.expected}."
+            ) from None
 
 
 # ---------------------------------------------------------------------------- arrays
@@ -366,10 +371,8 @@ def _load_teacher(spec: str, positionals: list[str], opts: _Options, seed: int) 
             f"Option act={activation!r} in data spec {spec!r} must be one of "
             f"{', '.join(TEACHER_ACTIVATIONS)}."
         )
-    bias = opts.get_str("bias", "1")
-    if bias not in ("0", "1"):
-        raise UserError(f"Option bias={bias!r} in data spec {spec!r} must be 0 or 1.")
-    teacher = Teacher.from_seed(d, h, out, seed, activation, bias == "1")
+    bias = opts.get_bool("bias", True)
+    teacher = Teacher.from_seed(d, h, out, seed, activation, bias)
     # Stream 0 is the teacher's; inputs and noise of each split have their own streams, so
     # n, n_test and noise change nothing else.
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)[1:]]
@@ -386,7 +389,7 @@ def _load_teacher(spec: str, positionals: list[str], opts: _Options, seed: int) 
         "regression",
         None,
         f"teacher {'ReLU' if activation == 'relu' else 'square'} net {d}-{h}-{out}"
-        f"{'' if bias == '1' else ' without biases'}, x ~ N(0, I), noise std {noise:g}",
+        f"{'' if bias else ' without biases'}, x ~ N(0, I), noise std {noise:g}",
     )
 
 
@@ -624,7 +627,7 @@ def _load_tfds(spec: str, positionals: list[str], opts: _Options, seed: int) -> 
         ) from None
 
     name = positionals[0]
-    download = bool(opts.get_int("download", 0))
+    download = opts.get_bool("download", False)
     data_dir = opts.get_str("data_dir", None)
     limit = opts.get_int("limit", None, minimum=1)
     arrays, num_classes = [], None

@@ -241,6 +241,11 @@ class Landscape:
         return self.objective.level_fn
 
     @property
+    def loss_name(self) -> str:
+        """The training loss E: a Keras loss name (e.g. 'mean_squared_error')."""
+        return self.objective.loss_name
+
+    @property
     def splits(self) -> tuple[str, ...]:
         """The dataset's splits: ('train',) or ('train', 'test')."""
         return tuple(s for s in ("train", "test") if self.dataset.has_split(s))

@@ -16,6 +16,7 @@ import keras
 from keras import ops
 
 from keras_landscape.errors import UserError
+from keras_landscape.values import conform, parse_named
 
 LEVEL_FUNCTIONS = {
     "loss": "the training loss itself (mean per element, plus model regularisers)",
@@ -61,26 +62,12 @@ class ResolvedObjective:
 
 
 def parse_named_spec(spec: str) -> tuple[str, dict]:
-    """'name:key=val,key=val' -> (name, {key: parsed value}); values parsed as YAML-ish scalars."""
-    name, _, rest = spec.partition(":")
-    options = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise UserError(
-                f"Malformed option {item!r} in {spec!r}: options are written key=value."
-            )
-        lowered = value.strip().lower()
-        if lowered in ("true", "false"):
-            options[key.strip()] = lowered == "true"
-        else:
-            try:
-                options[key.strip()] = (
-                    float(value) if "." in value or "e" in lowered else int(value)
-                )
-            except ValueError:
-                options[key.strip()] = value.strip()
-    return name.strip(), options
+    """'name:key=val,key=val' -> (name, {key: value}), by the one key=value parser (values
+    typed by `values.text_value`; `keras_loss` then gives each the type of the loss's own
+    argument, so `from_logits=maybe` is refused)."""
+    return parse_named(
+        spec, "loss option", example="'sparse_categorical_crossentropy:from_logits=true'"
+    )
 
 
 class PerElementLoss(keras.losses.Loss):
@@ -132,6 +119,7 @@ def keras_loss(spec: str):
     name, options = parse_named_spec(spec)
     cls = getattr(keras.losses, "".join(part.capitalize() for part in name.split("_")), None)
     if isinstance(cls, type) and issubclass(cls, keras.losses.Loss):
+        options = conform(options, cls.__init__, f"loss {name}")
         try:
             return cls(**options)
         except TypeError as error:
@@ -149,6 +137,11 @@ def keras_loss(spec: str):
         )
     if not options:
         return found
+    options = conform(
+        options,
+        type(found).__init__ if isinstance(found, keras.losses.Loss) else found,
+        f"loss {name}",
+    )
     if isinstance(found, keras.losses.Loss):
         try:
             return found.__class__.from_config({**found.get_config(), **options})

@@ -21,6 +21,7 @@ import keras
 from keras_landscape.engine import backend
 from keras_landscape.engine.optimizer_names import MIXES_BEADS, OPTIMIZERS
 from keras_landscape.errors import UserError
+from keras_landscape.values import conform
 
 log = logging.getLogger("keras_landscape")
 
@@ -111,6 +112,8 @@ def _resolve(config) -> OptimizerSpec:
             f"{MIXES_BEADS[cls.__name__.lower()]}."
         )
     takes = inspect.signature(cls.__init__).parameters
+    # the one boolean rule for boolean arguments (nesterov=maybe is refused, not true)
+    options = conform(options, cls.__init__, f"optimizer {cls.__name__}")
     defaults = {f.name: f.default for f in fields(config)}
     for key in ("beta_1", "beta_2", "epsilon"):
         value = float(getattr(config, key))

@@ -11,33 +11,21 @@ from typing import Any
 from keras_landscape.engine.optimizer_names import MIXES_BEADS, NOT_STEPPERS, OPTIMIZERS
 from keras_landscape.errors import UserError
 
-#: samples per evaluation batch (--eval-batch-size)
-DEFAULT_EVAL_BATCH = 1024
-#: how BatchNorm statistics are set at points between models (--bn-stats)
-BN_MODES = ("recompute", "interpolate")
-# Recomputed statistics: 32 batches of 128 training samples in train mode (4,096 samples:
-# the standard error of a recomputed mean is ~1.6% of the activation's standard deviation).
-DEFAULT_BN_BATCHES = 32
-DEFAULT_BN_BATCH_SIZE = 128
+# The run settings (and where stacks run) are declared once, in keras_landscape.settings.
+from keras_landscape.settings import (  # noqa: F401  (re-exported)
+    BN_MODES,
+    DEFAULT_BN_BATCH_SIZE,
+    DEFAULT_BN_BATCHES,
+    DEFAULT_EVAL_BATCH,
+    STRATEGIES,
+    StrategySpec,
+    parse_strategy,
+)
+from keras_landscape.values import parse_pairs, text_value
 
 # Constructor arguments the config has fields for (or that name the optimizer itself).
 _OWN_FIELDS = ("learning_rate", "beta_1", "beta_2", "epsilon", "name")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _option_value(text: str) -> Any:
-    """'0.9' -> 0.9, '10' -> 10, 'true' -> True, 'none' -> None, anything else as text."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text.strip("'\"")
 
 
 def parse_optimizer_options(text: str | dict | None) -> dict[str, Any]:
@@ -59,15 +47,13 @@ def parse_optimizer_options(text: str | dict | None) -> dict[str, Any]:
         if not isinstance(options, dict):
             raise UserError(f"optimizer_options {text!r} must be a JSON object.")
     else:
-        options = {}
-        for item in str(text).split(","):
-            key, eq, value = item.partition("=")
-            if not eq or not key.strip() or not value.strip():
-                raise UserError(
-                    f"Malformed optimizer_options {text!r}: write key=value pairs separated by "
-                    "commas, e.g. 'momentum=0.9,nesterov=true'."
-                )
-            options[key.strip()] = _option_value(value.strip())
+        pairs = parse_pairs(
+            str(text), "optimizer_options", example="'momentum=0.9,nesterov=true'", within=text
+        )
+        for key, value in pairs.items():
+            if not value:
+                raise UserError(f"optimizer_options {text!r}: {key}= has no value.")
+        options = {k: text_value(v) for k, v in pairs.items()}
     for key in options:
         if not isinstance(key, str) or not _IDENTIFIER.match(key):
             raise UserError(f"optimizer_options: {key!r} is not an argument name.")
@@ -161,69 +147,6 @@ class ProjectionConfig:
             from keras_landscape.engine.optimizers import optimizer_spec
 
             optimizer_spec(self)
-
-
-#: where stacks of beads run (--strategy; docs/scaling.md)
-STRATEGIES = ("one", "mirrored", "tpu", "multiworker")
-
-
-@dataclass(frozen=True)
-class StrategySpec:
-    """Where stacks of beads run: `--strategy NAME[:key=value,...]` as plain data.
-
-    Attributes:
-        name: 'one' (one device), 'mirrored' (every local GPU, else the CPU: one process),
-            'tpu' (a TPU through its cluster resolver) or 'multiworker' (several processes,
-            one program: TF_CONFIG on TensorFlow, `jax.distributed` on JAX).
-        cpus: split the CPU into this many logical devices (mirrored; tests, CPU hosts).
-        tpu: the TPU's name or address (None: from the environment, e.g. TPU_NAME).
-    """
-
-    name: str = "one"
-    cpus: int | None = None
-    tpu: str | None = None
-
-    def __str__(self) -> str:
-        extra = [f"{k}={v}" for k, v in (("cpus", self.cpus), ("tpu", self.tpu)) if v]
-        return self.name + (":" + ",".join(extra) if extra else "")
-
-
-def parse_strategy(text: str | None, tpu: str | None = None) -> StrategySpec:
-    """'mirrored', 'mirrored:cpus=2', 'tpu', 'tpu:tpu=NAME', 'multiworker' -> StrategySpec.
-
-    Raises:
-        UserError: an unknown strategy or key, or a bad value.
-    """
-    text = str(text or "one").strip()
-    name, _, rest = text.partition(":")
-    name = name.strip().lower()
-    if name not in STRATEGIES:
-        raise UserError(
-            f"Unknown strategy {name!r}: use one of {', '.join(STRATEGIES)} (docs/scaling.md)."
-        )
-    values: dict[str, Any] = {"tpu": tpu}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or key not in ("cpus", "tpu"):
-            raise UserError(
-                f"Bad strategy option {item!r} in {text!r}: the options are cpus=N "
-                "(mirrored) and tpu=NAME (tpu)."
-            )
-        values[key] = value.strip()
-    cpus = values.get("cpus")
-    if cpus is not None:
-        try:
-            cpus = int(cpus)
-        except ValueError:
-            cpus = 0
-        if cpus < 1 or name != "mirrored":
-            raise UserError(
-                f"Strategy {text!r}: cpus=N takes a whole number >= 1 and goes with mirrored."
-            )
-    if values.get("tpu") and name != "tpu":
-        raise UserError(f"A TPU name ({values['tpu']!r}) was given with strategy {name!r}.")
-    return StrategySpec(name, cpus, values.get("tpu") or None)
 
 
 __all__ = [

@@ -7,8 +7,9 @@
     >>> model.fit(x, y, epochs=50, callbacks=[callback])
 
 At the end of every `every`-th epoch the callback takes the model's weights as a checkpoint
-(`epoch_<E>` in the store's models) and runs each probe on it. Pair probes (`barrier`,
-`connectivity`, `curviness`, `components`) see the previous checkpoint and this one (at the
+(`epoch_<E>` in the store's models) and runs each probe on it. Pair probes (a probe class
+declaring `takes_pairs = True`, as `barrier`, `connectivity`, `curviness`, `components` and
+every `plugins.pairs.PairProbe` do) see the previous checkpoint and this one (at the
 first checkpoint: the weights fit started from), so `barrier` with `max_bisections=0` is
 the linear barrier to the previous checkpoint. Other probes see this checkpoint alone,
 e.g. `hessian` gives its top eigenvalues. Each result is a run `<probe>_epoch<E>` of the
@@ -37,6 +38,7 @@ import os
 import keras
 import numpy as np
 
+from keras_landscape import registry
 from keras_landscape.data.specs import Dataset, load_data
 from keras_landscape.engine import backend
 from keras_landscape.engine.landscape import Landscape
@@ -47,9 +49,6 @@ from keras_landscape.experiment.spec import RunSpec
 from keras_landscape.models.minimum import Minimum
 from keras_landscape.progress import NullProgress
 from keras_landscape.store.hdf5 import Store
-
-#: probes that measure pairs of models
-PAIR_PROBES = ("barrier", "connectivity", "curviness", "components")
 
 
 class LandscapeCallback(keras.callbacks.Callback):
@@ -90,7 +89,11 @@ class LandscapeCallback(keras.callbacks.Callback):
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         # Options are checked now, before fit starts: a typo fails at once.
         self._spec = RunSpec(
-            models=[], data="", probes=list(probes), options=dict(options or {}), seed=seed
+            models=[],
+            data=(data if isinstance(data, str) else getattr(data, "spec", "")) or "dataset",
+            probes=list(probes),
+            options=dict(options or {}),
+            seed=seed,
         )
         self._probes = build_probes(self._spec)
         self._data = data
@@ -120,7 +123,9 @@ class LandscapeCallback(keras.callbacks.Callback):
                         non_trainable=self._non_trainable.pop(minimum.name),
                     )
             for probe in self._probes:
-                minima = [self._previous, current] if probe.name in PAIR_PROBES else [current]
+                # a probe declares whether it measures pairs (registry: ProbeBase.takes_pairs)
+                pairs = registry.output_hook(probe.name, "takes_pairs")
+                minima = [self._previous, current] if pairs else [current]
                 result = run_probe(
                     probe,
                     self.landscape,
@@ -225,4 +230,4 @@ def _numbers(value, tag: str, depth: int = 0):
                 yield from _numbers(item, f"{tag}/{i}", depth + 1)
 
 
-__all__ = ["LandscapeCallback", "PAIR_PROBES"]
+__all__ = ["LandscapeCallback"]

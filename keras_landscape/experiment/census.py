@@ -7,16 +7,23 @@ A sweep is a run config (the keys of `klandscape run`, see `experiment.config`, 
       width: [1, 2, 4, 8]      # width and depth set the recipe's layers: [width] * depth
       depth: [1]
     replicas: 4                # minima trained per point (model.replicas is the same key)
+    probes: [components, curviness]        # the default; names or {name: options}
     components: {levels: "0.01:0.2:20"}    # options of the components probe
     curviness: {levels: "0.1,0.05"}        # options of the curviness probe
     scales: {small: {...}, full: {...}}    # merged over the top level by --scale NAME
 
-Each point is an ordinary run config (`model.layers` from width and depth, the probes
-`components` and `curviness`), validated by `experiment.config.load_config` and run by
+`probes` lists the census probes of every point: any registered probe that declares census
+columns (`registry.ProbeBase.census_columns`: what it adds to a point's row), a third
+party's as well as `components` and `curviness`. A listed probe's options go beside it in
+the list or under a top-level key of its name.
+
+Each point is an ordinary run config (`model.layers` from width and depth, the listed
+probes), validated by `experiment.config.load_config` and run by
 `experiment.config.prepare` (train or reuse the point's replicas) and
 `experiment.runner.execute`, into a working store `<out stem>-work/<point>.h5`. When a point
 is finished its runs and models are copied into the census store (`out`) as runs
-`<point>.components` and `<point>.curviness` and models `<point>.<model>`, each run marked
+`<point>.<probe>` (`<point>.components`, `<point>.curviness`) and models
+`<point>.<model>`, each run marked
 with its grid values (`census_point`, `census_grid`, `census_index`, `census_stamp`,
 `parameters`), and the working store is removed. So the census store is one file, and an
 interrupted census resumes (`--resume`): finished points are reused from it (after checking
@@ -35,28 +42,41 @@ from pathlib import Path
 from typing import Any
 
 from keras_landscape import registry
+from keras_landscape.engine.options import parse_strategy
 from keras_landscape.errors import ConfigError, Interrupted, UserError
 from keras_landscape.experiment.config import (
     TOP_KEYS,
     ExperimentConfig,
     _check_keys,
+    _probe_map,
     apply_override,
     default_out,
     describe,
     load_config,
     load_with,
+    prepare,
     with_scale,
 )
+from keras_landscape.experiment.config import _plots as run_plots
 from keras_landscape.models.recipes import BUILDERS
 from keras_landscape.progress import NullProgress, Progress
-from keras_landscape.report.census import CENSUS_ATTRS, census_points
+from keras_landscape.report.census import CENSUS_ATTRS, census_points, census_rows, plot_census
 from keras_landscape.report.plots import default_directory
-from keras_landscape.store.hdf5 import Store, refuse_existing, to_json
+from keras_landscape.settings import closest
+from keras_landscape.store.hdf5 import (
+    Store,
+    check_not_in_use,
+    hold_store,
+    refuse_existing,
+    to_json,
+)
 
-PROBES = ("components", "curviness")
+#: the probes of a sweep that lists none
+DEFAULT_PROBES = ("components", "curviness")
 #: the run-config keys a sweep takes (a `strategy` key passes through once config.py has it)
 BASE_KEYS = tuple(k for k in TOP_KEYS if k not in ("models", "probes", "scales"))
-CENSUS_KEYS = ("grid", "replicas", *PROBES)
+CENSUS_KEYS = ("grid", "replicas", "probes")
+#: a sweep's keys, besides a top-level key per census probe (its options)
 SWEEP_KEYS = (*BASE_KEYS, *CENSUS_KEYS, "scales")
 #: grid keys that are not recipe keys: both set `layers` ([width] * depth)
 SHAPE_KEYS = ("width", "depth")
@@ -68,6 +88,48 @@ def _fail(where: str, message: str) -> None:
     raise ConfigError(f"{where}: {message}")
 
 
+def census_probes() -> list[str]:
+    """The registered probes that can take part in a census: those declaring census
+    columns (`census_columns`, the values they add to a point's row)."""
+    return [name for name in registry.probes() if registry.output_hook(name, "census_columns")]
+
+
+def _sweep_probes(document: dict) -> dict[str, dict]:
+    """The sweep's census probes and their options: `probes` (default components,
+    curviness) with options given in the list or under a top-level key of the probe's
+    name (both: merged, the list's winning)."""
+    capable = census_probes()
+    listed = _probe_map(document.get("probes", list(DEFAULT_PROBES)), "probes")
+    if not listed:
+        _fail("probes", f"list at least one census probe ({', '.join(capable)})")
+    known = registry.probes()
+    for name in listed:
+        if name not in known:
+            hint = closest(name, capable)
+            _fail(
+                f"probes.{name}",
+                "unknown probe"
+                + (f" (did you mean {hint}?)" if hint else "")
+                + f"; census probes: {', '.join(capable)}",
+            )
+        if name not in capable:
+            _fail(
+                f"probes.{name}",
+                f"the {name} probe adds nothing to a census row (its class declares no "
+                f"census_columns); census probes: {', '.join(capable)}",
+            )
+    for name in capable:
+        options = document.get(name)
+        if options is None:
+            continue
+        if not isinstance(options, dict):
+            _fail(name, f"expected a mapping of {name} probe options, got {options!r}")
+        if name not in listed:
+            _fail(name, f"options of a probe that is not listed (probes: {', '.join(listed)})")
+        listed[name] = {**options, **listed[name]}
+    return listed
+
+
 @dataclass
 class CensusPoint:
     """One grid point: its name, grid values and validated run config."""
@@ -77,6 +139,11 @@ class CensusPoint:
     values: dict[str, Any]
     config: ExperimentConfig
     work: str
+
+    @property
+    def probes(self) -> list[str]:
+        """The point's census probes, in the sweep's order."""
+        return list(self.config.spec.probes)
 
     @property
     def stamp(self) -> dict:
@@ -137,10 +204,11 @@ def load_census(
 
 
 def _load(document, path, folder, scale, overrides, command) -> Census:
-    document = with_scale(document, SWEEP_KEYS, scale, "sweep")
+    keys = (*SWEEP_KEYS, *census_probes())
+    document = with_scale(document, keys, scale, "sweep")
     for key, value in overrides:
         _override(document, key, value)
-    _check_keys(document, [k for k in SWEEP_KEYS if k != "scales"], "")
+    _check_keys(document, [k for k in keys if k != "scales"], "")
     if document.get("model") is None:
         _fail("model", "missing: a census trains an architecture (model: builder, input, ...)")
     model = document["model"]
@@ -155,12 +223,7 @@ def _load(document, path, folder, scale, overrides, command) -> Census:
         _fail("replicas", f"given twice (replicas {replicas}, model.replicas {model['replicas']})")
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 2:
         _fail("replicas", f"expected an integer >= 2 (pairs of minima), got {replicas!r}")
-    probes = []
-    for name in PROBES:
-        options = document.get(name) or {}
-        if not isinstance(options, dict):
-            _fail(name, f"expected a mapping of {name} probe options, got {options!r}")
-        probes.append({name: dict(options)} if options else name)
+    probes = [{n: o} if o else n for n, o in _sweep_probes(document).items()]
     out = str(document.get("out") or default_out(path, scale))
     if not out.strip():
         _fail("out", "expected a store path")
@@ -181,7 +244,9 @@ def _load(document, path, folder, scale, overrides, command) -> Census:
         try:
             config = load_config(run, base_dir=str(folder), command=command)
         except ConfigError as error:
-            raise ConfigError(f"grid point {name}: {_census_path(str(error))}") from None
+            raise ConfigError(
+                f"grid point {name}: {_census_path(str(error), run['probes'])}"
+            ) from None
         points.append(CensusPoint(name, index, values, config, run["out"]))
     names = [p.name for p in points]
     if len(set(names)) != len(names):
@@ -191,10 +256,11 @@ def _load(document, path, folder, scale, overrides, command) -> Census:
 
 
 def _override(document: dict, key: str, value: Any) -> None:
-    """--set KEY=VALUE: census keys (grid.width, components.levels, replicas) are set as
-    written; anything else as `klandscape run --set` does (a probe option goes to options)."""
+    """--set KEY=VALUE: census keys (grid.width, components.levels, replicas, probes) are set
+    as written; anything else as `klandscape run --set` does (a probe option goes to
+    options)."""
     parts = key.split(".")
-    if parts[0] in CENSUS_KEYS:
+    if parts[0] in CENSUS_KEYS or (len(parts) > 1 and parts[0] in census_probes()):
         target = document
         for part in parts[:-1]:
             if not isinstance(target.get(part), dict):
@@ -258,9 +324,10 @@ def _point_model(model: dict, values: dict, replicas: int, folder: str) -> dict:
     return point
 
 
-def _census_path(message: str) -> str:
+def _census_path(message: str, probes: list) -> str:
     """A point config's key path as the sweep spells it (probes.components.x -> components.x)."""
-    for name in PROBES:
+    for item in probes:
+        name = item if isinstance(item, str) else next(iter(item))
         message = message.replace(f"probes.{name}.", f"{name}.").replace(f"probes.{name}:", name)
     return message.replace("model.replicas", "replicas")
 
@@ -274,8 +341,6 @@ def _plots(value) -> dict | None:
         value = {}
     if not isinstance(value, dict):
         _fail("plots", f"expected true, false or {{format, dir, paths}}, got {value!r}")
-    from keras_landscape.experiment.config import _plots as run_plots
-
     plots = run_plots({"paths": "none", **value})
     return plots
 
@@ -305,15 +370,28 @@ def run_census(
     overwrite: bool = False,
     plots: bool = True,
 ) -> dict:
+    """`_run_census` holding the census store's lock (`<out>.lock`) from start to end: a
+    second census on the same store (--overwrite, --resume) is refused before it deletes
+    anything, as a second writer of a probe store is."""
+    with hold_store(census.out):
+        return _run_census(census, progress, resume=resume, overwrite=overwrite, plots=plots)
+
+
+def _run_census(
+    census: Census,
+    progress: Progress | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    plots: bool = True,
+) -> dict:
     """Every grid point trained and probed into the census store, then the figures.
 
     Returns:
         {"store", "points": [{"name", "values", "reused", "seconds"}], "rows" (the census
         table), "figures", "figures_dir"}.
     """
-    from keras_landscape.engine import backend
-    from keras_landscape.engine.options import parse_strategy
-    from keras_landscape.experiment.config import prepare
+    from keras_landscape.engine import backend  # TensorFlow
     from keras_landscape.experiment.runner import execute, versions  # TensorFlow
 
     progress = progress or NullProgress()
@@ -338,6 +416,8 @@ def run_census(
     work = Path(census.work_dir)
     if not (resume and out.exists()):
         for point in census.points:  # working stores of an earlier census here: start afresh
+            check_not_in_use(point.work)  # ...unless a process is writing one
+        for point in census.points:
             Path(point.work).unlink(missing_ok=True)
         Store.create(out, versions=versions(), command=census.command, overwrite=overwrite).close()
     done = _finished(census)
@@ -367,8 +447,6 @@ def run_census(
     task.close()
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()
-    from keras_landscape.report.census import census_rows, plot_census
-
     result = {"store": str(out), "points": summary, "rows": census_rows(str(out))}
     result["figures"], result["figures_dir"] = [], None
     if census.plots is not None and plots:
@@ -388,11 +466,11 @@ def _finished(census: Census) -> set[str]:
         stored = census_points(store)
         for name, entry in stored.items():
             point = by_name.get(name)
-            if point is None or set(entry["runs"]) != set(PROBES):
+            if point is None or set(entry["runs"]) != set(point.config.spec.probes):
                 continue
             if any(r["status"] != "complete" for r in entry["runs"].values()):
                 continue
-            if _jsonish(entry["stamp"]) != _jsonish(point.stamp):
+            if _jsonish(_renamed(entry["stamp"])) != _jsonish(point.stamp):
                 raise UserError(
                     f"Cannot resume {census.out!r}: its grid point {name} was run with other "
                     "settings (model, data, loss, seed or probe options) than the sweep now "
@@ -403,13 +481,25 @@ def _finished(census: Census) -> set[str]:
         # runs of a point copied only in part (interrupted while copying) are copied again
         for run in store.run_names():
             point, _, probe = run.rpartition(".")
-            if point in by_name and point not in finished and probe in PROBES:
+            if point in by_name and point not in finished and probe in by_name[point].probes:
                 del store.h5["runs"][run]
     return finished
 
 
 def _jsonish(value):
     return json.loads(to_json(value))
+
+
+#: run settings renamed since a census store may have been written (old name: new name)
+_RENAMED_SETTINGS = {"fast_float32": "tf32"}
+
+
+def _renamed(stamp: dict) -> dict:
+    """A stored point stamp with its run settings under their current names."""
+    run = stamp.get("run") if isinstance(stamp, dict) else None
+    if not isinstance(run, dict):
+        return stamp
+    return {**stamp, "run": {_RENAMED_SETTINGS.get(k, k): v for k, v in run.items()}}
 
 
 def _copy_point(census: Census, point: CensusPoint, work_path: str) -> None:
@@ -433,7 +523,7 @@ def _copy_point(census: Census, point: CensusPoint, work_path: str) -> None:
                 **{**attrs, CENSUS_ATTRS["point"]: point.name},
             )
             models.append(name)
-        for probe in PROBES:
+        for probe in point.probes:
             target = f"{point.name}.{probe}"
             if store.has_run(target):
                 del store.h5["runs"][target]
@@ -456,6 +546,8 @@ def _copy_point(census: Census, point: CensusPoint, work_path: str) -> None:
 
 __all__ = [
     "BASE_KEYS",
+    "DEFAULT_PROBES",
+    "census_probes",
     "Census",
     "CensusPoint",
     "describe_census",

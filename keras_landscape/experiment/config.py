@@ -46,29 +46,24 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
 
 from keras_landscape import registry
 from keras_landscape.data.specs import KINDS, load_data, parse_spec
 from keras_landscape.errors import ConfigError, UserError
 from keras_landscape.models.recipes import (
-    BUILDERS,
-    DEFAULT_TRAIN,
-    OPTIMIZERS,
     ModelRecipe,
+    read_recipe,
     read_stamp,
     stamp,
     train_replicas,
 )
 from keras_landscape.report.plots import FORMATS, PATH_CHOICES
 from keras_landscape.settings import (
-    Bool,
-    Float,
-    Int,
     RunSettings,
     RunSpec,
     Text,
     closest,
+    problem,
     unknown_key,
     validate,
 )
@@ -82,118 +77,7 @@ def _fail(where: str, message: str) -> None:
     raise ConfigError(f"{where}: {message}")
 
 
-def _bad(message: str):
-    return PydanticCustomError("bad_value", "{problem}", {"problem": message})
-
-
 # ------------------------------------------------------------------- the config's schema
-
-
-def _listed(value):
-    """A single value where a list is expected: `input: 1` is `input: [1]`."""
-    return [value] if isinstance(value, (int, str)) and not isinstance(value, bool) else value
-
-
-def _blank_is_empty(value):
-    return "" if value is None or value == "" else value
-
-
-Positive = Annotated[Int, Field(ge=1)]
-Widths = Annotated[list[Positive], BeforeValidator(_listed)]
-OptionalText = Annotated[str, BeforeValidator(_blank_is_empty)]
-
-
-def _batch_size(value):
-    if value is None or value == "full":
-        return "full"
-    try:
-        number = to_type(value, int)
-    except BadValue:
-        number = 0
-    if number < 1:
-        raise _bad(f"expected full or an integer >= 1, got {value!r}")
-    return number
-
-
-class TrainConfig(BaseModel):
-    """`model.train`: how each replica is trained with Keras's fit."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: Positive = DEFAULT_TRAIN["epochs"]
-    batch_size: Annotated[Literal["full"] | int, BeforeValidator(_batch_size)] = DEFAULT_TRAIN[
-        "batch_size"
-    ]
-    learning_rate: Annotated[Float, Field(gt=0)] = DEFAULT_TRAIN["learning_rate"]
-    optimizer: Text = DEFAULT_TRAIN["optimizer"]
-
-    @field_validator("optimizer")
-    @classmethod
-    def _optimizer(cls, value: str) -> str:
-        if value.lower() not in OPTIMIZERS:
-            raise _bad(f"unknown optimizer {value!r}; use one of {', '.join(OPTIMIZERS)}")
-        return value.lower()
-
-
-class RecipeConfig(BaseModel):
-    """`model`: an architecture to build and train (the fields of `ModelRecipe`; which keys a
-    builder takes is `recipes.BUILDERS`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    builder: Text
-    input: Annotated[Widths, Field(min_length=1, description="the model's input shape")]
-    output: Annotated[Positive, Field(description="the model's output width")]
-    layers: Widths = []
-    filters: Widths = []
-    kernel_size: Positive = 3
-    pool: Positive = 2
-    activation: Text = "relu"
-    output_activation: Text | None = None
-    dropout: Annotated[Float, Field(ge=0, lt=1)] = 0.0
-    embedding: Annotated[Int, Field(ge=0)] = 0
-    use_bias: Bool = True
-    kernel_initializer: OptionalText = ""
-    bias_initializer: OptionalText = ""
-    replicas: Positive = 2
-    train: Annotated[TrainConfig, BeforeValidator(lambda v: {} if v is None else v)] = Field(
-        default_factory=TrainConfig
-    )
-    dir: OptionalText = ""
-
-    @field_validator("builder")
-    @classmethod
-    def _builder(cls, value: str) -> str:
-        if value not in BUILDERS:
-            raise _bad(f"unknown builder {value!r}; builders: {', '.join(BUILDERS)}")
-        return value
-
-    def recipe(self, where: str = "model") -> ModelRecipe:
-        """The ModelRecipe, after the checks that depend on the builder."""
-        allowed = set(BUILDERS[self.builder]) | {"builder", "replicas", "train", "dir"}
-        for key in self.model_fields_set - allowed:
-            _fail(
-                f"{where}.{key}",
-                f"not an option of the {self.builder} builder; its options: "
-                f"{', '.join(sorted(allowed))}",
-            )
-        recipe = ModelRecipe(**{**self.model_dump(), "train": self.train.model_dump()})
-        if self.builder == "lstm" and (len(self.input) != 1 or self.embedding < 1 or not self.layers):
-            _fail(
-                where,
-                "the lstm builder needs input [steps], embedding >= 1 and layers "
-                "(LSTM units, e.g. [200, 200]); output is the vocabulary size",
-            )
-        if self.builder == "cnn":
-            if not self.filters:
-                _fail(f"{where}.filters", "the cnn builder needs at least one Conv2D layer")
-            if len(self.input) != 3:
-                _fail(
-                    f"{where}.input",
-                    f"the cnn builder needs an image shape [height, width, channels], got "
-                    f"{self.input}",
-                )
-        return recipe
 
 
 def _plots_in(value):
@@ -201,7 +85,7 @@ def _plots_in(value):
         return {}
     if value is False or isinstance(value, (dict, PlotsConfig)):
         return None if value is False else value
-    raise _bad(f"expected true, false or {{format, dir, paths}}, got {value!r}")
+    raise problem(f"expected true, false or {{format, dir, paths}}, got {value!r}")
 
 
 class PlotsConfig(BaseModel):
@@ -217,7 +101,7 @@ class PlotsConfig(BaseModel):
     @classmethod
     def _format(cls, value: str) -> str:
         if value not in FORMATS:
-            raise _bad(f"unknown format {value!r}; use one of {', '.join(FORMATS)}")
+            raise problem(f"unknown format {value!r}; use one of {', '.join(FORMATS)}")
         return value
 
 
@@ -241,8 +125,10 @@ class RunConfig(RunSettings):
     """A YAML run config: every run setting (`RunSettings`) plus the config's own sections."""
 
     description: Text | None = None
-    models: Annotated[list[Text] | None, BeforeValidator(_listed)] = None
-    model: RecipeConfig | None = None
+    models: Annotated[
+        list[Text] | None, BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
+    ] = None
+    model: dict[str, Any] | None = None  # a ModelRecipe (models/recipes.py declares its keys)
     data: Annotated[
         Any,
         Field(description="a data spec such as digits, cubic:n=10000 or npz:PATH"),
@@ -253,8 +139,11 @@ class RunConfig(RunSettings):
     scales: dict[str, Any] | None = None
 
 
-#: the keys of a run config, from its declaration
-TOP_KEYS = tuple(RunConfig.model_fields)
+#: the keys of a run config, from its declaration: its own sections, then the run settings
+TOP_KEYS = (
+    *(k for k in RunConfig.model_fields if k not in RunSettings.model_fields),
+    *RunSettings.model_fields,
+)
 
 
 # ---------------------------------------------------------------------------- results
@@ -612,7 +501,7 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
             if not Path(models[-1]).exists():
                 _fail(f"models[{i}]", f"the model file {models[-1]!r} does not exist")
     else:
-        recipe = run.model.recipe()
+        recipe = read_recipe(run.model)
     data_choices = _data(run.data, folder)
     if recipe is not None and run.loss is None:
         _fail(
@@ -639,12 +528,19 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
     return ExperimentConfig(source, scale, spec, recipe, data_choices, plots, document)
 
 
+def _spec_dump(spec: RunSpec) -> dict:
+    """The spec as plain data: what runs first (models, data, probes), then the settings."""
+    dump = spec.model_dump(exclude={"command"})
+    first = ("models", "data", "probes", "options", "probe_options")
+    return {**{k: dump.pop(k) for k in first}, **dump}
+
+
 def describe(config: ExperimentConfig) -> dict:
     """The resolved settings as plain data (what `klandscape run --dry-run` prints)."""
     return {
         "config": config.source,
         "scale": config.scale,
-        "run": config.spec.model_dump(exclude={"command"}),
+        "run": _spec_dump(config.spec),
         "model": None if config.recipe is None else dataclasses.asdict(config.recipe),
         "data_choices": config.data_choices,
         "plots": config.plots,
@@ -723,7 +619,6 @@ __all__ = [
     "ConfigError",
     "ExperimentConfig",
     "ModelRecipe",
-    "RecipeConfig",
     "RunConfig",
     "TOP_KEYS",
     "apply_override",

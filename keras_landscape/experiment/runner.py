@@ -111,7 +111,11 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
     writer = landscape.devices.writer
     if spec.resume:
         store = Store.open(path, "a") if writer else Store.scratch(path, copy_of=path)
-        stored = store.read_layout()
+        try:
+            stored = store.read_layout()
+        except BaseException:
+            store.close()  # and its lock
+            raise
         if [list(s) for s in stored["shapes"]] != [list(s) for s in landscape.layout.shapes]:
             store.close()
             raise UserError(
@@ -124,7 +128,11 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
         )
     else:
         store = Store.scratch(path, versions=versions(), command=spec.command)
-    write_header(store, landscape)
+    try:
+        write_header(store, landscape)
+    except BaseException:
+        store.close()  # and its lock
+        raise
     return store
 
 
@@ -236,7 +244,7 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
         split=spec.split,
         eval_batch_size=spec.eval_batch_size,
         xla=spec.xla,
-        fast_float32=spec.fast_float32,
+        fast_float32=spec.tf32,
         bn_stats=spec.bn_stats,
         bn_batches=spec.bn_batches,
         bn_batch_size=spec.bn_batch_size,

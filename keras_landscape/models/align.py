@@ -134,54 +134,87 @@ def _layer_classes():
     return L, passthrough, spatial
 
 
+def _keras_tensors(value) -> list[dict]:
+    """The Keras tensors a serialized node argument holds (its args and kwargs, nested)."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            return [value]
+        return [t for item in value.values() for t in _keras_tensors(item)]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _keras_tensors(item)]
+    return []
+
+
+def _ends(value) -> list:
+    """A functional config's input_layers / output_layers as a list of [name, node, index]
+    (one end is written flat: [name, node, index])."""
+    if len(value) == 3 and isinstance(value[0], str):
+        return [value]
+    return list(value)
+
+
 def _chain(model) -> list[tuple[object, tuple]]:
-    """The model's layers as a chain [(layer, input shape)], input to output, or UserError."""
+    """The model's layers as a chain [(layer, input shape)], input to output, or UserError.
+
+    Read through Keras's public API only: a Sequential model's `layers` and each layer's
+    `input`; a functional model (a `keras.Model` that is a `keras.Function`) through its
+    `get_config()` graph (each operation's inbound nodes, with the shapes of the tensors
+    they take) and its `operations`.
+    """
     import keras
-    from keras.src.models.functional import Functional
 
     if isinstance(model, keras.Sequential):
         if type(model).call is not keras.Sequential.call:
             raise _unsupported(model, "it is a Sequential subclass that overrides call()")
-        graph = model._functional
-        if graph is None:
+        try:
+            model.inputs  # noqa: B018 (raises until an input shape is known)
+            chain = [(layer, tuple(layer.input.shape)) for layer in model.layers]
+        except (AttributeError, ValueError):
             raise _unsupported(
                 model,
                 "the Sequential model has no known input shape; start it with "
                 "keras.Input(shape) or build it",
-            )
-    elif isinstance(model, Functional):
-        if type(model).call is not Functional.call:
-            raise _unsupported(model, "it is a functional model subclass that overrides call()")
-        graph = model
+            ) from None
     else:
-        raise _unsupported(
-            model,
-            "subclassed models hide their wiring in call(), so the permutation "
-            "structure cannot be read; rebuild it as a Sequential or functional model",
-        )
-    inputs, outputs = keras.tree.flatten(graph.inputs), keras.tree.flatten(graph.outputs)
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise _unsupported(
-            model, f"it has {len(inputs)} inputs and {len(outputs)} outputs (one of each needed)"
-        )
-    chain: list[tuple[object, tuple]] = []
-    tensor = outputs[0]
-    while True:
-        op, node_index, _ = tensor._keras_history
-        if isinstance(op, keras.layers.InputLayer):
-            break
-        node_inputs = op._inbound_nodes[node_index].input_tensors
-        if len(node_inputs) != 1:
+        if not (isinstance(model, keras.Model) and isinstance(model, keras.Function)):
             raise _unsupported(
-                op,
-                f"it takes {len(node_inputs)} input tensors (a branch, merge or residual "
-                "connection); only a plain chain of single-input layers is supported",
+                model,
+                "subclassed models hide their wiring in call(), so the permutation "
+                "structure cannot be read; rebuild it as a Sequential or functional model",
             )
-        tensor = node_inputs[0]
-        chain.append((op, tuple(tensor.shape)))
-    if tensor is not inputs[0]:
-        raise _unsupported(model, "its output does not depend on its input through one chain")
-    chain.reverse()
+        # the class whose call() runs: Keras's own for a functional model
+        owner = next(k for k in type(model).__mro__ if "call" in vars(k))
+        if not (issubclass(owner, keras.Function) and owner.__module__.startswith("keras.")):
+            raise _unsupported(model, "it is a functional model subclass that overrides call()")
+        try:
+            config = model.get_config()  # the graph: each layer's inbound nodes and shapes
+        except (NotImplementedError, TypeError, ValueError) as error:
+            raise _unsupported(model, f"its config cannot be read ({error})") from None
+        inputs, outputs = _ends(config["input_layers"]), _ends(config["output_layers"])
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise _unsupported(
+                model,
+                f"it has {len(inputs)} inputs and {len(outputs)} outputs (one of each needed)",
+            )
+        entries = {entry["name"]: entry for entry in config["layers"]}
+        operations = {op.name: op for op in model.operations}  # layers and raw ops
+        chain = []
+        name, node_index = outputs[0][0], outputs[0][1]
+        while entries[name]["class_name"] != "InputLayer":
+            op = operations[name]
+            node_inputs = _keras_tensors(entries[name]["inbound_nodes"][node_index])
+            if len(node_inputs) != 1:
+                raise _unsupported(
+                    op,
+                    f"it takes {len(node_inputs)} input tensors (a branch, merge or residual "
+                    "connection); only a plain chain of single-input layers is supported",
+                )
+            tensor = node_inputs[0]["config"]
+            chain.append((op, tuple(tensor["shape"])))
+            name, node_index = tensor["keras_history"][0], tensor["keras_history"][1]
+        if name != inputs[0][0]:
+            raise _unsupported(model, "its output does not depend on its input through one chain")
+        chain.reverse()
     flat: list[tuple[object, tuple]] = []
     for op, shape in chain:
         if isinstance(op, keras.Model):
@@ -226,7 +259,7 @@ def _plan(model) -> _Plan:
                 raise _unsupported(layer, "LoRA or quantized layers are not supported")
             if kind is L.Conv2D and (layer.data_format != "channels_last" or layer.groups != 1):
                 raise _unsupported(layer, "only channels_last Conv2D with groups=1 is supported")
-            kernel, bias = layer._kernel, layer.bias
+            kernel, bias = layer.kernel, layer.bias  # (no LoRA: the variable itself)
             if id(kernel) not in t_index or (bias is not None and id(bias) not in t_index):
                 raise _unsupported(
                     layer, "its weights are not trainable (frozen), so they are not in theta"
@@ -474,10 +507,22 @@ def weight_matching(
     )
 
 
+def weight_matching_on(
+    landscape, theta_a: np.ndarray, theta_b: np.ndarray, max_iterations: int = 100, seed: int = 0
+) -> Alignment:
+    """`weight_matching` on the architecture of `landscape` (the engine's `Landscape`).
+
+    Weight matching walks the Keras model's layers, which the contract the probes use
+    (`keras_landscape.contract.LandscapeLike`) does not expose: a probe hands the landscape
+    to this function and to `aligned_state` instead of reading its model.
+    """
+    return weight_matching(landscape.model, theta_a, theta_b, max_iterations, seed)
+
+
 def aligned_state(landscape, state, permutations: dict[str, list[int]]):
     """A state vector s (see `keras_landscape.engine.state`) permuted with B's hidden units, so that
     the aligned model computes B's function with B's own BatchNorm statistics; None stays
-    None (the landscape model's state is used)."""
+    None (the landscape model's state is used). `landscape` is the engine's `Landscape`."""
     if state is None:
         return None
     layout = landscape.state_layout

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 
@@ -15,7 +19,7 @@ from keras_landscape.models.loading import (
     load_custom_objects,
     load_model,
 )
-from keras_landscape.store.hdf5 import Store, reading
+from keras_landscape.store.hdf5 import FORMAT_NAME, Store, reading
 from keras_landscape.store.strings import read_string, string_prefixes
 
 
@@ -83,6 +87,69 @@ def stored_theta(
     return stored.beads[row], stored.state_of(row), f"bead {bead} of {where}"
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same resolved path, or the same inode (links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _is_store(path: str) -> bool:
+    """A keras-landscape store (or an HDF5 file some process is writing: maybe one)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") in (FORMAT_NAME, FORMAT_NAME.encode())
+    except (OSError, ValueError) as error:
+        return "lock" in str(error).lower()
+
+
+def check_output(out: str, store_path: str, *, overwrite: bool, protected=()) -> None:
+    """Refuse an output path that would destroy something: the store itself or any other
+    keras-landscape store, a file the store was computed from (`protected`: (what, path)),
+    even with --overwrite; any other existing file without --overwrite."""
+    if _same_file(out, store_path):
+        raise UserError(
+            f"The output {out!r} is the store being exported from: export writes a model file "
+            "and never replaces a store, even with --overwrite. Choose another -o."
+        )
+    for what, path in protected:
+        if path and _same_file(out, path):
+            raise UserError(
+                f"The output {out!r} is {what}: export never replaces a file a store was "
+                "computed from, even with --overwrite. Choose another -o."
+            )
+    if not os.path.lexists(out):
+        return
+    if os.path.isdir(out):
+        raise UserError(f"The output {out!r} is a directory; give a .keras or .h5 file path.")
+    if _is_store(out):
+        raise UserError(
+            f"The output {out!r} is a keras-landscape store: export never replaces a store, "
+            "even with --overwrite. Choose another -o."
+        )
+    if not overwrite:
+        raise UserError(
+            f"The output file {out!r} already exists. Use --overwrite to replace it, or choose "
+            "another -o."
+        )
+
+
+def _inputs_of(store: Store, store_path: str) -> list[tuple[str, str]]:
+    """The model files a store was computed from, as (what, path): each recorded source,
+    read relative to the working directory and to the store's folder."""
+    folder = os.path.dirname(os.path.abspath(store_path))
+    out = []
+    for name in store.model_names():
+        source = str(store.read_model(name)["attrs"].get("source") or "")
+        if source:
+            what = f"the model file of the store's model {name!r}"
+            out += [(what, source), (what, os.path.join(folder, source))]
+    return out
+
+
 def export(
     store_path: str,
     out: str,
@@ -93,11 +160,20 @@ def export(
     model=None,
     custom_objects: str | None = None,
     unsafe: bool = False,
+    overwrite: bool = False,
 ) -> str:
     """Write a stored bead or model as a Keras model file (.keras or .h5); returns a summary.
-    `unsafe` lets Keras rebuild Lambda layers (see `models.allow_unsafe_deserialization`)."""
+    `unsafe` lets Keras rebuild Lambda layers (see `models.allow_unsafe_deserialization`).
+    An existing output is replaced only with `overwrite`, and never when it is a store or
+    a file the store was computed from (`check_output`); the file is written beside its
+    path and moved into place whole."""
     if Path(out).suffix.lower() not in (".keras", ".h5"):
         raise UserError(f"Export to a .keras or .h5 file, not {out!r}.")
+    protected = [("the --custom-objects file", custom_objects)] if custom_objects else []
+    if not _same_file(out, store_path):  # (the store is refused by check_output)
+        with reading(store_path), Store.open(store_path, "r") as store:
+            protected += _inputs_of(store, store_path)
+    check_output(out, store_path, overwrite=overwrite, protected=protected)
     custom = load_custom_objects(custom_objects)
     if unsafe:
         allow_unsafe_deserialization()
@@ -121,9 +197,18 @@ def export(
         values = state if state is not None else template
     for variable, value in zip(target.non_trainable_variables, values):
         variable.assign(value)
+    folder = None
     try:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        target.save(out)
+        # Written in a private folder beside `out` (nobody else can plant a link in it),
+        # then moved over `out` once whole.
+        folder = tempfile.mkdtemp(prefix=f".{Path(out).name}.", dir=Path(out).parent)
+        temporary = os.path.join(folder, Path(out).name)
+        target.save(temporary)
+        os.replace(temporary, out)
     except OSError as error:
         raise UserError(f"Cannot write {out!r}: {error.strerror or error}.") from None
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     return f"wrote {what} ({layout.size} parameters) to {out}"

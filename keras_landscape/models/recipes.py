@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+from typing_extensions import TypedDict
 
 from keras_landscape.errors import ConfigError, UserError
+from keras_landscape.settings import Bool, Float, Int, Text, explain, problem
+from keras_landscape.values import BadValue, conform, parse_named, to_type
 
 BUILDERS = {
     "mlp": (
@@ -44,6 +50,8 @@ BUILDERS = {
     # token sequences: Embedding(output, embedding) -> LSTM(units) per `layers` -> Dense(output)
     "lstm": ("input", "embedding", "layers", "output", "dropout"),
 }
+#: keys every builder takes
+COMMON_KEYS = ("builder", "replicas", "train", "dir")
 OPTIMIZERS = {
     "adam": "Adam",
     "sgd": "SGD",
@@ -55,27 +63,84 @@ OPTIMIZERS = {
 DEFAULT_TRAIN = {"epochs": 20, "batch_size": 32, "learning_rate": 1e-3, "optimizer": "adam"}
 
 
-@dataclass
-class ModelRecipe:
-    """An architecture to build with Keras and train `replicas` times (seeds seed + i)."""
+def _listed(value):
+    """A single width where a list is expected: `input: 1` is `input: [1]`."""
+    return [value] if isinstance(value, (int, str)) and not isinstance(value, bool) else value
 
-    builder: str
-    input: list[int]
-    output: int
-    layers: list[int] = field(default_factory=list)
-    filters: list[int] = field(default_factory=list)
-    kernel_size: int = 3
-    pool: int = 2
-    activation: str = "relu"
-    output_activation: str | None = None
-    dropout: float = 0.0
-    embedding: int = 0
-    use_bias: bool = True
-    kernel_initializer: str = ""
-    bias_initializer: str = ""
-    replicas: int = 2
-    train: dict = field(default_factory=lambda: dict(DEFAULT_TRAIN))
-    dir: str = ""
+
+def _batch_size(value):
+    if value is None or value == "full":
+        return "full"
+    try:
+        number = to_type(value, int)
+    except BadValue:
+        number = 0
+    if number < 1:
+        raise problem(f"expected full or an integer >= 1, got {value!r}")
+    return number
+
+
+def _optimizer(value):
+    name = str(value).strip().lower()
+    if name not in OPTIMIZERS:
+        raise problem(f"unknown optimizer {value!r}; use one of {', '.join(OPTIMIZERS)}")
+    return name
+
+
+def _builder(value):
+    if value not in BUILDERS:
+        raise problem(f"unknown builder {value!r}; builders: {', '.join(BUILDERS)}")
+    return value
+
+
+def _with_defaults(value):
+    """`train` with DEFAULT_TRAIN's values for the keys it does not set."""
+    if value is None:
+        return dict(DEFAULT_TRAIN)
+    return {**DEFAULT_TRAIN, **value} if isinstance(value, dict) else value
+
+
+Positive = Annotated[Int, Field(ge=1)]
+Widths = Annotated[list[Positive], BeforeValidator(_listed)]
+#: an initializer spec ('' and null: the layer's default)
+Initializer = Annotated[str, BeforeValidator(lambda v: "" if v is None else v)]
+
+
+class Train(TypedDict):
+    """`model.train`: how each replica is trained with Keras's fit."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    epochs: Positive
+    batch_size: Annotated[Literal["full"] | int, BeforeValidator(_batch_size)]
+    learning_rate: Annotated[Float, Field(gt=0)]
+    optimizer: Annotated[str, BeforeValidator(_optimizer)]
+
+
+@dataclass(config=ConfigDict(extra="forbid"))
+class ModelRecipe:
+    """An architecture to build with Keras and train `replicas` times (seeds seed + i): the
+    `model:` section of a run config, declared once (keys, types and checks)."""
+
+    builder: Annotated[Text, BeforeValidator(_builder)]
+    input: Annotated[Widths, Field(min_length=1, description="the model's input shape")]
+    output: Annotated[Positive, Field(description="the model's output width")]
+    layers: Widths = dataclasses.field(default_factory=list)
+    filters: Widths = dataclasses.field(default_factory=list)
+    kernel_size: Positive = 3
+    pool: Positive = 2
+    activation: Text = "relu"
+    output_activation: Text | None = None
+    dropout: Annotated[Float, Field(ge=0, lt=1)] = 0.0
+    embedding: Annotated[Int, Field(ge=0)] = 0
+    use_bias: Bool = True
+    kernel_initializer: Initializer = ""
+    bias_initializer: Initializer = ""
+    replicas: Positive = 2
+    train: Annotated[Train, BeforeValidator(_with_defaults)] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_TRAIN)
+    )
+    dir: Annotated[str, BeforeValidator(lambda v: "" if v is None else v)] = ""
 
     def architecture(self) -> dict:
         """What determines the trained weights besides data, loss and seed.
@@ -87,6 +152,45 @@ class ModelRecipe:
         skip = ("dir", "replicas") + (("use_bias",) if self.use_bias else ())
         skip += tuple(k for k in ("kernel_initializer", "bias_initializer") if not getattr(self, k))
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+def read_recipe(document, where: str = "model") -> ModelRecipe:
+    """A `model:` mapping of a config as a ModelRecipe; ConfigError naming the key path
+    (`model.layers[1]: must be >= 1, got -1`) for a bad key or value, a key the builder
+    does not take, or a shape the builder cannot build."""
+    if not isinstance(document, dict):
+        _bad(where, "expected a mapping with builder, input, layers, output, ...")
+    try:
+        recipe = TypeAdapter(ModelRecipe).validate_python(document)
+    except ValidationError as error:
+        path, message = explain(error, ModelRecipe)
+        _bad(f"{where}.{path}", message)
+    allowed = set(BUILDERS[recipe.builder]) | set(COMMON_KEYS)
+    for key in document:
+        if key not in allowed:
+            _bad(
+                f"{where}.{key}",
+                f"not an option of the {recipe.builder} builder; its options: "
+                f"{', '.join(sorted(allowed))}",
+            )
+    if recipe.builder == "lstm" and (
+        len(recipe.input) != 1 or recipe.embedding < 1 or not recipe.layers
+    ):
+        _bad(
+            where,
+            "the lstm builder needs input [steps], embedding >= 1 and layers "
+            "(LSTM units, e.g. [200, 200]); output is the vocabulary size",
+        )
+    if recipe.builder == "cnn":
+        if not recipe.filters:
+            _bad(f"{where}.filters", "the cnn builder needs at least one Conv2D layer")
+        if len(recipe.input) != 3:
+            _bad(
+                f"{where}.input",
+                f"the cnn builder needs an image shape [height, width, channels], got "
+                f"{recipe.input}",
+            )
+    return recipe
 
 
 def _bad(where: str, message: str) -> None:
@@ -105,18 +209,16 @@ def initializer(spec: str, where: str):
 
     if not spec:
         return None
-    name, _, rest = spec.partition(":")
-    options = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, equals, value = item.partition("=")
-        if not equals:
-            _bad(where, f"{spec!r}: options are key=value, got {item!r}")
-        try:
-            options[key.strip()] = float(value)
-        except ValueError:
-            options[key.strip()] = value.strip()
     try:
-        return keras.initializers.get({"class_name": name.strip(), "config": options})
+        name, options = parse_named(spec, "initializer option", example="random_normal:stddev=1")
+        found = keras.initializers.get(name)
+        options = conform(options, type(found).__init__, f"initializer {name}")
+    except UserError as error:
+        _bad(where, str(error))
+    except (ValueError, TypeError) as error:
+        _bad(where, f"not a Keras initializer: {spec!r} ({error})")
+    try:
+        return keras.initializers.get({"class_name": name, "config": options})
     except (ValueError, TypeError) as error:
         _bad(where, f"not a Keras initializer: {spec!r} ({error})")
 
@@ -295,4 +397,4 @@ def train_replicas(
     return [str(p) for p in paths]
 
 
-__all__ = ["build_model", "train_replicas", "training_loss"]
+__all__ = ["ModelRecipe", "build_model", "read_recipe", "train_replicas", "training_loss"]

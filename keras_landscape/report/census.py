@@ -1,18 +1,26 @@
 """The landscape census read back from its store: one row per grid point, and its figures.
 
-`klandscape census` (keras_landscape.experiment.census) copies each grid point's
-`components` and `curviness` runs into one store as `<point>.components` and
-`<point>.curviness`, marked with the attributes in CENSUS_ATTRS. Everything here reads that
-store alone (h5py, numpy, matplotlib; no Keras):
+`klandscape census` (keras_landscape.experiment.census) copies each grid point's probe runs
+(by default `components` and `curviness`) into one store as `<point>.<probe>`, marked with
+the attributes in CENSUS_ATTRS. Everything here reads that store alone (h5py, numpy,
+matplotlib; no Keras):
 
-- `read_census(path)`: the points in grid order, with their two probe results;
-- `census_rows(path)`: the census table, one row per point (width, depth, replicas, levels
-  of the minima, highest merge level, mean barrier, N_u, normalized length, ...);
-- `census_tables(path)`: the same for `klandscape census` to print, with N_u and curviness
-  tables per point;
+- `read_census(path)`: the points in grid order, with their probes' results;
+- `census_rows(path)`: the census table, one row per point: the grid values, replicas and
+  parameters, then each probe's columns (`census_columns`, filled by its `census_row`
+  hook: levels of the minima, highest merge level, mean barrier, N_u, normalized length,
+  ...);
+- `census_tables(path)`: the same for `klandscape census` to print (each probe's
+  `census_cells` and `census_notes`), then each probe's `census_tables` (N_u by level,
+  curviness per level);
 - `plot_census(path, directory)`: `census_summary` (highest merge level, barrier and
-  normalized length against the grid's first key) and `census_components` (N_u against the
-  level, one curve per point), beside the per-point figures of `klandscape plot`.
+  normalized length against the grid's first key, from the rows' columns) and each probe's
+  `census_figures` (`census_components`: N_u against the level, one curve per point),
+  beside the per-point figures of `klandscape plot`.
+
+What a probe contributes is declared on its class (`registry.ProbeBase`), so a probe of a
+third party takes part in a census as the built-ins do. The built-ins' hooks are below
+(`components_census_row`, `curviness_census_row`, ...), beside the census they feed.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_landscape import registry
 from keras_landscape.errors import UserError
 from keras_landscape.levels import at_or_below
 from keras_landscape.report.plots import (
     FigureFile,
+    NoFigure,
     _safe,
     _save,
     default_directory,
@@ -46,18 +56,18 @@ CENSUS_ATTRS = {
     "models": "census_models",
     "layout": "census_layout",
 }
-PROBES = ("components", "curviness")
 
 
 def census_points(store: Store) -> dict[str, dict]:
-    """{point: {"name", "index", "grid", "stamp", "parameters", "models", "runs": {probe:
-    {"run", "status", "result"}}}} for every census run of an open store."""
+    """{point: {"name", "index", "grid", "stamp", "parameters", "models", "probes" (the
+    probes the point runs, in the sweep's order), "runs": {probe: {"run", "status",
+    "config", "result"}}}} for every census run of an open store."""
     points: dict[str, dict] = {}
     for name in store.run_names():
         run = store.run(name)
         attrs = run.get_attrs(None)
         point = attrs.get(CENSUS_ATTRS["point"])
-        if not point or run.probe not in PROBES:
+        if not point:
             continue
         entry = points.setdefault(
             point,
@@ -77,6 +87,9 @@ def census_points(store: Store) -> dict[str, dict]:
             "config": run.config,
             "result": run.result,
         }
+    for entry in points.values():
+        listed = ((entry["stamp"] or {}).get("run") or {}).get("probes") or []
+        entry["probes"] = [str(p) for p in listed] or sorted(entry["runs"])
     return points
 
 
@@ -131,9 +144,8 @@ def _max_known(values) -> int | None:
     return None if not values or None in values else max(values)
 
 
-def point_row(point: dict) -> dict:
-    """One census row from a point's two results (None where a value is missing)."""
-    components, curviness = _result(point, "components"), _result(point, "curviness")
+def components_census_row(components: dict) -> dict:
+    """The census columns of a `components` result (ComponentsProbe.census_row)."""
     minimum_levels = [v for v in components.get("minimum_levels") or [] if v is not None]
     pairs = list((components.get("pairs") or {}).values())
     barriers = [p.get("barrier") for p in pairs]
@@ -152,19 +164,7 @@ def point_row(point: dict) -> dict:
     top = max(minimum_levels) if minimum_levels else None
     # at and above the highest minimum every sampled minimum is in Omega_u
     above = [(lo, hi) for u, lo, hi in curve if top is not None and at_or_below(top, u)]
-    levels = curviness.get("levels") or []
-    lowest = min(range(len(levels)), key=lambda i: levels[i]) if levels else None
-
-    def at_lowest(key):
-        values = curviness.get(key) or []
-        return values[lowest] if lowest is not None and lowest < len(values) else None
-
-    connected, failed = at_lowest("pairs"), at_lowest("failed")
     return {
-        "point": point["name"],
-        **point["grid"],
-        "replicas": len(components.get("minima") or []) or None,
-        "parameters": point.get("parameters"),
         "lowest_minimum": min(minimum_levels) if minimum_levels else None,
         "highest_minimum": top,
         "highest_merge_level": highest,
@@ -181,15 +181,165 @@ def point_row(point: dict) -> dict:
         "n_u_max_above_minima_lower": _max_known(lo for lo, _ in above),
         "n_u_max_above_minima": max((hi for _, hi in above), default=None),
         "unresolved": components.get("unresolved"),
+    }
+
+
+COMPONENTS_CENSUS_COLUMNS = {
+    "lowest_minimum": "the lowest level of the point's minima",
+    "highest_minimum": "the highest level of its minima",
+    "highest_merge_level": "the level at which every minimum is connected (upper bound)",
+    "merge_gap": "highest_merge_level - highest_minimum",
+    "mean_barrier": "mean over pairs of the saddle-level upper bound - the higher minimum",
+    "max_barrier": "the largest of those barriers",
+    "separated_pairs": "pairs DSS failed to connect at some level above the higher minimum",
+    "all_pairs": "pairs measured",
+    "lowest_level": "the lowest level u N_u was counted at",
+    "n_u_lowest_level_lower": "N_u there, lower bound (DSS failures)",
+    "n_u_lowest_level": "N_u there, upper bound (paths found)",
+    "n_u_max_lower": "the largest N_u lower bound over the levels",
+    "n_u_max": "the largest N_u upper bound over the levels",
+    "n_u_max_above_minima_lower": "the largest lower bound at or above the highest minimum",
+    "n_u_max_above_minima": "the largest upper bound at or above the highest minimum",
+    "unresolved": "level bands where the N_u bounds differ",
+}
+
+
+def components_census_cells(row: dict) -> dict:
+    """The printed census table's cells of a `components` row."""
+    return {
+        "minima": f"{fmt(row.get('lowest_minimum'), 3)}-{fmt(row.get('highest_minimum'), 3)}",
+        "highest merge": row.get("highest_merge_level"),
+        "mean barrier": row.get("mean_barrier"),
+        "DSS failed": f"{fmt(row.get('separated_pairs'))}/{fmt(row.get('all_pairs'))}",
+        "N_u lowest u": _bounds(row.get("n_u_lowest_level_lower"), row.get("n_u_lowest_level")),
+        "max N_u": f"{_bounds(row.get('n_u_max_lower'), row.get('n_u_max'))} "
+        f"({_bounds(row.get('n_u_max_above_minima_lower'), row.get('n_u_max_above_minima'))})",
+    }
+
+
+def components_census_notes() -> list[str]:
+    return [
+        "minima: lowest-highest level; barrier: saddle-level upper bound - higher endpoint "
+        "level, mean over pairs",
+        "DSS failed: pairs not connected by DSS at some level above the higher minimum "
+        "(their bracket's lower end rose above it; no proof of a barrier); the other "
+        "pairs' merge levels are upper bounds only",
+        "N_u as lower-upper bounds (one number where they agree): upper from the paths "
+        "found, lower from DSS failures (heuristic); N_u lowest u: at the lowest measured "
+        "level; max N_u: over the measured levels, (in brackets) over those at or above "
+        "the highest minimum, where every sampled minimum is in the sublevel set",
+    ]
+
+
+def components_census_tables(points: list[tuple[str, dict]]) -> list[dict]:
+    """N_u by level, one row per point."""
+    return [
+        table(
+            "census: N_u by level",
+            ["point", "N_u (components holding a sampled minimum; lower-upper bounds)"],
+            [[name, n_u_runs(n_u_curve(result)) or "n/a"] for name, result in points],
+        )
+    ]
+
+
+def curviness_census_row(curviness: dict) -> dict:
+    """The census columns of a `curviness` result (CurvinessProbe.census_row): the values
+    at its lowest level, and the normalized length at every level."""
+    levels = curviness.get("levels") or []
+    lowest = min(range(len(levels)), key=lambda i: levels[i]) if levels else None
+
+    def at(key, i):
+        values = curviness.get(key) or []
+        return values[i] if i is not None and i < len(values) else None
+
+    connected, failed = at("pairs", lowest), at("failed", lowest)
+    return {
         "curviness_level": levels[lowest] if lowest is not None else None,
-        "normalized_length": at_lowest("normalized_length"),
-        "normalized_length_sd": at_lowest("normalized_length_sd"),
+        "normalized_length": at("normalized_length", lowest),
+        "normalized_length_sd": at("normalized_length_sd", lowest),
         "mean_normalized_length": _mean(curviness.get("normalized_length") or []),
         "connected": connected,
         "pairs": None if connected is None else connected + (failed or 0),
-        "complete": all(r["status"] == "complete" for r in point["runs"].values())
-        and set(point["runs"]) == set(PROBES),
+        "lengths_by_level": [
+            [u, at("normalized_length", i), at("normalized_length_sd", i)]
+            for i, u in sorted(enumerate(levels), key=lambda iu: -iu[1])
+        ],
     }
+
+
+CURVINESS_CENSUS_COLUMNS = {
+    "curviness_level": "the lowest level the paths were measured at",
+    "normalized_length": "mean normalized length of the connected pairs' paths there",
+    "normalized_length_sd": "its standard deviation over pairs",
+    "mean_normalized_length": "the mean of the normalized lengths over the levels",
+    "connected": "pairs connected at the lowest level",
+    "pairs": "pairs tried there",
+    "lengths_by_level": "[level, normalized length, sd] per level, highest level first",
+}
+
+
+def curviness_census_cells(row: dict) -> dict:
+    """The printed census table's cells of a `curviness` row."""
+    pairs = row.get("pairs")
+    return {
+        "norm. length": row.get("normalized_length"),
+        "connected": "n/a" if pairs is None else f"{row.get('connected')}/{pairs}",
+    }
+
+
+def curviness_census_notes() -> list[str]:
+    return [
+        "norm. length (mean over connected pairs) and connected pairs at the lowest curviness level"
+    ]
+
+
+def curviness_census_tables(points: list[tuple[str, dict]]) -> list[dict]:
+    """Curviness per level, one row per (point, level)."""
+    rows = []
+    for name, result in points:
+        for i, level in enumerate(result.get("levels") or []):
+
+            def item(key, i=i, result=result):
+                values = result.get(key) or []
+                return values[i] if i < len(values) else None
+
+            good, bad = item("pairs") or 0, item("failed") or 0
+            rows.append(
+                [
+                    name,
+                    level,
+                    item("normalized_length"),
+                    item("normalized_length_sd"),
+                    item("beads"),
+                    f"{good}/{good + bad}",
+                ]
+            )
+    return [
+        table(
+            "census: curviness",
+            ["point", "level u", "norm. length", "sd", "beads", "connected"],
+            rows,
+        )
+    ]
+
+
+def point_row(point: dict) -> dict:
+    """One census row: the point, its grid values, replicas and parameters, then each of
+    its probes' columns (the probe's `census_row` hook on its result; None where missing)."""
+    row = {
+        "point": point["name"],
+        **point["grid"],
+        "replicas": len(point.get("models") or []) or None,
+        "parameters": point.get("parameters"),
+    }
+    for probe in point["probes"]:
+        columns = registry.output_hook(probe, "census_columns")
+        values = registry.output_hook(probe, "census_row")(_result(point, probe))
+        row.update({key: values.get(key) for key in columns} if columns else values)
+    row["complete"] = all(r["status"] == "complete" for r in point["runs"].values()) and set(
+        point["runs"]
+    ) == set(point["probes"])
+    return row
 
 
 def census_rows(path: str) -> list[dict]:
@@ -198,88 +348,44 @@ def census_rows(path: str) -> list[dict]:
 
 
 def census_tables(path: str) -> list[dict]:
-    """Tables for `klandscape census` to print: the census, N_u per point, curviness."""
+    """Tables for `klandscape census` to print: the census (each probe's cells), then
+    each probe's own census tables (N_u per point, curviness per level)."""
     census = read_census(path)
     points = census["points"]
     keys = list(points[0]["grid"])
+    probes = list(dict.fromkeys(p for point in points for p in point["probes"]))
     rows = [point_row(p) for p in points]
+    cells = [
+        {
+            h: v
+            for probe in probes
+            for h, v in registry.output_hook(probe, "census_cells")(r).items()
+        }
+        for r in rows
+    ]
+    headers = list(dict.fromkeys(h for c in cells for h in c))
+    notes = [f"level function {level_label(census['data'])}"]
+    for probe in probes:
+        notes.extend(registry.output_hook(probe, "census_notes")())
     first = table(
         "census",
-        [
-            *keys,
-            "reps",
-            "params",
-            "minima",
-            "highest merge",
-            "mean barrier",
-            "DSS failed",
-            "N_u lowest u",
-            "max N_u",
-            "norm. length",
-            "connected",
-        ],
+        [*keys, "reps", "params", *headers],
         [
             [
                 *[r.get(k) for k in keys],
                 r["replicas"],
                 r["parameters"],
-                f"{fmt(r['lowest_minimum'], 3)}-{fmt(r['highest_minimum'], 3)}",
-                r["highest_merge_level"],
-                r["mean_barrier"],
-                f"{fmt(r['separated_pairs'])}/{fmt(r['all_pairs'])}",
-                _bounds(r["n_u_lowest_level_lower"], r["n_u_lowest_level"]),
-                f"{_bounds(r['n_u_max_lower'], r['n_u_max'])} "
-                f"({_bounds(r['n_u_max_above_minima_lower'], r['n_u_max_above_minima'])})",
-                r["normalized_length"],
-                "n/a" if r["pairs"] is None else f"{r['connected']}/{r['pairs']}",
+                *[c.get(h) for h in headers],
             ]
-            for r in rows
+            for r, c in zip(rows, cells)
         ],
-        [
-            f"level function {level_label(census['data'])}; minima: lowest-highest level; "
-            "barrier: saddle-level upper bound - higher endpoint level, mean over pairs",
-            "DSS failed: pairs not connected by DSS at some level above the higher minimum "
-            "(their bracket's lower end rose above it; no proof of a barrier); the other "
-            "pairs' merge levels are upper bounds only",
-            "N_u as lower-upper bounds (one number where they agree): upper from the paths "
-            "found, lower from DSS failures (heuristic); N_u lowest u: at the lowest measured "
-            "level; max N_u: over the measured levels, (in brackets) over those at or above "
-            "the highest minimum, where every sampled minimum is in the sublevel set",
-            "norm. length (mean over connected pairs) and connected pairs at the lowest "
-            "curviness level",
-        ],
+        notes,
     )
-    nu = table(
-        "census: N_u by level",
-        ["point", "N_u (components holding a sampled minimum; lower-upper bounds)"],
-        [[p["name"], n_u_runs(n_u_curve(_result(p, "components"))) or "n/a"] for p in points],
-    )
-    curv_rows = []
-    for p in points:
-        result = _result(p, "curviness")
-        for i, level in enumerate(result.get("levels") or []):
-
-            def item(key, i=i, result=result):
-                values = result.get(key) or []
-                return values[i] if i < len(values) else None
-
-            good, bad = item("pairs") or 0, item("failed") or 0
-            curv_rows.append(
-                [
-                    p["name"],
-                    level,
-                    item("normalized_length"),
-                    item("normalized_length_sd"),
-                    item("beads"),
-                    f"{good}/{good + bad}",
-                ]
-            )
-    curv = table(
-        "census: curviness",
-        ["point", "level u", "norm. length", "sd", "beads", "connected"],
-        curv_rows,
-    )
-    return [first, nu, curv]
+    tables = [first]
+    for probe in probes:
+        results = [(p["name"], _result(p, probe)) for p in points if probe in p["runs"]]
+        tables.extend(registry.output_hook(probe, "census_tables")(results))
+    return tables
 
 
 # ------------------------------------------------------------------------------- figures
@@ -298,12 +404,26 @@ def _numeric(values) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
+#: the row columns the summary figure draws (from the built-in census probes' rows)
+SUMMARY_COLUMNS = (
+    "highest_merge_level",
+    "highest_minimum",
+    "lowest_minimum",
+    "mean_barrier",
+    "max_barrier",
+    "lengths_by_level",
+)
+
+
 def draw_summary(census: dict):
     """Highest merge level (with the minima's levels), barrier and normalized length
-    against the grid's first key, one line per value of the other keys."""
+    against the grid's first key, one line per value of the other keys: the rows' columns
+    of those names, whichever probe gave them (NoFigure where no row has any)."""
     points = census["points"]
     x_key, series_keys = _axis(points)
     rows = [point_row(p) for p in points]
+    if not any(r.get(k) for r in rows for k in SUMMARY_COLUMNS):
+        raise NoFigure(f"no census probe gave any of the columns {', '.join(SUMMARY_COLUMNS)}")
     xs_all = [r.get(x_key) for r in rows]
     numeric = _numeric(xs_all)
     ticks = sorted(set(xs_all)) if numeric else list(dict.fromkeys(map(str, xs_all)))
@@ -328,33 +448,26 @@ def draw_summary(census: dict):
             if keep:
                 ax.plot(*zip(*keep), style, color=color, label=text + suffix)
 
-        line(axes[0], [r["highest_merge_level"] for _, r in members], "o-", "highest merge")
-        line(axes[0], [r["highest_minimum"] for _, r in members], "v--", "highest minimum")
-        line(axes[0], [r["lowest_minimum"] for _, r in members], "^:", "lowest minimum")
-        line(axes[1], [r["mean_barrier"] for _, r in members], "o-", "mean barrier")
-        line(axes[1], [r["max_barrier"] for _, r in members], "x:", "max barrier")
-        levels = max(
-            (len(_result(p, "curviness").get("levels") or []) for p, _ in members), default=0
-        )
+        line(axes[0], [r.get("highest_merge_level") for _, r in members], "o-", "highest merge")
+        line(axes[0], [r.get("highest_minimum") for _, r in members], "v--", "highest minimum")
+        line(axes[0], [r.get("lowest_minimum") for _, r in members], "^:", "lowest minimum")
+        line(axes[1], [r.get("mean_barrier") for _, r in members], "o-", "mean barrier")
+        line(axes[1], [r.get("max_barrier") for _, r in members], "x:", "max barrier")
+        levels = max((len(r.get("lengths_by_level") or []) for _, r in members), default=0)
         for k in range(levels):
 
-            def at(point, key="normalized_length", k=k):
-                values = sorted(
-                    zip(
-                        _result(point, "curviness").get("levels") or [],
-                        _result(point, "curviness").get(key) or [],
-                    ),
-                    key=lambda lv: -lv[0],
-                )
-                return values[k] if k < len(values) else (None, None)
+            def at(row, k=k):
+                """[level, normalized length, sd] at the row's k-th highest level."""
+                values = row.get("lengths_by_level") or []
+                return values[k] if k < len(values) else (None, None, None)
 
-            us = {at(p)[0] for p, _ in members if at(p)[0] is not None}
+            us = {at(r)[0] for _, r in members if at(r)[0] is not None}
             which = f"u = {fmt(us.pop(), 3)}" if len(us) == 1 else f"level {k + 1} (highest 1)"
-            shown = [(x, p) for x, (p, _) in zip(xs, members) if at(p)[1] is not None]
-            sds = [at(p, "normalized_length_sd")[1] for _, p in shown]
+            shown = [(x, r) for x, (_, r) in zip(xs, members) if at(r)[1] is not None]
+            sds = [at(r)[2] for _, r in shown]
             axes[2].errorbar(
                 [x for x, _ in shown],
-                [at(p)[1] for _, p in shown],
+                [at(r)[1] for _, r in shown],
                 yerr=[0.0 if sd is None else sd for sd in sds],
                 fmt="o-",
                 capsize=3,
@@ -394,6 +507,8 @@ def draw_components(census: dict):
     from matplotlib.ticker import MaxNLocator
 
     points = census["points"]
+    if not any(n_u_curve(_result(point, "components")) for point in points):
+        raise NoFigure("no grid point has an N_u curve (components)")
     figure, axes = new_figure(12.0, 4.6, ncols=2)
     colors = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(points), 1)))
     top, absolute = 1, []
@@ -449,8 +564,16 @@ def plot_census(
     report = plot_store(path, directory, fmt=fmt, paths=paths)
     out = Path(directory)
     made = []
-    for kind, draw in (("census_summary", draw_summary), ("census_components", draw_components)):
-        figure, caption = draw(census)
+    draws = [("census_summary", draw_summary)]
+    probes = dict.fromkeys(p for point in census["points"] for p in point["probes"])
+    for probe in probes:
+        draws.extend(registry.output_hook(probe, "census_figures").items())
+    for kind, draw in draws:
+        try:
+            figure, caption = draw(census)
+        except NoFigure as reason:
+            report.skipped.append({"run": "census", "kind": kind, "reason": str(reason)})
+            continue
         made.append(FigureFile(_save(figure, out, _safe(kind), fmt), "census", kind, None, caption))
     report.figures[:0] = made
     return report
@@ -458,6 +581,18 @@ def plot_census(
 
 __all__ = [
     "CENSUS_ATTRS",
+    "COMPONENTS_CENSUS_COLUMNS",
+    "CURVINESS_CENSUS_COLUMNS",
+    "components_census_cells",
+    "components_census_notes",
+    "components_census_row",
+    "components_census_tables",
+    "curviness_census_cells",
+    "curviness_census_notes",
+    "curviness_census_row",
+    "curviness_census_tables",
+    "draw_components",
+    "draw_summary",
     "census_points",
     "census_rows",
     "census_tables",

@@ -6,9 +6,15 @@ One figure per result kind, named ``<run>_<kind>[_<string>].<fmt>``:
 - ``path``: the level function along a DSS string (final path vs the straight line A-B,
   beads marked, the level u drawn), one figure per string (``/`` in its key becomes ``-``);
 - ``curviness``: normalized geodesic length and bead count vs level, error bars over pairs;
-- ``barrier``: linear, DSS-bisection (bracket as error bar), relaxed and aligned barriers;
+- ``barrier``: linear, DSS-bisection (bracket as error bar), relaxed and aligned barriers, a
+  zero barrier marked and labelled; with bootstrap intervals, a panel of them (error bars
+  from the stored lower to upper end);
 - ``components``: N_u vs level (step plot);
-- ``disconnectivity``: the merge tree of the minima drawn by level (Wales).
+- ``disconnectivity``: the merge tree of the minima drawn by level (Wales);
+- ``slice``: a 1-D slice's training loss and level on two labelled y axes, or a 2-D slice's
+  level as contours;
+- ``hessian_density``, ``hessian_path``: the spectral density; the top eigenvalue and the
+  trace (with its standard error as error bar) along stored strings.
 
 Levels are in level-function units (the store's ``/data`` attribute ``level_fn``).
 

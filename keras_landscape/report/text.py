@@ -38,8 +38,7 @@ def printable(text, *, newlines: bool = True) -> str:
         return text
     return "".join(
         _shown(c)
-        if c not in keep
-        and (c in _INVISIBLE or unicodedata.category(c) in ("Cc", "Zl", "Zp"))
+        if c not in keep and (c in _INVISIBLE or unicodedata.category(c) in ("Cc", "Zl", "Zp"))
         else c
         for c in text
     )
@@ -51,7 +50,9 @@ def printable_data(value):
     if isinstance(value, str):
         return printable(value)
     if isinstance(value, dict):
-        return {printable(k) if isinstance(k, str) else k: printable_data(v) for k, v in value.items()}
+        return {
+            printable(k) if isinstance(k, str) else k: printable_data(v) for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [printable_data(v) for v in value]
     return value

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.errors import UserError
 from keras_landscape.science.dss import Checks, DSSConfig, beads_of, check_segments
 from keras_landscape.science.lockstep import Search, run_one
@@ -87,7 +88,7 @@ def bead_target(floor: float, level: float, alpha: float) -> float:
 
 
 def linear_profile(
-    landscape, theta_a, theta_b, grid: int, state_a=None, state_b=None
+    landscape: LandscapeLike, theta_a, theta_b, grid: int, state_a=None, state_b=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(t, level) on `grid` + 1 evenly spaced points of the straight segment A-B (states
     interpolated alongside, BatchNorm statistics recomputed under bn_stats='recompute')."""
@@ -97,7 +98,7 @@ def linear_profile(
 
 
 def saddle_bracket(
-    landscape,
+    landscape: LandscapeLike,
     a,
     b,
     config: DSSConfig,
@@ -116,7 +117,7 @@ def saddle_bracket(
 
 
 def bracket_search(
-    landscape,
+    landscape: LandscapeLike,
     a,
     b,
     config: DSSConfig,
@@ -221,13 +222,15 @@ def bracket_search(
     }
 
 
-def _path_maximum(landscape, thetas: np.ndarray, states: np.ndarray, points: int) -> float:
+def _path_maximum(
+    landscape: LandscapeLike, thetas: np.ndarray, states: np.ndarray, points: int
+) -> float:
     thetas = thetas.astype(np.float32)
     pairs = list(zip(thetas[:-1], thetas[1:], states[:-1], states[1:]))
     return max(c.maximum for c in check_segments(landscape, pairs, points))
 
 
-def relax_path(landscape, run, path_prefix: str, config) -> dict | None:
+def relax_path(landscape: LandscapeLike, run, path_prefix: str, config) -> dict | None:
     """Climbing-image nudged elastic band on a stored string's interior beads; the new
     maximum if lower.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.science.dss import interpolate
 
 CURVES = ("bezier", "polychain")
@@ -43,7 +44,7 @@ def bend_weights(kind: str, ts) -> np.ndarray:
 
 
 def fit_curve(
-    landscape,
+    landscape: LandscapeLike,
     kind: str,
     theta_a,
     theta_b,

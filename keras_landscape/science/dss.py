@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.engine.options import ProjectionConfig
 from keras_landscape.errors import UserError
 from keras_landscape.science.lockstep import (
@@ -241,7 +242,7 @@ def interpolate(ts: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return ((1.0 - ts)[:, None] * p[None, :] + ts[:, None] * q[None, :]).astype(np.float32)
 
 
-def check_segments(landscape, pairs: list[tuple], points: int):
+def check_segments(landscape: LandscapeLike, pairs: list[tuple], points: int):
     """Level curves of many segments, evaluated in as few batched calls as memory allows.
 
     `pairs` holds (theta_p, theta_q) or (theta_p, theta_q, state_p, state_q): the state of a
@@ -275,12 +276,12 @@ class Checks(Request):
     segments: list
     points: int
 
-    def group(self, landscape) -> tuple:
+    def group(self, landscape: LandscapeLike) -> tuple:
         del landscape
         return ("Checks", self.points)
 
     @classmethod
-    def serve(cls, landscape, requests: list[Checks]) -> list:
+    def serve(cls, landscape: LandscapeLike, requests: list[Checks]) -> list:
         checks = check_segments(
             landscape, [s for r in requests for s in r.segments], requests[0].points
         )
@@ -299,17 +300,14 @@ def _lengths(string: list[Bead], keep=slice(None)) -> tuple[float, float, float]
     return path, distance, normalized
 
 
-def _weights_only(landscape):
-    """The entries of theta that are not biases (None: no layout, or no biases)."""
-    layout = getattr(landscape, "layout", None)
-    if layout is None or not hasattr(layout, "bias_mask"):
-        return None
-    biases = layout.bias_mask()
+def _weights_only(landscape: LandscapeLike):
+    """The entries of theta that are not biases (None: no biases, or nothing else)."""
+    biases = landscape.layout.bias_mask()
     return ~biases if biases.any() and not biases.all() else None
 
 
 def connect(
-    landscape,
+    landscape: LandscapeLike,
     theta_a: np.ndarray,
     theta_b: np.ndarray,
     level: float,
@@ -363,7 +361,7 @@ def connect(
 
 
 def search(
-    landscape,
+    landscape: LandscapeLike,
     theta_a: np.ndarray,
     theta_b: np.ndarray,
     level: float,

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
+
 Search = Generator[Any, Any, Any]
 
 
@@ -35,12 +37,12 @@ class Request:
     """Work a search asks of the landscape. Requests with equal `group` are served together
     by one `serve(landscape, requests)` call, which returns one answer per request."""
 
-    def group(self, landscape) -> tuple:
+    def group(self, landscape: LandscapeLike) -> tuple:
         del landscape
         return (type(self).__name__,)
 
     @classmethod
-    def serve(cls, landscape, requests: list) -> list:
+    def serve(cls, landscape: LandscapeLike, requests: list) -> list:
         raise NotImplementedError
 
 
@@ -52,7 +54,7 @@ class Levels(Request):
     states: np.ndarray | None = None
 
     @classmethod
-    def serve(cls, landscape, requests: list[Levels]) -> list:
+    def serve(cls, landscape: LandscapeLike, requests: list[Levels]) -> list:
         sizes = [len(r.thetas) for r in requests]
         thetas = np.concatenate([np.asarray(r.thetas, np.float32) for r in requests])
         states = np.concatenate(
@@ -74,7 +76,7 @@ class Projection(Request):
     normals: np.ndarray | None = None
     states: np.ndarray | None = None
 
-    def group(self, landscape) -> tuple:
+    def group(self, landscape: LandscapeLike) -> tuple:
         # Full-batch steps draw nothing: the seed does not matter and is not a reason to
         # keep beads apart.
         size = self.config.batch_size
@@ -82,7 +84,7 @@ class Projection(Request):
         return ("Projection", self.seed if draws else None, astuple(self.config))
 
     @classmethod
-    def serve(cls, landscape, requests: list[Projection]) -> list:
+    def serve(cls, landscape: LandscapeLike, requests: list[Projection]) -> list:
         first = requests[0]
         sizes = [len(r.starts) for r in requests]
         starts = np.concatenate([np.asarray(r.starts, np.float32) for r in requests])
@@ -116,7 +118,7 @@ def split_rows(rows, sizes: list[int]) -> list:
 
 
 def drive(
-    landscape,
+    landscape: LandscapeLike,
     searches: list[Search],
     *,
     together: bool | None = None,
@@ -134,7 +136,7 @@ def drive(
         progress: a TaskHandle whose status shows the round (strings running, beads).
     """
     if together is None:
-        together = getattr(landscape, "lockstep", True)
+        together = landscape.lockstep
     results: dict[int, Any] = {}
     if together:
         results = _run(landscape, dict(enumerate(searches)), on_done, progress)
@@ -144,7 +146,9 @@ def drive(
     return [results[index] for index in range(len(searches))]
 
 
-def _run(landscape, searches: dict[int, Search], on_done, progress) -> dict[int, Any]:
+def _run(
+    landscape: LandscapeLike, searches: dict[int, Search], on_done, progress
+) -> dict[int, Any]:
     results: dict[int, Any] = {}
     pending: dict[int, Request] = {}
 
@@ -177,7 +181,7 @@ def _run(landscape, searches: dict[int, Search], on_done, progress) -> dict[int,
     return results
 
 
-def run_one(landscape, search: Search):
+def run_one(landscape: LandscapeLike, search: Search):
     """One search to its end (its return value)."""
     return drive(landscape, [search], together=True)[0]
 

@@ -10,12 +10,13 @@ import math
 
 import numpy as np
 
+from keras_landscape.contract import LandscapeLike
 from keras_landscape.science.dss import Connection, DSSConfig, search
 from keras_landscape.science.lockstep import Search, run_one
 from keras_landscape.store.strings import StringRecord
 
 
-def states_of(minima: list, landscape) -> np.ndarray:
+def states_of(minima: list, landscape: LandscapeLike) -> np.ndarray:
     """(K, S) the minima's own states (the landscape model's where a minimum has none)."""
     return np.stack([landscape.state_or_own(getattr(m, "state", None)) for m in minima])
 
@@ -27,7 +28,16 @@ def default_level(endpoint_levels, margin: float) -> float:
 
 
 def connect_pair(
-    landscape, a, b, level, config: DSSConfig, run, prefix: str, seed: int, progress, target=None
+    landscape: LandscapeLike,
+    a,
+    b,
+    level,
+    config: DSSConfig,
+    run,
+    prefix: str,
+    seed: int,
+    progress,
+    target=None,
 ) -> dict:
     """DSS between minima a and b at `level`, streamed under `prefix`; a finished one is reused."""
     return run_one(
@@ -37,7 +47,16 @@ def connect_pair(
 
 
 def pair_search(
-    landscape, a, b, level, config: DSSConfig, run, prefix: str, seed: int, progress, target=None
+    landscape: LandscapeLike,
+    a,
+    b,
+    level,
+    config: DSSConfig,
+    run,
+    prefix: str,
+    seed: int,
+    progress,
+    target=None,
 ) -> Search:
     """`connect_pair` as a lockstep search (`keras_landscape.science.lockstep.drive` runs
     many together); returns the pair's result dict. `target`: the beads' level (None:

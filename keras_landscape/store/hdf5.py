@@ -60,9 +60,9 @@ _STR = h5py.string_dtype("utf-8")
 def _claim_for_replacement(path: str):
     """Check that `path` is a keras-landscape store no process is writing, and lock it.
 
-    Returns an open descriptor holding an exclusive lock on the old file (HDF5 locks files
-    with flock too, so a running writer makes this fail), or None where the platform has no
-    flock. Anything that is not a store we wrote is refused: --overwrite never deletes a
+    Returns an open descriptor holding an exclusive lock on the old file where the file
+    system has locks (HDF5 locks files with flock too, so a running writer makes this
+    fail). Anything that is not a store we wrote is refused: --overwrite never deletes a
     model, a text file or a damaged file.
     """
     refuse = f"--overwrite replaces only keras-landscape stores, and {path!r} is not one"
@@ -86,16 +86,12 @@ def _claim_for_replacement(path: str):
             f"{refuse}: it is an HDF5 file without keras-landscape's format attribute (a Keras "
             "model file?). Choose another --out."
         )
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - no flock on this platform
-        return None
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        _flock(descriptor, path)  # a writer of an older version holds HDF5's flock on it
+    except BaseException:
         os.close(descriptor)
-        raise UserError(_in_use(path)) from None
+        raise
     return descriptor
 
 
@@ -346,6 +342,15 @@ def _flock(fd: int, path: str, holder: str = "") -> bool:
     return True
 
 
+def _lock_store_file(fd: int, path: str) -> None:
+    """The writer's flock on the store file itself, as HDF5 takes one when it opens a file
+    for writing (so that HDF5 readers elsewhere are told the store is being written), and
+    skipped where HDF5's file locking is off (HDF5_USE_FILE_LOCKING=FALSE). What keeps
+    writers apart is `_StoreLock`."""
+    if os.environ.get("HDF5_USE_FILE_LOCKING", "").strip().upper() not in ("FALSE", "0"):
+        _flock(fd, path)
+
+
 class _StoreLock:
     """`<store>.lock`: an flock held by the process that writes a store, for the whole time
     it has the store open (created, resumed, appended to). --overwrite, --resume, a census
@@ -364,10 +369,15 @@ class _StoreLock:
     @classmethod
     def acquire(cls, store: str) -> _StoreLock:
         path = cls.path_of(store)
+        if os.path.realpath(path) in _HELD:  # held by this process (`hold_store`)
+            return cls(-1, path)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         for _ in range(10):
             try:
                 fd = os.open(path, flags, 0o666)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                continue
             except OSError as error:
                 if error.errno == errno.ELOOP:
                     raise UserError(
@@ -419,6 +429,28 @@ def _holder(fd: int) -> str:
     if pid.isdigit() and host and all(c.isalnum() or c in ".-_" for c in host):
         return f"process {pid} on {host}"
     return ""
+
+
+# Lock files this process holds for a longer work than one open store (`hold_store`).
+_HELD: dict[str, _StoreLock] = {}
+
+
+@contextlib.contextmanager
+def hold_store(store: str | os.PathLike):
+    """Hold the lock of `store` (`<store>.lock`) for the whole block, for work that opens
+    and closes the store several times (a census): other processes are refused from the
+    start, and this process's own `Store.create` / `Store.open(..., "a")` go ahead."""
+    lock = _StoreLock.acquire(os.fspath(store))
+    key = os.path.realpath(lock.path)
+    if lock.fd < 0:  # already held here, or no locks on this file system
+        yield
+        return
+    _HELD[key] = lock
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        lock.release()
 
 
 def check_not_in_use(store: str | os.PathLike) -> None:
@@ -809,7 +841,7 @@ class Store:
             raise UserError(f"Cannot create the store {path!r}: {exc}.") from exc
         backing, f = _CommittedFile(fd, path), None
         try:
-            _flock(fd, path)
+            _lock_store_file(fd, path)
             f = h5py.File(backing, "w")
             _write_header(f, versions, command)
             f.flush()
@@ -877,7 +909,7 @@ class Store:
                 lock = _StoreLock.acquire(path)
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
                 backing = _CommittedFile(fd, path)
-                _flock(fd, path)
+                _lock_store_file(fd, path)
                 f = h5py.File(backing, "r+")
         except BaseException as exc:
             if backing is not None:
@@ -895,7 +927,17 @@ class Store:
                     "says): it was cut while being copied or written, and cannot be read. Rerun "
                     "the probe into a new store (--out)."
                 ) from None
-            raise UserError(f"Cannot open the store {path!r} (mode {mode!r}): {exc}.") from None
+            if exc.errno:  # from the operating system: permissions, ...
+                reason = exc.strerror or str(exc)
+                raise UserError(
+                    f"Cannot open the store {path!r} (mode {mode!r}): {reason}."
+                ) from None
+            first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+            raise UserError(
+                f"The store {path!r} is damaged and cannot be opened ({first}): it was cut, "
+                "edited or overwritten while being written. Rerun the probe into a new store "
+                "(--out)."
+            ) from None
         store = cls(f, path, mode, backing=backing, lock=lock)
         fmt = _plain(f.attrs.get("format"))
         if fmt != FORMAT_NAME:
@@ -1475,7 +1517,10 @@ __all__ = [
     "RUN_STATUSES",
     "RunRecord",
     "Store",
+    "StoreWriteError",
+    "check_not_in_use",
     "from_json",
+    "hold_store",
     "refuse_existing",
     "jsonable",
     "to_json",
