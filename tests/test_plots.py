@@ -431,6 +431,7 @@ def test_census_summary_draws_the_length_sd():
             "name": f"w{width}",
             "index": index,
             "grid": {"width": width},
+            "probes": ["components", "curviness"],
             "runs": {
                 "components": {"status": "complete", "result": components},
                 "curviness": {"status": "complete", "result": curviness},
