@@ -55,6 +55,7 @@ from keras_landscape.experiment.config import (
     load_config,
     load_with,
     prepare,
+    refuse_unknown_probes,
     with_scale,
 )
 from keras_landscape.experiment.config import _plots as run_plots
@@ -62,7 +63,6 @@ from keras_landscape.models.recipes import BUILDERS
 from keras_landscape.progress import NullProgress, Progress
 from keras_landscape.report.census import CENSUS_ATTRS, census_points, census_rows, plot_census
 from keras_landscape.report.plots import default_directory
-from keras_landscape.settings import closest
 from keras_landscape.store.hdf5 import (
     Store,
     check_not_in_use,
@@ -102,16 +102,8 @@ def _sweep_probes(document: dict) -> dict[str, dict]:
     listed = _probe_map(document.get("probes", list(DEFAULT_PROBES)), "probes")
     if not listed:
         _fail("probes", f"list at least one census probe ({', '.join(capable)})")
-    known = registry.probes()
+    refuse_unknown_probes(listed, registry.probes(), capable, "census probes")
     for name in listed:
-        if name not in known:
-            hint = closest(name, capable)
-            _fail(
-                f"probes.{name}",
-                "unknown probe"
-                + (f" (did you mean {hint}?)" if hint else "")
-                + f"; census probes: {', '.join(capable)}",
-            )
         if name not in capable:
             _fail(
                 f"probes.{name}",

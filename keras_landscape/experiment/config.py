@@ -424,21 +424,26 @@ def _probe_map(value, where: str) -> dict[str, dict]:
     return probes
 
 
+def refuse_unknown_probes(names, known, choices, noun: str) -> None:
+    """ConfigError for the first of `names` not among `known`, hinting from `choices`."""
+    for name in names:
+        if name not in known:
+            hint = closest(name, choices)
+            _fail(
+                f"probes.{name}",
+                "unknown probe"
+                + (f" (did you mean {hint}?)" if hint else "")
+                + f"; {noun}: {', '.join(choices)}",
+            )
+
+
 def _probe_configs(value, shared: dict) -> tuple[list[str], dict[str, dict]]:
     """Probe names and their typed options (shared ones given to every probe that has them)."""
     probes = _probe_map(value if value is not None else ["evaluate"], "probes")
     if not probes:
         _fail("probes", "list at least one probe (see `klandscape probes`)")
     known = registry.probes()
-    for name in probes:
-        if name not in known:
-            hint = closest(name, known)
-            _fail(
-                f"probes.{name}",
-                "unknown probe"
-                + (f" (did you mean {hint}?)" if hint else "")
-                + f"; known probes: {', '.join(known)}",
-            )
+    refuse_unknown_probes(probes, known, known, "known probes")
     fields_of = {n: [f.name for f in registry.config_fields(known[n].cls)] for n in probes}
     for key in shared:
         if not any(key in f for f in fields_of.values()):
