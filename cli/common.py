@@ -8,11 +8,9 @@ neither imports the other's internals.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shlex
-import signal
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from dataclasses import dataclass, field
 import click
 
 from keras_landscape.cli.display import progress_display
-from keras_landscape.progress import NullProgress
+from keras_landscape.progress import NullProgress, deferred_interrupts
 from keras_landscape.settings import bound, cli_of, option_settings, setting_type
 from keras_landscape.store import to_json
 from keras_landscape.values import parse_pairs, yaml_value
@@ -76,25 +74,6 @@ def quiet_frameworks(verbose: int) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", force=True)
     for name in ("tensorflow", "absl", "h5py", "jax"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-@contextlib.contextmanager
-def deferred_interrupts():
-    """Hold Ctrl-C while the frameworks import: a KeyboardInterrupt raised inside
-    TensorFlow's start-up is sometimes swallowed by it (the run went on) or aborts it in
-    native code (no message). A Ctrl-C there is delivered right after the import instead."""
-    pending = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda *_: pending.append(True))
-    except ValueError:  # not the main thread: nothing to defer
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pending:
-        raise KeyboardInterrupt
 
 
 def set_options(items: tuple[str, ...]) -> dict[str, str]:

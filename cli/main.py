@@ -1,7 +1,7 @@
 """The `klandscape` command line: parses, calls library code, prints. It never computes.
 
 Exit codes: 0 ok, 2 bad input (one paragraph on stderr, no traceback), 1 internal error,
-130 interrupted (the partial store is kept and `--resume` continues it).
+130 interrupted by Ctrl-C or SIGTERM (the partial store is kept and `--resume` continues it).
 """
 
 from __future__ import annotations
@@ -9,36 +9,43 @@ from __future__ import annotations
 import os
 import sys
 
-import click
+from keras_landscape.progress import HeldInterrupts, sigterm_interrupts
 
-from keras_landscape import registry
-from keras_landscape._version import __version__
-from keras_landscape.cli.census import census_command
-from keras_landscape.cli.common import (
-    CliState,
-    config_overrides,
-    deferred_interrupts,
-    emit_json,
-    given_overrides,
-    quiet_frameworks,
-    set_options,
-    setting_options,
-    state_of,
-    verbosity_options,
-)
-from keras_landscape.cli.display import (
-    plot_report,
-    probes_table,
-    results_summary,
-    store_tables,
-)
-from keras_landscape.errors import UserError
-from keras_landscape.experiment.config import describe, load_config
-from keras_landscape.models.files import check_model_file
-from keras_landscape.report.plots import FORMATS, PATH_CHOICES, plot_store
-from keras_landscape.report.reference import probes_markdown
-from keras_landscape.report.tables import summarize_store
-from keras_landscape.settings import RunSettings, RunSpec, run_spec
+# A Ctrl-C (or SIGTERM) while the rest of the command line imports (click, h5py, pydantic:
+# most of a second) is held, and main() reports it as an interruption (exit code 130, one
+# line, JSON under --json) instead of a traceback.
+with HeldInterrupts() as _IMPORTING:
+    import click
+
+    from keras_landscape import registry
+    from keras_landscape._version import __version__
+    from keras_landscape.cli.census import census_command
+    from keras_landscape.cli.common import (
+        CliState,
+        config_overrides,
+        deferred_interrupts,
+        emit_json,
+        given_overrides,
+        quiet_frameworks,
+        set_options,
+        setting_options,
+        state_of,
+        verbosity_options,
+    )
+    from keras_landscape.cli.display import (
+        plot_report,
+        probes_table,
+        results_summary,
+        store_tables,
+    )
+    from keras_landscape.errors import UserError
+    from keras_landscape.experiment.config import describe, load_config
+    from keras_landscape.models.files import check_model_file
+    from keras_landscape.report.plots import FORMATS, PATH_CHOICES, plot_store
+    from keras_landscape.report.reference import probes_markdown
+    from keras_landscape.report.tables import summarize_store
+    from keras_landscape.settings import RunSettings, RunSpec, run_spec
+
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -332,6 +339,13 @@ def demo_command(state: CliState, out_dir, models, epochs, seed, resume, as_json
 @click.option("--bead", type=int, default=None, help="Bead index along the string (0 = A, -1 = B).")
 @click.option("--string", default=None, help="Which string of the run (e.g. pair_0_1), if several.")
 @click.option("--model", default=None, help="Export a stored model instead of a bead.")
+@click.option(
+    "--t",
+    "t",
+    type=float,
+    default=None,
+    help="A point at position t in [0, 1] along a run's stored path (the curve probe's).",
+)
 @click.option("-o", "--output", required=True, help="Output .keras or .h5 file.")
 @click.option("--custom-objects", default=None, help="A .py file or module defining custom layers.")
 @click.option(
@@ -344,9 +358,10 @@ def demo_command(state: CliState, out_dir, models, epochs, seed, resume, as_json
 )
 @verbosity_options
 def export_command(
-    store, run_name, bead, string, model, output, custom_objects, unsafe, overwrite
+    store, run_name, bead, string, model, t, output, custom_objects, unsafe, overwrite
 ) -> None:
-    """Write a bead of a stored string (or a stored model) back as a Keras model."""
+    """Write a bead of a stored string, a point along a stored curve (--t), or a stored model
+    back as a Keras model."""
     with deferred_interrupts():
         from keras_landscape.models.export import export  # imports Keras
 
@@ -361,6 +376,8 @@ def export_command(
             custom_objects=custom_objects,
             unsafe=unsafe,
             overwrite=overwrite,
+            t=t,
+            point_hook=lambda probe: registry.output_hook(probe, "export_point"),
         ),
         err=True,
     )
@@ -401,8 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         _silence_native_stderr(sys.argv[1:])
     state = CliState(argv=list(sys.argv[1:] if argv is None else argv))
+    if _IMPORTING.signal is not None:  # interrupted while this module imported
+        _IMPORTING.signal = None
+        return _interrupted(state, None)
     try:
-        cli.main(args=argv, prog_name="klandscape", standalone_mode=False, obj=state)
+        with sigterm_interrupts():  # SIGTERM stops a command as Ctrl-C does
+            cli.main(args=argv, prog_name="klandscape", standalone_mode=False, obj=state)
     except click.exceptions.Abort as error:
         # click turns Ctrl-C into Abort; the KeyboardInterrupt (with the store) is its context
         interrupt = error.__context__ if isinstance(error.__context__, KeyboardInterrupt) else None

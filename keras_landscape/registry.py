@@ -108,6 +108,18 @@ class ProbeBase:
     def run(self, landscape: LandscapeLike, models: list, store: Any, progress: Any) -> dict:
         raise NotImplementedError
 
+    def validate_inputs(self, models: list[str]) -> None:
+        """Check the options against the run's input models, given by name in order
+        (`len(models)` of them), before any model is loaded, trained or store created:
+        `klandscape probe`, `run` (and `run --dry-run`), and every point of `census` (and
+        `census --dry-run`) call it. Raise UserError naming the fix (e.g. a mode that takes
+        two or three models). Default: nothing to check."""
+
+    def validate_loaded(self, landscape: LandscapeLike, models: list) -> None:
+        """Check what needs the loaded models (`models.minimum.Minimum`s) and the landscape
+        (its `size`, `layout`, ...), after they load and before the store is created (e.g.
+        a stored path of another architecture). Raise UserError. Default: nothing."""
+
     @classmethod
     def tables(cls, run_name: str, result: dict) -> list[Table] | None:
         """Compact tables of a result for `klandscape show` (None: a generic table)."""
@@ -123,6 +135,15 @@ class ProbeBase:
     def expected_partners(cls, config: dict, inputs: int) -> int:
         """How many partner models a run of this config trains (0: none)."""
         return 0
+
+    @classmethod
+    def export_point(cls, record: Any, string: str | None, t: float) -> tuple | None:
+        """The point at position t in [0, 1] along a path the run stored (e.g. a trained
+        curve), for `klandscape export --t`: (theta (P,), state (S,) or None, description);
+        `record` is the run's `store.RunRecord`, `string` the path's prefix (None: the
+        run's only one). None: the probe stores no such path (the beads of DSS strings are
+        exported with --bead). Raise UserError for a path or t the run does not have."""
+        return None
 
     @classmethod
     def census_row(cls, result: dict) -> dict[str, Any]:
@@ -246,9 +267,10 @@ def broken_plugins() -> list[BrokenPlugin]:
 def output_hook(probe: str, hook: str) -> Any:
     """The output hook `hook` of the probe registered as `probe` (one of ProbeBase's:
     tables, figures, no_figure, expected_strings, expected_partners, string_level,
-    takes_pairs, census_columns, census_row, census_cells, census_notes, census_tables,
-    census_figures), or ProbeBase's default where the probe has none or is not installed
-    here (a store written by a probe that is not installed can still be shown and drawn).
+    export_point, takes_pairs, census_columns, census_row, census_cells, census_notes,
+    census_tables, census_figures), or ProbeBase's default where the probe has none or is
+    not installed here (a store written by a probe that is not installed can still be shown
+    and drawn).
     A default class method is bound to the probe's own class, so that it reads the
     probe's attributes (`census_row` its `census_columns`)."""
     entry = probes().get(probe)
@@ -282,6 +304,23 @@ def check_config(probe) -> None:
     check = getattr(probe, "validate_config", None) or getattr(probe.config, "validate", None)
     if callable(check):
         check()
+
+
+def check_inputs(probe, models: list[str]) -> None:
+    """The probe's checks of its options against the run's input models (names, in order),
+    before anything is loaded or created: its `validate_inputs`, where it has one (a probe
+    that does not subclass ProbeBase may lack it)."""
+    check = getattr(probe, "validate_inputs", None)
+    if callable(check):
+        check(list(models))
+
+
+def check_loaded(probe, landscape: LandscapeLike, models: list) -> None:
+    """The probe's checks that need the loaded models and landscape, before the store is
+    created: its `validate_loaded`, where it has one."""
+    check = getattr(probe, "validate_loaded", None)
+    if callable(check):
+        check(landscape, models)
 
 
 def make_config(cls, options: dict[str, Any]):

@@ -14,8 +14,12 @@ from keras_landscape.plugins.pairs import PairOptions, PairProbe
 from keras_landscape.report.plots import NoFigure, new_figure
 from keras_landscape.report.tables import fmt, table
 from keras_landscape.science.barriers import BisectionOptions, bracket_search, relax_path
-from keras_landscape.science.bootstrap import path_intervals, resampled_levels
-from keras_landscape.science.curves import CURVES, curve_points, fit_curve
+from keras_landscape.science.bootstrap import (
+    minimum_resamples,
+    path_intervals,
+    resampled_levels,
+)
+from keras_landscape.science.curves import CURVES, curve_points, stored_curve
 from keras_landscape.science.dss import DSSConfig, interpolate
 from keras_landscape.science.lockstep import drive
 from keras_landscape.seeds import derive_seed
@@ -356,7 +360,8 @@ class BarrierProbe(PairProbe):
             align: 'none' or 'weight-matching' (permute B's hidden units to A before
                 measuring; Dense/Conv2D stacks; raw and aligned figures are both reported).
             bootstrap: resamples of the evaluation samples for the intervals of each
-                path's maximum and barrier, on the train and the test split (0: none).
+                path's maximum and barrier, on the train and the test split (0: none;
+                otherwise at least 2 / (1 - confidence) - 1: 39 at 0.95).
             confidence: the intervals' coverage (0.95: the 2.5 and 97.5 percentiles).
         """
 
@@ -366,10 +371,21 @@ class BarrierProbe(PairProbe):
 
         def validate(self) -> None:
             super().validate()
+            if self.align not in ALIGNMENTS:
+                raise UserError(f"Unknown align {self.align!r}: use one of {ALIGNMENTS}.")
             if self.bootstrap < 0 or not 0 < self.confidence < 1:
                 raise UserError(
                     f"bootstrap must be >= 0 and confidence in (0, 1) (got {self.bootstrap}, "
                     f"{self.confidence})."
+                )
+            fewest = minimum_resamples(self.confidence)
+            if 0 < self.bootstrap < fewest:
+                raise UserError(
+                    f"bootstrap={self.bootstrap} resamples are too few for a "
+                    f"{100 * self.confidence:g}% percentile interval: each tail needs at least "
+                    f"one resample beyond the interval, so bootstrap >= {fewest} at confidence "
+                    f"{self.confidence:g} (2 / (1 - confidence) - 1). Give bootstrap >= {fewest} "
+                    "(default 200), a lower confidence, or bootstrap=0 for no intervals."
                 )
 
     figures = {"barrier": draw_barrier}
@@ -535,31 +551,27 @@ class BarrierProbe(PairProbe):
     def _curve(self, landscape: LandscapeLike, store, a, b, prefix: str) -> float:
         """The maximum of the trained curve (stored under <prefix>/curve_*, reused on
         resume)."""
-        config, key = self.config, f"{prefix}/curve_{self.config.relax}"
-        if not store.has(f"{key}/level"):
-            curve = fit_curve(
-                landscape,
-                config.relax,
-                a.theta,
-                b.theta,
-                steps=config.relax_steps,
-                # the run's optimizer (optimizer, betas, epsilon, optimizer_options) at the
-                # bend's own step size
-                optimizer=dataclasses.replace(
-                    config.projection(), learning_rate=config.relax_learning_rate
-                ),
-                samples=config.curve_samples,
-                grid=config.grid,
-                seed=derive_seed(config.seed, _CURVE),
-                state_a=a.state,
-                state_b=b.state,
-            )
-            store.write(f"{key}/bend", curve["bend"])
-            store.write(f"{key}/t", curve["ts"])
-            store.write(f"{key}/training_loss", curve["losses"])
-            store.write(f"{key}/level", curve["levels"])  # last: marks it done
-        levels = store.read(f"{key}/level")
-        return float(np.max(levels)) if np.all(np.isfinite(levels)) else float("inf")
+        config = self.config
+        curve = stored_curve(
+            landscape,
+            store,
+            f"{prefix}/curve_{config.relax}",
+            config.relax,
+            a.theta,
+            b.theta,
+            state_a=a.state,
+            state_b=b.state,
+            steps=config.relax_steps,
+            # the run's optimizer (optimizer, betas, epsilon, optimizer_options) at the
+            # bend's own step size
+            optimizer=dataclasses.replace(
+                config.projection(), learning_rate=config.relax_learning_rate
+            ),
+            samples=config.curve_samples,
+            grid=config.grid,
+            seed=derive_seed(config.seed, _CURVE),
+        )
+        return curve["max_level"]
 
     def _align(self, landscape: LandscapeLike, a, b):
         return weight_matching_on(landscape, a.theta, b.theta, seed=self.config.seed)

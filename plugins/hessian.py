@@ -224,6 +224,42 @@ class HessianProbe(ProbeBase):
 
     figures = {"hessian_density": draw_density, "hessian_path": draw_path}
 
+    def validate_inputs(self, models: list[str]) -> None:
+        """path=STORE:RUN names a readable store with that run, holding strings."""
+        if self.config.path:
+            self._path_size(self.config.path)
+
+    def validate_loaded(self, landscape: LandscapeLike, models: list) -> None:
+        """path=STORE:RUN's beads have the models' parameter count."""
+        if self.config.path:
+            size = self._path_size(self.config.path)
+            if size is not None and size != landscape.size:
+                raise UserError(
+                    f"path {self.config.path!r}: its beads have {size} parameters, the models "
+                    f"here {landscape.size}: the strings belong to another architecture. Give "
+                    "the store of a run on these models."
+                )
+
+    @staticmethod
+    def _path_size(path: str) -> int | None:
+        """The parameter count of the store path=STORE:RUN names (None: not recorded);
+        UserError for a missing or unreadable store, a missing run or one without strings."""
+        source, _, run_name = path.rpartition(":")
+        try:
+            with Store.open(source) as other:
+                run = other.run(run_name)
+                if not string_prefixes(run):
+                    raise UserError(
+                        f"the run {run_name!r} holds no DSS string (run a probe that stores "
+                        "strings there: connectivity, curviness, components, barrier)"
+                    )
+                try:
+                    return int(other.read_layout()["size"])
+                except UserError:
+                    return None
+        except UserError as error:
+            raise UserError(f"path {path!r}: {str(error).rstrip('.')}.") from None
+
     @classmethod
     def tables(cls, run_name: str, result: dict) -> list[dict]:
         return hessian_tables(run_name, result)

@@ -201,6 +201,15 @@ class PairProbe(ProbeBase):
         """Every option checked (called before any model or data is loaded)."""
         check_pair_config(self.config, self.level_targets)
 
+    def validate_inputs(self, models: list[str]) -> None:
+        """A single model is paired with trained partners: partners=0 leaves no pair."""
+        if len(models) == 1 and getattr(self.config, "partners", 1) < 1:
+            raise UserError(
+                f"The {self.name} probe measures pairs of models, but it was given one model "
+                f"({models[0]}) and partners=0, so there is no pair: give two or more models, "
+                "or set partners >= 1 to train partners for the one model."
+            )
+
     @classmethod
     def pair_prefixes(cls, config: dict, inputs: int) -> list[str] | None:
         """The store prefixes of the pairs a run measures: every i < j of the input models,

@@ -71,6 +71,98 @@ def normalized_direction(
     return out
 
 
+def plane_point(origin, directions, coords) -> np.ndarray:
+    """origin + sum_k coords[k] * directions[k], summed in float64, as float32."""
+    theta = origin.copy()
+    for c, d in zip(coords, directions):
+        theta = theta + c * d
+    return theta.astype(np.float32)
+
+
+def evaluate_points(
+    landscape: LandscapeLike, thetas, state, recompute: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(training loss on the train split, level) at each of `thetas` (K, P), starting from
+    `state` (one (S,) state for every point, or (K, S), one per point); the loss is evaluated
+    with the states the level used (BatchNorm statistics re-estimated at each point when
+    `recompute`; None: under bn_stats=recompute)."""
+    state = np.asarray(state)
+    states = state if state.ndim == 2 else np.repeat(state[None, :], len(thetas), axis=0)
+    levels, used = landscape.levels_and_states(thetas, states, recompute=recompute)
+    losses = np.array([e.loss for e in landscape.evaluate_many(thetas, "train", used)])
+    return losses, levels
+
+
+def evaluate_grid(
+    landscape: LandscapeLike, store, origin, directions, x, y, state, progress, task="slices"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (len(y), len(x)) grids of the training loss and the level at the points
+    origin + x d1 (+ y d2) (`evaluate_points`, every point from `state`), one stack per row.
+    `loss`, `level` and a `done` mask are written to the run after every row, so that a
+    resumed run starts at the first row not done (shared by `slices` and `trajectory`)."""
+    shape = (len(y), len(x))
+    loss = store.read("loss") if store.has("loss") else np.full(shape, np.nan)
+    level = store.read("level") if store.has("level") else np.full(shape, np.nan)
+    done = store.read("done").astype(bool) if store.has("done") else np.zeros(shape, bool)
+    handle = progress.task(task, total=len(y))
+    for row in range(len(y)):
+        if not done[row].all():
+            thetas = np.stack([plane_point(origin, directions, (a, y[row])) for a in x])
+            loss[row], level[row] = evaluate_points(landscape, thetas, state)
+            done[row] = True
+            store.write("loss", loss)
+            store.write("level", level)
+            store.write("done", done.astype(np.int8))
+        handle.advance()
+    handle.close()
+    return loss, level
+
+
+#: three models whose plane is thinner than this fraction of their spread are collinear
+COLLINEAR_TOLERANCE = 1e-5
+
+
+def model_frame(thetas, names) -> tuple[np.ndarray, np.ndarray | None]:
+    """The line through two models (u = B - A) or the plane through three: u and v, the
+    part of C - A orthogonal to u (None for two models), in float64.
+
+    Raises:
+        UserError: two of the models coincide, or three lie on one line: the part of C - A
+            off the line through A and B is at most COLLINEAR_TOLERANCE times the largest
+            distance between the models (or within float32 rounding of their weights), so
+            the plane is undefined (or set by rounding noise).
+    """
+    points = [np.asarray(t, np.float64) for t in thetas]
+    spread = max(np.linalg.norm(p - q) for i, p in enumerate(points) for q in points[i + 1 :])
+    # Weights are stored in float32: differences below their rounding are noise.
+    rounding = 4 * float(np.finfo(np.float32).eps) * max(np.linalg.norm(p) for p in points)
+    tolerance = max(COLLINEAR_TOLERANCE * spread, rounding)
+    for i, p in enumerate(points):
+        for j in range(i + 1, len(points)):
+            if np.linalg.norm(points[j] - p) <= tolerance:
+                raise UserError(
+                    f"mode models: models {names[i]!r} and {names[j]!r} coincide (distance "
+                    f"{np.linalg.norm(points[j] - p):.3g}), so they span no "
+                    f"{'line' if len(points) == 2 else 'plane'}; give distinct models."
+                )
+    u = points[1] - points[0]
+    if len(points) == 2:
+        return u, None
+    c = points[2] - points[0]
+    e1 = u / np.linalg.norm(u)
+    v = c - (c @ e1) * e1
+    off = float(np.linalg.norm(v))
+    if off <= tolerance:
+        raise UserError(
+            f"mode models: models {names[0]!r}, {names[1]!r} and {names[2]!r} lie on one line "
+            f"({names[2]!r} is {off:.3g} off the line through the other two; the tolerance is "
+            f"{tolerance:.3g}: {COLLINEAR_TOLERANCE:g} of the largest distance between them, "
+            f"{spread:.3g}, or the float32 rounding of their weights), so the plane through "
+            "them is undefined. Give three models not on one line, or two models for the line."
+        )
+    return u, v
+
+
 def slices_tables(name: str, result: dict) -> list[dict]:
     marks = result.get("marks") or []
     rows = [[m["model"], m["x"], m.get("y"), m["loss"], m["level"]] for m in marks]
@@ -201,6 +293,21 @@ class SlicesProbe(ProbeBase):
 
     figures = {"slice": draw_slice}
 
+    def validate_inputs(self, models: list[str]) -> None:
+        """mode models needs the two models of a line or the three of a plane."""
+        if self.config.mode == "models" and len(models) not in (2, 3):
+            raise UserError(
+                f"mode models takes two models (a line) or three (a plane), got "
+                f"{len(models)} ({', '.join(models)}): give two or three model files, or "
+                "use mode random or hessian."
+            )
+
+    def validate_loaded(self, landscape: LandscapeLike, models: list) -> None:
+        """mode models: the models span a line (two) or a plane (three), before the store
+        is created (`model_frame`: not equal, not on one line)."""
+        if self.config.mode == "models" and len(models) in (2, 3):
+            model_frame([m.theta for m in models], [m.name for m in models])
+
     @classmethod
     def tables(cls, run_name: str, result: dict) -> list[dict]:
         return slices_tables(run_name, result)
@@ -220,23 +327,8 @@ class SlicesProbe(ProbeBase):
         store.write("directions", np.stack(directions).astype(np.float32))
         store.write("x", x)
         store.write("y", y)
-        shape = (len(y), len(x))
-        loss = store.read("loss") if store.has("loss") else np.full(shape, np.nan)
-        level = store.read("level") if store.has("level") else np.full(shape, np.nan)
-        done = store.read("done").astype(bool) if store.has("done") else np.zeros(shape, bool)
         state = landscape.state_or_own(getattr(models[0], "state", None))
-        task = progress.task("slices", total=len(y))
-        for row in range(len(y)):
-            if not done[row].all():
-                coords = [(a, y[row]) for a in x]
-                thetas = np.stack([self._point(origin, directions, c) for c in coords])
-                loss[row], level[row] = self._evaluate(landscape, thetas, state)
-                done[row] = True
-                store.write("loss", loss)
-                store.write("level", level)
-                store.write("done", done.astype(np.int8))
-            task.advance()
-        task.close()
+        loss, level = evaluate_grid(landscape, store, origin, directions, x, y, state, progress)
         marks = self._marks(landscape, models, origin, directions)
         return {
             "mode": config.mode,
@@ -262,12 +354,10 @@ class SlicesProbe(ProbeBase):
                 raise UserError(
                     f"mode models takes two models (a line) or three (a plane), got {len(models)}."
                 )
-            u = models[1].theta.astype(np.float64) - origin
+            u, v = model_frame([m.theta for m in models], [m.name for m in models])
             if len(models) == 2:
                 return origin, [u], ["t (0 = A, 1 = B)"]
-            c = models[2].theta.astype(np.float64) - origin
             e1 = u / np.linalg.norm(u)
-            v = c - (c @ e1) * e1
             return origin, [e1, v / np.linalg.norm(v)], ["along B - A", "towards C"]
         if config.mode == "hessian":
             state = getattr(models[0], "state", None)
@@ -321,19 +411,8 @@ class SlicesProbe(ProbeBase):
             np.linspace(y_low + y[0], y_high + y[-1], len(y)),
         )
 
-    @staticmethod
-    def _point(origin, directions, coords) -> np.ndarray:
-        theta = origin.copy()
-        for c, d in zip(coords, directions):
-            theta = theta + c * d
-        return theta.astype(np.float32)
-
-    @staticmethod
-    def _evaluate(landscape: LandscapeLike, thetas, state) -> tuple[np.ndarray, np.ndarray]:
-        states = np.repeat(state[None, :], len(thetas), axis=0)
-        levels, used = landscape.levels_and_states(thetas, states)
-        losses = np.array([e.loss for e in landscape.evaluate_many(thetas, "train", used)])
-        return losses, levels
+    _point = staticmethod(plane_point)
+    _evaluate = staticmethod(evaluate_points)
 
     def _marks(self, landscape: LandscapeLike, models, origin, directions) -> list[dict]:
         """The input models on the slice, at their own coordinates, evaluated at the

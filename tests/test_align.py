@@ -339,12 +339,31 @@ def _embedding():
     )
 
 
-def _residual():
+def _concatenate():
     import keras
 
     inputs = keras.Input((4,))
     h = keras.layers.Dense(4, activation="relu")(inputs)
-    h = keras.layers.Add(name="my_add")([h, keras.layers.Dense(4)(h)])
+    h = keras.layers.Concatenate(name="my_concat")([h, keras.layers.Dense(3)(h)])
+    return keras.Model(inputs, keras.layers.Dense(2)(h))
+
+
+def _add_constant():
+    import keras
+
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(5)(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2)(h + 1.0))
+
+
+def _add_flattened():
+    """Add of flattened conv maps (positions x channels) and a Dense's features."""
+    import keras
+
+    inputs = keras.Input((3, 3, 2))
+    flat = keras.layers.Flatten()(keras.layers.Conv2D(2, 1)(inputs))
+    dense = keras.layers.Dense(18)(keras.layers.Flatten()(inputs))
+    h = keras.layers.Add(name="my_add")([flat, dense])
     return keras.Model(inputs, keras.layers.Dense(2)(h))
 
 
@@ -396,7 +415,9 @@ def _raw_op():
     [
         (_lstm, "my_lstm", "LSTM"),
         (_embedding, "my_embedding", "Embedding"),
-        (_residual, "my_add", "Add"),
+        (_concatenate, "my_concat", "Concatenate"),
+        (_add_constant, "add", "Add"),
+        (_add_flattened, "my_add", "Add"),
         (_reshape, "my_reshape", "Reshape"),
         (_channels_first, "my_conv", "Conv2D"),
         (_shared, "my_shared", "Dense"),
@@ -412,7 +433,8 @@ def test_unsupported_architectures_raise_user_error(builder, name, cls):
     with pytest.raises(UserError) as info:
         weight_matching(model, theta, theta)
     message = str(info.value)
-    assert repr(name) in message and cls in message and "Dense and Conv2D" in message
+    # (raw ops are named by Keras: add, add_1, ...)
+    assert f"layer '{name}" in message and f"({cls})" in message and "Dense and Conv2D" in message
 
 
 def test_frozen_hidden_layer_raises():
@@ -454,3 +476,239 @@ def test_bad_inputs_raise_user_error():
         permute_non_trainable(model, non_trainable_state(model), bad)
     with pytest.raises(UserError, match="keyed"):
         permute_non_trainable(model, non_trainable_state(model), {})
+
+
+# ------------------------------------------------------- residual connections (issue #25)
+def _randomise_bn(model, seed):
+    import keras
+
+    rng = np.random.default_rng(seed + 100)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.beta.assign(rng.normal(0.0, 0.5, n).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0.0, 0.5, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+    return model
+
+
+def _res_mlp(seed=0):
+    """A stem, two residual blocks (Dense-BN-Dense added back to the stream), a head: the
+    stream's units (stem, b1_out, b2_out) form one permutation group."""
+    import keras
+
+    L = keras.layers
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((7,))
+    x = L.BatchNormalization(name="bn0")(L.Dense(8, name="stem")(inputs))
+    for k in (1, 2):
+        h = L.Dense(6, activation="relu", name=f"b{k}_in")(x)
+        h = L.BatchNormalization(name=f"b{k}_bn")(h)
+        h = L.Dense(8, name=f"b{k}_out")(h)
+        x = L.Activation("relu")(L.Add(name=f"add{k}")([x, h]))
+    return _randomise_bn(keras.Model(inputs, L.Dense(3, name="head")(x)), seed)
+
+
+def _res_conv(seed=0):
+    """A conv stem with BatchNorm, a residual conv block (Add, then BatchNorm on the sum), a
+    conv, pooling, Flatten and a Dense head."""
+    import keras
+
+    L = keras.layers
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 6, 2))
+    x = L.Activation("relu")(
+        L.BatchNormalization(name="c0_bn")(L.Conv2D(4, 3, padding="same", name="c0")(inputs))
+    )
+    h = L.Conv2D(5, 3, padding="same", activation="relu", name="c1")(x)
+    h = L.Conv2D(4, 1, name="c2")(h)
+    x = L.ReLU()(L.BatchNormalization(name="sum_bn")(L.Add(name="add")([x, h])))
+    x = L.Conv2D(3, 3, name="c3")(x)  # 4 x 4 x 3
+    x = L.Flatten()(L.MaxPooling2D(2)(x))  # 2 x 2 positions x 3 channels
+    return _randomise_bn(keras.Model(inputs, L.Dense(2, name="head")(x)), seed)
+
+
+def _res_inner(seed=0):
+    """x + Dense(x) written with the + operator: the inner Dense's kernel is permuted by the
+    stream's group on both axes."""
+    import keras
+
+    L = keras.layers
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((5,))
+    x = L.Dense(6, activation="tanh", name="stem")(inputs)
+    x = x + L.Dense(6, activation="tanh", name="inner")(x)
+    x = L.LayerNormalization(name="ln")(x)
+    return keras.Model(inputs, L.Dense(2, name="head")(x))
+
+
+# per builder: layer name -> per weight (in get_weights order): (view or None, group per axis)
+S, H1, H2, T = "S", "H1", "H2", "T"
+RESIDUAL = {
+    "res_mlp": (
+        _res_mlp,
+        {S: 8, H1: 6, H2: 6},
+        {
+            "stem": [(None, (None, S)), (None, (S,))],
+            "bn0": [(None, (S,))] * 4,
+            "b1_in": [(None, (S, H1)), (None, (H1,))],
+            "b1_bn": [(None, (H1,))] * 4,
+            "b1_out": [(None, (H1, S)), (None, (S,))],
+            "b2_in": [(None, (S, H2)), (None, (H2,))],
+            "b2_bn": [(None, (H2,))] * 4,
+            "b2_out": [(None, (H2, S)), (None, (S,))],
+            "head": [(None, (S, None)), (None, (None,))],
+        },
+        {S: ["stem", "b1_out", "b2_out"], H1: ["b1_in"], H2: ["b2_in"]},
+    ),
+    "res_conv": (
+        _res_conv,
+        {S: 4, H1: 5, T: 3},
+        {
+            "c0": [(None, (None, None, None, S)), (None, (S,))],
+            "c0_bn": [(None, (S,))] * 4,
+            "c1": [(None, (None, None, S, H1)), (None, (H1,))],
+            "c2": [(None, (None, None, H1, S)), (None, (S,))],
+            "sum_bn": [(None, (S,))] * 4,
+            "c3": [(None, (None, None, S, T)), (None, (T,))],
+            "head": [((4, 3, 2), (None, T, None)), (None, (None,))],  # rows p * 3 + c
+        },
+        {S: ["c0", "c2"], H1: ["c1"], T: ["c3"]},
+    ),
+    "res_inner": (
+        _res_inner,
+        {S: 6},
+        {
+            "stem": [(None, (None, S)), (None, (S,))],
+            "inner": [(None, (S, S)), (None, (S,))],
+            "ln": [(None, (S,))] * 2,
+            "head": [(None, (S, None)), (None, (None,))],
+        },
+        {S: ["stem", "inner"]},
+    ),
+}
+
+
+def _permuted_by_hand(model, spec, perms):
+    """A clone of `model` with each group's units permuted (clone unit i = model unit
+    perms[group][i]) by the hand-written table `spec`, through get/set_weights."""
+    import keras
+
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    for name, weights in spec.items():
+        layer = clone.get_layer(name)
+        values = layer.get_weights()
+        assert len(values) == len(weights), name
+        out = []
+        for value, (view, axes) in zip(values, weights):
+            v = value.reshape(view) if view is not None else value
+            for axis, g in enumerate(axes):
+                if g is not None:
+                    v = np.take(v, perms[g], axis=axis)
+            out.append(v.reshape(value.shape))
+        layer.set_weights(out)
+    return clone
+
+
+def _kernel(model, name):
+    return model.get_layer(name).kernel.path
+
+
+@pytest.mark.parametrize("kind", sorted(RESIDUAL))
+def test_residual_groups_are_shared_across_the_merge(kind):
+    from keras_landscape.models.align import permutation_groups
+
+    builder, _, _, members = RESIDUAL[kind]
+    model = builder()
+    expected = {
+        _kernel(model, names[0]): [_kernel(model, n) for n in names] for names in members.values()
+    }
+    assert permutation_groups(model) == expected
+
+
+@pytest.mark.parametrize("kind", sorted(RESIDUAL))
+@pytest.mark.parametrize("perm_seed", [1, 2])
+def test_residual_permuted_copy_is_recovered_exactly(kind, perm_seed, weights_unchanged):
+    from keras_landscape.engine.params import ParameterLayout, non_trainable_state
+    from keras_landscape.models.align import permute_non_trainable, weight_matching
+
+    builder, sizes, spec, members = RESIDUAL[kind]
+    model = builder()
+    rng = np.random.default_rng(perm_seed)
+    perms = {g: rng.permutation(n) for g, n in sizes.items()}
+    clone = _permuted_by_hand(model, spec, perms)
+    layout = ParameterLayout.from_model(model)
+    theta_a, theta_b = layout.theta_of(model), layout.theta_of(clone)
+    x = _inputs(model)
+    nt_a, nt_b = non_trainable_state(model), non_trainable_state(clone)
+    # the hand permutation is a symmetry: the copy computes A's function
+    np.testing.assert_allclose(
+        _outputs(model, theta_b, x, nt_b), _outputs(model, theta_a, x, nt_a), atol=1e-5
+    )
+    check = weights_unchanged(model)
+
+    result = weight_matching(model, theta_a, theta_b)
+
+    check()
+    assert result.distance_before > 0.5
+    assert result.distance_after == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_array_equal(result.theta, theta_a)  # an exact rearrangement
+    for g, names in members.items():  # aligned unit i = B unit perm[i] = A unit q[perm[i]]
+        perm = result.permutations[_kernel(model, names[0])]
+        np.testing.assert_array_equal(perms[g][perm], np.arange(sizes[g]))
+    nt_aligned = permute_non_trainable(model, nt_b, result.permutations)
+    for got, want in zip(nt_aligned, nt_a):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kind", sorted(RESIDUAL))
+def test_residual_alignment_preserves_the_function(kind):
+    from keras_landscape.engine.params import ParameterLayout, non_trainable_state
+    from keras_landscape.models.align import permute_non_trainable, permute_theta, weight_matching
+
+    builder = RESIDUAL[kind][0]
+    model_a, model_b = builder(seed=0), builder(seed=1)
+    layout = ParameterLayout.from_model(model_a)
+    theta_a, theta_b = layout.theta_of(model_a), layout.theta_of(model_b)
+
+    result = weight_matching(model_a, theta_a, theta_b, seed=3)
+
+    assert result.distance_after < result.distance_before
+    assert not np.array_equal(result.theta, theta_b)  # a real permutation happened
+    assert any(p != sorted(p) for p in result.permutations.values())
+    np.testing.assert_array_equal(np.sort(result.theta), np.sort(theta_b))
+    np.testing.assert_array_equal(
+        permute_theta(model_a, theta_b, result.permutations), result.theta
+    )
+    nt_b = non_trainable_state(model_b)
+    nt_aligned = permute_non_trainable(model_a, nt_b, result.permutations)
+    x = _inputs(model_a, n=32)
+    np.testing.assert_allclose(
+        _outputs(model_a, result.theta, x, nt_aligned),
+        _outputs(model_a, theta_b, x, nt_b),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    if kind != "res_inner":  # BatchNorm statistics must move with the units
+        assert not np.allclose(
+            _outputs(model_a, result.theta, x, nt_b), _outputs(model_a, theta_b, x, nt_b), atol=1e-3
+        )
+
+
+def test_a_stream_added_to_the_inputs_stays_fixed():
+    """x + Dense(x) on the model's inputs: the Dense's units are the input features, never
+    permuted; the other hidden layer still is."""
+    import keras
+
+    from keras_landscape.models.align import permutation_groups
+
+    L = keras.layers
+    inputs = keras.Input((4,))
+    x = L.Add()([inputs, L.Dense(4, name="to_inputs")(inputs)])
+    h = L.Dense(5, activation="relu", name="hidden")(x)
+    model = keras.Model(inputs, L.Dense(2)(h))
+    assert permutation_groups(model) == {
+        model.get_layer("hidden").kernel.path: [model.get_layer("hidden").kernel.path]
+    }

@@ -39,7 +39,7 @@ def fitted(tmp_path_factory):
             "top_k": 2,
             "density_probes": 0,
             "trace_samples": 2,
-            "bootstrap": 20,
+            "bootstrap": 40,
         },
         log_dir=folder / "logs",
     )

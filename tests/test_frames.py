@@ -41,7 +41,7 @@ def store(linreg_models, tmp_path_factory):
             "density_steps": 4,
             "density_points": 20,
             "max_bisections": 2,
-            "bootstrap": 20,
+            "bootstrap": 40,
         },
         out=str(out),
     )
@@ -135,7 +135,7 @@ def test_bootstrap_intervals_as_lower_and_upper_columns(store):
         assert row["max_level"] == v["max_level"] and row["barrier"] == v["barrier"]
         assert [row["max_lower"], row["max_upper"]] == v["max_interval"]
         assert [row["barrier_lower"], row["barrier_upper"]] == v["barrier_interval"]
-        assert row["confidence"] == 0.95 and row["resamples"] == 20
+        assert row["confidence"] == 0.95 and row["resamples"] == 40
     pairs = tables["pairs"]
     brackets = [p["barrier_bracket"] for p in results["barrier"]["pairs"]]
     assert [

@@ -200,6 +200,19 @@ def _supervised(
 ) -> Dataset:
     """Types arrays of a file source and infers the task from the targets' dtype and shape."""
     pairs = [(x_train, y_train)] + ([(x_test, y_test)] if x_test is not None else [])
+    for name, array in (("x", x_train), ("y", y_train), ("x_test", x_test), ("y_test", y_test)):
+        if array is not None and array.dtype.kind not in "biuf":
+            raise UserError(
+                f"Data spec {spec!r}: {name} has dtype {array.dtype} ({source}), but inputs "
+                "and targets must be numbers (integers, floats or booleans); encode text or "
+                "categories as numbers (e.g. class indices) before saving."
+            )
+    if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
+        raise UserError(
+            f"Data spec {spec!r}: the test inputs have per-sample shape {x_test.shape[1:]} "
+            f"but the training inputs {x_train.shape[1:]} ({source}); both splits must hold "
+            "samples of one shape. Save x_test with the features of x_train."
+        )
     for x, y in pairs:
         if len(x) != len(y) or len(x) == 0:
             raise UserError(
@@ -397,6 +410,12 @@ def _existing(spec: str, path: str, what: str) -> Path:
     found = Path(path).expanduser()
     if not found.exists():
         raise UserError(f"Data spec {spec!r}: {what} {str(found)!r} does not exist.")
+    if what == "file" and not found.is_file():  # opening a FIFO would wait forever
+        kind = "a directory" if found.is_dir() else "not a regular file (a pipe or device)"
+        raise UserError(
+            f"Data spec {spec!r}: {str(found)!r} is {kind}; give the path of the data file "
+            "itself (e.g. npz:data/arrays.npz)."
+        )
     return found
 
 
@@ -443,7 +462,17 @@ def _load_npz(spec: str, positionals: list[str], opts: _Options, seed: int) -> D
                 "x_train and y_train (optionally x_test and y_test, the Keras dataset "
                 "convention), or x and y (training data only)."
             )
-        arrays = [archive[name] for name in names]
+        arrays = []
+        for name in names:
+            try:
+                arrays.append(archive[name])
+            except ValueError:  # numpy: object arrays need allow_pickle, never allowed here
+                raise UserError(
+                    f"Data spec {spec!r}: {str(path)!r} holds {name} as an array of Python "
+                    "objects (ragged lists or mixed types, stored pickled), which is not "
+                    "loaded (unpickling can run code). Save numeric arrays of one shape: "
+                    f"numpy.savez(path, {name}=np.asarray(values, dtype=np.float32), ...)."
+                ) from None
     arrays += [None] * (4 - len(arrays))
     return _supervised(spec, f"npz {path.name}", *arrays)
 

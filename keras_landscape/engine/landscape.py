@@ -45,7 +45,11 @@ from keras_landscape.engine.batches import Batches
 from keras_landscape.engine.context import ModelContext
 from keras_landscape.engine.evaluation import Evaluator
 from keras_landscape.engine.gradients import Gradients
-from keras_landscape.engine.objectives import ResolvedObjective, resolve_objective
+from keras_landscape.engine.objectives import (
+    ResolvedObjective,
+    check_targets,
+    resolve_objective,
+)
 from keras_landscape.engine.optimizers import OptimizerSpec
 from keras_landscape.engine.options import (
     BN_MODES,
@@ -150,6 +154,7 @@ class Landscape:
         if output_shape is None:
             output_shape = probe_output_shape(model, dataset)
         self.dataset = adapt_to_model(dataset, input_shape, output_shape, self.objective.loss_name)
+        check_targets(self.objective, self.dataset.y_train.shape[1:], output_shape, dataset.spec)
         if self.objective.level_fn == "error" and self.dataset.task == "regression":
             raise UserError(
                 f"--level-fn error counts misclassified samples, but {dataset.spec!r} has "

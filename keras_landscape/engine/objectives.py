@@ -8,6 +8,7 @@ paper's level for regression). Both are recorded in every store.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,6 +138,8 @@ def keras_loss(spec: str):
         )
     if not options:
         return found
+    if not isinstance(found, keras.losses.Loss):
+        _refuse_unknown_options(found, options, name)
     options = conform(
         options,
         type(found).__init__ if isinstance(found, keras.losses.Loss) else found,
@@ -148,6 +151,25 @@ def keras_loss(spec: str):
         except TypeError as error:
             raise UserError(f"Bad option for loss {name!r}: {error}.") from None
     return PerElementLoss(found, name=name, **options)  # functions take options as kwargs
+
+
+def _refuse_unknown_options(function, options: dict, name: str) -> None:
+    """UserError for options a loss function does not take (`mse:from_logits=true`), which
+    would otherwise fail inside the first evaluation."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    taken = [p for p in parameters if p not in ("y_true", "y_pred")]
+    unknown = sorted(set(options) - set(taken))
+    if unknown:
+        raise UserError(
+            f"Loss {name!r} takes no option {', '.join(unknown)}; its options: "
+            f"{', '.join(taken) or '(none)'}. Give the loss without it (from_logits belongs to "
+            "the cross-entropy losses)."
+        )
 
 
 def resolve_loss(loss_spec: str | None, model) -> tuple[keras.losses.Loss, str, dict]:
@@ -237,6 +259,77 @@ def resolve_objective(
     else:
         objective = Objective(loss, _named_level(level_fn), level_includes_regularizer=False)
     return ResolvedObjective(objective, loss_name, loss_config, level_fn)
+
+
+def check_targets(resolved: ResolvedObjective, target_shape, output_shape, spec: str) -> None:
+    """UserError when a Keras loss or level function would compare targets and outputs of
+    per-sample shapes it cannot pair: a `sparse_*` function takes class ids, (...) against
+    outputs (..., classes); any other takes targets of the output's own shape (a trailing
+    axis of 1 on either side is squeezed, as Keras does). Integer labels (n,) against a
+    10-way output under mean_squared_error would otherwise fail inside the first
+    evaluation, or, where the sizes happen to broadcast, give silently wrong numbers.
+    Functions that are not Keras's own (custom losses) are not checked."""
+    target, output = tuple(target_shape), tuple(output_shape)
+    checks = [("loss", resolved.loss_name, resolved.objective.loss)]
+    if resolved.level_fn not in ("loss", "error", "perplexity"):
+        checks.append(("level function", resolved.level_fn, _named_function(resolved.level_fn)))
+    for role, name, function in checks:
+        if not _is_keras_own(function) or _shapes_pair(name, target, output):
+            continue
+        sparse = "sparse" in name.lower()
+        labels = _shapes_pair("sparse", target, output)  # one class id per output row
+        if sparse:
+            fix = (
+                "a sparse function takes one class id per sample; with one-hot or real-valued "
+                f"targets use its dense form ({name.replace('sparse_', '')})"
+            )
+        elif labels:
+            fix = (
+                "the targets are class ids, one per sample, and the model outputs "
+                f"{output[-1]} scores: use --level-fn error or loss, a sparse_ function "
+                "(sparse_categorical_crossentropy), or one-hot targets"
+            )
+        else:
+            fix = "give data whose targets have the model's output shape, or another function"
+        flag = "--loss" if role == "loss" else "--level-fn"
+        raise UserError(
+            f"The {role} {name!r} ({flag}) cannot compare the targets of {spec!r} (per-sample "
+            f"shape {target}) with the model's outputs (per-sample shape {output}): {fix}."
+        )
+
+
+def _named_function(name: str):
+    for getter in (keras.losses.get, keras.metrics.get):
+        try:
+            return getter(name)
+        except (ValueError, TypeError):
+            continue
+    return None
+
+
+def _is_keras_own(function) -> bool:
+    """A loss or metric of Keras itself (a function, a Loss class, or one wrapped in
+    PerElementLoss), whose target convention is known from its name."""
+    inner = getattr(function, "fn", function)
+    module = getattr(inner, "__module__", None) or type(inner).__module__
+    return isinstance(module, str) and module.startswith("keras.")
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def _shapes_pair(name: str, target: tuple, output: tuple) -> bool:
+    """Whether a Keras function called `name` pairs targets and outputs of these
+    per-sample shapes (see `check_targets`)."""
+    if "sparse" in name.lower():
+        ids = target[:-1] if target[-1:] == (1,) else target
+        return len(output) >= 1 and _same(ids, output[:-1])
+    if len(target) == len(output) + 1 and target[-1:] == (1,):
+        target = target[:-1]
+    elif len(output) == len(target) + 1 and output[-1:] == (1,):
+        output = output[:-1]
+    return _same(target, output)
 
 
 def _safe_exp(x: float) -> float:

@@ -59,6 +59,7 @@ from keras_landscape.experiment.config import (
     with_scale,
 )
 from keras_landscape.experiment.config import _plots as run_plots
+from keras_landscape.experiment.plan import check_out
 from keras_landscape.models.recipes import BUILDERS
 from keras_landscape.progress import NullProgress, Progress
 from keras_landscape.report.census import CENSUS_ATTRS, census_points, census_rows, plot_census
@@ -82,6 +83,13 @@ SWEEP_KEYS = (*BASE_KEYS, *CENSUS_KEYS, "scales")
 SHAPE_KEYS = ("width", "depth")
 #: keys of `describe` that do not change a point's results (paths, the command)
 _NOT_STAMPED = ("out", "models", "command", "resume", "overwrite")
+
+
+_ONE_PROCESS = (
+    "klandscape census runs in one process: use strategy one, mirrored or tpu (each "
+    "point's stacks of beads are split across the devices of this host). Several "
+    "hosts can each run a part of the grid into its own census store."
+)
 
 
 def _fail(where: str, message: str) -> None:
@@ -219,6 +227,10 @@ def _load(document, path, folder, scale, overrides, command) -> Census:
     out = str(document.get("out") or default_out(path, scale))
     if not out.strip():
         _fail("out", "expected a store path")
+    try:
+        check_out(out, "out")
+    except UserError as error:
+        raise ConfigError(str(error)) from None
     stem = Path(out)
     models_root = Path(model["dir"]) if model.get("dir") else stem.with_name(stem.stem + "-models")
     work_dir = stem.with_name(stem.stem + "-work")
@@ -243,6 +255,9 @@ def _load(document, path, folder, scale, overrides, command) -> Census:
     names = [p.name for p in points]
     if len(set(names)) != len(names):
         _fail("grid", "two grid points get the same name; give distinct values")
+    first = points[0].config.spec
+    if parse_strategy(first.strategy, first.tpu).name == "multiworker":
+        _fail("strategy", _ONE_PROCESS)
     plots = _plots(document.get("plots"))
     return Census(path, scale, grid, points, out, plots, document, command)
 
@@ -320,7 +335,9 @@ def _census_path(message: str, probes: list) -> str:
     """A point config's key path as the sweep spells it (probes.components.x -> components.x)."""
     for item in probes:
         name = item if isinstance(item, str) else next(iter(item))
-        message = message.replace(f"probes.{name}.", f"{name}.").replace(f"probes.{name}:", name)
+        message = message.replace(f"probes.{name}.", f"{name}.").replace(
+            f"probes.{name}:", f"{name}:"
+        )
     return message.replace("model.replicas", "replicas")
 
 
@@ -364,7 +381,15 @@ def run_census(
 ) -> dict:
     """`_run_census` holding the census store's lock (`<out>.lock`) from start to end: a
     second census on the same store (--overwrite, --resume) is refused before it deletes
-    anything, as a second writer of a probe store is."""
+    anything, as a second writer of a probe store is. Where the store goes is checked
+    first (nothing is created for a bad --out)."""
+    check_out(census.out, "out")
+    if resume and overwrite:
+        raise UserError(
+            "--resume continues the work in a store and --overwrite replaces it: give one of them."
+        )
+    if Path(census.out).exists() and not (resume or overwrite):
+        refuse_existing(census.out)
     with hold_store(census.out):
         return _run_census(census, progress, resume=resume, overwrite=overwrite, plots=plots)
 
@@ -390,11 +415,7 @@ def _run_census(
     first = census.points[0].config.spec
     strategy = parse_strategy(first.strategy, first.tpu)
     if strategy.name == "multiworker":
-        raise UserError(
-            "klandscape census runs in one process: use strategy one, mirrored or tpu (each "
-            "point's stacks of beads are split across the devices of this host). Several "
-            "hosts can each run a part of the grid into its own census store."
-        )
+        raise UserError(_ONE_PROCESS)
     backend.devices_for(strategy)  # before training touches the framework
     out = Path(census.out)
     if resume and overwrite:

@@ -50,6 +50,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from keras_landscape import registry
 from keras_landscape.data.specs import KINDS, load_data, parse_spec
 from keras_landscape.errors import ConfigError, UserError
+from keras_landscape.experiment.plan import check_out, check_plan, replica_names
 from keras_landscape.models.recipes import (
     ModelRecipe,
     read_recipe,
@@ -472,6 +473,7 @@ def _probe_configs(value, shared: dict) -> tuple[list[str], dict[str, dict]]:
             for check in ("validate", "validate_bisection"):
                 if hasattr(config, check):
                     getattr(config, check)()
+            registry.check_config(cls(config))  # the probe's own checks (levels, ...)
         except UserError as error:
             _fail(f"probes.{name}", str(error))
         typed[name] = values
@@ -505,6 +507,12 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
             models.append(_resolve(item, folder))
             if not Path(models[-1]).exists():
                 _fail(f"models[{i}]", f"the model file {models[-1]!r} does not exist")
+            if not Path(models[-1]).is_file():  # a directory; a FIFO would block its loading
+                _fail(
+                    f"models[{i}]",
+                    f"{models[-1]!r} is not a regular file (a directory, pipe or device); give "
+                    "a saved model file (.keras, .h5)",
+                )
     else:
         recipe = read_recipe(run.model)
     data_choices = _data(run.data, folder)
@@ -529,6 +537,10 @@ def _validate(document: dict, source: str, folder: Path, scale, command: str) ->
         probe_options=probe_options,
         command=command,
     )
+    try:  # the options against the models (a recipe's replicas by the names they will get)
+        check_plan(spec, None if recipe is None else replica_names(recipe))
+    except UserError as error:
+        raise ConfigError(str(error)) from None
     plots = None if run.plots is None else run.plots.model_dump()
     return ExperimentConfig(source, scale, spec, recipe, data_choices, plots, document)
 
@@ -589,6 +601,7 @@ def prepare(
     An existing store without resume or overwrite is refused before any training.
     """
     out = Path(config.spec.out)
+    check_out(str(out))
     if resume and overwrite:
         raise UserError(
             "--resume continues the work in a store and --overwrite replaces it: give one of them."

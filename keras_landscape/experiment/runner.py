@@ -24,7 +24,14 @@ from keras_landscape.engine.options import parse_strategy
 from keras_landscape.engine.params import non_trainable_state
 from keras_landscape.errors import Interrupted, UserError
 from keras_landscape.experiment.config import prepare
-from keras_landscape.experiment.spec import RunSpec, default_store_path
+from keras_landscape.experiment.plan import (  # noqa: F401  (re-exported for callers)
+    build_probes,
+    check_plan,
+    check_store_target,
+    refuse_unused_partners,
+    replica_names,
+)
+from keras_landscape.experiment.spec import RunSpec, default_store_path, model_names
 from keras_landscape.models.loading import (
     allow_unsafe_deserialization,
     check_same_architecture,
@@ -47,41 +54,6 @@ def versions() -> dict[str, str]:
         **backend.framework_versions(),
         **backend.machine(),
     }
-
-
-def build_probes(spec: RunSpec) -> list:
-    """Probe instances with their configs; UserError for unknown probes or options."""
-    if not spec.probes:
-        raise UserError("No probe given: name one with --probe (see `klandscape probes`).")
-    entries = [registry.get_probe(name) for name in spec.probes]
-    unused = set(spec.options)
-    instances = []
-    for entry in entries:
-        names = {f.name for f in registry.config_fields(entry.cls)}
-        options = {k: v for k, v in spec.options.items() if k.replace("-", "_") in names}
-        unused -= set(options)
-        options.update(spec.probe_options.get(entry.name, {}))
-        if "seed" in names and "seed" not in options:
-            options["seed"] = spec.seed
-        instance = entry.cls(registry.make_config(entry.cls, options))
-        registry.check_config(instance)
-        instances.append(instance)
-    if unused:
-        known = sorted({f.name for e in entries for f in registry.config_fields(e.cls)})
-        raise UserError(
-            f"Unknown option(s) {', '.join(sorted(unused))} for probe(s) "
-            f"{', '.join(spec.probes)}. Their options: {', '.join(known) or '(none)'}."
-        )
-    return instances
-
-
-def _model_names(paths: list[str]) -> list[str]:
-    names, seen = [], {}
-    for path in paths:
-        stem = Path(path).stem or "model"
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return names
 
 
 def open_store(spec: RunSpec, landscape: Landscape) -> Store:
@@ -215,7 +187,7 @@ def load_minima(spec: RunSpec) -> list[Minimum]:
     if spec.unsafe:
         allow_unsafe_deserialization()
     models = [load_model(path, custom) for path in spec.models]
-    names = _model_names(spec.models)
+    names = model_names(spec.models)
     layout = check_same_architecture(models, names)
     return [
         Minimum(name, layout.theta_of(model), str(path), model)
@@ -230,7 +202,12 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
         {"store": path, "models": [...], "results": {probe name: result}}.
     """
     progress = progress or NullProgress()
-    probes = build_probes(spec)
+    # Everything checkable before a model loads or a file is created: the probes, their
+    # options against the input models, where the store goes.
+    probes = check_plan(spec)
+    if not spec.out:
+        spec = spec.model_copy(update={"out": default_store_path()})
+    check_store_target(spec.out, resume=spec.resume, overwrite=spec.overwrite)
     # Before any model is loaded: a strategy (a logical CPU split, a cluster) is set up
     # before other framework work.
     devices = backend.devices_for(parse_strategy(spec.strategy, spec.tpu))
@@ -259,6 +236,8 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> dict:
         )
     for minimum in minima:  # every model keeps its own BatchNorm statistics
         minimum.state = landscape.state_of(minimum.model)
+    for probe in probes:  # what needs the loaded models, before the store is created
+        registry.check_loaded(probe, landscape, minima)
     results = {}
     with open_store(spec, landscape) as store:
         devices.sync("store open")  # a resumed store is read by every process first
@@ -313,7 +292,8 @@ def run_experiment(
     """
     # The strategy first: it must be set up before training touches the framework.
     devices = backend.devices_for(parse_strategy(config.spec.strategy, config.spec.tpu))
-    build_probes(config.spec)  # every probe option checked before any training
+    # every probe option checked against the models before any training
+    check_plan(config.spec, None if config.recipe is None else replica_names(config.recipe))
     spec = prepare(config, progress, resume=resume, overwrite=overwrite)
     document = execute(spec, progress)
     document["figures"] = []

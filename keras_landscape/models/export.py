@@ -45,12 +45,33 @@ def _architecture(store: Store, custom_objects: dict):
 
 
 def stored_theta(
-    store: Store, run: str | None, bead: int | None, string: str | None, model: str | None
+    store: Store,
+    run: str | None,
+    bead: int | None,
+    string: str | None,
+    model: str | None,
+    t: float | None = None,
+    point_hook=None,
 ):
-    """(theta, non-trainable state, description) for a bead of a run's string, or a stored
-    model. The state is the bead's own (the BatchNorm statistics its stored level was
-    evaluated with: a (S,) vector, see `keras_landscape.engine.state`) or the model's own list of
-    non-trainable arrays; None when the store holds none for it."""
+    """(theta, non-trainable state, description) for a bead of a run's string, a point at
+    position `t` along a path the run stored, or a stored model. The state is the bead's
+    own (the BatchNorm statistics its stored level was evaluated with: a (S,) vector, see
+    `keras_landscape.engine.state`), the point's, or the model's own list of non-trainable
+    arrays; None when the store holds none for it. `point_hook(probe)` gives the run's
+    probe's `export_point(record, string, t)` (the registry's hook: the CLI passes it)."""
+    if t is not None:
+        if model is not None or bead is not None or run is None:
+            raise UserError("--t takes a point along a run's path: give --run R --t T alone.")
+        record = store.run(run)
+        hook = point_hook(record.probe) if point_hook is not None else None
+        point = hook(record, string, float(t)) if hook is not None else None
+        if point is None:
+            raise UserError(
+                f"Run {run!r} (probe {record.probe!r}) stores no path to take a point at t "
+                "from; export a bead of one of its strings with --bead, or a model with "
+                "--model."
+            )
+        return point
     if model is not None:
         if model not in store.model_names():
             raise UserError(
@@ -161,8 +182,11 @@ def export(
     custom_objects: str | None = None,
     unsafe: bool = False,
     overwrite: bool = False,
+    t: float | None = None,
+    point_hook=None,
 ) -> str:
-    """Write a stored bead or model as a Keras model file (.keras or .h5); returns a summary.
+    """Write a stored bead, a point at `t` along a stored path (`stored_theta`), or a model
+    as a Keras model file (.keras or .h5); returns a summary.
     `unsafe` lets Keras rebuild Lambda layers (see `models.allow_unsafe_deserialization`).
     An existing output is replaced only with `overwrite`, and never when it is a store or
     a file the store was computed from (`check_output`); the file is written beside its
@@ -178,7 +202,7 @@ def export(
     if unsafe:
         allow_unsafe_deserialization()
     with reading(store_path), Store.open(store_path, "r") as store:
-        theta, state, what = stored_theta(store, run, bead, string, model)
+        theta, state, what = stored_theta(store, run, bead, string, model, t, point_hook)
         target = _architecture(store, custom)
         first = store.read_model(store.model_names()[0]) if store.model_names() else None
     layout = ParameterLayout.from_model(target)

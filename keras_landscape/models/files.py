@@ -30,6 +30,11 @@ def check_model_file(path: str | os.PathLike) -> Path:
         raise UserError(f"{str(path)!r} is a directory, not a model file ({SUPPORTED}).")
     if not path.exists():
         raise UserError(f"Model file {str(path)!r} does not exist.")
+    if not path.is_file():  # a FIFO would block the open below; a device never ends
+        raise UserError(
+            f"{str(path)!r} is not a regular file (a named pipe, socket or device), so it "
+            f"cannot be a model file ({SUPPORTED}); give the path of a saved model file."
+        )
     suffix = path.suffix.lower()
     if suffix not in (".keras", ".h5", ".hdf5"):
         raise UserError(

@@ -6,7 +6,8 @@ can be opened anywhere: version strings are passed in by the caller.
 
 Everything is flushed after every mutation, so an interrupted run loses nothing that was
 written and can be resumed (``Store.begin_run(..., resume=True)``, ``RunRecord.length``,
-``RunRecord.truncate``).
+``RunRecord.truncate``). Every operation on a store being written runs whole: SIGINT and
+SIGTERM wait for it and its commit to finish (`_whole`).
 
 JSON values (run ``config`` and ``result``, layout ``shapes``, any non-scalar attribute) are
 encoded by :func:`to_json`: numpy scalars and arrays become Python numbers and lists, tuples
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import functools
 import io
 import json
 import math
@@ -25,6 +27,7 @@ import os
 import secrets
 import socket
 import stat
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ import numpy as np
 from keras_landscape._version import __version__
 from keras_landscape.errors import UserError
 from keras_landscape.flat import split_flat
+from keras_landscape.progress import deferred_interrupts
 
 FORMAT_NAME = "keras-landscape"
 FORMAT_VERSION = 1
@@ -52,6 +56,33 @@ _SMALL_CHUNK_BYTES = 64 << 10
 _CHUNK_ROWS = 64
 
 _STR = h5py.string_dtype("utf-8")
+
+
+# --------------------------------------------------------------------------- whole operations
+
+
+def _whole(method):
+    """A store operation run whole: SIGINT and SIGTERM are held while it runs and delivered
+    right after it (`progress.deferred_interrupts`).
+
+    An exception raised inside HDF5's I/O callbacks (`_CommittedFile`'s reads and writes)
+    comes out of h5py as an error of its own (SystemError, RuntimeError), and leaves its
+    file in a state that cannot be flushed; a commit cut half way leaves a file that no
+    commit described. Held, a Ctrl-C stops a run between two whole operations: the store
+    is as of its last commit, the run is marked interrupted, and --resume continues it.
+    A store read through h5py's own driver (read-only, or held in memory) has neither:
+    its operations run as they are.
+    """
+
+    @functools.wraps(method)
+    def whole(self, *args, **kwargs):
+        # self: a Store, a RunRecord (its store's file), or the class (create, open)
+        if getattr(getattr(self, "store", self), "_backing", True) is None:
+            return method(self, *args, **kwargs)
+        with deferred_interrupts():
+            return method(self, *args, **kwargs)
+
+    return whole
 
 
 # --------------------------------------------------------------------------- replacing files
@@ -244,6 +275,8 @@ class _CommittedFile:
         return count
 
     def write(self, buffer) -> int:
+        if _PAUSE:
+            _pause_for_tests()
         view = memoryview(buffer).cast("B")
         start = self._position
         self._position += len(view)
@@ -282,6 +315,7 @@ class _CommittedFile:
     def commit(self) -> None:
         """Make what HDF5 wrote so far the committed state; raises the OSError of a write
         that failed (then the file is left as of the last commit and `failed` is set)."""
+        global _commits_done
         if self.failed:
             raise self._error or OSError(errno.EIO, "the store failed earlier")
         try:
@@ -304,6 +338,7 @@ class _CommittedFile:
             raise
         self._waiting.clear()
         self._committed, self._grown = self._size, False
+        _commits_done += 1
 
     def _fail(self, error: OSError) -> None:
         self.failed, self._error = True, error
@@ -314,6 +349,26 @@ class _CommittedFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+# For tests only (tests/reliability/test_interrupt.py), KLANDSCAPE_TEST_COMMIT_PAUSE="N:PATH"
+# pauses the store operation that makes this process's Nth commit in HDF5's first write to
+# the file (inside h5py): it creates PATH and waits until PATH is gone (a minute at most),
+# so that a signal sent meanwhile arrives while h5py writes what commit N commits.
+_PAUSE = os.environ.get("KLANDSCAPE_TEST_COMMIT_PAUSE", "")
+_commits_done = 0  # commits made by this process (every store)
+
+
+def _pause_for_tests() -> None:
+    global _PAUSE
+    number, _, path = _PAUSE.partition(":")
+    if _commits_done != int(number) - 1:
+        return
+    _PAUSE = ""  # once
+    Path(path).write_text(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -792,6 +847,7 @@ class Store:
     # ----------------------------------------------------------------- opening/closing
 
     @classmethod
+    @_whole
     def create(
         cls,
         path: str | os.PathLike,
@@ -884,6 +940,7 @@ class Store:
         return cls(f, os.fspath(path), "a")
 
     @classmethod
+    @_whole
     def open(cls, path: str | os.PathLike, mode: str = "r") -> Store:
         """Open an existing store for reading (``"r"``) or appending (``"a"``)."""
         if mode not in ("r", "a"):
@@ -965,6 +1022,7 @@ class Store:
             )
         return store
 
+    @_whole
     def close(self) -> None:
         """Flush, commit and close; a store that failed (`failure`) just lets go of its file
         (which holds its last commit) and its lock."""
@@ -1013,6 +1071,7 @@ class Store:
         """The underlying h5py file (for readers that want raw access)."""
         return self._f
 
+    @_whole
     def flush(self) -> None:
         if self.mode != "r" and self.is_open:
             self._f.flush()
@@ -1055,12 +1114,14 @@ class Store:
 
     # --------------------------------------------------------------------- root info
 
+    @_whole
     def attrs(self) -> dict:
         """Root attributes (format, versions, command, created, updated), decoded."""
         return _get_attrs(self._f)
 
     # ------------------------------------------------------------------------ layout
 
+    @_whole
     def write_layout(
         self,
         paths: Sequence[str],
@@ -1100,9 +1161,11 @@ class Store:
         _set_attr(g, "non_trainable_paths", [str(p) for p in non_trainable_paths], as_json=True)
         self._touch()
 
+    @_whole
     def has_layout(self) -> bool:
         return "layout" in self._f
 
+    @_whole
     def read_layout(self) -> dict:
         """``{"paths", "shapes" (list of tuples), "offsets", "size", "model_config",
         "non_trainable_paths"}``."""
@@ -1131,6 +1194,7 @@ class Store:
 
     # -------------------------------------------------------------------------- data
 
+    @_whole
     def write_data_info(self, info: Mapping[str, Any]) -> None:
         """Write (replace) the attributes of ``/data``: spec, description, loss, level_fn,
         split, and any other keys given. Non-scalar values are stored as JSON."""
@@ -1142,6 +1206,7 @@ class Store:
             _set_attr(g, str(key), value)
         self._touch()
 
+    @_whole
     def read_data_info(self) -> dict:
         if "data" not in self._f:
             return {}
@@ -1149,6 +1214,7 @@ class Store:
 
     # ------------------------------------------------------------------------ models
 
+    @_whole
     def add_model(
         self,
         name: str,
@@ -1200,14 +1266,17 @@ class Store:
             _set_attr(g, key, value)
         self._touch()
 
+    @_whole
     def has_model(self, name: str) -> bool:
         return "models" in self._f and name in self._f["models"]
 
+    @_whole
     def model_names(self) -> list[str]:
         if "models" not in self._f:
             return []
         return list(self._f["models"].keys())
 
+    @_whole
     def read_model(self, name: str) -> dict:
         """``{"theta": (P,) float32, "non_trainable": [arrays], "non_trainable_paths": [str],
         "attrs": {source, role, ...}}``."""
@@ -1233,20 +1302,24 @@ class Store:
 
     # -------------------------------------------------------------------------- runs
 
+    @_whole
     def run_names(self) -> list[str]:
         if "runs" not in self._f:
             return []
         return list(self._f["runs"].keys())
 
+    @_whole
     def has_run(self, name: str) -> bool:
         return "runs" in self._f and name in self._f["runs"]
 
+    @_whole
     def run(self, name: str) -> RunRecord:
         if not self.has_run(name):
             names = ", ".join(self.run_names()) or "none"
             raise UserError(f"The store {self.path!r} has no run {name!r}; runs in it: {names}.")
         return RunRecord(self, self._f["runs"][name])
 
+    @_whole
     def begin_run(
         self,
         name: str,
@@ -1317,26 +1390,32 @@ class RunRecord:
     # ------------------------------------------------------------------- attributes
 
     @property
+    @_whole
     def probe(self) -> str:
         return str(_get_attr(self._g, "probe", ""))
 
     @property
+    @_whole
     def config(self) -> dict:
         return _get_attr(self._g, "config", {}) or {}
 
     @property
+    @_whole
     def status(self) -> str:
         return str(_get_attr(self._g, "status", ""))
 
     @property
+    @_whole
     def seed(self):
         return _get_attr(self._g, "seed", None)
 
     @property
+    @_whole
     def result(self) -> dict | None:
         return _get_attr(self._g, "result", None)
 
     @property
+    @_whole
     def error(self) -> str | None:
         return _get_attr(self._g, "error", None)
 
@@ -1350,6 +1429,7 @@ class RunRecord:
             return self._g.require_group(key)
         raise KeyError(f"run {self.name!r} has no dataset or group {key!r}")
 
+    @_whole
     def set_attrs(self, key: str | None = None, **attrs: Any) -> None:
         """Set attributes on the run group (``key=None``) or on a dataset/subgroup (created
         as a group if missing). Non-scalar values are stored as JSON."""
@@ -1359,9 +1439,11 @@ class RunRecord:
             _set_attr(obj, k, v)
         self.store._touch()
 
+    @_whole
     def get_attrs(self, key: str | None = None) -> dict:
         return _get_attrs(self._obj(key))
 
+    @_whole
     def complete(self, result: Mapping[str, Any]) -> None:
         self.store._writable()
         _set_attr(self._g, "result", result, as_json=True)
@@ -1370,6 +1452,7 @@ class RunRecord:
         self._g.attrs["finished"] = utc_now()
         self.store._touch()
 
+    @_whole
     def fail(self, message: str, status: str = "failed") -> None:
         """Record that the run stopped; nothing where the store itself could not be written
         (disk full): the run then stays as of the store's last commit, resumable."""
@@ -1387,6 +1470,7 @@ class RunRecord:
 
     # --------------------------------------------------------------------- datasets
 
+    @_whole
     def has(self, key: str) -> bool:
         _check_key(key)
         return key in self._g and isinstance(self._g[key], h5py.Dataset)
@@ -1399,6 +1483,7 @@ class RunRecord:
             raise KeyError(f"run {self.name!r} has no dataset {key!r}; datasets: {keys}")
         return obj
 
+    @_whole
     def length(self, key: str) -> int:
         """Number of rows of dataset ``key`` (0 if it does not exist yet)."""
         if not self.has(key):
@@ -1406,6 +1491,7 @@ class RunRecord:
         ds = self._g[key]
         return int(ds.shape[0]) if ds.ndim else 1
 
+    @_whole
     def keys(self) -> list[str]:
         """All datasets of the run, recursively, as path-like keys relative to the run."""
         out: list[str] = []
@@ -1417,12 +1503,14 @@ class RunRecord:
         self._g.visititems(visit)
         return sorted(out)
 
+    @_whole
     def read(self, key: str) -> np.ndarray:
         ds = self._dataset(key)
         if h5py.check_string_dtype(ds.dtype):
             return np.asarray(ds.asstr()[()], dtype=object)
         return ds[()]
 
+    @_whole
     def write(self, key: str, array) -> None:
         """Write dataset ``key`` whole (replacing it). Arrays with at least one dimension are
         stored resizable and chunked, so rows can be appended later."""
@@ -1445,6 +1533,7 @@ class RunRecord:
             )
         self.store._touch()
 
+    @_whole
     def append(self, key: str, row, flush: bool = True) -> int:
         """Append one row to dataset ``key`` (created on first use from the row's shape and
         dtype, resizable and chunked), flush (unless `flush` is False: rows that count only
@@ -1452,6 +1541,7 @@ class RunRecord:
         arr = _as_array(row)
         return self.extend(key, arr.reshape((1, *arr.shape)), flush)
 
+    @_whole
     def extend(self, key: str, rows, flush: bool = True) -> int:
         """Append the rows of ``rows`` (first axis) to dataset ``key`` in one write (see
         `append`); returns the new number of rows."""
@@ -1485,6 +1575,7 @@ class RunRecord:
         self.store._touch(flush)
         return n + len(rows)
 
+    @_whole
     def truncate(self, key: str, n: int) -> None:
         """Keep the first ``n`` rows of dataset ``key`` (e.g. to drop a partial step before
         resuming)."""
@@ -1501,6 +1592,7 @@ class RunRecord:
             ds.resize(n, axis=0)
         self.store._touch()
 
+    @_whole
     def delete(self, key: str) -> None:
         """Remove a dataset or subgroup of the run (no-op if missing)."""
         self.store._writable()

@@ -209,9 +209,13 @@ class StringRecord:
         """The string as of its last committed depth (None if nothing was committed).
 
         Rows written after the last commit (beads of an unfinished depth, a curve without
-        its segment row) are cut off the store first.
+        its segment row) are cut off the store first: all of them where no depth was
+        committed (a run interrupted in its first depth).
         """
         if not self.run.has(self.key("order")):
+            for name in BEAD_DATASETS + CURVE_DATASETS:
+                if self.run.length(self.key(name)):
+                    self.run.truncate(self.key(name), 0)
             return None
         committed = int(max(self.run.read(self.key("order")))) + 1
         for name in BEAD_DATASETS:

@@ -1,8 +1,6 @@
 """Two commands on one store: the one that writes it keeps it whole and readable."""
 
 import subprocess
-import sys
-import textwrap
 
 import pytest
 from conftest import run_cli
@@ -10,43 +8,17 @@ from conftest import run_cli
 from keras_landscape.cli.main import EXIT_BAD_INPUT
 from keras_landscape.store.hdf5 import Store
 
-HOLDER = textwrap.dedent(
-    """
-    import sys
-    from keras_landscape.store.hdf5 import Store
-
-    store = Store.create(sys.argv[1], versions={}, command="holder")
-    store.write_data_info({"spec": "before"})
-    print("ready", flush=True)
-    sys.stdin.readline()  # the test runs its command while this process writes the store
-    store.write_data_info({"spec": "after"})
-    store.close()
-    print("done", flush=True)
-    """
-)
+from .conftest import finish_holder, klandscape, start_holder
 
 
 @pytest.fixture
 def holder(tmp_path):
     """A process that creates a store and keeps it open for writing until told to finish."""
     path = tmp_path / "busy.h5"
-    process = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout.readline().strip() == "ready"
+    process = start_holder(path)
     yield path, process
     if process.poll() is None:
         process.kill()
-
-
-def _finish(process):
-    process.stdin.write("go\n")
-    process.stdin.flush()
-    assert process.stdout.readline().strip() == "done"
-    assert process.wait(timeout=60) == 0
 
 
 @pytest.mark.parametrize("flag", ["--overwrite", "--resume"])
@@ -59,25 +31,14 @@ def test_a_second_command_leaves_a_store_being_written_intact(
     )
     assert code == EXIT_BAD_INPUT, err
     assert "open in another process" in err and "Traceback" not in err
-    _finish(process)  # the writer goes on as if nothing happened
+    finish_holder(process)  # the writer goes on as if nothing happened
     with Store.open(path) as store:
         assert store.read_data_info()["spec"] == "after"
 
 
 def test_two_overwrites_at_once_leave_one_complete_store(tmp_path, digits_model_file):
     path = tmp_path / "twice.h5"
-    command = [
-        sys.executable,
-        "-m",
-        "keras_landscape.cli.main",
-        "probe",
-        str(digits_model_file),
-        "--data",
-        "digits",
-        "--out",
-        str(path),
-        "-q",
-    ]
+    command = klandscape("probe", digits_model_file, "--data", "digits", "--out", path, "-q")
     assert subprocess.run(command, capture_output=True, timeout=300).returncode == 0
     runs = [
         subprocess.Popen(

@@ -23,37 +23,17 @@ from keras_landscape.cli.main import EXIT_BAD_INPUT
 from keras_landscape.store import hdf5
 from keras_landscape.store.hdf5 import Store
 
-RESULT_KEYS = ("connected", "reason", "beads", "depth", "projection_steps", "max_level")
+from .conftest import assert_same_run, connectivity_args, stored_run
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory, digits_classifier, digits_data, full_batch_fit):
+def pair(digits_pair):
     """Two briefly trained digits MLPs whose string needs beads (depth 2, 4 beads)."""
-    folder = tmp_path_factory.mktemp("full")
-    paths = []
-    for seed in (0, 1):
-        model = digits_classifier("dense", seed=seed)
-        full_batch_fit(model, digits_data.x_train, digits_data.y_train, 150, 0.02)
-        model.save(folder / f"m{seed}.keras")
-        paths.append(str(folder / f"m{seed}.keras"))
-    return paths
-
-
-def _probe_args(pair, out, *extra):
-    options = ["max_depth=4", "points=10", "max_steps=1000", "learning_rate=0.01"]
-    sets = [word for option in options for word in ("--set", option)]
-    where = ["--out", str(out), "-q", "--json", *extra]
-    return ["probe", *pair, "--data", "digits", "--probe", "connectivity", *sets, *where]
+    return digits_pair
 
 
 def _probe(capsys, pair, out, *extra):
-    return run_cli(capsys, *_probe_args(pair, out, *extra))
-
-
-def _stored(path):
-    with Store.open(path) as store:
-        run = store.run("connectivity")
-        return run.result, {key: run.read(key) for key in run.keys()}
+    return run_cli(capsys, *connectivity_args(pair, out, *extra))
 
 
 def _budget(limit):
@@ -93,8 +73,8 @@ def reference(pair, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(hdf5, "_pwrite", pwrite)
         patch.setattr(hdf5._CommittedFile, "commit", counted)
-        assert main(_probe_args(pair, out)) == 0
-    result, arrays = _stored(out)
+        assert main(connectivity_args(pair, out)) == 0
+    result, arrays = stored_run(out)
     assert result["beads"] == 4 and result["depth"] == 2, result  # a string with beads
     return result, arrays, sorted(set(commits)), out
 
@@ -117,13 +97,7 @@ def _check_resumed(capsys, pair, out, reference):
     code, stdout, err = _probe(capsys, pair, out, "--resume")
     assert code == 0, err
     assert json.loads(stdout)["results"]["connectivity"]["connected"] == expected["connected"]
-    result, got = _stored(out)
-    for key in RESULT_KEYS:
-        assert result[key] == expected[key], key
-    assert result["normalized_length"] == pytest.approx(expected["normalized_length"], rel=1e-9)
-    assert set(got) == set(arrays)
-    for name, values in arrays.items():
-        np.testing.assert_array_equal(got[name], values, err_msg=name)
+    assert_same_run(stored_run(out), (expected, arrays))
     assert not os.path.exists(str(out) + ".lock")  # the lock is gone with its run
 
 

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -13,59 +12,23 @@ import pytest
 
 from keras_landscape.store.hdf5 import Store
 
+from .conftest import assert_same_run, connectivity_args, klandscape, stored_run
+
 STRING_DATASETS = ("beads", "bead_level", "bead_depth", "bead_steps", "order", "curves")
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory, digits_classifier, digits_data, full_batch_fit):
+def pair(digits_pair):
     """Two briefly trained digits MLPs and a level that needs beads between them."""
-    folder = tmp_path_factory.mktemp("kill")
-    paths = []
-    for seed in (0, 1):
-        model = digits_classifier("dense", seed=seed)
-        full_batch_fit(model, digits_data.x_train, digits_data.y_train, 150, 0.02)
-        path = folder / f"m{seed}.keras"
-        model.save(path)
-        paths.append(str(path))
-    return paths
+    return digits_pair
 
 
 def _command(pair, out, resume=False):
-    return [
-        sys.executable,
-        "-m",
-        "keras_landscape.cli.main",
-        "probe",
-        *pair,
-        "--data",
-        "digits",
-        "--probe",
-        "connectivity",
-        "--set",
-        "max_depth=4",
-        "--set",
-        "points=10",
-        "--set",
-        "max_steps=1000",
-        "--set",
-        "learning_rate=0.01",
-        "--out",
-        str(out),
-        "-q",
-        "--json",
-    ] + (["--resume"] if resume else [])
+    return klandscape(*connectivity_args(pair, out, *(["--resume"] if resume else [])))
 
 
 def _strings(path):
-    with Store.open(path) as store:
-        run = store.run("connectivity")
-        result = run.result
-        arrays = {
-            name: run.read(f"pair_0_1/{name}")
-            for name in STRING_DATASETS
-            if run.has(f"pair_0_1/{name}")
-        }
-    return result, arrays
+    return stored_run(path, keys=[f"pair_0_1/{name}" for name in STRING_DATASETS])
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +59,7 @@ def _trial(seed, pair, reference, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"]["connectivity"]["connected"] == expected["connected"]
-    result, got = _strings(out)
-    for key in ("connected", "reason", "beads", "depth", "projection_steps", "max_level"):
-        assert result[key] == expected[key], key
-    assert result["normalized_length"] == pytest.approx(expected["normalized_length"], rel=1e-9)
-    assert set(got) == set(arrays)
-    for name, values in arrays.items():
-        np.testing.assert_array_equal(got[name], values, err_msg=name)
+    assert_same_run(_strings(out), (expected, arrays))
     return killed and resume
 
 

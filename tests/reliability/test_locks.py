@@ -7,46 +7,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import run_cli
 
 from keras_landscape.cli.main import EXIT_BAD_INPUT
 from keras_landscape.store.hdf5 import Store
 
+from .conftest import finish_holder, klandscape, start_holder, wait_for
+
 UNLOCKED = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
-
-HOLDER = textwrap.dedent(
-    """
-    import sys
-    from keras_landscape.store.hdf5 import Store
-
-    store = Store.create(sys.argv[1], versions={}, command="holder")
-    store.write_data_info({"spec": "before"})
-    print("ready", flush=True)
-    sys.stdin.readline()  # the test runs its commands while this process writes the store
-    store.write_data_info({"spec": "after"})
-    store.close()
-    print("done", flush=True)
-    """
-)
-
-
-def _holder(path, env):
-    process = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert process.stdout.readline().strip() == "ready"
-    return process
 
 
 @pytest.fixture
@@ -54,7 +25,7 @@ def unlocked_holder(tmp_path, monkeypatch):
     """A process writing a store with HDF5's file locking off (here too)."""
     monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "FALSE")
     path = tmp_path / "busy.h5"
-    process = _holder(path, UNLOCKED)
+    process = start_holder(path, UNLOCKED)
     yield path, process
     if process.poll() is None:
         process.kill()
@@ -72,10 +43,7 @@ def test_no_second_writer_without_hdf5_file_locking(
     assert code == EXIT_BAD_INPUT, err
     assert "open in another process" in err and f"process {process.pid} on" in err, err
     assert "Traceback" not in err
-    process.stdin.write("go\n")
-    process.stdin.flush()
-    assert process.stdout.readline().strip() == "done"
-    assert process.wait(timeout=60) == 0
+    finish_holder(process)
     with Store.open(path) as store:  # the writer finished its own store, untouched
         assert store.read_data_info()["spec"] == "after"
         assert store.attrs()["command"] == "holder"
@@ -84,7 +52,7 @@ def test_no_second_writer_without_hdf5_file_locking(
 
 def test_a_killed_writers_lock_file_blocks_nothing(tmp_path, capsys, digits_model_file):
     path = tmp_path / "killed.h5"
-    process = _holder(path, UNLOCKED)
+    process = start_holder(path, UNLOCKED)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert Path(f"{path}.lock").exists()  # left behind; the kernel dropped its flock
@@ -110,9 +78,7 @@ def test_a_killed_writers_lock_file_blocks_nothing(tmp_path, capsys, digits_mode
     assert not Path(f"{path}.lock").exists()
 
 
-def test_a_planted_lock_link_is_refused(tmp_path, capsys, digits_model_file):
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me")
+def test_a_planted_lock_link_is_refused(tmp_path, capsys, digits_model_file, victim):
     out = tmp_path / "s.h5"
     os.symlink(victim, f"{out}.lock")
     code, _, err = run_cli(
@@ -124,40 +90,10 @@ def test_a_planted_lock_link_is_refused(tmp_path, capsys, digits_model_file):
 
 # ------------------------------------------------------------------------------ census
 
-CENSUS = {
-    "model": {
-        "builder": "mlp",
-        "input": [2],
-        "activation": "tanh",
-        "output": 1,
-        "train": {"epochs": 60, "batch_size": "full", "learning_rate": 0.02},
-    },
-    "data": "teacher:d=2,h=2,n=120,n_test=40",
-    "loss": "mse",
-    "level_fn": "mse",
-    "split": "train",
-    "grid": {"width": [1], "depth": [1]},
-    "replicas": 2,
-    "components": {"max_bisections": 1, "grid": 10},
-    "curviness": {"levels": "2.0", "retrain_endpoints": True},
-    "options": {"max_steps": 100, "learning_rate": 0.02, "points": 5, "max_depth": 2},
-    "seed": 0,
-}
 
-
-def _wait_for(condition, process, seconds=240):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def test_census_overwrite_leaves_a_running_census_alone(tmp_path, capsys):
-    sweep = tmp_path / "sweep.yaml"
-    out = tmp_path / "census.h5"
-    sweep.write_text(yaml.safe_dump({**CENSUS, "out": str(out)}, sort_keys=False))
-    command = [sys.executable, "-m", "keras_landscape.cli.main", "census", str(sweep)]
+def test_census_overwrite_leaves_a_running_census_alone(tmp_path, capsys, census_sweep):
+    sweep, out = census_sweep
+    command = klandscape("census", sweep)
     running = subprocess.Popen(
         command + ["-q", "--json", "--no-plots"],
         stdout=subprocess.PIPE,
@@ -166,7 +102,7 @@ def test_census_overwrite_leaves_a_running_census_alone(tmp_path, capsys):
     )
     try:
         work = tmp_path / "census-work" / "width_1-depth_1.h5"
-        _wait_for(work.exists, running)  # the point's working store is being written
+        wait_for(work.exists, running)  # the point's working store is being written
         for flag in ("--overwrite", "--resume"):
             code, _, err = run_cli(capsys, "census", str(sweep), flag, "-q", "--no-plots")
             assert code == EXIT_BAD_INPUT, err
@@ -183,14 +119,12 @@ def test_census_overwrite_leaves_a_running_census_alone(tmp_path, capsys):
     assert not Path(f"{out}.lock").exists()
 
 
-def test_census_overwrite_refuses_a_working_store_being_written(tmp_path, capsys):
+def test_census_overwrite_refuses_a_working_store_being_written(tmp_path, capsys, census_sweep):
     """A working store that some process writes is not deleted (nor anything else)."""
-    sweep = tmp_path / "sweep.yaml"
-    out = tmp_path / "census.h5"
-    sweep.write_text(yaml.safe_dump({**CENSUS, "out": str(out)}, sort_keys=False))
+    sweep, out = census_sweep
     work = tmp_path / "census-work" / "width_1-depth_1.h5"
     work.parent.mkdir()
-    process = _holder(work, dict(os.environ))
+    process = start_holder(work, dict(os.environ))
     try:
         code, _, err = run_cli(capsys, "census", str(sweep), "--overwrite", "-q", "--no-plots")
         assert code == EXIT_BAD_INPUT and "open in another process" in err, err

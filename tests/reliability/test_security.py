@@ -18,13 +18,6 @@ from keras_landscape.store import hdf5
 from keras_landscape.store.hdf5 import Store
 
 
-@pytest.fixture
-def victim(tmp_path):
-    path = tmp_path / "victim.txt"
-    path.write_text("keep me")
-    return path
-
-
 def test_a_link_at_the_old_temporary_name_is_not_followed(tmp_path, victim):
     out = tmp_path / "s.h5"
     planted = tmp_path / f".s.h5.{os.getpid()}.tmp"
