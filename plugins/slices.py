@@ -88,6 +88,11 @@ def evaluate_points(
     `recompute`; None: under bn_stats=recompute)."""
     state = np.asarray(state)
     states = state if state.ndim == 2 else np.repeat(state[None, :], len(thetas), axis=0)
+    if landscape.split == "train":
+        # the level's own pass already holds the training loss: one pass, not two
+        again = landscape.recomputes if recompute is None else recompute
+        found = landscape.evaluate_many(thetas, "train", states, recompute=again)
+        return np.array([e.loss for e in found]), np.array([e.level for e in found])
     levels, used = landscape.levels_and_states(thetas, states, recompute=recompute)
     losses = np.array([e.loss for e in landscape.evaluate_many(thetas, "train", used)])
     return losses, levels
