@@ -480,6 +480,8 @@ def interpolation_task(ctx) -> list[dict]:
     from loss_landscapes import linear_interpolation
     from loss_landscapes.metrics import Loss
 
+    from keras_landscape.science.barriers import linear_profile
+
     landscape, a, b, x, y = ctx["landscape"], ctx["a"], ctx["b"], ctx["x"], ctx["y"]
     probe = SlicesProbe(
         SlicesProbe.Config(mode="models", dims=1, x_range="0:1", x_points=LINE, seed=0)
@@ -496,9 +498,16 @@ def interpolation_task(ctx) -> list[dict]:
         lambda: linear_interpolation(next(pool), end, metric, steps=LINE)
     )
     max_rel = rel_diff(values, ours)
+    # The same line through the Python API (`science.barriers.linear_profile`): no store, as
+    # the peer keeps none; the level here is the training loss (level_fn=loss, split=train).
+    api_first, api_s, (_, api) = best_of(
+        lambda: linear_profile(landscape, a.theta, b.theta, LINE - 1)
+    )
+    api_rel = rel_diff(values, api)
+    compared = f"all {LINE} losses, t = 0 ... 1, point by point (rtol 1e-4)"
     return [
         row(
-            f"{LINE}-point linear interpolation",
+            f"{LINE}-point linear interpolation (slices probe, resumable store)",
             "loss-landscapes",
             first,
             ours_s,
@@ -506,8 +515,19 @@ def interpolation_task(ctx) -> list[dict]:
             peer_s,
             max_rel <= 1e-4,
             max_rel,
-            f"all {LINE} losses, t = 0 ... 1, point by point (rtol 1e-4)",
-        )
+            compared,
+        ),
+        row(
+            f"{LINE}-point linear interpolation (Python API, no store)",
+            "loss-landscapes",
+            api_first,
+            api_s,
+            peer_first,
+            peer_s,
+            api_rel <= 1e-4,
+            api_rel,
+            compared,
+        ),
     ]
 
 

@@ -389,11 +389,14 @@ class CurvinessProbe(PairProbe):
                     "endpoint_not_retrained (raise partner_steps or partner_learning_rate)"
                 )
             thetas, states = result.thetas, result.states
-            store.write("fresh_endpoints/theta", thetas)
-            store.write("fresh_endpoints/level", np.asarray(result.levels, np.float64))
-            store.write("fresh_endpoints/steps", np.asarray(result.steps, np.int64))
+            fresh = {
+                "fresh_endpoints/theta": thetas,
+                "fresh_endpoints/level": np.asarray(result.levels, np.float64),
+                "fresh_endpoints/steps": np.asarray(result.steps, np.int64),
+            }
             if states.shape[1]:
-                store.write("fresh_endpoints/state", states)
+                fresh["fresh_endpoints/state"] = states
+            store.write_many(fresh)  # one commit: a resumed run finds all of them or none
         return thetas.reshape(shape + (-1,)), states.reshape(shape + (-1,))
 
     @staticmethod

@@ -115,9 +115,7 @@ def evaluate_grid(
             thetas = np.stack([plane_point(origin, directions, (a, y[row])) for a in x])
             loss[row], level[row] = evaluate_points(landscape, thetas, state)
             done[row] = True
-            store.write("loss", loss)
-            store.write("level", level)
-            store.write("done", done.astype(np.int8))
+            store.write_many({"loss": loss, "level": level, "done": done.astype(np.int8)})
         handle.advance()
     handle.close()
     return loss, level
@@ -329,9 +327,7 @@ class SlicesProbe(ProbeBase):
         )
         if self._placed(models) is not None:  # the plane's axes cover the three models
             x, y = self._covering(models, origin, directions, x, y)
-        store.write("directions", np.stack(directions).astype(np.float32))
-        store.write("x", x)
-        store.write("y", y)
+        store.write_many({"directions": np.stack(directions).astype(np.float32), "x": x, "y": y})
         state = landscape.state_or_own(getattr(models[0], "state", None))
         loss, level = evaluate_grid(landscape, store, origin, directions, x, y, state, progress)
         marks = self._marks(landscape, models, origin, directions)
@@ -423,19 +419,11 @@ class SlicesProbe(ProbeBase):
         """The input models on the slice, at their own coordinates, evaluated at the
         projected point (the model itself when it lies in the slice)."""
         shown = models if self.config.mode == "models" else models[:1]
-        marks = []
-        for m in shown:
-            x, y = self._coordinates(m.theta, origin, directions)
-            theta = self._point(origin, directions, (x, y)[: len(directions)])
-            state = landscape.state_or_own(getattr(m, "state", None))
-            losses, levels = self._evaluate(landscape, theta[None, :], state)
-            marks.append(
-                {
-                    "model": m.name,
-                    "x": x,
-                    "y": y,
-                    "loss": float(losses[0]),
-                    "level": float(levels[0]),
-                }
-            )
-        return marks
+        places = [self._coordinates(m.theta, origin, directions) for m in shown]
+        thetas = np.stack([self._point(origin, directions, p[: len(directions)]) for p in places])
+        states = np.stack([landscape.state_or_own(getattr(m, "state", None)) for m in shown])
+        losses, levels = self._evaluate(landscape, thetas, states)  # one stacked call
+        return [
+            {"model": m.name, "x": x, "y": y, "loss": float(loss), "level": float(level)}
+            for m, (x, y), loss, level in zip(shown, places, losses, levels)
+        ]

@@ -349,10 +349,14 @@ class TrajectoryProbe(ProbeBase):
         steps = _path_length([m.theta for m in ordered])
 
         x, y = self._axes(coordinates)
-        store.write("directions", directions.astype(np.float32))
-        store.write("coordinates", coordinates)
-        store.write("x", x)
-        store.write("y", y)
+        store.write_many(
+            {
+                "directions": directions.astype(np.float32),
+                "coordinates": coordinates,
+                "x": x,
+                "y": y,
+            }
+        )
         state = landscape.state_or_own(getattr(ordered[-1], "state", None))
         loss, level = evaluate_grid(
             landscape, store, final, list(directions), x, y, state, progress, "trajectory"

@@ -13,7 +13,7 @@ from synthetic_stores import cubic_models
 from keras_landscape.cli.main import EXIT_BAD_INPUT
 from keras_landscape.experiment.config import ModelRecipe, choose_data, load_config
 from keras_landscape.experiment.demo import demo_config
-from keras_landscape.experiment.runner import build_probes
+from keras_landscape.experiment.plan import build_probes
 from keras_landscape.models.recipes import _steps_per_call, build_model
 from keras_landscape.report.plots import is_png
 

@@ -412,7 +412,7 @@ def test_endpoint_target_sets_how_far_below_the_level_endpoints_are_retrained(
 )
 def test_bad_endpoint_options_are_refused_before_any_work(options, words):
     from keras_landscape.errors import UserError
-    from keras_landscape.experiment.runner import build_probes
+    from keras_landscape.experiment.plan import build_probes
 
     with pytest.raises(UserError, match=re.escape(words)):
         build_probes(RunSpec(models=[], data="cubic", probes=["curviness"], options=options))

@@ -44,7 +44,8 @@ from keras_landscape.engine import backend
 from keras_landscape.engine.landscape import Landscape
 from keras_landscape.engine.params import non_trainable_state
 from keras_landscape.errors import UserError
-from keras_landscape.experiment.runner import build_probes, run_probe, versions, write_header
+from keras_landscape.experiment.plan import build_probes
+from keras_landscape.experiment.runner import run_probe, versions, write_header
 from keras_landscape.experiment.spec import RunSpec
 from keras_landscape.models.minimum import Minimum
 from keras_landscape.progress import NullProgress

@@ -24,13 +24,7 @@ from keras_landscape.engine.options import parse_strategy
 from keras_landscape.engine.params import non_trainable_state
 from keras_landscape.errors import Interrupted, UserError
 from keras_landscape.experiment.config import prepare
-from keras_landscape.experiment.plan import (  # noqa: F401  (re-exported for callers)
-    build_probes,
-    check_plan,
-    check_store_target,
-    refuse_unused_partners,
-    replica_names,
-)
+from keras_landscape.experiment.plan import check_plan, check_store_target, replica_names
 from keras_landscape.experiment.spec import RunSpec, default_store_path, model_names
 from keras_landscape.models.loading import (
     allow_unsafe_deserialization,

@@ -1514,7 +1514,18 @@ class RunRecord:
     def write(self, key: str, array) -> None:
         """Write dataset ``key`` whole (replacing it). Arrays with at least one dimension are
         stored resizable and chunked, so rows can be appended later."""
+        self.write_many({key: array})
+
+    @_whole
+    def write_many(self, arrays: Mapping[str, Any]) -> None:
+        """Write each dataset of `arrays` whole (see `write`) under one commit: a reader or a
+        resumed run sees all of them or none (e.g. a grid row and its `done` mask)."""
         self.store._writable()
+        for key, array in arrays.items():
+            self._replace(key, array)
+        self.store._touch()
+
+    def _replace(self, key: str, array) -> None:
         arr = _as_array(array)
         if key in self._g:
             del self._g[key]
@@ -1531,7 +1542,6 @@ class RunRecord:
                 maxshape=maxshape,
                 chunks=_chunks_for(arr.shape[1:], itemsize),
             )
-        self.store._touch()
 
     @_whole
     def append(self, key: str, row, flush: bool = True) -> int:

@@ -276,6 +276,7 @@ def test_a_signal_inside_h5py_waits_for_the_store_operation(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a foreground run
     )
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout)

@@ -84,7 +84,14 @@ def test_ctrl_c_early_always_stops_with_130_and_a_message(delay, pair, tmp_path)
     the run with exit code 130 and one line, never carries on, never crashes silently."""
     out = tmp_path / "early.h5"
     command = [c for c in _command(pair, out) if c != "-q"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # SIGINT as in a foreground run, even where this session was started in the background
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=300)

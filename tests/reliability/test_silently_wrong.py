@@ -251,7 +251,7 @@ def test_fewest_bootstrap_resamples():
     ],
 )
 def test_bootstrap_below_the_fewest_resamples_is_refused(options, refused):
-    from keras_landscape.experiment.config import build_probes
+    from keras_landscape.experiment.plan import build_probes
     from keras_landscape.settings import RunSpec
 
     spec = RunSpec(models=["a.keras"], data=DATA, probes=["barrier"], options=options)
@@ -279,7 +279,7 @@ def test_partners_with_two_models_exits_2(files, tmp_path, capsys):
 
 
 def test_partners_rule_for_one_model_several_models_and_zero():
-    from keras_landscape.experiment.config import build_probes, refuse_unused_partners
+    from keras_landscape.experiment.plan import build_probes, refuse_unused_partners
     from keras_landscape.settings import RunSpec
 
     def check(models, options, probe_options=None):
