@@ -37,7 +37,7 @@ from keras_landscape.science.curves import (
 )
 from keras_landscape.science.dss import interpolate
 from keras_landscape.seeds import derive_seed
-from keras_landscape.store.strings import natural_order
+from keras_landscape.store.strings import choose_string, natural_order
 
 #: key of the curves' t draws under the run's seed (with the pair's indices)
 _CURVE = 17
@@ -288,18 +288,7 @@ class CurveProbe(PairProbe):
             {k.split("/")[0] for k in record.keys() if k.endswith("/curve/level")},
             key=natural_order,
         )
-        if string is None:
-            if len(prefixes) != 1:
-                raise UserError(
-                    f"Run {record.name!r} holds {len(prefixes)} curves; choose one with "
-                    f"--string ({', '.join(prefixes) or 'none'})."
-                )
-            string = prefixes[0]
-        if string not in prefixes:
-            raise UserError(
-                f"Run {record.name!r} has no finished curve {string!r}; it has: "
-                f"{', '.join(prefixes) or 'none'}."
-            )
+        string = choose_string(record.name, prefixes, string, "finished curve")
         if not 0.0 <= float(t) <= 1.0:
             raise UserError(f"--t must be in [0, 1] (0 = A, 1 = B), got {t}.")
         key = f"{string}/curve"

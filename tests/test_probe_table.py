@@ -42,7 +42,6 @@ SMALL = {  # applied to each probe whose Config has the field
     "grid": 20,
     "max_bisections": 2,
     "tolerance": 0.2,
-    "partners": 1,
     "partner_steps": 100,
     "relax_steps": 20,
 }

@@ -20,7 +20,7 @@ from keras_landscape.models.loading import (
     load_model,
 )
 from keras_landscape.store.hdf5 import FORMAT_NAME, Store, reading
-from keras_landscape.store.strings import read_string, string_prefixes
+from keras_landscape.store.strings import choose_string, read_string, string_prefixes
 
 
 def _architecture(store: Store, custom_objects: dict):
@@ -84,18 +84,7 @@ def stored_theta(
             "Say what to export: --run R --bead I (a bead of a string) or --model NAME."
         )
     record = store.run(run)
-    prefixes = string_prefixes(record, relaxed=True)
-    if string is None:
-        if len(prefixes) != 1:
-            raise UserError(
-                f"Run {run!r} holds {len(prefixes)} strings; choose one with --string "
-                f"({', '.join(prefixes) or 'none'})."
-            )
-        string = prefixes[0]
-    if string not in prefixes:
-        raise UserError(
-            f"Run {run!r} has no string {string!r}; it has: {', '.join(prefixes) or 'none'}."
-        )
+    string = choose_string(run, string_prefixes(record, relaxed=True), string)
     stored = read_string(record, string)
     rows = stored.rows
     if not -len(rows) <= bead < len(rows):

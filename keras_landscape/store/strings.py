@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from keras_landscape.errors import UserError
+
 BEAD_DATASETS = ("beads", "bead_level", "bead_depth", "bead_steps", "bead_state")
 CURVE_DATASETS = ("curves", "curve_segments")
 #: what a group must hold to count as a string
@@ -241,7 +243,23 @@ class StringRecord:
         return prefix
 
 
+def choose_string(run: str, prefixes: list[str], string: str | None, what: str = "string") -> str:
+    """`string`, checked against the run's `prefixes` (None: the run's only one); a
+    UserError lists them where the choice is missing or wrong."""
+    listed = ", ".join(prefixes) or "none"
+    if string is None:
+        if len(prefixes) != 1:
+            raise UserError(
+                f"Run {run!r} holds {len(prefixes)} {what}s; choose one with --string ({listed})."
+            )
+        return prefixes[0]
+    if string not in prefixes:
+        raise UserError(f"Run {run!r} has no {what} {string!r}; it has: {listed}.")
+    return string
+
+
 __all__ = [
+    "choose_string",
     "BEAD_DATASETS",
     "CURVE_DATASETS",
     "RELAXED_SUFFIX",
