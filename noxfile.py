@@ -21,7 +21,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def tests_tensorflow(session: nox.Session) -> None:
-    """The default test suite (TensorFlow backend; includes the JAX re-run of the core)."""
+    """The default test suite (TensorFlow backend; the JAX re-runs are in `tests_jax`)."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "-q", *session.posargs)
 

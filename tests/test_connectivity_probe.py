@@ -376,6 +376,7 @@ def test_fresh_endpoints_are_new_models_trained_to_each_level(cubic_models, tmp_
     assert again["normalized_length"] == result["normalized_length"]
 
 
+@pytest.mark.slow
 def test_endpoint_target_sets_how_far_below_the_level_endpoints_are_retrained(
     cubic_models, tmp_path
 ):

@@ -58,6 +58,7 @@ def _run_on_jax(names: list[str]) -> None:
     assert " passed" in tail
 
 
+@pytest.mark.slow
 def test_core_suite_passes_on_jax_without_tensorflow():
     _run_on_jax(CORE)
 

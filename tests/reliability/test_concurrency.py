@@ -36,6 +36,7 @@ def test_a_second_command_leaves_a_store_being_written_intact(
         assert store.read_data_info()["spec"] == "after"
 
 
+@pytest.mark.slow
 def test_two_overwrites_at_once_leave_one_complete_store(tmp_path, digits_model_file):
     path = tmp_path / "twice.h5"
     command = klandscape("probe", digits_model_file, "--data", "digits", "--out", path, "-q")

@@ -91,6 +91,7 @@ def test_a_planted_lock_link_is_refused(tmp_path, capsys, digits_model_file, vic
 # ------------------------------------------------------------------------------ census
 
 
+@pytest.mark.slow
 def test_census_overwrite_leaves_a_running_census_alone(tmp_path, capsys, census_sweep):
     sweep, out = census_sweep
     command = klandscape("census", sweep)
