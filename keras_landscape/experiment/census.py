@@ -59,7 +59,7 @@ from keras_landscape.experiment.config import (
     with_scale,
 )
 from keras_landscape.experiment.config import _plots as run_plots
-from keras_landscape.experiment.plan import check_out
+from keras_landscape.experiment.plan import check_out, refuse_resume_and_overwrite
 from keras_landscape.models.recipes import BUILDERS
 from keras_landscape.progress import NullProgress, Progress
 from keras_landscape.report.census import CENSUS_ATTRS, census_points, census_rows, plot_census
@@ -384,10 +384,7 @@ def run_census(
     anything, as a second writer of a probe store is. Where the store goes is checked
     first (nothing is created for a bad --out)."""
     check_out(census.out, "out")
-    if resume and overwrite:
-        raise UserError(
-            "--resume continues the work in a store and --overwrite replaces it: give one of them."
-        )
+    refuse_resume_and_overwrite(resume, overwrite)
     if Path(census.out).exists() and not (resume or overwrite):
         refuse_existing(census.out)
     with hold_store(census.out):
@@ -418,10 +415,7 @@ def _run_census(
         raise UserError(_ONE_PROCESS)
     backend.devices_for(strategy)  # before training touches the framework
     out = Path(census.out)
-    if resume and overwrite:
-        raise UserError(
-            "--resume continues the work in a store and --overwrite replaces it: give one of them."
-        )
+    refuse_resume_and_overwrite(resume, overwrite)
     if out.is_dir():
         raise UserError(f"out {census.out!r} is a directory; give a file path such as census.h5.")
     if out.exists() and not (resume or overwrite):

@@ -50,7 +50,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from keras_landscape import registry
 from keras_landscape.data.specs import KINDS, load_data, parse_spec
 from keras_landscape.errors import ConfigError, UserError
-from keras_landscape.experiment.plan import check_out, check_plan, replica_names
+from keras_landscape.experiment.plan import (
+    check_out,
+    check_plan,
+    refuse_resume_and_overwrite,
+    replica_names,
+)
 from keras_landscape.models.recipes import (
     ModelRecipe,
     read_recipe,
@@ -602,10 +607,7 @@ def prepare(
     """
     out = Path(config.spec.out)
     check_out(str(out))
-    if resume and overwrite:
-        raise UserError(
-            "--resume continues the work in a store and --overwrite replaces it: give one of them."
-        )
+    refuse_resume_and_overwrite(resume, overwrite)
     if out.exists() and not (resume or overwrite):
         refuse_existing(out)
     # A config run interrupted before its store was written (while training replicas)

@@ -98,15 +98,19 @@ def check_out(path: str, flag: str = "--out") -> None:
             break
 
 
+def refuse_resume_and_overwrite(resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise UserError(
+            "--resume continues the work in a store and --overwrite replaces it: give one of them."
+        )
+
+
 def check_store_target(path: str, *, resume: bool, overwrite: bool, flag: str = "--out") -> None:
     """Where a run writes its store, checked before anything is loaded or created: a file
     path (`check_out`), --resume or --overwrite but not both, a store to resume, and no
     existing file replaced without --overwrite."""
     check_out(path, flag)
-    if resume and overwrite:
-        raise UserError(
-            "--resume continues the work in a store and --overwrite replaces it: give one of them."
-        )
+    refuse_resume_and_overwrite(resume, overwrite)
     if resume and not Path(path).exists():
         raise UserError(
             f"Nothing to resume: there is no store {str(path)!r}. Run the same command without "
@@ -133,10 +137,7 @@ def check_plan(spec: RunSpec, models: list[str] | None = None) -> list:
         registry.check_inputs(probe, names)
     if spec.out:
         check_out(spec.out)
-    if spec.resume and spec.overwrite:
-        raise UserError(
-            "--resume continues the work in a store and --overwrite replaces it: give one of them."
-        )
+    refuse_resume_and_overwrite(spec.resume, spec.overwrite)
     return probes
 
 
@@ -150,6 +151,7 @@ __all__ = [
     "check_out",
     "check_plan",
     "check_store_target",
+    "refuse_resume_and_overwrite",
     "refuse_unused_partners",
     "replica_names",
 ]

@@ -24,7 +24,12 @@ from keras_landscape.engine.options import parse_strategy
 from keras_landscape.engine.params import non_trainable_state
 from keras_landscape.errors import Interrupted, UserError
 from keras_landscape.experiment.config import prepare
-from keras_landscape.experiment.plan import check_plan, check_store_target, replica_names
+from keras_landscape.experiment.plan import (
+    check_plan,
+    check_store_target,
+    refuse_resume_and_overwrite,
+    replica_names,
+)
 from keras_landscape.experiment.spec import RunSpec, default_store_path, model_names
 from keras_landscape.models.loading import (
     allow_unsafe_deserialization,
@@ -58,10 +63,7 @@ def open_store(spec: RunSpec, landscape: Landscape) -> Store:
     in a copy held in memory.
     """
     path = spec.out or default_store_path()
-    if spec.resume and spec.overwrite:
-        raise UserError(
-            "--resume continues the work in a store and --overwrite replaces it: give one of them."
-        )
+    refuse_resume_and_overwrite(spec.resume, spec.overwrite)
     if Path(path).is_dir():
         raise UserError(
             f"--out {path!r} is a directory; give a file path such as {path.rstrip('/')}/run.h5."
