@@ -84,6 +84,9 @@ class ProbeBase:
         takes_pairs: the probe measures pairs of models (given one model it may pair it
             with partners of its own): `LandscapeCallback` gives it the previous checkpoint
             and the current one; a probe without it sees the current checkpoint alone.
+        takes_history: the probe measures a sequence of checkpoints (`trajectory`):
+            `LandscapeCallback` runs it once, when fit ends, on every checkpoint it took,
+            in order.
         census_columns: row key -> meaning: what the probe adds to its grid point's row of
             `klandscape census` (`census_row` fills them from a result). A probe with none
             cannot be listed in a census sweep.
@@ -99,6 +102,7 @@ class ProbeBase:
     figures: ClassVar[dict[str, DrawFunction]] = {}
     no_figure: ClassVar[str | None] = None
     takes_pairs: ClassVar[bool] = False
+    takes_history: ClassVar[bool] = False
     census_columns: ClassVar[dict[str, str]] = {}
     census_figures: ClassVar[dict[str, Callable[[dict], tuple]]] = {}
 
@@ -267,10 +271,10 @@ def broken_plugins() -> list[BrokenPlugin]:
 def output_hook(probe: str, hook: str) -> Any:
     """The output hook `hook` of the probe registered as `probe` (one of ProbeBase's:
     tables, figures, no_figure, expected_strings, expected_partners, string_level,
-    export_point, takes_pairs, census_columns, census_row, census_cells, census_notes,
-    census_tables, census_figures), or ProbeBase's default where the probe has none or is
-    not installed here (a store written by a probe that is not installed can still be shown
-    and drawn).
+    export_point, takes_pairs, takes_history, census_columns, census_row, census_cells,
+    census_notes, census_tables, census_figures), or ProbeBase's default where the probe has
+    none or is not installed here (a store written by a probe that is not installed can
+    still be shown and drawn).
     A default class method is bound to the probe's own class, so that it reads the
     probe's attributes (`census_row` its `census_columns`)."""
     entry = probes().get(probe)

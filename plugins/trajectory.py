@@ -254,6 +254,7 @@ class TrajectoryProbe(ProbeBase):
     (Li et al. 2018): PCA of the checkpoints' differences from the final model."""
 
     name = "trajectory"
+    takes_history = True  # LandscapeCallback: every checkpoint of the fit, when it ends
     summary = "Checkpoints' path on its PCA plane (Li et al.) over the loss surface there."
     result_fields = {
         "checkpoints": "the models in checkpoint order (the last is the final model, the centre)",

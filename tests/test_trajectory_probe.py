@@ -317,3 +317,40 @@ def test_refusals(plane_run, tmp_path, capsys):
         "--set", "grid=2", "--out", str(tmp_path / "g.h5"),
     )  # fmt: skip
     assert code == 2 and "grid must be >= 3" in err
+
+
+def test_the_fit_callback_runs_it_once_on_every_checkpoint(tmp_path):
+    """In `LandscapeCallback` the probe (takes_history) runs once, when fit ends, on every
+    checkpoint in order (the start of fit included), and each point's loss is what Keras's
+    own evaluate gave for the weights at that epoch."""
+    import keras
+
+    from keras_landscape.callbacks import LandscapeCallback
+    from keras_landscape.data.specs import load_data
+    from keras_landscape.store.hdf5 import Store
+
+    data = load_data(DATA)
+    model = _tiny(5)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    seen = []
+
+    def evaluate(*_):
+        seen.append(model.evaluate(data.x_train, data.y_train, verbose=0, batch_size=64))
+
+    keras_losses = keras.callbacks.LambdaCallback(
+        on_train_begin=evaluate, on_epoch_end=lambda *_: evaluate()
+    )
+    callback = LandscapeCallback(
+        data=data, probes=["trajectory"], every=1, store=tmp_path / "fit.h5", options={"grid": 4}
+    )
+    model.fit(
+        data.x_train, data.y_train, epochs=4, batch_size=16, verbose=0,
+        callbacks=[keras_losses, callback],
+    )  # fmt: skip
+    assert [h["epoch"] for h in callback.history] == [4]
+    result = callback.history[0]["result"]
+    assert result["checkpoints"] == [f"epoch_{e}" for e in range(5)]
+    assert [p["loss"] for p in result["path"]] == pytest.approx(seen, rel=1e-5)
+    with Store.open(tmp_path / "fit.h5") as store:
+        assert store.run_names() == ["trajectory_epoch0004"]
+        assert sorted(store.model_names()) == [f"epoch_{e}" for e in range(5)]

@@ -11,9 +11,12 @@ At the end of every `every`-th epoch the callback takes the model's weights as a
 declaring `takes_pairs = True`, as `barrier`, `connectivity`, `curviness`, `components` and
 every `plugins.pairs.PairProbe` do) see the previous checkpoint and this one (at the
 first checkpoint: the weights fit started from), so `barrier` with `max_bisections=0` is
-the linear barrier to the previous checkpoint. Other probes see this checkpoint alone,
-e.g. `hessian` gives its top eigenvalues. Each result is a run `<probe>_epoch<E>` of the
-store. Results are also written to TensorBoard when `log_dir` is given, at step E:
+the linear barrier to the previous checkpoint. Probes of a sequence (declaring
+`takes_history = True`, as `trajectory`) run once, when fit ends, on every checkpoint
+taken, in order from the weights fit started from (at least three are needed: train for
+at least two checkpoints). Other probes see this checkpoint alone, e.g. `hessian` gives
+its top eigenvalues. Each result is a run `<probe>_epoch<E>` of the store (E: the last
+checkpoint's epoch). Results are also written to TensorBoard when `log_dir` is given, at step E:
 
 - every number of a result as a scalar `<probe>/<field>` (nested fields joined by '/',
   lists of records indexed: `hessian/models/0/trace`);
@@ -96,7 +99,11 @@ class LandscapeCallback(keras.callbacks.Callback):
             options=dict(options or {}),
             seed=seed,
         )
-        self._probes = build_probes(self._spec)
+        built = build_probes(self._spec)
+        # a probe declares what it measures (registry: ProbeBase.takes_pairs / takes_history)
+        self._at_end = [p for p in built if registry.output_hook(p.name, "takes_history")]
+        self._probes = [p for p in built if p not in self._at_end]
+        self._checkpoints: list[Minimum] = []  # every checkpoint, kept for the end probes
         self._data = data
         self._landscape = None
         self._previous: Minimum | None = None
@@ -107,6 +114,7 @@ class LandscapeCallback(keras.callbacks.Callback):
     # ------------------------------------------------------------------ fit hooks
     def on_train_begin(self, logs=None) -> None:
         self._previous = self._checkpoint(0)
+        self._epoch = 0
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         number = epoch + 1
@@ -114,37 +122,48 @@ class LandscapeCallback(keras.callbacks.Callback):
             return
         current = self._checkpoint(number)
         with self._open() as store:
-            for minimum in (self._previous, current):
-                if minimum.name not in store.model_names():
-                    store.add_model(
-                        minimum.name,
-                        minimum.theta,
-                        source=minimum.source,
-                        role="input",
-                        non_trainable=self._non_trainable.pop(minimum.name),
-                    )
+            self._add_models(store, [self._previous, current])
             for probe in self._probes:
-                # a probe declares whether it measures pairs (registry: ProbeBase.takes_pairs)
                 pairs = registry.output_hook(probe.name, "takes_pairs")
-                minima = [self._previous, current] if pairs else [current]
-                result = run_probe(
-                    probe,
-                    self.landscape,
-                    minima,
-                    store,
-                    self._spec,
-                    NullProgress(),
-                    run_name=f"{probe.name}_epoch{number:04d}",
-                )
-                self.history.append({"epoch": number, "probe": probe.name, "result": result})
-                self._log(probe, result, number)
+                self._run(store, probe, [self._previous, current] if pairs else [current])
         self._previous = current
 
     def on_train_end(self, logs=None) -> None:
+        if self._at_end and len(self._checkpoints) > 1:
+            with self._open() as store:
+                self._add_models(store, self._checkpoints)
+                for probe in self._at_end:
+                    self._run(store, probe, self._checkpoints)
         if self._writer is not None:
             self._writer.flush()
 
     # ------------------------------------------------------------------ the work
+    def _add_models(self, store: Store, minima: list[Minimum]) -> None:
+        for minimum in minima:
+            if minimum.name not in store.model_names():
+                store.add_model(
+                    minimum.name,
+                    minimum.theta,
+                    source=minimum.source,
+                    role="input",
+                    non_trainable=self._non_trainable.pop(minimum.name),
+                )
+
+    def _run(self, store: Store, probe, minima: list[Minimum]) -> None:
+        """`probe` on `minima` into the run `<probe>_epoch<E>` (E: the last checkpoint's)."""
+        number = self._epoch
+        result = run_probe(
+            probe,
+            self.landscape,
+            minima,
+            store,
+            self._spec,
+            NullProgress(),
+            run_name=f"{probe.name}_epoch{number:04d}",
+        )
+        self.history.append({"epoch": number, "probe": probe.name, "result": result})
+        self._log(probe, result, number)
+
     @property
     def landscape(self) -> Landscape:
         if self._landscape is None:
@@ -157,12 +176,16 @@ class LandscapeCallback(keras.callbacks.Callback):
     def _checkpoint(self, epoch: int) -> Minimum:
         landscape = self.landscape
         self._non_trainable[f"epoch_{epoch}"] = non_trainable_state(self.model)
-        return Minimum(
+        minimum = Minimum(
             f"epoch_{epoch}",
             landscape.theta_of(self.model).astype(np.float32),
             f"fit:epoch {epoch}",
             state=landscape.state_of(self.model),
         )
+        self._epoch = epoch
+        if self._at_end:
+            self._checkpoints.append(minimum)
+        return minimum
 
     def _open(self) -> Store:
         if os.path.exists(self.store_path):
