@@ -338,9 +338,13 @@ class CurveProbe(PairProbe):
         config = self.config
         key = f"{prefix}/curve"
         if not store.has(f"{key}/level"):
-            store.write(f"{key}/ends", np.stack([a.theta, b.theta]).astype(np.float32))
             ends_state = np.stack([landscape.state_or_own(s) for s in (a.state, b.state)])
-            store.write(f"{key}/ends_state", ends_state.astype(np.float32))
+            store.write_many(
+                {
+                    f"{key}/ends": np.stack([a.theta, b.theta]).astype(np.float32),
+                    f"{key}/ends_state": ends_state.astype(np.float32),
+                }
+            )
             store.set_attrs(key, kind=config.kind, bends=config.bends)
         kind = str(store.get_attrs(key).get("kind", config.kind))  # a resumed run's own
         curve = stored_curve(
@@ -363,8 +367,7 @@ class CurveProbe(PairProbe):
         line = f"{prefix}/line"
         if not store.has(f"{line}/level"):
             levels, losses = line_profile(landscape, a.theta, b.theta, ts, a.state, b.state)
-            store.write(f"{line}/loss", losses)
-            store.write(f"{line}/level", levels)  # last: marks it done
+            store.write_many({f"{line}/loss": losses, f"{line}/level": levels})  # one commit
         line_loss = np.asarray(store.read(f"{line}/loss"), np.float64)
         line_level = np.asarray(store.read(f"{line}/level"), np.float64)
         loss, level = curve["loss"], curve["levels"]
