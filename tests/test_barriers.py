@@ -347,7 +347,11 @@ def test_barrier_options_are_validated(two_valley, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "where", [pytest.param("inside the first DSS", marks=pytest.mark.slow), "half way"]
+    "where",
+    [
+        pytest.param("inside the first DSS", marks=pytest.mark.slow),
+        pytest.param("half way", marks=(pytest.mark.slow, pytest.mark.ci)),
+    ],
 )
 def test_interrupted_barrier_run_resumes_to_the_same_bracket(two_valley, tmp_path, where):
     """a = 2, b = 1.5: the straight line peaks at 2.75, so bisection takes ~7 DSS runs.

@@ -220,7 +220,9 @@ def bn_pair(bn_files):
     return bn_files[0], bn_files[2]
 
 
-@pytest.mark.parametrize("mode", ["recompute", "interpolate"])
+@pytest.mark.parametrize(
+    "mode", ["recompute", pytest.param("interpolate", marks=(pytest.mark.slow, pytest.mark.ci))]
+)
 def test_exported_beads_evaluate_in_keras_to_their_stored_level(
     mode, bn_pair, digits_data, tmp_path
 ):
@@ -332,6 +334,8 @@ def test_weight_matching_permutes_the_statistics(bn_pair, digits_data):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_models_without_batch_norm_are_unaffected(digits_data, digits_classifier):
     from keras_landscape.engine.projection import ProjectionConfig, project
 

@@ -233,6 +233,8 @@ def test_show_missing_store_exits_2(capsys, tmp_path):
     assert err.startswith("Error: ") and "Traceback" not in err
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_console_script_json_has_no_framework_noise(tmp_path, model_files):
     script = Path(sys.executable).with_name("klandscape")
     command = (

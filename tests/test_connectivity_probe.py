@@ -146,6 +146,8 @@ def test_connectivity_probe_writes_the_string(swap_pair, uninterrupted):
     assert stored["attrs"]["verdict"]["beads"] == result["beads"]
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_interrupted_run_resumes_to_the_same_result(swap_pair, uninterrupted, tmp_path):
     full_out, full_document = uninterrupted
     full = full_document["results"]["connectivity"]
@@ -174,6 +176,8 @@ def test_interrupted_run_resumes_to_the_same_result(swap_pair, uninterrupted, tm
         assert store.run("connectivity").get_attrs()["resumed"] == 1
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_resumed_store_has_no_duplicate_curves(swap_pair, uninterrupted, tmp_path):
     full_out, _ = uninterrupted
     out = tmp_path / "resumed.h5"
@@ -191,6 +195,8 @@ def test_resuming_a_complete_run_reuses_it(swap_pair, uninterrupted):
     assert again["results"]["connectivity"] == document["results"]["connectivity"]
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_default_level_is_the_higher_endpoint_plus_margin(swap_pair, tmp_path):
     landscape = swap_pair["landscape"]
     ends = landscape.levels(np.stack([landscape.theta_of(load_model(swap_pair[k])) for k in "ab"]))
@@ -234,6 +240,8 @@ def cubic_models(tmp_path_factory):
     return paths, landscape
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_curviness_probe_tables_one_row_per_level(cubic_models, tmp_path):
     paths, landscape = cubic_models
     ends = [landscape.level(landscape.theta_of(load_model(p))) for p in paths]
@@ -282,6 +290,8 @@ def test_curviness_probe_tables_one_row_per_level(cubic_models, tmp_path):
             assert order[0] == 0 and order[-1] == 1
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_curviness_with_one_model_trains_a_partner(cubic_models, tmp_path):
     paths, landscape = cubic_models
     model_level = landscape.level(landscape.theta_of(load_model(paths[0])))

@@ -59,6 +59,7 @@ def _run_on_jax(names: list[str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_core_suite_passes_on_jax_without_tensorflow():
     _run_on_jax(CORE)
 

@@ -223,6 +223,8 @@ def test_real_connectivity_store(tmp_path):
     assert "unfinished" in figure.caption
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_demo_writes_figures_and_says_where(capsys, tmp_path):
     # a quick demo: 2 models, 1 epoch (the README's demo trains 3 for 30 epochs)
     folder = tmp_path / "demo"

@@ -44,6 +44,13 @@ SMALL = {  # applied to each probe whose Config has the field
     "tolerance": 0.2,
     "partner_steps": 100,
     "relax_steps": 20,
+    "steps": 30,
+    "samples": 2,
+    "trace_samples": 5,
+    "density_probes": 1,
+    "density_steps": 8,
+    "x_points": 5,
+    "y_points": 5,
 }
 TIMING = {"seconds"}
 

@@ -155,7 +155,13 @@ def _assert_same(a: dict, b: dict, rel: float) -> None:
             assert x["normalized_length"] == pytest.approx(y["normalized_length"], rel=rel)
 
 
-@pytest.mark.parametrize("batch_size", [None, pytest.param(16, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "batch_size",
+    [
+        pytest.param(None, marks=(pytest.mark.slow, pytest.mark.ci)),
+        pytest.param(16, marks=pytest.mark.slow),
+    ],
+)
 def test_lockstep_equals_one_string_at_a_time(tiny_models, tmp_path, batch_size):
     extra = {"options": {"batch_size": batch_size}} if batch_size else {}
     together = _execute(tiny_models, tmp_path / "lockstep.h5", **extra)
@@ -194,6 +200,7 @@ def one_device(tiny_models, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_two_cpu_devices_give_the_one_device_result(tiny_models, one_device, tmp_path, backend):
     pytest.importorskip(backend)

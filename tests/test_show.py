@@ -99,6 +99,8 @@ def test_show_real_interrupted_store(capsys):
     assert f"│ {result['beads']} │ {fmt(result['normalized_length'])}" in out
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_quiet_and_verbose_after_the_subcommand(capsys, tmp_path):
     a, b = real_connectivity_stores()["models"]
     out_path = str(tmp_path / "q.h5")

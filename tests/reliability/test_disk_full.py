@@ -121,7 +121,11 @@ def _check_readable(capsys, out, reference):
 # Early: the store has its layout, not yet its models; late: the string has committed depth 0 (its
 # first beads' chunks make most of the store), the disk fills up in a later commit.
 @pytest.mark.parametrize(
-    "after, beads", [pytest.param(0.1, 0, marks=pytest.mark.slow, id="early"), (0.5, 2)]
+    "after, beads",
+    [
+        pytest.param(0.1, 0, marks=pytest.mark.slow, id="early"),
+        pytest.param(0.5, 2, marks=(pytest.mark.slow, pytest.mark.ci)),
+    ],
 )
 def test_a_write_that_finds_the_disk_full(
     after, beads, pair, reference, capsys, tmp_path, monkeypatch

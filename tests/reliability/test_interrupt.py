@@ -150,7 +150,9 @@ def _check_resumable(capsys, pair, out, reference):
     "library",
     [
         pytest.param("h5py", id="while-the-command-line-imports"),
-        pytest.param("libtensorflow", id="while-tensorflow-imports"),
+        pytest.param(
+            "libtensorflow", id="while-tensorflow-imports", marks=(pytest.mark.slow, pytest.mark.ci)
+        ),
     ],
 )
 def test_ctrl_c_while_starting_up(library, digits_model_file, tmp_path):

@@ -78,7 +78,7 @@ def test_twenty_random_kills_all_resume_exactly(pair, reference, tmp_path):
     assert resumed >= 10  # most kills land mid-run, not before the store or after the end
 
 
-@pytest.mark.parametrize("delay", [1.5])
+@pytest.mark.parametrize("delay", [pytest.param(1.5, marks=(pytest.mark.slow, pytest.mark.ci))])
 def test_ctrl_c_early_always_stops_with_130_and_a_message(delay, pair, tmp_path):
     """Ctrl-C in the first seconds (while the frameworks import, or the models load) ends
     the run with exit code 130 and one line, never carries on, never crashes silently."""
