@@ -9,13 +9,13 @@ import click
 
 from keras_landscape.cli.common import (
     config_overrides,
-    deferred_interrupts,
     given_overrides,
     setting_options,
     verbosity_options,
 )
 from keras_landscape.cli.display import print_tables
 from keras_landscape.experiment.census import describe_census, load_census
+from keras_landscape.progress import deferred_interrupts
 from keras_landscape.settings import RunSettings
 from keras_landscape.store import to_json
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import click
 
 from keras_landscape.cli.display import progress_display
-from keras_landscape.progress import NullProgress, deferred_interrupts
+from keras_landscape.progress import NullProgress
 from keras_landscape.settings import bound, cli_of, option_settings, setting_type
 from keras_landscape.store import to_json
 from keras_landscape.values import parse_pairs, yaml_value
@@ -211,7 +211,6 @@ def given_overrides(model, command: str, values: dict) -> list[tuple[str, object
 __all__ = [
     "CliState",
     "config_overrides",
-    "deferred_interrupts",
     "emit_json",
     "given_overrides",
     "quiet_frameworks",

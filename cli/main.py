@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from keras_landscape.progress import HeldInterrupts, sigterm_interrupts
+from keras_landscape.progress import HeldInterrupts, deferred_interrupts, sigterm_interrupts
 
 # A Ctrl-C (or SIGTERM) while the rest of the command line imports (click, h5py, pydantic:
 # most of a second) is held, and main() reports it as an interruption (exit code 130, one
@@ -23,7 +23,6 @@ with HeldInterrupts() as _IMPORTING:
     from keras_landscape.cli.common import (
         CliState,
         config_overrides,
-        deferred_interrupts,
         emit_json,
         given_overrides,
         quiet_frameworks,
