@@ -285,15 +285,12 @@ class LandscapeLike(Protocol):
         row of `states` held fixed, all rows in one compiled call per data batch."""
         ...
 
-    def hessian_vector(
-        self,
-        theta: np.ndarray,
-        v: np.ndarray,
-        split: str = "train",
-        state: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """H v (P,) float64: H the Hessian of E at theta (P,), the state (S,) held fixed,
-        v (P,); exact over the whole split."""
+    def hessian_operator(
+        self, theta: np.ndarray, split: str = "train", state: np.ndarray | None = None
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """H at theta as products(vectors (K, P)) -> (K, P) float64: H v for every row v, H
+        the Hessian of E at theta (P,) with the state (S,) held fixed, exact over the whole
+        split; the rows batched."""
         ...
 
     # ------------------------------------------------------------ moving points

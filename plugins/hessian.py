@@ -3,8 +3,9 @@
 Top-k eigenvalues and eigenvectors (ARPACK's restarted Lanczos, `scipy.sparse.linalg.eigsh`,
 stopped on a tolerance; non-convergence is reported), trace (Hutchinson) and spectral density
 (stochastic Lanczos quadrature) of the Hessian of the training loss E, through exact
-Hessian-vector products over the whole training split (`Landscape.hessian_vector`: one
-compiled kernel per batch, the state held fixed). With `path=STORE:RUN`, the top eigenvalue
+Hessian-vector products over the whole training split (`Landscape.hessian_operator`: the
+trace's samples, the density's Lanczos steps and the residual checks batched, one compiled
+call per batch, the state held fixed). With `path=STORE:RUN`, the top eigenvalue
 and the trace at every bead of every string stored in that run: how curvature changes
 along a low-loss path.
 """
@@ -300,14 +301,15 @@ class HessianProbe(ProbeBase):
         task.close()
         return {"models": results, "path": path, "source": config.path or None}
 
-    def _matvec(self, landscape: LandscapeLike, theta, state):
-        return lambda v: landscape.hessian_vector(theta, v, state=state)
+    def _products(self, landscape: LandscapeLike, theta, state):
+        """H applied to each row of a (K, P) stack: `Landscape.hessian_operator` at theta."""
+        return landscape.hessian_operator(theta, state=state)
 
-    def _top(self, matvec, dim: int, k: int):
+    def _top(self, products, dim: int, k: int):
         """The k largest eigenpairs (science.hessian.top_eigenpairs with this config)."""
         config = self.config
         return top_eigenpairs(
-            matvec,
+            products,
             dim,
             k,
             seed=derive_seed(config.seed, _EIGEN),
@@ -343,7 +345,7 @@ class HessianProbe(ProbeBase):
 
     def _at_model(self, landscape: LandscapeLike, minimum, store, progress) -> dict:
         config, key = self.config, f"models/{minimum.name}"
-        matvec = self._matvec(landscape, minimum.theta, minimum.state)
+        products = self._products(landscape, minimum.theta, minimum.state)
         if store.has(f"{key}/eigenvalues"):  # a resumed run: this model is done
             values = store.read(f"{key}/eigenvalues")
             residuals = store.read(f"{key}/residuals")
@@ -356,13 +358,13 @@ class HessianProbe(ProbeBase):
             grid, density = store.read(f"{key}/density_grid"), store.read(f"{key}/density")
             sigma = float(store.read(f"{key}/density_sigma"))
         else:
-            top = self._top(matvec, landscape.size, config.top_k)
+            top = self._top(products, landscape.size, config.top_k)
             values, vectors, residuals = top.values, top.vectors, top.residuals
             counts = np.array([top.converged_count, top.hvps], np.int64)
-            trace = np.array(self._trace(landscape, matvec))
+            trace = np.array(self._trace(landscape, products))
             if config.density_probes:
                 density = spectral_density(
-                    matvec,
+                    products,
                     landscape.size,
                     config.density_probes,
                     config.density_steps,
@@ -382,7 +384,7 @@ class HessianProbe(ProbeBase):
             store.write(f"{key}/eigenvalues", values)  # last: marks the model done
         eigen = self._eigen(landscape.size, int(counts[0]), int(counts[1]))
         self._note(progress, minimum.name, eigen)
-        blocks = self._blocks(landscape, matvec) if config.per_layer else None
+        blocks = self._blocks(landscape, products) if config.per_layer else None
         finite = residuals[np.isfinite(residuals)]
         return {
             "model": minimum.name,
@@ -398,7 +400,7 @@ class HessianProbe(ProbeBase):
             "density_sigma": sigma,
         }
 
-    def _blocks(self, landscape: LandscapeLike, matvec) -> list[dict]:
+    def _blocks(self, landscape: LandscapeLike, products) -> list[dict]:
         """The top eigenvalue of each variable's diagonal block of H (ARPACK on the block, or
         the block formed exactly where it is small: H v for v zero outside the variable,
         read inside it)."""
@@ -407,10 +409,10 @@ class HessianProbe(ProbeBase):
             size = int(np.prod(shape)) if shape else 1
             rows = slice(offset, offset + size)
 
-            def block(v, rows=rows):
-                full = np.zeros(landscape.size)
-                full[rows] = v
-                return np.asarray(matvec(full))[rows]
+            def block(vectors, rows=rows):
+                full = np.zeros((len(vectors), landscape.size))
+                full[:, rows] = vectors
+                return np.asarray(products(full))[:, rows]
 
             top = self._top(block, size, 1)
             found.append(
@@ -423,12 +425,12 @@ class HessianProbe(ProbeBase):
             )
         return found
 
-    def _trace(self, landscape: LandscapeLike, matvec) -> tuple[float, float]:
+    def _trace(self, landscape: LandscapeLike, products) -> tuple[float, float]:
         samples = self.config.trace_samples
         if not samples:
             return float("nan"), float("nan")
         return hutchinson_trace(
-            matvec, landscape.size, samples, derive_seed(self.config.seed, _TRACE)
+            products, landscape.size, samples, derive_seed(self.config.seed, _TRACE)
         )
 
     def _at_bead(
@@ -441,9 +443,9 @@ class HessianProbe(ProbeBase):
             top, trace, se, converged, hvps = measures
             converged = bool(np.isfinite(top)) if np.isnan(converged) else bool(converged)
         else:
-            matvec = self._matvec(landscape, theta, state)
-            found = self._top(matvec, landscape.size, 1)
-            trace, se = self._trace(landscape, matvec)
+            products = self._products(landscape, theta, state)
+            found = self._top(products, landscape.size, 1)
+            trace, se = self._trace(landscape, products)
             top, converged, hvps = float(found.values[0]), found.converged, found.hvps
             if not converged:
                 progress.note(

@@ -363,7 +363,7 @@ class SlicesProbe(ProbeBase):
         if config.mode == "hessian":
             state = getattr(models[0], "state", None)
             top = top_eigenpairs(
-                lambda v: landscape.hessian_vector(origin, v, state=state),
+                landscape.hessian_operator(origin, state=state),
                 landscape.size,
                 config.dims,
                 seed=derive_seed(config.seed, 1),

@@ -29,16 +29,41 @@ def test_arpack_finds_the_top_eigenpairs_of_a_symmetric_matrix():
     a = rng.standard_normal((30, 30))
     h = a @ a.T / 30 - 0.5 * np.eye(30)
     exact = np.sort(np.linalg.eigvalsh(h))[::-1]
-    top = top_eigenpairs(lambda v: h @ v, 30, 4, seed=1, tol=1e-12, maxiter=200)
+    top = top_eigenpairs(lambda vs: vs @ h, 30, 4, seed=1, tol=1e-12, maxiter=200)
     assert top.method == "arpack" and top.converged and top.converged_count == 4
     np.testing.assert_allclose(top.values, exact[:4], rtol=1e-10)
     np.testing.assert_allclose(top.vectors @ h @ top.vectors.T, np.diag(top.values), atol=1e-9)
     assert top.residuals.max() < 1e-8
     assert top.hvps >= 20 + 4  # one basis of 20 vectors at least, and the residual checks
-    estimate, se = hutchinson_trace(lambda v: h @ v, 30, 400, seed=2)
+    estimate, se = hutchinson_trace(lambda vs: vs @ h, 30, 400, seed=2)
     assert abs(estimate - np.trace(h)) < 4 * se
-    density = spectral_density(lambda v: h @ v, 30, 3, 30, seed=3)
+    density = spectral_density(lambda vs: vs @ h, 30, 3, 30, seed=3)
     assert np.trapezoid(density["density"], density["grid"]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_batched_estimators_equal_their_one_vector_forms(monkeypatch):
+    """The trace draws the same z whatever the block; the density's Lanczos runs in
+    lockstep equal the runs one by one; products are asked for many vectors at once."""
+    from keras_landscape.science import hessian
+
+    h, _ = _known_spectrum(40, [5.0, 3.0], seed=4)
+    calls = []
+
+    def products(vectors):
+        calls.append(len(vectors))
+        return vectors @ h
+
+    together = hutchinson_trace(products, 40, 50, seed=7)
+    assert calls == [50]  # one call for all samples
+    density = spectral_density(products, 40, 3, 10, seed=8)
+    assert calls[1:] == [3] * 10  # three runs in lockstep, one call per step
+    monkeypatch.setattr(hessian, "BLOCK_BYTES", 8 * 40)  # one vector per call
+    calls.clear()
+    np.testing.assert_allclose(hutchinson_trace(products, 40, 50, seed=7), together, rtol=1e-12)
+    assert calls == [1] * 50
+    alone = spectral_density(products, 40, 3, 10, seed=8)
+    np.testing.assert_allclose(alone["nodes"], density["nodes"], rtol=1e-12)
+    np.testing.assert_allclose(alone["weights"], density["weights"], rtol=1e-10, atol=1e-14)
 
 
 def _known_spectrum(size: int, top: list[float], seed: int = 0):
@@ -61,7 +86,7 @@ def test_the_tolerance_decides_the_accuracy_and_the_cost():
     exact = np.sort(np.linalg.eigvalsh((h + h.T) / 2))[::-1]
     products = {}
     for tol in (1e-3, 1e-10):
-        top = top_eigenpairs(lambda v: h @ v, size, 3, seed=2, tol=tol, maxiter=500, ncv=12)
+        top = top_eigenpairs(lambda vs: vs @ h, size, 3, seed=2, tol=tol, maxiter=500, ncv=12)
         assert top.converged and top.method == "arpack"
         # ARPACK stops when ||Hq - lambda q|| <= tol |lambda| for every pair
         assert np.all(top.residuals <= tol * np.abs(top.values))
@@ -76,19 +101,19 @@ def test_non_convergence_is_reported_not_hidden(caplog):
     q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((size, size)))
     spectrum = np.linspace(10.0, 0.0, size)
     h = q @ np.diag(spectrum) @ q.T
-    top = top_eigenpairs(lambda v: h @ v, size, 4, seed=1, tol=1e-8, maxiter=2, ncv=9)
+    top = top_eigenpairs(lambda vs: vs @ h, size, 4, seed=1, tol=1e-8, maxiter=2, ncv=9)
     assert not top.converged and top.converged_count < 4
     assert np.isnan(top.values).sum() == 4 - top.converged_count
     assert top.summary()["converged"] is False and top.hvps > 0
     assert "ARPACK converged" in caplog.text
-    enough = top_eigenpairs(lambda v: h @ v, size, 4, seed=1, tol=1e-8, maxiter=500, ncv=9)
+    enough = top_eigenpairs(lambda vs: vs @ h, size, 4, seed=1, tol=1e-8, maxiter=500, ncv=9)
     assert enough.converged
     np.testing.assert_allclose(enough.values, spectrum[:4], rtol=1e-7)
 
 
 def test_a_small_operator_is_formed_and_diagonalised_exactly():
     h, exact = _known_spectrum(12, [3.0, 2.0])
-    top = top_eigenpairs(lambda v: h @ v, 12, 5, seed=0)
+    top = top_eigenpairs(lambda vs: vs @ h, 12, 5, seed=0)
     assert top.method == "dense" and top.converged and top.hvps == 12 + 5
     np.testing.assert_allclose(top.values, exact[:5], rtol=1e-12)
 
@@ -162,6 +187,15 @@ def test_small_mlp_matches_its_explicit_hessian(tmp_path):
         [np.reshape(b.numpy(), (grads.shape[0], -1)) for b in blocks], axis=1
     ).astype(np.float64)
     exact = np.sort(np.linalg.eigvalsh((explicit + explicit.T) / 2))[::-1]
+    # the engine's products, one vector and batched (parts of 4, 2 and 1 rows), against it
+    from keras_landscape.engine.landscape import Landscape
+
+    landscape = Landscape(model, data, loss="mse", split="train")
+    theta = landscape.theta_of(model)
+    vectors = np.random.default_rng(0).standard_normal((7, theta.size))
+    batched = landscape.hessian_operator(theta)(vectors)
+    np.testing.assert_allclose(batched, vectors @ explicit.T, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(landscape.hessian_vector(theta, vectors[5]), batched[5], rtol=1e-5)
     # a basis of 8 Lanczos vectors for 10 parameters: ARPACK, restarted to its tolerance
     result = _run(
         [path],

@@ -12,6 +12,7 @@ import numpy as np
 from keras import ops
 
 from keras_landscape.engine import backend, kernels
+from keras_landscape.engine.backend.devices import power_of_two_parts
 from keras_landscape.engine.batches import Batches
 from keras_landscape.engine.context import ModelContext
 from keras_landscape.engine.evaluation import Evaluator
@@ -21,7 +22,7 @@ from keras_landscape.engine.statistics import PointStates
 
 class Gradients:
     """grad E and H v (see `Landscape.loss_and_grad`, `losses_and_grads`,
-    `hessian_vector`)."""
+    `hessian_operator`)."""
 
     def __init__(
         self,
@@ -96,21 +97,40 @@ class Gradients:
             grads.append(grad.astype(np.float32))
         return np.array(losses), np.concatenate(grads)
 
-    def hessian_vector(
-        self, theta: np.ndarray, v: np.ndarray, split: str = "train", state=None
-    ) -> np.ndarray:
-        """H v, H the Hessian of E at theta with the state held fixed: exact over the whole
-        split, streamed, float64 (P,)."""
-        batches = self.batches[split]
-        theta_t = ops.convert_to_tensor(np.asarray(theta, np.float32))
-        v_t = ops.convert_to_tensor(np.asarray(v, np.float32))
-        state_t = ops.convert_to_tensor(self.states.state_row(np.asarray(theta), state, False))
-        loss_weight, reg_weight = self._weights(split)
-        kernel = self.context.kernel(kernels.make_hessian_vector_sums, "Hessian-vector product")
-        total = np.zeros(self.context.size, np.float64)
-        non_trainable = self.context.non_trainable
-        with backend.exact_float32():
-            for x, y, mask in batches.batches:
-                args = (state_t, non_trainable, x, y, mask, loss_weight, reg_weight)
-                total += np.asarray(kernel(theta_t, v_t, *args), np.float64)
-        return total
+    def hessian_operator(self, theta: np.ndarray, split: str = "train", state=None):
+        """products(vectors (K, P)) -> (K, P) float64: H v for every row v, H the Hessian of
+        E at theta with the state held fixed, exact over the whole split (streamed).
+
+        Theta, its state and the split's weights are made tensors once, here, for every call
+        of the operator. The rows go in parts of a power of two each (`power_of_two_parts`;
+        at most a quarter of `Stacks.max_stack`, as a product holds about four sets of
+        activations per row), one compiled call per part and batch; a part of one row uses
+        the single-vector kernel."""
+        size = self.context.size
+        theta = np.asarray(theta, np.float32)
+        theta_t = ops.convert_to_tensor(theta)
+        state_t = ops.convert_to_tensor(self.states.state_row(theta, state, False))
+        weights = self._weights(split)
+        single = self.context.kernel(kernels.make_hessian_vector_sums, "Hessian-vector product")
+        many = self.context.kernel(kernels.make_hessian_vectors_sums, "Hessian-vector products")
+        cap = max(1, self.stacks.max_stack // 4)
+        data = [
+            (state_t, self.context.non_trainable, x, y, mask, *weights)
+            for x, y, mask in self.batches[split].batches
+        ]
+
+        def products(vectors: np.ndarray) -> np.ndarray:
+            vectors = np.asarray(vectors, np.float32)
+            if vectors.ndim != 2 or vectors.shape[1] != size:
+                raise ValueError(f"H takes (K, {size}) vectors, got shape {vectors.shape}")
+            total = np.zeros(vectors.shape, np.float64)
+            with backend.exact_float32():
+                for rows in power_of_two_parts(len(vectors), cap):
+                    part = vectors[rows]
+                    kernel = single if len(part) == 1 else many
+                    part_t = ops.convert_to_tensor(part[0] if len(part) == 1 else part)
+                    for args in data:
+                        total[rows] += np.asarray(kernel(theta_t, part_t, *args), np.float64)
+            return total
+
+        return products

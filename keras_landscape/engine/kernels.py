@@ -184,6 +184,16 @@ def make_hessian_vector_sums(
     return backend.hessian_vector_product(weighted)
 
 
+def make_hessian_vectors_sums(
+    model, layout: ParameterLayout, state_layout: StateLayout, objective: Objective
+):
+    """fn(theta, vectors (K, P), state, nt, x, y, mask, loss_weight, reg_weight) -> (K, P):
+    this batch's share of H v for every row v of `vectors` (`make_hessian_vector_sums`, all
+    rows in one call)."""
+    weighted = make_gradient_sums(model, layout, state_layout, objective).weighted
+    return backend.hessian_vector_products(weighted)
+
+
 def _map_model(model, layout: ParameterLayout, state_layout: StateLayout, call_kwargs, fn):
     """fn(y_pred, new non-trainable values, losses) of the whole model, mapped over the beads:
     (thetas, states, nt, x) -> fn's outputs with a leading K axis."""
@@ -326,6 +336,7 @@ __all__ = [
     "make_batch_sums",
     "make_gradient_sums",
     "make_hessian_vector_sums",
+    "make_hessian_vectors_sums",
     "make_stacked_gradient_sums",
     "make_stacked_sample_levels",
     "make_stacked_forward",

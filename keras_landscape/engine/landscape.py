@@ -457,8 +457,18 @@ class Landscape:
         state: np.ndarray | None = None,
     ) -> np.ndarray:
         """H v, H the Hessian of E (the training loss of `loss_and_grad`) at theta with the
-        state held fixed: exact over the whole split, streamed, float64 (P,)."""
-        return self._gradients.hessian_vector(theta, v, split, state)
+        state held fixed: exact over the whole split, streamed, float64 (P,)
+        (`hessian_operator` for one vector)."""
+        return self.hessian_operator(theta, split, state)(np.asarray(v)[None, :])[0]
+
+    def hessian_operator(
+        self, theta: np.ndarray, split: str = "train", state: np.ndarray | None = None
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """H at theta as an operator: products(vectors (K, P)) -> (K, P) float64, H v for
+        every row v, H as in `hessian_vector`. The rows are batched into few compiled calls
+        (vectorised where every op has a batched form), so K products cost well under K
+        single ones; theta and its state are prepared once for all calls."""
+        return self._gradients.hessian_operator(theta, split, state)
 
     # ----------------------------------------------------------------- stacks
     @property

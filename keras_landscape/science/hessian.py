@@ -1,10 +1,13 @@
 """Curvature from Hessian-vector products: top eigenpairs, trace and spectral density.
 
-Every estimator here sees the Hessian only through `matvec(v) -> H v` (exact over the whole
-training split: `Landscape.hessian_vector`), so the Hessian is never formed:
+Every estimator here sees the Hessian only through `products(V) -> H V`: H applied to each
+row of a (K, P) stack of vectors (exact over the whole training split:
+`Landscape.hessian_operator`, which batches the rows), so the Hessian is never formed. The
+estimators hand over as many vectors at once as they can: the trace its samples, the
+density its probes' Lanczos steps in lockstep, the eigen solver its residual checks.
 
 - top eigenpairs: ARPACK's implicitly restarted Lanczos (`scipy.sparse.linalg.eigsh` on a
-  `LinearOperator` of `matvec`, from a seeded random start), which stops when every Ritz
+  `LinearOperator` of `products`, from a seeded random start), which stops when every Ritz
   pair's residual is within `tol` of its eigenvalue, or reports that it did not converge
   within `maxiter` restarts (`TopEigen.converged`; ARPACK's converged pairs are kept and
   the others are NaN). Where the Krylov basis would span the whole space (P <= ncv), H is
@@ -19,8 +22,9 @@ training split: `Landscape.hessian_vector`), so the Hessian is never formed:
   node broadened by a Gaussian of width `sigma`, estimates the density of eigenvalues
   phi(t) = (1/P) sum_i delta(t - lambda_i). It integrates to 1 over the real line. The
   quadrature needs the m-step tridiagonal matrix and its eigenvectors, which no scipy
-  routine returns, so its fixed-length Lanczos run (`lanczos`) is written out here: a
-  fixed m is the rule's definition (an m-point Gauss quadrature), not a stopping rule.
+  routine returns, so its fixed-length Lanczos runs (`lanczos`, several started together,
+  one product call per step for all of them) are written out here: a fixed m is the
+  rule's definition (an m-point Gauss quadrature), not a stopping rule.
 """
 
 from __future__ import annotations
@@ -32,7 +36,23 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-MatVec = Callable[[np.ndarray], np.ndarray]
+#: H applied to each row of a (K, P) stack of vectors -> (K, P)
+Products = Callable[[np.ndarray], np.ndarray]
+
+#: vectors one call holds at most in the estimators' own memory (float64, K x P), unless
+#: a single vector is larger
+BLOCK_BYTES = 1 << 28
+
+
+def block_rows(dim: int) -> int:
+    """How many P-vectors of float64 the estimators hand over in one products call."""
+    return max(1, BLOCK_BYTES // (8 * max(1, int(dim))))
+
+
+def product(products: Products, v: np.ndarray) -> np.ndarray:
+    """H v for one vector v (P,), float64."""
+    return np.asarray(products(np.asarray(v, np.float64)[None, :]), np.float64)[0]
+
 
 log = logging.getLogger("keras_landscape")
 
@@ -60,26 +80,39 @@ class Lanczos:
         return t
 
 
-def lanczos(matvec: MatVec, start: np.ndarray, steps: int) -> Lanczos:
-    """`steps` Lanczos iterations from `start`, with full reorthogonalisation (so the basis
-    stays orthonormal in floating point). Stops early when the Krylov space is exhausted."""
-    q = np.asarray(start, np.float64)
-    q = q / np.linalg.norm(q)
-    basis, alphas, betas = [q], [], []
+def lanczos(products: Products, starts: np.ndarray, steps: int) -> list[Lanczos]:
+    """`steps` Lanczos iterations from each row of `starts` (n, P), the n runs in lockstep
+    (one products call per step for all runs still going), each with full
+    reorthogonalisation (so its basis stays orthonormal in floating point). A run stops
+    early when its Krylov space is exhausted."""
+    starts = np.atleast_2d(np.asarray(starts, np.float64))
+    runs = [
+        {"basis": [q / np.linalg.norm(q)], "alphas": [], "betas": [], "going": True} for q in starts
+    ]
     for _ in range(int(steps)):
-        w = np.asarray(matvec(basis[-1]), np.float64)
-        alpha = float(w @ basis[-1])
-        alphas.append(alpha)
-        block = np.stack(basis)
-        w = w - block.T @ (block @ w)  # full reorthogonalisation, twice (Kahan's rule)
-        w = w - block.T @ (block @ w)
-        beta = float(np.linalg.norm(w))
-        if len(alphas) == steps or beta <= 1e-10 * max(1.0, abs(alpha)):
+        going = [run for run in runs if run["going"]]
+        if not going:
             break
-        betas.append(beta)
-        basis.append(w / beta)
-    basis = basis[: len(alphas)]
-    return Lanczos(np.array(alphas), np.array(betas + [0.0])[: len(alphas)], np.stack(basis))
+        found = np.asarray(products(np.stack([run["basis"][-1] for run in going])), np.float64)
+        for run, w in zip(going, found):
+            basis = run["basis"]
+            alpha = float(w @ basis[-1])
+            run["alphas"].append(alpha)
+            block = np.stack(basis)
+            w = w - block.T @ (block @ w)  # full reorthogonalisation, twice (Kahan's rule)
+            w = w - block.T @ (block @ w)
+            beta = float(np.linalg.norm(w))
+            if len(run["alphas"]) == steps or beta <= 1e-10 * max(1.0, abs(alpha)):
+                run["going"] = False
+                continue
+            run["betas"].append(beta)
+            basis.append(w / beta)
+    out = []
+    for run in runs:
+        m = len(run["alphas"])
+        betas = np.array(run["betas"] + [0.0])[:m]
+        out.append(Lanczos(np.array(run["alphas"]), betas, np.stack(run["basis"][:m])))
+    return out
 
 
 def _start(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -132,7 +165,7 @@ def basis_size(dim: int, k: int, ncv: int | None = None) -> int:
 
 
 def top_eigenpairs(
-    matvec: MatVec,
+    products: Products,
     dim: int,
     k: int,
     *,
@@ -141,7 +174,7 @@ def top_eigenpairs(
     maxiter: int = DEFAULT_MAXITER,
     ncv: int | None = None,
 ) -> TopEigen:
-    """The k largest (algebraic) eigenpairs of the symmetric operator `matvec` on R^dim.
+    """The k largest (algebraic) eigenpairs of the symmetric operator `products` on R^dim.
 
     ARPACK (`scipy.sparse.linalg.eigsh`, which='LA') from a seeded random start, stopped
     on `tol` (or after `maxiter` restarts: then `converged` is False and the pairs ARPACK
@@ -152,21 +185,31 @@ def top_eigenpairs(
     ncv = basis_size(dim, k, ncv)
     count = [0]
 
-    def product(v):
-        count[0] += 1
-        return np.asarray(matvec(np.asarray(v, np.float64).reshape(-1)), np.float64)
+    def apply(rows):
+        rows = np.atleast_2d(np.asarray(rows, np.float64))
+        count[0] += len(rows)
+        out = np.empty_like(rows)
+        for part in range(0, len(rows), block_rows(dim)):
+            chunk = slice(part, part + block_rows(dim))
+            out[chunk] = np.asarray(products(rows[chunk]), np.float64)
+        return out
 
     values = np.full(k, np.nan)
     vectors = np.full((k, dim), np.nan)
     if dim <= ncv or k >= dim:
         method = "dense"
-        columns = np.stack([product(e) for e in np.eye(dim)], axis=1)
-        found, basis = np.linalg.eigh((columns + columns.T) / 2)
+        rows = apply(np.eye(dim))  # row i: H e_i
+        found, basis = np.linalg.eigh((rows + rows.T) / 2)
         order = np.argsort(found)[::-1][:k]
         values, vectors = found[order], basis[:, order].T
     else:
         method = "arpack"
-        operator = LinearOperator((dim, dim), matvec=product, dtype=np.float64)
+        operator = LinearOperator(
+            (dim, dim),
+            matvec=lambda v: apply(np.reshape(v, -1))[0],
+            matmat=lambda columns: apply(np.asarray(columns).T).T,
+            dtype=np.float64,
+        )
         start = np.random.default_rng(seed).standard_normal(dim)
         try:
             found, basis = eigsh(
@@ -180,8 +223,9 @@ def top_eigenpairs(
     done = np.isfinite(values)
     vectors[done] /= np.linalg.norm(vectors[done], axis=1, keepdims=True)
     residuals = np.full(k, np.nan)
-    for i in np.flatnonzero(done):
-        residuals[i] = np.linalg.norm(product(vectors[i]) - values[i] * vectors[i])
+    if done.any():  # every converged pair checked in one call
+        checked = apply(vectors[done]) - values[done, None] * vectors[done]
+        residuals[done] = np.linalg.norm(checked, axis=1)
     converged = int(done.sum())
     if converged < k:
         log.warning(
@@ -208,20 +252,25 @@ def top_eigenpairs(
     )
 
 
-def hutchinson_trace(matvec: MatVec, dim: int, samples: int, seed: int) -> tuple[float, float]:
-    """tr(H) ~ mean of z^T H z over Rademacher z; (estimate, standard error)."""
+def hutchinson_trace(products: Products, dim: int, samples: int, seed: int) -> tuple[float, float]:
+    """tr(H) ~ mean of z^T H z over Rademacher z; (estimate, standard error). The samples
+    are drawn one after another from the seed (the same z whatever the block size) and
+    multiplied in blocks of `block_rows(dim)`."""
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(int(samples)):
-        z = rng.choice([-1.0, 1.0], size=dim)
-        values.append(float(z @ np.asarray(matvec(z), np.float64)))
+    values: list[float] = []
+    remaining = int(samples)
+    while remaining > 0:
+        count = min(remaining, block_rows(dim))
+        z = np.stack([rng.choice([-1.0, 1.0], size=dim) for _ in range(count)])
+        values.extend(np.einsum("kp,kp->k", z, np.asarray(products(z), np.float64)))
+        remaining -= count
     values = np.array(values)
     se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
     return float(values.mean()), se
 
 
 def spectral_density(
-    matvec: MatVec,
+    products: Products,
     dim: int,
     probes: int,
     steps: int,
@@ -236,12 +285,16 @@ def spectral_density(
     `sigma` (default: 1% of the spectrum's range seen by the nodes).
     """
     rng = np.random.default_rng(seed)
+    starts = [_start(dim, rng) for _ in range(int(probes))]
+    steps = min(steps, dim)
+    # probes whose bases (steps x P each) fit the block budget run together
+    together = max(1, block_rows(dim) // max(1, steps))
     nodes, weights = [], []
-    for _ in range(int(probes)):
-        run = lanczos(matvec, _start(dim, rng), min(steps, dim))
-        values, vectors = np.linalg.eigh(run.tridiagonal)
-        nodes.append(values)
-        weights.append(vectors[0] ** 2)
+    for first in range(0, len(starts), together):
+        for run in lanczos(products, np.stack(starts[first : first + together]), steps):
+            values, vectors = np.linalg.eigh(run.tridiagonal)
+            nodes.append(values)
+            weights.append(vectors[0] ** 2)
     width = max(len(n) for n in nodes)
     node_array = np.full((len(nodes), width), np.nan)
     weight_array = np.zeros((len(nodes), width))
@@ -270,11 +323,15 @@ def spectral_density(
 __all__ = [
     "DEFAULT_MAXITER",
     "DEFAULT_TOL",
+    "BLOCK_BYTES",
     "Lanczos",
+    "Products",
     "TopEigen",
     "basis_size",
+    "block_rows",
     "hutchinson_trace",
     "lanczos",
+    "product",
     "spectral_density",
     "top_eigenpairs",
 ]

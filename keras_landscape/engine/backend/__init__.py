@@ -29,6 +29,7 @@ else:  # pragma: no cover - depends on the environment
 compile_function = _impl.compile_function
 value_and_grad = _impl.value_and_grad
 hessian_vector_product = _impl.hessian_vector_product
+hessian_vector_products = _impl.hessian_vector_products
 map_beads = _impl.map_beads
 convolution = _impl.convolution
 bead_convolutions = _impl.bead_convolutions
@@ -91,6 +92,7 @@ __all__ = [
     "compile_function",
     "value_and_grad",
     "hessian_vector_product",
+    "hessian_vector_products",
     "map_beads",
     "convolution",
     "bead_convolutions",

@@ -30,6 +30,19 @@ def padded_count(k: int) -> int:
     return 1 << max(0, int(k) - 1).bit_length()
 
 
+def power_of_two_parts(k: int, cap: int) -> list[slice]:
+    """Rows 0..k split into consecutive parts whose sizes are powers of two, each at most
+    `cap` (itself a power of two), largest first: 100 rows under cap 64 -> 64, 32, 4. Like
+    padding (`padded_count`), a compiled function then sees few shapes, and no row is
+    wasted on padding."""
+    parts, start = [], 0
+    while start < k:
+        size = min(int(cap), 1 << (int(k - start).bit_length() - 1))
+        parts.append(slice(start, start + size))
+        start += size
+    return parts
+
+
 class Devices:
     """One device (the base of the strategies).
 

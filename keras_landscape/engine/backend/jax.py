@@ -39,6 +39,18 @@ def hessian_vector_product(fn):
     return wrapped
 
 
+def hessian_vector_products(fn):
+    """fn(theta, *args) -> (value, aux)  becomes  (theta, vectors (K, P), *args) -> (K, P):
+    the Hessian of fn times each row of `vectors` (jax.vmap of the forward-over-reverse
+    product)."""
+    single = hessian_vector_product(fn)
+
+    def wrapped(theta, vectors, *args):
+        return jax.vmap(lambda v: single(theta, v, *args))(vectors)
+
+    return wrapped
+
+
 def map_beads(fn, elems):
     """Apply fn to every bead of `elems` (array or pytree, leading axis K) with jax.vmap."""
     return jax.vmap(fn)(elems)

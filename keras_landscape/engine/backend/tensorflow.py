@@ -23,6 +23,7 @@ _XLA_ERRORS = (
     tf.errors.InternalError,
 )
 _warned_fallback: set[str] = set()
+_EAGER = type(tf.constant(0.0))
 
 
 class _Compiled:
@@ -38,11 +39,12 @@ class _Compiled:
         for compiled in (self._graph, self._xla):
             if compiled is not None:
                 compiled._omit_frequent_tracing_warning = True
+        self._concrete: dict = {}
 
     def __call__(self, *args):
         if self._xla is not None:
             try:
-                return self._xla(*args)
+                return self._call(self._xla, args)
             except _XLA_ERRORS as error:
                 if self._label not in _warned_fallback:
                     _warned_fallback.add(self._label)
@@ -53,7 +55,41 @@ class _Compiled:
                         first_line,
                     )
                 self._xla = None
-        return self._graph(*args)
+        return self._call(self._graph, args)
+
+    def _call(self, function, args):
+        """function(*args), through the concrete function traced for these argument shapes
+        once it exists: a tf.function call otherwise matches its arguments against its
+        traces on every call (about a millisecond here, as much as a small model's work).
+        Only eager tensors outside a distribution strategy qualify (a replica's call is
+        placed on its own device); anything else takes the tf.function's own path."""
+        plain = tf.executing_eagerly() and not tf.distribute.has_strategy()
+        key = _signature(args) if plain else None
+        if key is None:
+            return function(*args)
+        key = (id(function), _device_scope(), key)
+        concrete = self._concrete.get(key)
+        if concrete is None:
+            out = function(*args)  # traces (and checks) as usual
+            self._concrete[key] = function.get_concrete_function(*args)
+            return out
+        return concrete(*args)
+
+
+def _device_scope() -> str:
+    """The device a `with tf.device(...)` block around the call asks for ('' outside one)."""
+    from tensorflow.python.eager import context
+
+    return context.context().device_name or ""
+
+
+def _signature(args):
+    """The nesting, shapes and dtypes of `args` when every leaf is an eager tensor, else None."""
+    leaves = tf.nest.flatten(args)
+    if not all(type(leaf) is _EAGER for leaf in leaves):
+        return None
+    nesting = tuple((type(a), len(a) if isinstance(a, (list, tuple, dict)) else -1) for a in args)
+    return nesting, tuple((tuple(leaf.shape), leaf.dtype) for leaf in leaves)
 
 
 def compile_function(fn, *, xla: bool = True, label: str = "function"):
@@ -90,10 +126,27 @@ def hessian_vector_product(fn):
     return wrapped
 
 
+def hessian_vector_products(fn):
+    """fn(theta, *args) -> (value, aux)  becomes  (theta, vectors (K, P), *args) -> (K, P):
+    the Hessian of fn times each row of `vectors`, all K in one graph: the reverse-over-
+    reverse product vectorised over the rows (pfor), or a graph loop over them where an op
+    has no batched form (as `map_beads`)."""
+    single = hessian_vector_product(fn)
+
+    def wrapped(theta, vectors, *args):
+        def one(v):
+            return single(theta, v, *args)
+
+        products = _vectorized(one, vectors, "Hessian-vector products")
+        return _looped(one, vectors) if products is None else products
+
+    return wrapped
+
+
 _warned_loop: set[str] = set()
 
 
-def _vectorized(fn, elems):
+def _vectorized(fn, elems, what: str = "Beads"):
     """tf.vectorized_map without pfor's silent loop fallback; None where an op can't batch."""
     tf_log = logging.getLogger("tensorflow")
     previous = tf_log.level
@@ -105,7 +158,8 @@ def _vectorized(fn, elems):
         if label not in _warned_loop:
             _warned_loop.add(label)
             log.info(
-                "Beads are mapped with a graph loop, not vectorised (%s).",
+                "%s are mapped with a graph loop, not vectorised (%s).",
+                what,
                 str(error).splitlines()[0][:160],
             )
         return None
