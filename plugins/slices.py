@@ -14,9 +14,10 @@ Three ways to choose the slice (`mode`):
   vectors: the axes are in parameter units).
 
 The grid (any number of points per axis) is evaluated as stacks of parameter vectors on
-the batched engine, row by row; the store holds explicit axes (`x`, `y`), the `loss` and
-`level` grids and a `done` mask, so an interrupted slice resumes where it stopped (no
-sentinel values: a point not yet evaluated is masked, a NaN is a NaN).
+the batched engine, whole rows per call (up to 256 points); the store holds explicit axes
+(`x`, `y`), the `loss` and `level` grids and a `done` mask, so an interrupted slice
+resumes where it stopped (no sentinel values: a point not yet evaluated is masked, a NaN
+is a NaN).
 """
 
 from __future__ import annotations
@@ -98,27 +99,64 @@ def evaluate_points(
     return losses, levels
 
 
+#: points one grid evaluation call takes (whole rows, at least one): the run is written
+#: after every call, so a resumed run repeats at most one call's rows. The calls cover the
+#: same rows whether or not the run was resumed, so the numbers do not depend on it.
+GRID_CALL_POINTS = 256
+
+
 def evaluate_grid(
-    landscape: LandscapeLike, store, origin, directions, x, y, state, progress, task="slices"
-) -> tuple[np.ndarray, np.ndarray]:
+    landscape: LandscapeLike,
+    store,
+    origin,
+    directions,
+    x,
+    y,
+    state,
+    progress,
+    task="slices",
+    extra=None,
+) -> tuple:
     """The (len(y), len(x)) grids of the training loss and the level at the points
-    origin + x d1 (+ y d2) (`evaluate_points`, every point from `state`), one stack per row.
-    `loss`, `level` and a `done` mask are written to the run after every row, so that a
-    resumed run starts at the first row not done (shared by `slices` and `trajectory`)."""
+    origin + x d1 (+ y d2) (`evaluate_points`, every point from `state`), as many whole
+    rows per call as GRID_CALL_POINTS allows. `loss`, `level` and a `done` mask are written
+    to the run after every call, so that a resumed run starts at the first call not done
+    (shared by `slices` and `trajectory`).
+
+    `extra` = (thetas (E, P), states (E, S)): more points, evaluated in the first call
+    (alone when that call was done before a resume); then (loss, level, (extra losses,
+    extra levels)) is returned, else (loss, level)."""
     shape = (len(y), len(x))
     loss = store.read("loss") if store.has("loss") else np.full(shape, np.nan)
     level = store.read("level") if store.has("level") else np.full(shape, np.nan)
     done = store.read("done").astype(bool) if store.has("done") else np.zeros(shape, bool)
     handle = progress.task(task, total=len(y))
-    for row in range(len(y)):
-        if not done[row].all():
-            thetas = np.stack([plane_point(origin, directions, (a, y[row])) for a in x])
-            loss[row], level[row] = evaluate_points(landscape, thetas, state)
-            done[row] = True
+    per_call = max(1, GRID_CALL_POINTS // max(1, len(x)))
+    extra_values = None
+    for first in range(0, len(y), per_call):
+        rows = [r for r in range(first, min(first + per_call, len(y))) if not done[r].all()]
+        if rows:
+            thetas = [plane_point(origin, directions, (a, y[row])) for row in rows for a in x]
+            states = np.repeat(np.asarray(state)[None, :], len(thetas), axis=0)
+            with_extra = extra is not None and first == 0
+            if with_extra:
+                thetas = [*thetas, *np.asarray(extra[0], np.float32)]
+                states = np.concatenate([states, np.asarray(extra[1], np.float32)])
+            losses, levels = evaluate_points(landscape, np.stack(thetas), states)
+            count = len(rows) * len(x)
+            if with_extra:
+                extra_values = (losses[count:], levels[count:])
+            loss[rows] = losses[:count].reshape(len(rows), len(x))
+            level[rows] = levels[:count].reshape(len(rows), len(x))
+            done[rows] = True
             store.write_many({"loss": loss, "level": level, "done": done.astype(np.int8)})
-        handle.advance()
+        handle.advance(min(first + per_call, len(y)) - first)
     handle.close()
-    return loss, level
+    if extra is None:
+        return loss, level
+    if extra_values is None:  # the first call was done before a resume
+        extra_values = evaluate_points(landscape, np.asarray(extra[0], np.float32), extra[1])
+    return loss, level, extra_values
 
 
 #: three models whose plane is thinner than this fraction of their spread are collinear
@@ -329,8 +367,14 @@ class SlicesProbe(ProbeBase):
             x, y = self._covering(models, origin, directions, x, y)
         store.write_many({"directions": np.stack(directions).astype(np.float32), "x": x, "y": y})
         state = landscape.state_or_own(getattr(models[0], "state", None))
-        loss, level = evaluate_grid(landscape, store, origin, directions, x, y, state, progress)
-        marks = self._marks(landscape, models, origin, directions)
+        shown, places, extra = self._marked(landscape, models, origin, directions)
+        loss, level, (mark_losses, mark_levels) = evaluate_grid(
+            landscape, store, origin, directions, x, y, state, progress, extra=extra
+        )
+        marks = [
+            {"model": m.name, "x": x, "y": y, "loss": float(loss), "level": float(level)}
+            for m, (x, y), loss, level in zip(shown, places, mark_losses, mark_levels)
+        ]
         return {
             "mode": config.mode,
             "dims": len(directions),
@@ -413,17 +457,13 @@ class SlicesProbe(ProbeBase):
         )
 
     _point = staticmethod(plane_point)
-    _evaluate = staticmethod(evaluate_points)
 
-    def _marks(self, landscape: LandscapeLike, models, origin, directions) -> list[dict]:
-        """The input models on the slice, at their own coordinates, evaluated at the
-        projected point (the model itself when it lies in the slice)."""
+    def _marked(self, landscape: LandscapeLike, models, origin, directions):
+        """The input models shown on the slice, at their own coordinates: (models, their
+        (x, y), (points, states) to evaluate there: the projected point, the model itself
+        when it lies in the slice), evaluated in the grid's first call."""
         shown = models if self.config.mode == "models" else models[:1]
         places = [self._coordinates(m.theta, origin, directions) for m in shown]
         thetas = np.stack([self._point(origin, directions, p[: len(directions)]) for p in places])
         states = np.stack([landscape.state_or_own(getattr(m, "state", None)) for m in shown])
-        losses, levels = self._evaluate(landscape, thetas, states)  # one stacked call
-        return [
-            {"model": m.name, "x": x, "y": y, "loss": float(loss), "level": float(level)}
-            for m, (x, y), loss, level in zip(shown, places, losses, levels)
-        ]
+        return shown, places, (thetas, states)

@@ -21,8 +21,8 @@ The loss surface is evaluated on a grid x d1 + y d2 around the final model that 
 every checkpoint's projection with a margin on each side, and holds (0, 0), the final model,
 as a grid point. It is evaluated exactly as `slices` evaluates its plane (the same function:
 `plugins.slices.evaluate_grid`; the final model's BatchNorm state, re-estimated at each point
-under --bn-stats recompute), resumable row by row. Each checkpoint's own loss and level are
-evaluated at its own weights with its own state (Keras's `evaluate` of that file).
+under --bn-stats recompute), resumable call by call (whole rows). Each checkpoint's own loss
+and level are evaluated at its own weights with its own state (Keras's `evaluate` of that file).
 """
 
 from __future__ import annotations

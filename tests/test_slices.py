@@ -130,11 +130,13 @@ class _StopAfter:
         pass
 
 
-def test_interrupted_slice_resumes_without_redoing_rows(linreg_models, tmp_path):
+def test_interrupted_slice_resumes_without_redoing_rows(linreg_models, tmp_path, monkeypatch):
     from keras_landscape.errors import Interrupted
     from keras_landscape.experiment.runner import RunSpec, execute
+    from keras_landscape.plugins import slices
     from keras_landscape.store.hdf5 import Store
 
+    monkeypatch.setattr(slices, "GRID_CALL_POINTS", 4)  # one row (4 points) per call
     options = {"dims": 2, "x_points": 4, "y_points": 5}
     paths, data = linreg_models["paths"][:1], linreg_models["data"]
     whole = _run(paths, data, tmp_path / "whole.h5", **options)
