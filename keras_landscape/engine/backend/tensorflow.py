@@ -23,7 +23,6 @@ _XLA_ERRORS = (
     tf.errors.InternalError,
 )
 _warned_fallback: set[str] = set()
-_EAGER = type(tf.constant(0.0))
 
 
 class _Compiled:
@@ -86,7 +85,9 @@ def _device_scope() -> str:
 def _signature(args):
     """The nesting, shapes and dtypes of `args` when every leaf is an eager tensor, else None."""
     leaves = tf.nest.flatten(args)
-    if not all(type(leaf) is _EAGER for leaf in leaves):
+    # by name: making a tensor to learn its type at import would start TensorFlow's
+    # runtime, after which a program can no longer set its thread counts
+    if not all(type(leaf).__name__ == "EagerTensor" for leaf in leaves):
         return None
     nesting = tuple((type(a), len(a) if isinstance(a, (list, tuple, dict)) else -1) for a in args)
     return nesting, tuple((tuple(leaf.shape), leaf.dtype) for leaf in leaves)
