@@ -51,15 +51,20 @@ class ModelContext:
         """The model's name, for log messages about its compiled functions."""
         return getattr(self.model, "name", "model")
 
-    def compile(self, function, what: str):
+    def compile(self, function, what: str, xla: bool | None = None):
         """`function` compiled with this landscape's XLA setting (see
-        `backend.compile_function`), logged as '<model> <what>'."""
-        return backend.compile_function(function, xla=self.xla, label=f"{self.label} {what}")
+        `backend.compile_function`; `xla` False keeps it off for this function), logged
+        as '<model> <what>'."""
+        use = self.xla if xla is None else self.xla and xla
+        return backend.compile_function(function, xla=use, label=f"{self.label} {what}")
 
-    def kernel(self, make, what: str):
-        """The compiled kernel `make(model, layout, state_layout, objective)`, made once."""
+    def kernel(self, make, what: str, xla: bool | None = None):
+        """The compiled kernel `make(model, layout, state_layout, objective)`, made once
+        (`xla` as in `compile`)."""
         if make not in self._kernels:
             self._kernels[make] = self.compile(
-                make(self.model, self.layout, self.state_layout, self.objective.objective), what
+                make(self.model, self.layout, self.state_layout, self.objective.objective),
+                what,
+                xla,
             )
         return self._kernels[make]

@@ -112,7 +112,14 @@ class Gradients:
         state_t = ops.convert_to_tensor(self.states.state_row(theta, state, False))
         weights = self._weights(split)
         single = self.context.kernel(kernels.make_hessian_vector_sums, "Hessian-vector product")
-        many = self.context.kernel(kernels.make_hessian_vectors_sums, "Hessian-vector products")
+        # XLA compiles each width of the vectorised products anew, a second or more on a CPU
+        # for no faster run there (measured: docs/performance.md); a plain graph is traced
+        # once for every width. Accelerators keep XLA.
+        many = self.context.kernel(
+            kernels.make_hessian_vectors_sums,
+            "Hessian-vector products",
+            xla=backend.accelerator_present(),
+        )
         cap = max(1, self.stacks.max_stack // 4)
         data = [
             (state_t, self.context.non_trainable, x, y, mask, *weights)
