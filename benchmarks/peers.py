@@ -16,11 +16,12 @@ Tasks, each timed on both sides (wall clock, one warm-up run excluded, best of -
   loss at model A. Ours: the `hessian` probe (ARPACK through `Landscape.hessian_vector`,
   its defaults; trace_samples N). PyHessian: `hessian(model, criterion, data=(x, y))`,
   `.eigenvalues(top_n=5)` (its defaults) and `.trace(maxIter=N, tol=0)` (exactly N
-  Rademacher samples, as ours). Eigenvalues agree within rtol 1e-3; the traces within
-  4 combined standard errors (both are means of N random z^T H z). Both sides' eigenpairs
-  are also checked by torch's own Hessian-vector product: ||H q - lambda q|| (an
-  eigenvalue lies within it), and whether the two sides' values differ by less than the
-  sum of their residuals (`within_residuals`).
+  Rademacher samples, as ours). Both sides' eigenpairs are checked by torch's own
+  Hessian-vector product: ||H q - lambda q|| (an eigenvalue of H lies within it of
+  lambda); the eigenvalues agree when the two sides differ by less than the sum of their
+  residuals (`within_residuals`; max_rel_diff is reported too: power iteration's values
+  are often 1e-3 off), the traces when within 4 combined standard errors (both are means
+  of N random z^T H z).
 - slice: a 21 x 21 filter-normalised random plane around model A. Ours: the `slices` probe
   (mode random, dims 2). loss-landscapes: `random_plane(normalization='filter', steps=21)`
   is timed; its directions are its own, so the values are checked on the same points
@@ -109,7 +110,7 @@ if keras.backend.backend() == "tensorflow":
 torch.set_num_threads(ARGS.threads)
 torch.set_num_interop_threads(ARGS.threads)
 
-REPEATS = ARGS.repeats or (1 if ARGS.quick else 3)
+REPEATS = ARGS.repeats or (1 if ARGS.quick else 5)
 TRACE_SAMPLES = 20 if ARGS.quick else 100
 TOP_K = 5
 GRID = 21
@@ -279,6 +280,7 @@ def hessian_task(ctx) -> list[dict]:
     peer_trace, peer_se = samples.mean(), samples.std(ddof=1) / np.sqrt(len(samples))
     eig_rel = rel_diff(peer_values, ours["eigenvalues"])
     trace_gap = abs(peer_trace - ours["trace"]) / np.hypot(peer_se, ours["trace_se"])
+    within = bool(np.all(gaps <= np.add(ours_r, peer_r)))
     rows = [
         row(
             "hessian top-5 + trace",
@@ -287,15 +289,17 @@ def hessian_task(ctx) -> list[dict]:
             ours_s,
             peer_first,
             peer_s,
-            eig_rel <= 1e-3 and trace_gap <= 4,
+            within and trace_gap <= 4,
             eig_rel,
-            f"top-{TOP_K} eigenvalues (rtol 1e-3); trace within 4 combined standard errors "
+            f"top-{TOP_K} eigenvalues within the sum of both sides' residuals ||Hq - lambda q|| "
+            "(torch's Hessian-vector product: an eigenvalue of H lies within its residual of "
+            "each estimate); trace within 4 combined standard errors "
             f"({TRACE_SAMPLES} Rademacher samples each)",
             ours_eigenvalues=ours["eigenvalues"],
             peer_eigenvalues=peer_values.tolist(),
             ours_residuals_torch=ours_r,
             peer_residuals_torch=peer_r,
-            within_residuals=bool(np.all(gaps <= np.add(ours_r, peer_r))),
+            within_residuals=within,
             ours_hvps=ours["eigen"]["hvps"],
             ours_trace=[ours["trace"], ours["trace_se"]],
             peer_trace=[float(peer_trace), float(peer_se)],
@@ -307,13 +311,16 @@ def hessian_task(ctx) -> list[dict]:
 
         def landscaper_peer():
             h = LandscaperHessian(model, criterion, [(x, y)], device="cpu")
-            values, _ = h.eigenvalues(top_n=TOP_K)
+            values, vectors = h.eigenvalues(top_n=TOP_K)
             trace = h.trace(maxIter=TRACE_SAMPLES, tol=0.0)
-            return values, trace
+            return values, vectors, trace
 
         with quiet():  # its progress bars
-            l_first, l_s, (l_values, l_trace) = best_of(landscaper_peer)
-        l_values = np.sort(np.asarray(l_values, np.float64))[::-1]
+            l_first, l_s, (l_values, l_vectors, l_trace) = best_of(landscaper_peer)
+        l_order = np.argsort(l_values)[::-1]
+        l_values = np.asarray(l_values, np.float64)[l_order]
+        l_r = torch_residuals(model, x, y, l_values, [l_vectors[i] for i in l_order])
+        l_within = bool(np.all(np.abs(l_values - ours["eigenvalues"]) <= np.add(ours_r, l_r)))
         l_rel = rel_diff(l_values, ours["eigenvalues"])
         rows.append(
             row(
@@ -323,10 +330,13 @@ def hessian_task(ctx) -> list[dict]:
                 ours_s,
                 l_first,
                 l_s,
-                l_rel <= 1e-3,
+                l_within,
                 l_rel,
-                f"top-{TOP_K} eigenvalues (rtol 1e-3); its trace is reported, not checked",
+                f"top-{TOP_K} eigenvalues within the sum of both sides' residuals (as for "
+                "PyHessian); its trace is reported, not checked",
                 peer_eigenvalues=l_values.tolist(),
+                peer_residuals_torch=l_r,
+                within_residuals=l_within,
                 peer_trace=np.asarray(l_trace, np.float64).mean().item(),
             )
         )
