@@ -611,3 +611,19 @@ def test_projection_config_validation():
     ProjectionConfig(optimizer="rmsprop").validate()
     ProjectionConfig(optimizer="sgd", optimizer_options="momentum=0.9,nesterov=true").validate()
     ProjectionConfig(optimizer="adamw", optimizer_options='{"weight_decay": 0.01}').validate()
+
+
+def test_power_of_two_parts_cover_the_rows_without_padding():
+    from keras_landscape.engine.backend.devices import power_of_two_parts
+
+    def sizes(k, cap):
+        return [part.stop - part.start for part in power_of_two_parts(k, cap)]
+
+    assert sizes(100, 256) == [64, 32, 4]
+    assert sizes(100, 32) == [32, 32, 32, 4]
+    assert sizes(1, 8) == [1] and sizes(0, 8) == []
+    for k in range(1, 70):
+        parts = power_of_two_parts(k, 16)
+        assert parts[0].start == 0 and parts[-1].stop == k
+        assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+        assert all(s & (s - 1) == 0 and s <= 16 for s in sizes(k, 16))
