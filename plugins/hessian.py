@@ -374,14 +374,19 @@ class HessianProbe(ProbeBase):
                 grid, sigma, density = density["grid"], density["sigma"], density["density"]
             else:
                 grid, density, sigma = np.zeros(0), np.zeros(0), float("nan")
-            store.write(f"{key}/eigenvectors", vectors.astype(np.float32))
-            store.write(f"{key}/residuals", residuals)
-            store.write(f"{key}/eigen_counts", counts)  # converged pairs, products
-            store.write(f"{key}/trace", trace)
-            store.write(f"{key}/density_grid", grid)
-            store.write(f"{key}/density", density)
-            store.write(f"{key}/density_sigma", np.float64(sigma))
-            store.write(f"{key}/eigenvalues", values)  # last: marks the model done
+            # one commit: a resumed run finds all of the model's datasets or none
+            store.write_many(
+                {
+                    f"{key}/eigenvectors": vectors.astype(np.float32),
+                    f"{key}/residuals": residuals,
+                    f"{key}/eigen_counts": counts,  # converged pairs, products
+                    f"{key}/trace": trace,
+                    f"{key}/density_grid": grid,
+                    f"{key}/density": density,
+                    f"{key}/density_sigma": np.float64(sigma),
+                    f"{key}/eigenvalues": values,  # marks the model done
+                }
+            )
         eigen = self._eigen(landscape.size, int(counts[0]), int(counts[1]))
         self._note(progress, minimum.name, eigen)
         blocks = self._blocks(landscape, products) if config.per_layer else None

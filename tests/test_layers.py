@@ -451,6 +451,7 @@ BASE = _k(
     "values",
     "settings",
     "contract",
+    "blas",
 )
 _TF_JAX = {"keras": ANYWHERE, "tensorflow": ANYWHERE, "jax": ANYWHERE}
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from keras_landscape import registry
 from keras_landscape._version import __version__
+from keras_landscape.blas import one_blas_thread
 from keras_landscape.data.specs import load_data
 from keras_landscape.engine import backend
 from keras_landscape.engine.landscape import Landscape
@@ -348,7 +349,8 @@ def run_probe(
     started = time.perf_counter()
     rows_before = dict(landscape.devices.rows)
     try:
-        result = probe.run(landscape, minima, run, progress)
+        with one_blas_thread():  # NumPy between the kernels: see keras_landscape.blas
+            result = probe.run(landscape, minima, run, progress)
     except KeyboardInterrupt:
         run.fail("interrupted by the user", status="interrupted")
         raise

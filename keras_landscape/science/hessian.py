@@ -25,6 +25,9 @@ density its probes' Lanczos steps in lockstep, the eigen solver its residual che
   routine returns, so its fixed-length Lanczos runs (`lanczos`, several started together,
   one product call per step for all of them) are written out here: a fixed m is the
   rule's definition (an m-point Gauss quadrature), not a stopping rule.
+
+Each estimator runs with NumPy's BLAS on one thread (`keras_landscape.blas`): its NumPy
+work alternates with the products' framework kernels, which spinning BLAS threads slow.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+from keras_landscape.blas import blas_single_threaded
 
 #: H applied to each row of a (K, P) stack of vectors -> (K, P)
 Products = Callable[[np.ndarray], np.ndarray]
@@ -80,6 +85,7 @@ class Lanczos:
         return t
 
 
+@blas_single_threaded
 def lanczos(products: Products, starts: np.ndarray, steps: int) -> list[Lanczos]:
     """`steps` Lanczos iterations from each row of `starts` (n, P), the n runs in lockstep
     (one products call per step for all runs still going), each with full
@@ -164,6 +170,7 @@ def basis_size(dim: int, k: int, ncv: int | None = None) -> int:
     return int(min(dim, int(ncv) if ncv else max(2 * k + 1, 20)))
 
 
+@blas_single_threaded
 def top_eigenpairs(
     products: Products,
     dim: int,
@@ -252,6 +259,7 @@ def top_eigenpairs(
     )
 
 
+@blas_single_threaded
 def hutchinson_trace(products: Products, dim: int, samples: int, seed: int) -> tuple[float, float]:
     """tr(H) ~ mean of z^T H z over Rademacher z; (estimate, standard error). The samples
     are drawn one after another from the seed (the same z whatever the block size) and
@@ -269,6 +277,7 @@ def hutchinson_trace(products: Products, dim: int, samples: int, seed: int) -> t
     return float(values.mean()), se
 
 
+@blas_single_threaded
 def spectral_density(
     products: Products,
     dim: int,
