@@ -72,12 +72,25 @@ def normalized_direction(
     return out
 
 
+def plane_points(origin, directions, coords) -> np.ndarray:
+    """(K, P) float32: origin + sum_j coords[k, j] * directions[j] for each row k of
+    `coords` (K, m), summed in float64 in that order, a block of rows at a time."""
+    coords = np.atleast_2d(np.asarray(coords, np.float64))
+    origin = np.asarray(origin, np.float64)
+    out = np.empty((len(coords), origin.size), np.float32)
+    step = max(1, (1 << 19) // (8 * max(1, origin.size)))  # 512 KiB of float64: in cache
+    for first in range(0, len(coords), step):
+        block = coords[first : first + step]
+        theta = np.broadcast_to(origin, (len(block), origin.size))
+        for j, d in enumerate(directions[: block.shape[1]]):
+            theta = theta + block[:, j : j + 1] * np.asarray(d, np.float64)
+        out[first : first + step] = theta
+    return out
+
+
 def plane_point(origin, directions, coords) -> np.ndarray:
     """origin + sum_k coords[k] * directions[k], summed in float64, as float32."""
-    theta = origin.copy()
-    for c, d in zip(coords, directions):
-        theta = theta + c * d
-    return theta.astype(np.float32)
+    return plane_points(origin, directions, [list(coords)])[0]
 
 
 def evaluate_points(
@@ -136,13 +149,13 @@ def evaluate_grid(
     for first in range(0, len(y), per_call):
         rows = [r for r in range(first, min(first + per_call, len(y))) if not done[r].all()]
         if rows:
-            thetas = [plane_point(origin, directions, (a, y[row])) for row in rows for a in x]
+            thetas = plane_points(origin, directions, [(a, y[row]) for row in rows for a in x])
             states = np.repeat(np.asarray(state)[None, :], len(thetas), axis=0)
             with_extra = extra is not None and first == 0
             if with_extra:
-                thetas = [*thetas, *np.asarray(extra[0], np.float32)]
+                thetas = np.concatenate([thetas, np.asarray(extra[0], np.float32)])
                 states = np.concatenate([states, np.asarray(extra[1], np.float32)])
-            losses, levels = evaluate_points(landscape, np.stack(thetas), states)
+            losses, levels = evaluate_points(landscape, thetas, states)
             count = len(rows) * len(x)
             if with_extra:
                 extra_values = (losses[count:], levels[count:])

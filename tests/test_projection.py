@@ -627,3 +627,31 @@ def test_power_of_two_parts_cover_the_rows_without_padding():
         assert parts[0].start == 0 and parts[-1].stop == k
         assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
         assert all(s & (s - 1) == 0 and s <= 16 for s in sizes(k, 16))
+
+
+@pytest.mark.skipif(backend.name != "tensorflow", reason="AutoGraph is TensorFlow's")
+def test_kernels_trace_without_autograph_and_fall_back_to_it(caplog):
+    """Kernels are traced without AutoGraph (its source rewriting was most of a first
+    call); a function whose Python `if` reads a tensor's value is traced again with it."""
+    import tensorflow as tf
+
+    def shapes_only(x):
+        total = x
+        for _ in range(3):  # Python control flow on Python values: no AutoGraph needed
+            total = total + x
+        return total
+
+    def reads_a_value(x):
+        if tf.reduce_sum(x) > 0.0:
+            return x * 2.0
+        return -x
+
+    with caplog.at_level("INFO", logger="keras_landscape"):
+        plain = backend.compile_function(shapes_only, xla=False, label="plain kernel")
+        np.testing.assert_allclose(plain(tf.constant([1.0, 2.0])), [4.0, 8.0])
+        gated = backend.compile_function(reads_a_value, xla=True, label="gated kernel")
+        np.testing.assert_allclose(gated(tf.constant([1.0, 2.0])), [2.0, 4.0])
+        np.testing.assert_allclose(gated(tf.constant([-1.0, -2.0])), [1.0, 2.0])
+    assert "gated kernel is traced with AutoGraph" in caplog.text
+    assert "plain kernel" not in caplog.text
+    assert caplog.text.count("traced with AutoGraph") == 1
