@@ -129,6 +129,7 @@ def evaluate_grid(
     progress,
     task="slices",
     extra=None,
+    frame=None,
 ) -> tuple:
     """The (len(y), len(x)) grids of the training loss and the level at the points
     origin + x d1 (+ y d2) (`evaluate_points`, every point from `state`), as many whole
@@ -138,7 +139,9 @@ def evaluate_grid(
 
     `extra` = (thetas (E, P), states (E, S)): more points, evaluated in the first call
     (alone when that call was done before a resume); then (loss, level, (extra losses,
-    extra levels)) is returned, else (loss, level)."""
+    extra levels)) is returned, else (loss, level). `frame`: more datasets (the slice's
+    directions and axes), written in the first write, under its commit (written alone
+    when every row was done before a resume)."""
     shape = (len(y), len(x))
     loss = store.read("loss") if store.has("loss") else np.full(shape, np.nan)
     level = store.read("level") if store.has("level") else np.full(shape, np.nan)
@@ -162,9 +165,13 @@ def evaluate_grid(
             loss[rows] = losses[:count].reshape(len(rows), len(x))
             level[rows] = levels[:count].reshape(len(rows), len(x))
             done[rows] = True
-            store.write_many({"loss": loss, "level": level, "done": done.astype(np.int8)})
+            grid = {"loss": loss, "level": level, "done": done.astype(np.int8)}
+            store.write_many({**(frame or {}), **grid})
+            frame = None
         handle.advance(min(first + per_call, len(y)) - first)
     handle.close()
+    if frame:
+        store.write_many(frame)
     if extra is None:
         return loss, level
     if extra_values is None:  # the first call was done before a resume
@@ -378,11 +385,11 @@ class SlicesProbe(ProbeBase):
         )
         if self._placed(models) is not None:  # the plane's axes cover the three models
             x, y = self._covering(models, origin, directions, x, y)
-        store.write_many({"directions": np.stack(directions).astype(np.float32), "x": x, "y": y})
+        frame = {"directions": np.stack(directions).astype(np.float32), "x": x, "y": y}
         state = landscape.state_or_own(getattr(models[0], "state", None))
         shown, places, extra = self._marked(landscape, models, origin, directions)
         loss, level, (mark_losses, mark_levels) = evaluate_grid(
-            landscape, store, origin, directions, x, y, state, progress, extra=extra
+            landscape, store, origin, directions, x, y, state, progress, extra=extra, frame=frame
         )
         marks = [
             {"model": m.name, "x": x, "y": y, "loss": float(loss), "level": float(level)}

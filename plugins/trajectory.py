@@ -350,17 +350,24 @@ class TrajectoryProbe(ProbeBase):
         steps = _path_length([m.theta for m in ordered])
 
         x, y = self._axes(coordinates)
-        store.write_many(
-            {
-                "directions": directions.astype(np.float32),
-                "coordinates": coordinates,
-                "x": x,
-                "y": y,
-            }
-        )
+        frame = {
+            "directions": directions.astype(np.float32),
+            "coordinates": coordinates,
+            "x": x,
+            "y": y,
+        }
         state = landscape.state_or_own(getattr(ordered[-1], "state", None))
         loss, level = evaluate_grid(
-            landscape, store, final, list(directions), x, y, state, progress, "trajectory"
+            landscape,
+            store,
+            final,
+            list(directions),
+            x,
+            y,
+            state,
+            progress,
+            "trajectory",
+            frame=frame,
         )
         own = np.stack([landscape.state_or_own(getattr(m, "state", None)) for m in ordered])
         thetas_all = np.stack([m.theta for m in ordered]).astype(np.float32)

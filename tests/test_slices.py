@@ -148,6 +148,9 @@ def test_interrupted_slice_resumes_without_redoing_rows(linreg_models, tmp_path,
     assert done[:2].all() and not done[2:].any()
     with Store.open(out) as store:
         first_rows = store.run("slices").read("loss")[:2].copy()
+    # the directions and axes went in with the first rows, under their commit
+    for key in ("directions", "x", "y"):
+        np.testing.assert_array_equal(_read(out, key), _read(tmp_path / "whole.h5", key))
     spec.resume = True
     resumed = execute(spec)["results"]["slices"]
     np.testing.assert_allclose(np.array(resumed["loss"])[:2], first_rows)
