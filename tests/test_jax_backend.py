@@ -20,6 +20,7 @@ CORE = [
     "test_params.py",
     "test_store.py",
     "test_registry.py",
+    "test_wide_stacks.py",
     # BatchNorm on JAX: the engine's known answers and one exported path (the CLI, store and
     # resume plumbing around them is backend-neutral and runs on TensorFlow only).
     "test_batchnorm.py::test_recomputed_statistics_of_input_features_are_the_data_moments",

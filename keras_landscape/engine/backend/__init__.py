@@ -61,12 +61,15 @@ def cpu_model() -> str:
 def machine() -> dict[str, str]:
     """What decides this process's arithmetic beyond the versions: the CPU model, whether
     TensorFlow's oneDNN kernels are on ("on", "off"; "n/a" under JAX) and the convolution
-    plan for stacked beads ("grouped" or "per-bead", `grouped_convolution_gradients`)."""
+    plan for stacked beads ("grouped" or "per-bead", `grouped_convolution_gradients`), and
+    under JAX what became of XLA:CPU's YNNPACK fusions (`jax.YNN_FUSIONS`; "n/a" under
+    TensorFlow)."""
     onednn = onednn_enabled()
     return {
         "cpu_model": cpu_model(),
         "onednn": "n/a" if onednn is None else ("on" if onednn else "off"),
         "stacked_convolutions": "grouped" if grouped_convolution_gradients() else "per-bead",
+        "xla_ynn_fusions": getattr(_impl, "YNN_FUSIONS", "n/a"),
     }
 
 
