@@ -19,7 +19,9 @@ log = logging.getLogger("keras_landscape")
 #: reduction returned, for a 64-64-10 MLP on 1437 samples, the losses of beads 0, 1, ...
 #: again for beads 22 and up (whose activations lie beyond 2^21 floats); the same graph
 #: without jit, and TensorFlow's XLA, are right. Turned off (an empty fusion list) unless
-#: XLA_FLAGS already sets it; also about 4x faster on that stack.
+#: XLA_FLAGS already sets it: 4x faster on that stack, 1.2-2.9x slower for the LSTM's
+#: projection steps (their gain came from the elementwise and reduction fusions, the faulty
+#: ones; docs/performance.md).
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 YNN_SINCE = (0, 8, 1)  # older jaxlib has no such fusions and would refuse the flag
 
