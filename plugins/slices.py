@@ -77,13 +77,14 @@ def plane_points(origin, directions, coords) -> np.ndarray:
     `coords` (K, m), summed in float64 in that order, a block of rows at a time."""
     coords = np.atleast_2d(np.asarray(coords, np.float64))
     origin = np.asarray(origin, np.float64)
+    used = [np.asarray(d, np.float64) for d in directions[: coords.shape[1]]]  # once, not per block
     out = np.empty((len(coords), origin.size), np.float32)
     step = max(1, (1 << 19) // (8 * max(1, origin.size)))  # 512 KiB of float64: in cache
     for first in range(0, len(coords), step):
         block = coords[first : first + step]
         theta = np.broadcast_to(origin, (len(block), origin.size))
-        for j, d in enumerate(directions[: block.shape[1]]):
-            theta = theta + block[:, j : j + 1] * np.asarray(d, np.float64)
+        for j, d in enumerate(used):
+            theta = theta + block[:, j : j + 1] * d
         out[first : first + step] = theta
     return out
 
